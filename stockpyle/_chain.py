@@ -1,0 +1,213 @@
+"""ChainedStore: layers of stores used as a write-through cache."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any, TypeVar
+
+from stockpyle._expiry import Deadline
+from stockpyle._keys import layout_of
+from stockpyle._store import BaseStore, KeyDict
+from stockpyle.exceptions import StockpyleError, StoreError
+
+__all__ = ["ChainedStore"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("stockpyle.chain")
+
+
+class ChainedStore(BaseStore):
+    """Stores layered fastest first, most persistent last, kept in step as one store.
+
+    * ``get``/``batch_get`` try the layers in order; a hit is backfilled into every earlier
+      layer that missed, expiring no later than the entry it was copied from. ``batch_get``
+      asks each layer once, only for the keys still missing.
+    * ``put``/``batch_put`` write the last (most persistent) layer first, then upward, so a
+      database-generated identity is known before the caches are written.
+    * ``delete``/``batch_delete`` remove from every layer, last layer first.
+    * A failing *cache* layer (any but the last) is tolerated: a failed read is a miss; a failed
+      write or delete is logged and counted in :attr:`failures`, and the object's key becomes
+      *suspect* in that layer (reads skip the layer for it) until a later write there succeeds.
+      With ``strict=True`` such failures raise instead (after evicting the object from the
+      layers above, so nothing stale is left behind). A failure of the last layer always raises,
+      and then the layers above are left unchanged.
+    """
+
+    def __init__(self, stores: Iterable[BaseStore], *, strict: bool = False) -> None:
+        self.stores: tuple[BaseStore, ...] = tuple(stores)
+        if not self.stores:
+            msg = "ChainedStore needs at least one store"
+            raise ValueError(msg)
+        self.strict = strict
+        #: Failures counted per layer (index as in :attr:`stores`).
+        self.failures: list[int] = [0] * len(self.stores)
+        self._suspect: list[set[str]] = [set() for _ in self.stores]
+        self._last = len(self.stores) - 1
+
+    def describe(self) -> str:
+        return "ChainedStore[" + ", ".join(s.describe() for s in self.stores) + "]"
+
+    def suspect_keys(self, layer: int) -> frozenset[str]:
+        """The encoded identity keys that reads currently skip in ``layer``."""
+        return frozenset(self._suspect[layer])
+
+    # -- failure bookkeeping -------------------------------------------------------------------
+
+    def _failed(self, layer: int, action: str, exc: StockpyleError) -> None:
+        self.failures[layer] += 1
+        log.warning(
+            "%s: %s failed in cache layer %d (%s); continuing without it",
+            self.describe(),
+            action,
+            layer,
+            exc,
+        )
+
+    def _mark(self, layer: int, objs: Sequence[Any], suspect: bool) -> None:
+        if layer == self._last:
+            return
+        keys = self._suspect[layer]
+        if not suspect and not keys:
+            return
+        for obj in objs:
+            try:
+                identity = layout_of(type(obj)).identity_of(obj)
+            except StockpyleError:
+                continue
+            if suspect:
+                keys.add(identity)
+            else:
+                keys.discard(identity)
+
+    def _is_suspect(self, layer: int, obj: Any) -> bool:
+        keys = self._suspect[layer]
+        return bool(keys) and layout_of(type(obj)).identity_of(obj) in keys
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get_entry(self, cls: type[T], key_dict: KeyDict) -> tuple[T, Deadline] | None:
+        # Warm path: the first layer answers and nothing is suspect there.
+        if self._last and not self._suspect[0]:
+            try:
+                found = self.stores[0].get_entry(cls, key_dict)
+            except StoreError as exc:
+                self._failed(0, "get", exc)
+                return self._fetch(cls, [key_dict], failed={0}, start=1)[0]
+            if found is not None:
+                return found
+            return self._fetch(cls, [key_dict], failed=set(), start=1, missed_first=True)[0]
+        return self._fetch(cls, [key_dict], failed=set(), start=0)[0]
+
+    def batch_get_entries(
+        self, cls: type[T], key_dicts: Sequence[KeyDict]
+    ) -> list[tuple[T, Deadline] | None]:
+        return self._fetch(cls, key_dicts, failed=set(), start=0)
+
+    def _fetch(
+        self,
+        cls: type[T],
+        key_dicts: Sequence[KeyDict],
+        *,
+        failed: set[int],
+        start: int,
+        missed_first: bool = False,
+    ) -> list[tuple[T, Deadline] | None]:
+        layout = layout_of(cls)
+        encoded = [layout.encode(kd) for kd in key_dicts]  # declared keys only; validates
+        results: list[tuple[T, Deadline] | None] = [None] * len(key_dicts)
+        pending: dict[str, list[int]] = {}
+        for i, key in enumerate(encoded):
+            if key is not None:
+                pending.setdefault(key, []).append(i)
+        # per layer: the objects to backfill there and their deadlines
+        backfill: dict[int, dict[str, tuple[Any, Deadline]]] = {}
+        asked: list[int] = [0] if missed_first else []
+        for layer in range(start, len(self.stores)):
+            if not pending:
+                break
+            store = self.stores[layer]
+            keys = list(pending)
+            try:
+                found = store.batch_get_entries(cls, [key_dicts[pending[k][0]] for k in keys])
+            except StoreError as exc:
+                if layer == self._last:
+                    raise
+                self._failed(layer, "get", exc)
+                failed.add(layer)
+                continue
+            for key, hit in zip(keys, found, strict=True):
+                if hit is None or (layer != self._last and self._is_suspect(layer, hit[0])):
+                    continue
+                for i in pending.pop(key):
+                    results[i] = hit
+                obj, deadline = hit
+                identity = layout_of(type(obj)).identity_of(obj)
+                for upper in asked:
+                    if upper not in failed:
+                        backfill.setdefault(upper, {})[identity] = (obj, deadline)
+            asked.append(layer)
+        for layer, items in backfill.items():
+            objs = [obj for obj, _ in items.values()]
+            try:
+                self.stores[layer].batch_put(objs, expires_at=[d for _, d in items.values()])
+            except StoreError as exc:
+                self._failed(layer, "backfill", exc)
+                self._mark(layer, objs, suspect=True)
+            else:
+                self._mark(layer, objs, suspect=False)
+        return results
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def batch_put(
+        self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
+    ) -> None:
+        objs = list(objs)
+        for obj in objs:  # every key value is valid before any layer is touched
+            for spec in layout_of(type(obj)).specs:
+                spec.from_obj(obj)
+        for layer in range(self._last, -1, -1):
+            try:
+                self.stores[layer].batch_put(objs, expires_at=expires_at)
+            except StoreError as exc:
+                if layer == self._last:
+                    raise
+                self._mark(layer, objs, suspect=True)
+                if self.strict:
+                    self._evict_above(layer, objs)
+                    raise
+                self._failed(layer, "put", exc)
+            else:
+                self._mark(layer, objs, suspect=False)
+
+    def batch_delete(self, objs: Sequence[Any]) -> None:
+        objs = list(objs)
+        error: StoreError | None = None
+        for layer in range(self._last, -1, -1):
+            try:
+                self.stores[layer].batch_delete(objs)
+            except StoreError as exc:
+                if layer == self._last:
+                    raise
+                self._mark(layer, objs, suspect=True)
+                if self.strict:
+                    error = error or exc
+                else:
+                    self._failed(layer, "delete", exc)
+            else:
+                self._mark(layer, objs, suspect=False)
+        if error is not None:
+            raise error
+
+    def _evict_above(self, layer: int, objs: Sequence[Any]) -> None:
+        for upper in range(layer - 1, -1, -1):
+            try:
+                self.stores[upper].batch_delete(objs)
+            except StoreError:
+                self._mark(upper, objs, suspect=True)
+
+    def release(self) -> None:
+        for store in self.stores:
+            store.release()

@@ -1,0 +1,257 @@
+"""Shared machinery for key-value backends: one place for keys, alternates, expiry, polymorphism.
+
+A backend subclasses :class:`KeyValueStore` and moves records in three raw operations
+(:meth:`~KeyValueStore._load`, :meth:`~KeyValueStore._save`, :meth:`~KeyValueStore._remove`),
+natively batched. Everything else lives here, once.
+
+Storage layout. Every object occupies *slots*, one per key it can be found by: its identity key,
+each alternate key whose value has no ``None``, and (``polymorphic=True``) every key of every
+keyed base class. The identity slot holds an *entry* ``(ENTRY, deadline, slots, obj)`` listing
+all the object's slots; every other slot holds a *pointer* ``(POINTER, deadline, identity)``.
+A pointer counts only while the entry it points to still lists it, so a key value an object
+*used to have* can never answer, even if a stale pointer survives somewhere (another process, a
+backend that lost a delete). Writes of one batch are planned against the current records and
+sent as one save and one remove.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from typing import Any, TypeVar
+
+from stockpyle._expiry import (
+    Clock,
+    Deadline,
+    LifetimeCallback,
+    default_clock,
+    earliest,
+    lifetime_to_deadline,
+)
+from stockpyle._keys import KeySpec, keyed_bases, layout_of
+from stockpyle._store import BaseStore, KeyDict
+
+__all__ = ["ENTRY", "POINTER", "KeyValueStore", "Record"]
+
+T = TypeVar("T")
+
+ENTRY = 0
+POINTER = 1
+#: ``(ENTRY, deadline, slots, obj)`` or ``(POINTER, deadline, identity_slot)``.
+Record = tuple[Any, ...]
+
+
+class KeyValueStore(BaseStore):
+    """Base class for stores over a key-value backend (memory, memcached, shove, dicts).
+
+    Subclasses implement the raw operations; they receive and return *records* (tuples, see the
+    module docstring) at string keys and may serialize them as they like.
+    """
+
+    def __init__(
+        self,
+        *,
+        polymorphic: bool = False,
+        lifetime_cb: LifetimeCallback | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.polymorphic = polymorphic
+        self.lifetime_cb = lifetime_cb
+        self.clock: Clock = clock if clock is not None else default_clock
+        self._lock = threading.RLock()
+        self._slot_specs: dict[type, tuple[KeySpec, ...]] = {}
+
+    # -- raw operations (natively batched) -------------------------------------------------------
+
+    def _load(self, keys: Sequence[str]) -> dict[str, Record]:
+        """Fetch the records stored at ``keys`` (absent keys are left out)."""
+        raise NotImplementedError(f"{type(self).__qualname__} must implement _load")
+
+    def _save(self, records: dict[str, Record]) -> None:
+        """Store records; ``record[1]`` is its deadline, for backends with native expiry."""
+        raise NotImplementedError(f"{type(self).__qualname__} must implement _save")
+
+    def _remove(self, keys: Sequence[str]) -> None:
+        """Remove the records at ``keys``; absent keys are not an error."""
+        raise NotImplementedError(f"{type(self).__qualname__} must implement _remove")
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def batch_get_entries(
+        self, cls: type[T], key_dicts: Sequence[KeyDict]
+    ) -> list[tuple[T, Deadline] | None]:
+        layout = layout_of(cls)
+        slots = [layout.encode(kd) for kd in key_dicts]  # validates before any I/O
+        wanted = list(dict.fromkeys(s for s in slots if s is not None))
+        if not wanted:
+            return [None] * len(slots)
+        records = self._load(wanted)
+        targets = [
+            r[2] for r in records.values() if r[0] == POINTER and r[2] not in records
+        ]
+        if targets:
+            records.update(self._load(list(dict.fromkeys(targets))))
+        now = self.clock()
+        return [None if s is None else _resolve(s, records, now) for s in slots]
+
+    def get_entry(self, cls: type[T], key_dict: KeyDict) -> tuple[T, Deadline] | None:
+        slot = layout_of(cls).encode(key_dict)
+        if slot is None:
+            return None
+        records = self._load([slot])
+        record = records.get(slot)
+        if record is None:
+            return None
+        if record[0] == POINTER:
+            records.update(self._load([record[2]]))
+        return _resolve(slot, records, self.clock())
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def slot_specs(self, cls: type) -> tuple[KeySpec, ...]:
+        """The keys an object of ``cls`` is stored under here, identity key first."""
+        specs = self._slot_specs.get(cls)
+        if specs is None:
+            layout = layout_of(cls)
+            found = list(layout.specs)
+            if self.polymorphic:
+                for base in keyed_bases(cls):
+                    found.extend(layout_of(base).specs)
+            specs = self._slot_specs[cls] = tuple(found)
+        return specs
+
+    def _plan_objects(
+        self, objs: Sequence[Any], expires_at: Sequence[Deadline] | None, now: float
+    ) -> list[tuple[str, tuple[str, ...], Deadline, Any]]:
+        """Validate every object and compute (identity, slots, deadline, obj) before any I/O."""
+        if expires_at is not None and len(expires_at) != len(objs):
+            msg = "expires_at must give one deadline per object"
+            raise ValueError(msg)
+        plans = []
+        lifetime_cb = self.lifetime_cb
+        for i, obj in enumerate(objs):
+            cls = type(obj)
+            identity = layout_of(cls).identity_of(obj)
+            slots = [identity]
+            for spec in self.slot_specs(cls)[1:]:
+                slot = spec.from_obj(obj)
+                if slot is not None and slot not in slots:
+                    slots.append(slot)
+            deadline = None if lifetime_cb is None else lifetime_to_deadline(lifetime_cb(obj), now)
+            if expires_at is not None:
+                deadline = earliest(deadline, expires_at[i])
+            plans.append((identity, tuple(slots), deadline, obj))
+        return plans
+
+    def batch_put(
+        self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
+    ) -> None:
+        now = self.clock()
+        plans = self._plan_objects(objs, expires_at, now)
+        if not plans:
+            return
+        with self._lock:
+            view = _View(self)
+            view.fetch([p[0] for p in plans])
+            # Slots the stored versions occupy but the new versions will not: they must be read
+            # to learn whether they still point to the object.
+            stale: list[str] = []
+            for identity, slots, _, _ in plans:
+                old = view.entry(identity)
+                if old is not None:
+                    stale.extend(s for s in old[2] if s not in slots)
+            view.fetch(stale)
+            for identity, slots, deadline, obj in plans:
+                view.unlink(identity, keep=() if _is_dead(deadline, now) else slots)
+                if not _is_dead(deadline, now):
+                    view.set(identity, (ENTRY, deadline, slots, obj))
+                    for slot in slots[1:]:
+                        view.set(slot, (POINTER, deadline, identity))
+            view.commit()
+
+    def batch_delete(self, objs: Sequence[Any]) -> None:
+        identities = []
+        for obj in objs:
+            identity = layout_of(type(obj)).identity.from_obj(obj)
+            if identity is not None:
+                identities.append(identity)
+        if not identities:
+            return
+        with self._lock:
+            view = _View(self)
+            view.fetch(identities)
+            view.fetch([s for i in identities if (e := view.entry(i)) for s in e[2][1:]])
+            for identity in identities:
+                view.unlink(identity, keep=())
+            view.commit()
+
+
+def _is_dead(deadline: Deadline, now: float) -> bool:
+    return deadline is not None and deadline <= now
+
+
+def _resolve(slot: str, records: dict[str, Record], now: float) -> tuple[Any, Deadline] | None:
+    record = records.get(slot)
+    if record is None:
+        return None
+    if record[0] == POINTER:
+        if _is_dead(record[1], now):
+            return None
+        record = records.get(record[2])
+        if record is None or record[0] != ENTRY or slot not in record[2]:
+            return None  # a stale pointer: the object no longer has this key value
+    if _is_dead(record[1], now):
+        return None
+    return record[3], record[1]
+
+
+class _View:
+    """Current records plus planned changes, so a batch behaves like the loop of its singles."""
+
+    def __init__(self, store: KeyValueStore) -> None:
+        self._store = store
+        self._known: dict[str, Record | None] = {}
+        self._changes: dict[str, Record | None] = {}
+
+    def fetch(self, keys: Sequence[str]) -> None:
+        missing = [k for k in dict.fromkeys(keys) if k not in self._known]
+        if missing:
+            found = self._store._load(missing)
+            for key in missing:
+                self._known[key] = found.get(key)
+
+    def get(self, key: str) -> Record | None:
+        if key in self._changes:
+            return self._changes[key]
+        return self._known.get(key)
+
+    def entry(self, identity: str) -> Record | None:
+        record = self.get(identity)
+        return record if record is not None and record[0] == ENTRY else None
+
+    def set(self, key: str, record: Record | None) -> None:
+        self._changes[key] = record
+
+    def unlink(self, identity: str, keep: Sequence[str]) -> None:
+        """Remove the stored version's slots (those not in ``keep``) that still point to it."""
+        old = self.entry(identity)
+        if old is None:
+            return
+        for slot in old[2][1:]:
+            if slot in keep:
+                continue
+            record = self.get(slot)
+            if record is not None and record[0] == POINTER and record[2] == identity:
+                self.set(slot, None)
+        if identity not in keep:
+            self.set(identity, None)
+
+    def commit(self) -> None:
+        saves = {k: r for k, r in self._changes.items() if r is not None}
+        removes = [
+            k for k, r in self._changes.items() if r is None and self._known.get(k) is not None
+        ]
+        if saves:
+            self._store._save(saves)
+        if removes:
+            self._store._remove(removes)

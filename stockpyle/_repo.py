@@ -1,0 +1,151 @@
+"""Repo[T]: one class bound to one store, with keyword lookups and read-through loaders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Generic, TypeVar, overload
+
+import wrapt
+
+from stockpyle._keys import layout_of
+from stockpyle._store import BaseStore, KeyDict
+
+__all__ = ["Repo"]
+
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Repo(Generic[T]):
+    """Bind the keyed class ``cls`` to ``store``::
+
+        foos = stockpyle.Repo(Foo, store)
+        foos.put(Foo(1, 2, 3))
+        foos.get(key=1)            # -> Foo | None
+        foos.get(zap=2, bar=3)     # by an alternate key
+
+    Keyword names must form one of ``cls``'s declared keys (else :class:`UnknownKeyError`);
+    ``put`` of an object that is not a ``cls`` raises ``TypeError``.
+    """
+
+    __slots__ = ("_batch_loader", "_layout", "_loader", "cls", "store")
+
+    def __init__(self, cls: type[T], store: BaseStore) -> None:
+        self.cls = cls
+        self.store = store
+        self._layout = layout_of(cls)  # NotKeyedError now, not on first use
+        self._loader: Callable[..., Any] | None = None
+        self._batch_loader = False
+
+    def __repr__(self) -> str:
+        return f"Repo({self._layout.path}, {self.store.describe()})"
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, **key: Any) -> T | None:
+        """The object named by one declared key (``get(key=1)``), or ``None`` on a miss."""
+        self._layout.spec_for(key)
+        obj = self.store.get(self.cls, key)
+        if obj is None and self._loader is not None:
+            return self._load([key])[0]
+        return obj
+
+    def get_many(self, key_dicts: Sequence[KeyDict]) -> list[T | None]:
+        """Like :meth:`BaseStore.batch_get`: same length and order, ``None`` at each miss."""
+        spec_for = self._layout.spec_for
+        for key in key_dicts:
+            spec_for(key)
+        found = self.store.batch_get(self.cls, key_dicts)
+        if self._loader is None:
+            return found
+        misses = [i for i, obj in enumerate(found) if obj is None]
+        if misses:
+            loaded = self._load([key_dicts[i] for i in misses])
+            for i, obj in zip(misses, loaded, strict=True):
+                found[i] = obj
+        return found
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def _check(self, obj: Any) -> None:
+        if not isinstance(obj, self.cls):
+            msg = f"{self!r} stores {self.cls.__qualname__} objects, not {type(obj).__qualname__}"
+            raise TypeError(msg)
+
+    def put(self, obj: T) -> None:
+        """Store ``obj`` (write-through when the store is a chain)."""
+        self._check(obj)
+        self.store.put(obj)
+
+    def put_many(self, objs: Sequence[T]) -> None:
+        """Store several objects (one batch)."""
+        for obj in objs:
+            self._check(obj)
+        self.store.batch_put(objs)
+
+    def delete(self, obj: T) -> None:
+        """Remove ``obj`` by its identity key."""
+        self._check(obj)
+        self.store.delete(obj)
+
+    def delete_many(self, objs: Sequence[T]) -> None:
+        """Remove several objects (one batch)."""
+        for obj in objs:
+            self._check(obj)
+        self.store.batch_delete(objs)
+
+    # -- read-through loading ------------------------------------------------------------------
+
+    @overload
+    def loader(self, func: F, /) -> F: ...
+
+    @overload
+    def loader(self, func: None = None, /, *, batch: bool = False) -> Callable[[F], F]: ...
+
+    def loader(self, func: F | None = None, /, *, batch: bool = False) -> F | Callable[[F], F]:
+        """Register a function that loads objects from any source on a miss.
+
+        ``@repo.loader`` registers ``load(**key) -> T | None``; ``@repo.loader(batch=True)``
+        registers ``load(key_dicts) -> list[T | None]``, called once for all the misses of a
+        ``get_many``. Whatever it returns is put through the store before being returned.
+
+        The decorated function keeps its name and signature; calling it directly loads from
+        the source and writes the result through the store (a refresh that skips the cache).
+        """
+
+        def register(fn: F) -> F:
+            self._loader = fn
+            self._batch_loader = batch
+
+            @wrapt.decorator
+            def refresh(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+                result = wrapped(*args, **kwargs)
+                objs = result if batch else [result]
+                self._store_loaded([o for o in objs if o is not None])
+                return result
+
+            return refresh(fn)  # type: ignore[return-value]  # a transparent proxy of fn
+
+        return register if func is None else register(func)
+
+    def _load(self, key_dicts: Sequence[Mapping[str, Any]]) -> list[T | None]:
+        loader = self._loader
+        assert loader is not None
+        if self._batch_loader:
+            loaded = list(loader(list(key_dicts)))
+            if len(loaded) != len(key_dicts):
+                msg = (
+                    f"batch loader {loader!r} returned {len(loaded)} objects"
+                    f" for {len(key_dicts)} keys"
+                )
+                raise ValueError(msg)
+        else:
+            loaded = [loader(**key) for key in key_dicts]
+        self._store_loaded([o for o in loaded if o is not None])
+        return loaded
+
+    def _store_loaded(self, objs: list[Any]) -> None:
+        for obj in objs:
+            self._check(obj)
+        if objs:
+            self.store.batch_put(list({id(o): o for o in objs}.values()))

@@ -1,0 +1,110 @@
+"""The store contract: :class:`BaseStore`.
+
+A store implements three batch operations; the single forms, plain ``batch_get`` and the context
+manager protocol come from here. ``batch_get_entries`` also reports when each returned entry
+expires, so that a :class:`~stockpyle.stores.ChainedStore` can carry the deadline into the layers
+it backfills.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+from stockpyle._expiry import Deadline
+
+__all__ = ["BaseStore", "Found", "KeyDict"]
+
+T = TypeVar("T")
+
+#: A hit and the deadline of the entry it came from (``None``: never expires).
+Found = tuple[Any, Deadline]
+#: Names one declared key of a class: ``{"key": 1}`` or ``{"zap": 2, "bar": 3}``.
+KeyDict = Mapping[str, Any]
+
+
+class BaseStore(abc.ABC):
+    """Base class of every store.
+
+    Subclasses implement :meth:`batch_get_entries`, :meth:`batch_put` and
+    :meth:`batch_delete`; they may override the single forms for speed. Stores that hold
+    connections override :meth:`release`.
+    """
+
+    #: Whether objects are also retrievable through their keyed base classes.
+    polymorphic: bool = False
+
+    def describe(self) -> str:
+        """A short name for messages and logs (e.g. ``MemcacheStore(127.0.0.1:11211)``)."""
+        return type(self).__name__
+
+    def __repr__(self) -> str:
+        return f"<{self.describe()}>"
+
+    # -- the three operations a store must implement -------------------------------------------
+
+    @abc.abstractmethod
+    def batch_get_entries(
+        self, cls: type[T], key_dicts: Sequence[KeyDict]
+    ) -> list[tuple[T, Deadline] | None]:
+        """Look up several keys of ``cls``: for each, ``(obj, deadline)`` or ``None``."""
+
+    @abc.abstractmethod
+    def batch_put(
+        self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
+    ) -> None:
+        """Store each object, replacing any previous version with the same identity key.
+
+        ``expires_at`` (one deadline per object) caps how long each may live here: a chain
+        uses it so that a backfilled copy never outlives its source. Stores without expiry
+        ignore it.
+        """
+
+    @abc.abstractmethod
+    def batch_delete(self, objs: Sequence[Any]) -> None:
+        """Remove each object (by identity key) from every index; absent objects are a no-op."""
+
+    # -- derived forms --------------------------------------------------------------------------
+
+    def get_entry(self, cls: type[T], key_dict: KeyDict) -> tuple[T, Deadline] | None:
+        """``(obj, deadline)`` for one key, or ``None`` on a miss."""
+        return self.batch_get_entries(cls, [key_dict])[0]
+
+    def get(self, cls: type[T], key_dict: KeyDict) -> T | None:
+        """The object of class ``cls`` that ``key_dict`` names, or ``None`` on a miss."""
+        found = self.get_entry(cls, key_dict)
+        return None if found is None else found[0]
+
+    def batch_get(self, cls: type[T], key_dicts: Sequence[KeyDict]) -> list[T | None]:
+        """A list of the same length and order as ``key_dicts``, ``None`` at each miss."""
+        return [None if f is None else f[0] for f in self.batch_get_entries(cls, key_dicts)]
+
+    def put(self, obj: Any, *, expires_at: Deadline = None) -> None:
+        """Store ``obj``, replacing any previous version with the same identity key."""
+        self.batch_put([obj], expires_at=None if expires_at is None else [expires_at])
+
+    def delete(self, obj: Any) -> None:
+        """Remove ``obj`` (by identity key); a no-op when it is absent."""
+        self.batch_delete([obj])
+
+    # -- resources ------------------------------------------------------------------------------
+
+    def release(self) -> None:  # noqa: B027 - stores without connections have nothing to free
+        """Free connections; a released store reopens lazily on next use."""
+
+    def close(self) -> None:
+        """Same as :meth:`release`."""
+        self.release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

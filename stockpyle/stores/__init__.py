@@ -1,0 +1,46 @@
+"""The stores. Stores over optional libraries are imported on first access, so that
+``import stockpyle.stores`` imports no optional library."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from stockpyle._chain import ChainedStore
+from stockpyle._kv import KeyValueStore
+from stockpyle._store import BaseStore
+from stockpyle.stores.dictionary import BaseDictionaryStore
+from stockpyle.stores.memory import ProcessMemoryStore, ThreadLocalStore
+
+if TYPE_CHECKING:
+    pass
+
+__all__ = [
+    "BaseDictionaryStore",
+    "BaseStore",
+    "ChainedStore",
+    "KeyValueStore",
+    "MemcacheStore",
+    "MemcachedStore",
+    "ProcessMemoryStore",
+    "SQLAlchemyStore",
+    "ShoveStore",
+    "SqlAlchemyStore",
+    "ThreadLocalStore",
+]
+
+_LAZY = {
+    "MemcacheStore": "stockpyle.stores.memcache",
+    "MemcachedStore": "stockpyle.stores.memcache",
+    "ShoveStore": "stockpyle.stores.shove",
+    "SqlAlchemyStore": "stockpyle.stores.sqlalchemy",
+    "SQLAlchemyStore": "stockpyle.stores.sqlalchemy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        msg = f"module {__name__!r} has no attribute {name!r}"
+        raise AttributeError(msg)
+    return getattr(importlib.import_module(module), name)
