@@ -248,8 +248,12 @@ class _View:
 
     def commit(self) -> None:
         saves = {k: r for k, r in self._changes.items() if r is not None}
+        # Remove every slot the plan empties unless it is known to be absent already: a slot
+        # never fetched may hold another object's pointer that this batch overwrote.
         removes = [
-            k for k, r in self._changes.items() if r is None and self._known.get(k) is not None
+            k
+            for k, r in self._changes.items()
+            if r is None and not (k in self._known and self._known[k] is None)
         ]
         if saves:
             self._store._save(saves)

@@ -1,0 +1,116 @@
+"""The conformance suite and the state machine for the in-process stores and chains of them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from stockpyle.stores import (
+    BaseDictionaryStore,
+    ChainedStore,
+    ProcessMemoryStore,
+    ThreadLocalStore,
+)
+from stockpyle.testing import (
+    ExpiryConformance,
+    FakeClock,
+    KeyValueConformance,
+    PolymorphismConformance,
+    ReferenceConformance,
+    StoreConformance,
+    make_state_machine,
+)
+
+MACHINE_SETTINGS = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def memory(**kw: Any) -> ProcessMemoryStore:
+    return ProcessMemoryStore(**kw)
+
+
+def threadlocal(**kw: Any) -> ThreadLocalStore:
+    return ThreadLocalStore(**kw)
+
+
+def plain_dict(**kw: Any) -> BaseDictionaryStore:
+    return BaseDictionaryStore({}, **kw)
+
+
+def bounded_memory(**kw: Any) -> ProcessMemoryStore:
+    return ProcessMemoryStore(max_entries=100_000, **kw)
+
+
+def chain_memory_dict(**kw: Any) -> ChainedStore:
+    return ChainedStore([ProcessMemoryStore(**kw), BaseDictionaryStore({}, **kw)])
+
+
+def chain_three(**kw: Any) -> ChainedStore:
+    return ChainedStore([ThreadLocalStore(**kw), ProcessMemoryStore(**kw), plain_dict(**kw)])
+
+
+FACTORIES = {
+    "memory": memory,
+    "bounded_memory": bounded_memory,
+    "threadlocal": threadlocal,
+    "dict": plain_dict,
+    "chain[memory,dict]": chain_memory_dict,
+    "chain[threadlocal,memory,dict]": chain_three,
+}
+
+
+class _AllConformance(
+    StoreConformance, ExpiryConformance, PolymorphismConformance, KeyValueConformance
+):
+    factory: Any
+
+    @pytest.fixture
+    def make_store(self, clock: FakeClock) -> Any:
+        def make(**kw: Any) -> Any:
+            return type(self).factory(clock=clock, **kw)
+
+        return make
+
+
+class TestProcessMemoryStore(_AllConformance, ReferenceConformance):
+    factory = staticmethod(memory)
+
+
+class TestBoundedProcessMemoryStore(_AllConformance, ReferenceConformance):
+    factory = staticmethod(bounded_memory)
+
+
+class TestThreadLocalStore(_AllConformance, ReferenceConformance):
+    factory = staticmethod(threadlocal)
+
+
+class TestDictionaryStore(_AllConformance, ReferenceConformance):
+    factory = staticmethod(plain_dict)
+
+
+class TestChainMemoryDict(_AllConformance):
+    factory = staticmethod(chain_memory_dict)
+
+
+class TestChainThree(_AllConformance):
+    factory = staticmethod(chain_three)
+
+
+TestMemoryMachine = make_state_machine(memory).TestCase
+TestMemoryMachine.settings = MACHINE_SETTINGS
+TestThreadLocalMachine = make_state_machine(threadlocal).TestCase
+TestThreadLocalMachine.settings = MACHINE_SETTINGS
+TestDictMachine = make_state_machine(plain_dict).TestCase
+TestDictMachine.settings = MACHINE_SETTINGS
+TestChainMachine = make_state_machine(chain_memory_dict).TestCase
+TestChainMachine.settings = MACHINE_SETTINGS
+TestChainThreeMachine = make_state_machine(chain_three).TestCase
+TestChainThreeMachine.settings = MACHINE_SETTINGS
+TestLockstepMachine = make_state_machine(FACTORIES).TestCase
+TestLockstepMachine.settings = MACHINE_SETTINGS
