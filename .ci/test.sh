@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Set up everything and run the whole test suite: lint, mypy --strict, the tests against real
+# memcached and PostgreSQL servers (installed and started here), the docs build and a quick
+# benchmark smoke run. Usage: bash .ci/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+eval "$(bash .ci/services.sh start)"
+# Server-backed tests fail instead of skipping when a server is missing.
+export CI=${CI:-true}
+
+echo "== ruff"; .venv/bin/ruff check stockpyle tests $(ls -d benchmarks 2>/dev/null)
+echo "== mypy --strict"; .venv/bin/mypy stockpyle
+echo "== pytest"; .venv/bin/python -m pytest -q "$@"
+if [ -f mkdocs.yml ]; then
+  echo "== docs (strict)"; .venv/bin/mkdocs build --strict --quiet --site-dir /tmp/stockpyle-site
+fi
+if [ -f benchmarks/run.py ]; then
+  echo "== benchmarks (quick smoke run)"; .venv/bin/python benchmarks/run.py --quick --out /tmp/stockpyle-bench
+fi
+echo "== all green"
