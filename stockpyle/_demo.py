@@ -12,19 +12,15 @@ from stockpyle._store import BaseStore
 from stockpyle.stores import ChainedStore, ProcessMemoryStore
 
 
-def _persistent_layer(workdir: Path) -> tuple[BaseStore, str, Any]:
-    """SQLite through SqlAlchemyStore when SQLAlchemy is installed, else a shelve file."""
-    try:
-        from stockpyle._demo_sql import sqlite_layer
-    except ImportError:
-        import shelve
+def _persistent_layer(workdir: Path) -> tuple[BaseStore, str, type[Any]]:
+    """The most persistent layer: a shelve file on disk."""
+    import shelve
 
-        from stockpyle._demo_models import Foo
-        from stockpyle.stores import BaseDictionaryStore
+    from stockpyle._demo_models import Foo
+    from stockpyle.stores import BaseDictionaryStore
 
-        path = workdir / "demo.shelf"
-        return BaseDictionaryStore(shelve.open(str(path))), f"shelve file {path}", Foo
-    return sqlite_layer(workdir)
+    path = workdir / "demo.shelf"
+    return BaseDictionaryStore(shelve.open(str(path))), f"shelve file {path}", Foo
 
 
 def _where(chain: ChainedStore, names: Sequence[str], cls: type, key: dict[str, Any]) -> str:

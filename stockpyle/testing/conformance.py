@@ -166,7 +166,8 @@ class StoreConformance(_Base):
         store.put(obj)
         found = store.get(self.kit.falsy, {"key": self.k(1)})
         assert found is not None and self.same(found, obj)
-        assert store.batch_get(self.kit.falsy, [{"zap": self.k(2), "bar": self.k(3)}])[0] is not None
+        alt = {"zap": self.k(2), "bar": self.k(3)}
+        assert store.batch_get(self.kit.falsy, [alt])[0] is not None
 
     def test_unknown_key_names_raise(self, store: BaseStore) -> None:
         """A key dict naming no declared key raises UnknownKeyError (a KeyError)."""
@@ -288,7 +289,7 @@ class KeyValueConformance(_Base):
         assert store.get(self.kit.foo, {"key": 0.0}) is not None
         store.put(self.foo(decimal.Decimal("1.0")))
         assert store.get(self.kit.foo, {"key": decimal.Decimal("1")}) is not None
-        utc = dt.datetime(2024, 1, 1, 12, tzinfo=dt.timezone.utc)
+        utc = dt.datetime(2024, 1, 1, 12, tzinfo=dt.UTC)
         store.put(self.foo(utc))
         plus2 = utc.astimezone(dt.timezone(dt.timedelta(hours=2)))
         assert store.get(self.kit.foo, {"key": plus2}) is not None
@@ -340,7 +341,7 @@ class ExpiryConformance(_Base):
             "never": None,
             "float": 2.5,
             "delta": dt.timedelta(seconds=5),
-            "aware": dt.datetime.fromtimestamp(start + 7, dt.timezone.utc),
+            "aware": dt.datetime.fromtimestamp(start + 7, dt.UTC),
             "naive": dt.datetime.fromtimestamp(start + 9),
         }
         store = make_store(lifetime_cb=lambda obj: lifetimes[obj.name])
@@ -379,7 +380,7 @@ class ExpiryConformance(_Base):
         self, make_store: MakeStore, clock: FakeClock, lifetime: Any
     ) -> None:
         """A lifetime of zero or less, or a past datetime: not stored, previous version gone."""
-        past = dt.datetime.fromtimestamp(clock() - 1, dt.timezone.utc)
+        past = dt.datetime.fromtimestamp(clock() - 1, dt.UTC)
         value = past if lifetime == "past" else lifetime
         store = make_store(lifetime_cb=lambda obj: None if obj.name == "keep" else value)
         store.put(self.foo(self.k(1), self.k(2), self.k(3), "keep"))

@@ -6,10 +6,9 @@ from collections.abc import Callable
 from typing import Any
 
 import attrs
-
-from stockpyle.testing import models
 from hypothesis import strategies as st
 
+from stockpyle.testing import models
 from stockpyle.testing.strategies import AWKWARD_KEYS, key_values, typed
 
 __all__ = ["DEFAULT_KIT", "ModelKit"]
@@ -27,12 +26,12 @@ class ModelKit:
     ones) supplies its own kit; ``key_pool`` lists the key values it can hold.
     """
 
-    foo: type
-    falsy: type | None = None
-    pair: type | None = None
-    automobile: type | None = None
-    car: type | None = None
-    truck: type | None = None
+    foo: type[Any]
+    falsy: type[Any] | None = None
+    pair: type[Any] | None = None
+    automobile: type[Any] | None = None
+    car: type[Any] | None = None
+    truck: type[Any] | None = None
     key_pool: tuple[Any, ...] = AWKWARD_KEYS
     #: Where the state machine draws key values from (default: the pool).
     key_strategy: st.SearchStrategy[Any] | None = None

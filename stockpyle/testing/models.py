@@ -7,7 +7,7 @@ import an object's class by its qualified name.
 from __future__ import annotations
 
 import enum
-from typing import Any
+from typing import Any, ClassVar
 
 import attrs
 
@@ -55,7 +55,7 @@ class FalsyFoo:
 class Pair:
     """A composite identity key, declared through the raw ``__stockpyle_keys__`` protocol."""
 
-    __stockpyle_keys__ = [("a", "b")]
+    __stockpyle_keys__: ClassVar[list[Any]] = [("a", "b")]
 
     a: Any
     b: Any

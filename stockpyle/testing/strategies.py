@@ -13,7 +13,7 @@ from stockpyle.testing.models import Color
 
 __all__ = ["AWKWARD_KEYS", "key_values", "typed"]
 
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 _PLUS2 = dt.timezone(dt.timedelta(hours=2))
 
 #: Values that look alike but are different keys (and a few that are the same key).
