@@ -37,7 +37,7 @@ def run(memcached: str | None = None, out: Any = print) -> None:
     layers: list[BaseStore] = [ProcessMemoryStore()]
     names = ["memory"]
     if memcached:
-        from stockpyle.stores.memcache import MemcacheStore
+        from stockpyle.stores import MemcacheStore
 
         layers.append(MemcacheStore(servers=[memcached], prefix=f"demo-{workdir.name}"))
         names.append(f"memcached {memcached}")
