@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from stockpyle._chain import ChainedStore
 from stockpyle._kv import KeyValueStore
 from stockpyle._store import BaseStore
+from stockpyle.exceptions import MissingDependencyError
 from stockpyle.stores.dictionary import BaseDictionaryStore
 from stockpyle.stores.memory import ProcessMemoryStore, ThreadLocalStore
 
@@ -43,4 +44,16 @@ def __getattr__(name: str) -> Any:
     if module is None:
         msg = f"module {__name__!r} has no attribute {name!r}"
         raise AttributeError(msg)
-    return getattr(importlib.import_module(module), name)
+    try:
+        return getattr(importlib.import_module(module), name)
+    except MissingDependencyError as exc:
+        # Keep `from stockpyle.stores import *` working without every extra installed: the
+        # name exists, and using it raises the error that names the extra to install.
+        return _unavailable(name, exc)
+
+
+def _unavailable(name: str, error: MissingDependencyError) -> type:
+    def __init__(self: object, *args: object, **kwargs: object) -> None:
+        raise MissingDependencyError(error.library, error.extra, store=name)
+
+    return type(name, (), {"__init__": __init__, "__doc__": str(error)})

@@ -1,0 +1,225 @@
+"""ChainedStore guarantees (SPEC §7) beyond the shared conformance suite: asking each layer
+once, backfill, expiry carry-over, write order and cache-layer failures.
+
+Layer failures are injected with :class:`FlakyStore`, a real ProcessMemoryStore that raises
+StoreError on demand; failures of a real memcached are covered in test_memcache_faults.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from stockpyle import InvalidKeyError, StoreError
+from stockpyle._expiry import Deadline
+from stockpyle.stores import ChainedStore, ProcessMemoryStore
+from stockpyle.testing import FakeClock
+from stockpyle.testing.models import Foo
+
+
+class FlakyStore(ProcessMemoryStore):
+    """A memory store that records calls and fails the operations named in ``failing``."""
+
+    def __init__(self, name: str, log: list[tuple[str, str]], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.name = name
+        self.log = log
+        self.failing: set[str] = set()
+        self.asked: list[list[Any]] = []
+
+    def _maybe_fail(self, op: str) -> None:
+        self.log.append((self.name, op))
+        if op in self.failing:
+            raise StoreError(self, f"{op} failed (injected)")
+
+    def batch_get_entries(self, cls: type[Any], key_dicts: Sequence[Any]) -> list[Any]:
+        self.asked.append(list(key_dicts))
+        self._maybe_fail("get")
+        return super().batch_get_entries(cls, key_dicts)
+
+    def get_entry(self, cls: type[Any], key_dict: Any) -> Any:
+        return self.batch_get_entries(cls, [key_dict])[0]
+
+    def batch_put(
+        self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
+    ) -> None:
+        self._maybe_fail("put")
+        super().batch_put(objs, expires_at=expires_at)
+
+    def batch_delete(self, objs: Sequence[Any]) -> None:
+        self._maybe_fail("delete")
+        super().batch_delete(objs)
+
+
+def make_chain(n: int = 3, **kw: Any) -> tuple[ChainedStore, list[FlakyStore], list[Any]]:
+    log: list[tuple[str, str]] = []
+    layers = [FlakyStore(f"L{i}", log) for i in range(n)]
+    return ChainedStore(layers, **kw), layers, log
+
+
+def test_empty_chain_is_refused() -> None:
+    """ChainedStore([]) raises ValueError."""
+    with pytest.raises(ValueError):
+        ChainedStore([])
+
+
+def test_batch_get_asks_each_layer_once_for_what_is_missing() -> None:
+    """Each layer is asked once, only for keys no earlier layer had (duplicates asked once)."""
+    chain, (top, mid, bottom), _ = make_chain()
+    a, b, c = Foo(1, name="a"), Foo(2, name="b"), Foo(3, name="c")
+    top.put(a)
+    mid.batch_put([a, b])
+    bottom.batch_put([a, b, c])
+    found = chain.batch_get(
+        Foo, [{"key": 1}, {"key": 2}, {"key": 3}, {"key": 4}, {"key": 2}]
+    )
+    assert [f.name if f else None for f in found] == ["a", "b", "c", None, "b"]
+    assert top.asked == [[{"key": 1}, {"key": 2}, {"key": 3}, {"key": 4}]]
+    assert mid.asked == [[{"key": 2}, {"key": 3}, {"key": 4}]]
+    assert bottom.asked == [[{"key": 3}, {"key": 4}]]
+
+
+def test_hits_are_backfilled_into_every_layer_above() -> None:
+    """A hit in a lower layer is written back into each earlier layer that missed."""
+    chain, (top, mid, bottom), _ = make_chain()
+    obj = Foo(1, 2, 3)
+    bottom.put(obj)
+    assert chain.get(Foo, {"zap": 2, "bar": 3}) is obj
+    assert top.get(Foo, {"key": 1}) is obj
+    assert mid.get(Foo, {"zap": 2, "bar": 3}) is obj
+
+
+def test_backfilled_entry_expires_no_later_than_its_source() -> None:
+    """A copy backfilled from an entry with 10 s left expires within 10 s, even though the
+    upper layer's own lifetime is longer."""
+    clock = FakeClock()
+    top = ProcessMemoryStore(lifetime_cb=lambda o: 3600, clock=clock)
+    bottom = ProcessMemoryStore(lifetime_cb=lambda o: 10, clock=clock)
+    chain = ChainedStore([top, bottom])
+    bottom.put(Foo(1))
+    clock.advance(4)
+    assert chain.get(Foo, {"key": 1}) is not None
+    found = top.get_entry(Foo, {"key": 1})
+    assert found is not None and found[1] == pytest.approx(clock() + 6)
+    clock.advance(6)
+    assert top.get(Foo, {"key": 1}) is None
+    assert chain.get(Foo, {"key": 1}) is None
+
+
+def test_put_writes_the_most_persistent_layer_first() -> None:
+    """put and batch_put write the last layer first, then upward."""
+    chain, _, log = make_chain()
+    chain.put(Foo(1))
+    assert log == [("L2", "put"), ("L1", "put"), ("L0", "put")]
+
+
+def test_failure_of_the_last_layer_raises_and_leaves_upper_layers_unchanged() -> None:
+    """When the persistent layer fails, the error propagates and the caches keep the old
+    version."""
+    chain, (top, mid, bottom), _ = make_chain()
+    chain.put(Foo(1, name="old"))
+    bottom.failing.add("put")
+    with pytest.raises(StoreError):
+        chain.put(Foo(1, name="new"))
+    for layer in (top, mid):
+        found = layer.get(Foo, {"key": 1})
+        assert found is not None and found.name == "old"
+
+
+def test_invalid_key_values_are_refused_before_any_layer() -> None:
+    """A bad key value raises InvalidKeyError before any layer is written."""
+    chain, layers, log = make_chain()
+    with pytest.raises(InvalidKeyError):
+        chain.batch_put([Foo(1), Foo(2, zap=[1], bar=1)])
+    assert log == []
+    assert all(layer.get(Foo, {"key": 1}) is None for layer in layers)
+
+
+def test_failed_cache_write_is_tolerated_logged_counted_and_suspect(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A cache layer failing a put: the call succeeds, the failure is logged and counted, and
+    reads skip that layer for the key (it may hold a stale version) until a write succeeds."""
+    chain, (top, mid, _bottom), _ = make_chain()
+    chain.put(Foo(1, name="old"))
+    mid.failing.add("put")
+    top.clear()  # force reads past the top layer
+    with caplog.at_level(logging.WARNING, logger="stockpyle.chain"):
+        chain.put(Foo(1, name="new"))
+    assert chain.failures == [0, 1, 0]
+    assert "put failed in cache layer 1" in caplog.text
+    assert mid.get(Foo, {"key": 1}).name == "old"  # type: ignore[union-attr]  # stale in mid
+    top.clear()
+    found = chain.get(Foo, {"key": 1})
+    assert found is not None and found.name == "new"  # not the stale copy
+    assert chain.suspect_keys(1)
+    mid.failing.clear()
+    chain.put(Foo(1, name="newer"))
+    assert not chain.suspect_keys(1)
+
+
+def test_failed_cache_read_is_a_miss_and_not_backfilled() -> None:
+    """A cache layer failing a read counts as a miss; that layer is not backfilled."""
+    chain, (top, mid, bottom), _ = make_chain()
+    bottom.put(Foo(1))
+    mid.failing.add("get")
+    assert chain.get(Foo, {"key": 1}) is not None
+    assert chain.failures == [0, 1, 0]
+    mid.failing.clear()
+    assert mid.get(Foo, {"key": 1}) is None
+    assert top.get(Foo, {"key": 1}) is not None
+
+
+def test_failure_of_the_last_layer_on_read_raises() -> None:
+    """A read failure of the persistent layer always raises."""
+    chain, (_, _, bottom), _ = make_chain()
+    bottom.failing.add("get")
+    with pytest.raises(StoreError):
+        chain.get(Foo, {"key": 1})
+
+
+def test_strict_chain_raises_and_evicts_above() -> None:
+    """strict=True: a cache-layer failure raises, after evicting the object from the layers
+    above so no stale copy answers."""
+    chain, (top, mid, _bottom), _ = make_chain(strict=True)
+    chain.put(Foo(1, name="old"))
+    mid.failing.add("put")
+    with pytest.raises(StoreError):
+        chain.put(Foo(1, name="new"))
+    assert top.get(Foo, {"key": 1}) is None
+    found = chain.get(Foo, {"key": 1})
+    assert found is not None and found.name == "new"
+
+
+def test_delete_leaves_no_layer_answering_even_when_a_cache_fails() -> None:
+    """delete removes the object from every layer; a layer that fails to delete is skipped
+    for that key until it is written again."""
+    chain, (_top, mid, _bottom), _ = make_chain()
+    obj = Foo(1, 2, 3)
+    chain.put(obj)
+    mid.failing.add("delete")
+    chain.delete(obj)
+    assert mid.get(Foo, {"key": 1}) is not None  # the failed layer still holds it...
+    assert chain.get(Foo, {"key": 1}) is None  # ...but the chain never answers with it
+    assert chain.get(Foo, {"zap": 2, "bar": 3}) is None
+    assert chain.batch_get(Foo, [{"key": 1}]) == [None]
+
+
+def test_strict_delete_deletes_everywhere_then_raises() -> None:
+    """strict=True: delete still removes the object from the other layers, then raises."""
+    chain, (top, mid, bottom), _ = make_chain(strict=True)
+    chain.put(Foo(1))
+    mid.failing.add("delete")
+    with pytest.raises(StoreError):
+        chain.delete(Foo(1))
+    assert top.get(Foo, {"key": 1}) is None and bottom.get(Foo, {"key": 1}) is None
+
+
+def test_chain_accepts_declared_keys_only() -> None:
+    """A chain raises UnknownKeyError for key dicts that are not a declared key."""
+    chain, _, _ = make_chain()
+    with pytest.raises(KeyError):
+        chain.get(Foo, {"zap": 1})

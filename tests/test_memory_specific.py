@@ -1,0 +1,59 @@
+"""What only the in-process stores promise: thread safety, LRU bounds, per-thread isolation."""
+
+from __future__ import annotations
+
+import threading
+
+from stockpyle.stores import ProcessMemoryStore, ThreadLocalStore
+from stockpyle.testing.models import Foo
+
+
+def test_process_memory_store_is_thread_safe() -> None:
+    """Many threads putting, changing alternates and deleting leave consistent indexes."""
+    store = ProcessMemoryStore()
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(300):
+                store.put(Foo(i % 50, zap=t, bar=i))
+                store.get(Foo, {"zap": t, "bar": i})
+                if i % 7 == 0:
+                    store.delete(Foo(i % 50))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for key in range(50):
+        obj = store.get(Foo, {"key": key})
+        if obj is not None:
+            assert store.get(Foo, {"zap": obj.zap, "bar": obj.bar}) is obj
+
+
+def test_max_entries_evicts_least_recently_used() -> None:
+    """max_entries bounds the index entries; the least recently used go first, and an
+    evicted entry is a miss, never stale data."""
+    store = ProcessMemoryStore(max_entries=4)
+    store.batch_put([Foo(1), Foo(2)])
+    assert store.get(Foo, {"key": 1}) is not None  # 1 is now more recent than 2
+    store.batch_put([Foo(3), Foo(4), Foo(5)])
+    assert len(store) == 4
+    assert store.get(Foo, {"key": 2}) is None
+    assert store.get(Foo, {"key": 5}) is not None
+
+
+def test_thread_local_store_isolates_threads() -> None:
+    """ThreadLocalStore: each thread sees only what it stored itself."""
+    store = ThreadLocalStore()
+    store.put(Foo(1))
+    seen: list[object] = []
+    thread = threading.Thread(target=lambda: seen.append(store.get(Foo, {"key": 1})))
+    thread.start()
+    thread.join()
+    assert seen == [None]
+    assert store.get(Foo, {"key": 1}) is not None
