@@ -1,0 +1,414 @@
+"""MemcacheStore when things go wrong: dead, restarted and hung servers, oversized and
+tampered values, and chains that keep working around a failing memcached layer.
+
+Servers that a test kills are private ``memcached`` processes on free ports; a hung server is a
+socket that accepts and never answers. No sleeping makes anything expire.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from helpers_memcache import (
+    CountingProxy,
+    HungServer,
+    MemcachedProcess,
+    PurgingStore,
+    private_memcached,
+    purge_created,
+    raw_get,
+    raw_set,
+    unique_prefix,
+)
+from pymemcache.client.base import Client as PyClient
+from pymemcache.client.hash import HashClient
+
+from stockpyle.exceptions import StoreError
+from stockpyle.stores import BaseDictionaryStore, ChainedStore, ProcessMemoryStore
+from stockpyle.stores.memcache import MemcacheStore, ValueNotStoredError, ValueTooLargeError
+from stockpyle.testing.models import Foo
+
+pytestmark = pytest.mark.memcached
+
+
+@pytest.fixture(autouse=True)
+def _leave_servers_clean() -> Iterator[None]:
+    yield
+    purge_created()
+
+
+FOO_KEY = "stockpyle.testing.models.Foo|key="
+BIG = "x" * (1024 * 1024 + 1)  # more than memcached's default item size
+
+
+def python_memcached(server: str | list[str], **kw: Any) -> MemcacheStore:
+    servers = [server] if isinstance(server, str) else server
+    return PurgingStore(servers=servers, prefix=unique_prefix(), **kw)
+
+
+def pymemcache(server: str | list[str], timeout: float = 1.0, **kw: Any) -> MemcacheStore:
+    if isinstance(server, str):
+        client: Any = PyClient(server, connect_timeout=timeout, timeout=timeout)
+    else:
+        client = HashClient(server, connect_timeout=timeout, timeout=timeout)
+    return PurgingStore(client=client, prefix=unique_prefix(), **kw)
+
+
+Builder = Callable[..., MemcacheStore]
+CLIENTS: dict[str, Builder] = {"python-memcached": python_memcached, "pymemcache": pymemcache}
+each_client = pytest.mark.parametrize("build", CLIENTS.values(), ids=CLIENTS.keys())
+
+
+@pytest.fixture
+def private(memcached_server: str) -> Iterator[MemcachedProcess]:
+    """A private memcached this test may kill (the shared fixture must exist, as under CI)."""
+    with private_memcached() as server:
+        yield server
+
+
+@pytest.fixture
+def hung(memcached_server: str) -> Iterator[HungServer]:
+    """A server that accepts connections and never answers."""
+    server = HungServer()
+    yield server
+    server.close()
+
+
+def _all_calls_raise(store: MemcacheStore, server: str) -> None:
+    for call in (
+        lambda: store.get(Foo, {"key": 1}),
+        lambda: store.batch_get(Foo, [{"key": 1}, {"zap": 2, "bar": 3}]),
+        lambda: store.put(Foo(1, 2, 3)),
+        lambda: store.delete(Foo(1)),
+    ):
+        with pytest.raises(StoreError) as info:
+            call()
+        assert server in str(info.value)
+        assert info.value.store is store and info.value.cause is not None
+
+
+# -- dead and restarted servers --------------------------------------------------------------------
+
+
+@each_client
+def test_unreachable_server_raises_store_error(private: MemcachedProcess, build: Builder) -> None:
+    """With the server down, get, batch_get, put and delete raise StoreError naming the server
+    and the cause, never a library exception and never a silent miss."""
+    store = build(private.address)
+    store.put(Foo(1, 2, 3))
+    private.kill()
+    _all_calls_raise(store, private.address)
+
+
+@each_client
+def test_server_killed_mid_run_and_restarted(private: MemcachedProcess, build: Builder) -> None:
+    """A server killed between calls makes calls fail; once it is back (empty) the same store
+    works again at once, without waiting out a dead-retry period."""
+    store = build(private.address)
+    store.batch_put([Foo(i, i, "b") for i in range(10)])
+    assert store.get(Foo, {"key": 3}) == Foo(3, 3, "b")
+    private.kill()
+    with pytest.raises(StoreError):
+        store.get(Foo, {"key": 3})
+    with pytest.raises(StoreError):
+        store.put(Foo(3, 3, "b", name="while down"))
+    private.start()
+    assert store.get(Foo, {"key": 3}) is None  # a fresh, empty server: a miss, not an error
+    store.put(Foo(3, 3, "b", name="back"))
+    assert store.get(Foo, {"zap": 3, "bar": "b"}) == Foo(3, 3, "b", name="back")
+
+
+@each_client
+def test_restart_between_calls_reconnects_transparently(
+    private: MemcachedProcess, build: Builder
+) -> None:
+    """A connection left over from before a restart is stale: the store reconnects and the call
+    succeeds instead of failing once."""
+    store = build(private.address)
+    store.put(Foo(1))
+    private.kill()
+    private.start()
+    assert store.get(Foo, {"key": 1}) is None
+    store.put(Foo(1, name="again"))
+    private.kill()
+    private.start()
+    store.delete(Foo(1))  # on a stale connection too
+
+
+def test_one_of_two_servers_down(memcached_server: str, private: MemcachedProcess) -> None:
+    """With two servers, keys on the live one keep working; calls touching the dead one raise
+    (keys are never silently moved to the other server)."""
+    store = python_memcached([memcached_server, private.address])
+    objs = [Foo(i) for i in range(40)]
+    store.batch_put(objs)
+    private.kill()
+    on_live = [
+        o for o in objs if raw_get(memcached_server, store.memcache_key(f"{FOO_KEY}{o.key}"))
+    ]
+    assert 0 < len(on_live) < len(objs)
+    assert store.batch_get(Foo, [{"key": o.key} for o in on_live]) == on_live
+    with pytest.raises(StoreError, match=private.address):
+        store.batch_get(Foo, [{"key": o.key} for o in objs])
+
+
+def test_user_client_dead_retry_fails_fast(private: MemcachedProcess) -> None:
+    """A python-memcached client with dead_retry keeps failing fast (StoreError, no waiting)
+    until the retry period is over."""
+    store = python_memcached(private.address, dead_retry=30)
+    store.put(Foo(1))
+    private.kill()
+    with pytest.raises(StoreError):
+        store.get(Foo, {"key": 1})
+    private.start()
+    started = time.monotonic()
+    with pytest.raises(StoreError, match="dead_retry"):
+        store.get(Foo, {"key": 1})
+    assert time.monotonic() - started < 0.1
+
+
+# -- a server that accepts and never answers -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda address: python_memcached(address, timeout=0.3),
+        lambda address: pymemcache(address, timeout=0.3),
+    ],
+    ids=CLIENTS.keys(),
+)
+def test_hung_server_costs_at_most_the_timeout(hung: HungServer, build: Builder) -> None:
+    """Each call on a server that never answers raises StoreError after about the configured
+    timeout (not minutes, not forever)."""
+    store = build(hung.address)
+    for call in (
+        lambda: store.get(Foo, {"key": 1}),
+        lambda: store.put(Foo(1, 2, 3)),
+        lambda: store.delete(Foo(1)),
+    ):
+        started = time.monotonic()
+        with pytest.raises(StoreError, match=hung.address):
+            call()
+        assert time.monotonic() - started < 0.3 + 0.4
+
+
+def test_default_timeout_is_at_most_one_second(hung: HungServer) -> None:
+    """The default timeout bounds a hung server to about one second per call."""
+    store = MemcacheStore(servers=[hung.address])
+    started = time.monotonic()
+    with pytest.raises(StoreError):
+        store.get(Foo, {"key": 1})
+    assert time.monotonic() - started < 1.4
+
+
+# -- values too large ------------------------------------------------------------------------------
+
+
+@each_client
+def test_oversized_value_raises_before_sending_and_removes_previous_version(
+    memcached_server: str, build: Builder
+) -> None:
+    """A value over the item size limit raises ValueTooLargeError (a StoreError and a
+    ValueError) before any set is sent, and the object's previous version is gone, by every
+    key, so no stale copy answers."""
+    proxy = CountingProxy(memcached_server)
+    try:
+        store = build(proxy.address)
+        store.batch_put([Foo(1, 2, 3, name="small"), Foo(9, name="other")])
+        proxy.reset()
+        with pytest.raises(ValueTooLargeError, match="item size limit") as info:
+            store.batch_put([Foo(1, 2, 3, name=BIG), Foo(9, name="other v2")])
+        assert isinstance(info.value, StoreError) and isinstance(info.value, ValueError)
+        assert "set" not in proxy.commands
+        assert store.get(Foo, {"key": 1}) is None
+        assert store.get(Foo, {"zap": 2, "bar": 3}) is None
+        assert store.get(Foo, {"key": 9}) is None  # the whole batch was refused
+        store.put(Foo(1, 2, 3, name="small again"))
+        assert store.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, name="small again")
+    finally:
+        proxy.unblock()
+        purge_created()
+        proxy.close()
+
+
+def test_size_limit_counts_key_and_overhead(memcached_server: str) -> None:
+    """A value just under 1 MiB is stored; the limit counts the key and memcached's overhead,
+    so nothing the store sends is refused by a default server."""
+    store = python_memcached(memcached_server)
+    fits = Foo(1, name="x" * (1024 * 1024 - 1000))
+    store.put(fits)
+    assert store.get(Foo, {"key": 1}) == fits
+    with pytest.raises(ValueTooLargeError):
+        store.put(Foo(1, name="x" * (1024 * 1024 - 100)))
+    assert store.get(Foo, {"key": 1}) is None
+
+
+@each_client
+def test_value_refused_by_the_server_is_an_error_and_no_stale_value_survives(
+    memcached_server: str, build: Builder
+) -> None:
+    """If the store is told a larger limit than the server's, the server's refusal is still a
+    StoreError, and the previous value is deleted rather than left stale."""
+    store = build(memcached_server, max_item_size=4 * 1024 * 1024)
+    store.put(Foo(1, 2, 3, name="small"))
+    with pytest.raises(StoreError, match=r"refused|too large"):
+        store.put(Foo(1, 2, 3, name=BIG))
+    assert store.get(Foo, {"key": 1}) is None
+    assert store.get(Foo, {"zap": 2, "bar": 3}) is None
+    store.put(Foo(1, name="fine"))  # the connection is still in step
+    assert store.get(Foo, {"key": 1}) == Foo(1, name="fine")
+
+
+# -- tampered values -------------------------------------------------------------------------------
+
+_MARK = f"/tmp/stockpyle-unpickled-{os.getpid()}"
+
+
+class _Evil:
+    """Unpickling this creates a file: proof that a value was deserialized."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (_MARK, "w"))
+
+
+@each_client
+def test_tampered_value_is_a_logged_miss_and_never_unpickled(
+    memcached_server: str, build: Builder, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With secret=, a value whose bytes were changed, a forged value, an unsigned value and a
+    signed value moved from another key are misses, logged, and never unpickled."""
+    store = build(memcached_server, secret=b"k" * 32)
+    store.batch_put([Foo(1, 2, 3), Foo(4)])
+    key1 = store.memcache_key(f"{FOO_KEY}1")
+    key4 = store.memcache_key(f"{FOO_KEY}4")
+    good = raw_get(memcached_server, key1)
+    assert good is not None
+    evil = pickle.dumps(_Evil())
+    forged = [
+        good[:-1] + bytes([good[-1] ^ 1]),  # one bit flipped
+        good[:3] + b"\x00" * 32 + evil,  # a wrong signature on a malicious payload
+        b"sp\x00" + evil,  # unsigned
+        raw_get(memcached_server, key4),  # a genuine value of another key
+    ]
+    if os.path.exists(_MARK):
+        os.remove(_MARK)
+    for value in forged:
+        assert value is not None
+        raw_set(memcached_server, key1, value)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="stockpyle.memcache"):
+            assert store.get(Foo, {"key": 1}) is None
+            assert store.get(Foo, {"zap": 2, "bar": 3}) is None
+        assert "ignoring the value" in caplog.text
+    assert not os.path.exists(_MARK)
+    raw_set(memcached_server, key1, good)
+    assert store.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3)
+
+
+def test_signed_values_need_the_same_secret(memcached_server: str) -> None:
+    """A store with another secret, or none, does not accept another store's signed values."""
+    prefix = unique_prefix()
+    signer = PurgingStore(servers=[memcached_server], prefix=prefix, secret="one")
+    signer.put(Foo(1))
+    other = MemcacheStore(servers=[memcached_server], prefix=prefix, secret="two")
+    plain = MemcacheStore(servers=[memcached_server], prefix=prefix)
+    assert other.get(Foo, {"key": 1}) is None
+    assert plain.get(Foo, {"key": 1}) is None
+    assert MemcacheStore(servers=[memcached_server], prefix=prefix, secret=b"one").get(
+        Foo, {"key": 1}
+    ) == Foo(1)
+
+
+# -- chains around a failing memcached -------------------------------------------------------------
+
+
+def _database() -> BaseDictionaryStore:
+    return BaseDictionaryStore({})
+
+
+@each_client
+def test_chain_survives_a_dead_cache_layer_and_recovers(
+    private: MemcachedProcess, build: Builder
+) -> None:
+    """[memory, memcache, database]: with memcached down, puts reach the database, reads are
+    served from it, and the failure is counted; after a restart the layer is used again."""
+    memcache = build(private.address)
+    chain = ChainedStore([ProcessMemoryStore(), memcache, _database()])
+    chain.put(Foo(1, 2, 3, name="v1"))
+    private.kill()
+    chain.put(Foo(1, 2, 3, name="v2"))
+    assert chain.failures[1] >= 1
+    assert chain.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, name="v2")
+    chain.stores[0].delete(Foo(1))  # force reads down to the memcached layer and below
+    assert chain.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v2")
+    private.start()
+    chain.put(Foo(1, 2, 3, name="v3"))
+    assert memcache.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v3")
+    assert chain.suspect_keys(1) == frozenset()
+
+
+def test_chain_never_serves_a_stale_cache_value_after_a_failed_write(
+    memcached_server: str,
+) -> None:
+    """[memcache, database]: while memcached is cut off (it keeps its data), a put reaches the
+    database only; once memcached is reachable again its old copy is never served, until a
+    later write there succeeds."""
+    proxy = CountingProxy(memcached_server)
+    try:
+        memcache = python_memcached(proxy.address)
+        chain = ChainedStore([memcache, _database()])
+        chain.put(Foo(1, 2, 3, name="v1"))
+        proxy.block()
+        chain.put(Foo(1, 2, 3, name="v2"))
+        assert chain.failures[0] == 1
+        proxy.unblock()
+        assert memcache.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v1")  # stale in memcached
+        assert chain.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v2")
+        assert chain.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, name="v2")
+        chain.put(Foo(1, 2, 3, name="v3"))
+        assert chain.suspect_keys(0) == frozenset()
+        assert memcache.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v3")
+    finally:
+        proxy.unblock()
+        purge_created()
+        proxy.close()
+
+
+def test_chain_with_hung_cache_layer_is_bounded(hung: HungServer) -> None:
+    """[memcache(hung), database]: calls succeed from the database within about the timeout."""
+    chain = ChainedStore([python_memcached(hung.address, timeout=0.3), _database()])
+    started = time.monotonic()
+    chain.put(Foo(1))
+    assert chain.get(Foo, {"key": 1}) == Foo(1)
+    assert time.monotonic() - started < 3 * 0.3 + 0.5
+    assert chain.failures[0] >= 2
+
+
+def test_chain_with_memcache_last_raises(private: MemcachedProcess) -> None:
+    """[memory, memcache]: memcached is the last layer, so its failure raises and the memory
+    layer is left unchanged."""
+    chain = ChainedStore([ProcessMemoryStore(), python_memcached(private.address)])
+    chain.put(Foo(1, name="v1"))
+    private.kill()
+    with pytest.raises(StoreError):
+        chain.put(Foo(1, name="v2"))
+    assert chain.stores[0].get(Foo, {"key": 1}) == Foo(1, name="v1")
+
+
+def test_chain_oversized_value_in_cache_layer_is_tolerated(memcached_server: str) -> None:
+    """[memory, memcache, database]: an object too large for memcached is stored in the
+    database and memory; memcached holds no stale copy."""
+    memcache = python_memcached(memcached_server)
+    chain = ChainedStore([ProcessMemoryStore(), memcache, _database()])
+    chain.put(Foo(1, name="small"))
+    with pytest.raises(ValueNotStoredError):
+        memcache.put(Foo(1, name=BIG))
+    chain.put(Foo(1, name=BIG))
+    assert chain.get(Foo, {"key": 1}) == Foo(1, name=BIG)
+    assert memcache.get(Foo, {"key": 1}) is None
