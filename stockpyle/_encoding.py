@@ -14,7 +14,6 @@ import datetime as dt
 import decimal
 import enum
 import hashlib
-import json
 import math
 import uuid
 from collections.abc import Callable
@@ -22,18 +21,16 @@ from typing import Any
 
 from stockpyle.exceptions import InvalidKeyError
 
-__all__ = ["SUPPORTED_TYPES", "encode_value", "shorten"]
+__all__ = ["FAST_ENCODERS", "SUPPORTED_TYPES", "encode_value", "shorten"]
 
 _UTC = dt.UTC
 
 
 def _enc_str(v: str) -> str:
-    # JSON quoting makes strings self-delimiting inside composite keys.
-    return json.dumps(v, ensure_ascii=False)
-
-
-def _enc_int(v: int) -> str:
-    return str(v)
+    # Quoting (with \\ and \" escaped) makes strings self-delimiting inside composite keys.
+    if "\\" in v or '"' in v:
+        v = v.replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{v}"'
 
 
 def _enc_bool(v: bool) -> str:
@@ -105,7 +102,7 @@ def _enc_tuple(v: tuple[Any, ...]) -> str:
 
 _ENCODERS: dict[type, Callable[[Any], str]] = {
     str: _enc_str,
-    int: _enc_int,
+    int: str,  # str() of an exact int is its repr, and the fastest way there
     bool: _enc_bool,
     float: _enc_float,
     bytes: _enc_bytes,
@@ -115,6 +112,15 @@ _ENCODERS: dict[type, Callable[[Any], str]] = {
     dt.datetime: _enc_datetime,
     dt.time: _enc_time,
     tuple: _enc_tuple,
+}
+
+#: Encoders of the types a hot path may encode without further checks (no NaN, no recursion).
+FAST_ENCODERS: dict[type, Callable[[Any], str]] = {
+    str: _enc_str,
+    int: str,  # str() of an exact int is its repr, and the fastest way there
+    bool: _enc_bool,
+    bytes: _enc_bytes,
+    uuid.UUID: _enc_uuid,
 }
 
 #: The key value types stockpyle accepts (plus any ``enum.Enum`` member, and tuples of these).

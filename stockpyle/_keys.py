@@ -183,7 +183,10 @@ def keys_of(cls: type) -> Keys:
 class KeySpec:
     """One declared key of one class, with everything needed to encode it precomputed."""
 
-    __slots__ = ("index", "layout", "names", "prefix", "single")
+    __slots__ = ("index", "layout", "memo", "names", "prefix", "single")
+
+    #: How many encoded int/str keys a single-attribute key remembers (see :meth:`remember`).
+    MEMO_SIZE = 4096
 
     def __init__(self, layout: KeyLayout, index: int, names: tuple[str, ...]) -> None:
         self.layout = layout
@@ -191,9 +194,20 @@ class KeySpec:
         self.names = names
         self.single = names[0] if len(names) == 1 else None
         self.prefix = f"{layout.path}|{','.join(names)}="
+        #: Encoded slots of recently used int and str values (exact types only: ``True`` is
+        #: never looked up here, so it cannot meet the entry of ``1``).
+        self.memo: dict[int | str, str] = {}
 
     def __repr__(self) -> str:
         return f"<KeySpec {self.prefix}>"
+
+    def remember(self, value: int | str) -> str:
+        """Encode an exact ``int`` or ``str`` value of this single-attribute key, memoized."""
+        memo = self.memo
+        if len(memo) >= self.MEMO_SIZE:
+            memo.clear()
+        slot = memo[value] = self.prefix + encode_value(value)
+        return slot
 
     def encode_values(self, values: Sequence[Any]) -> str | None:
         """Encode attribute values (in ``names`` order); ``None`` if any of them is ``None``."""
@@ -230,7 +244,7 @@ class KeySpec:
 class KeyLayout:
     """The normalized, precomputed key declaration of one class."""
 
-    __slots__ = ("_by_names", "_by_set", "cls", "identity", "names", "path", "specs")
+    __slots__ = ("_by_set", "cls", "identity", "names", "path", "specs", "specs_by_names")
 
     def __init__(self, cls: type, names: Keys) -> None:
         self.cls = cls
@@ -239,9 +253,10 @@ class KeyLayout:
         self.specs = tuple(KeySpec(self, i, n) for i, n in enumerate(names))
         self.identity = self.specs[0]
         self._by_set = {frozenset(s.names): s for s in self.specs}
-        self._by_names: dict[tuple[str, ...], KeySpec] = {}
+        #: Declared keys by their names in a given order (other orders are added when seen).
+        self.specs_by_names: dict[tuple[str, ...], KeySpec] = {}
         for spec in self.specs:
-            self._by_names[spec.names] = spec
+            self.specs_by_names[spec.names] = spec
 
     def __repr__(self) -> str:
         return f"<KeyLayout {self.path} {self.names!r}>"
@@ -254,7 +269,7 @@ class KeyLayout:
     def spec_for(self, key: Mapping[str, Any]) -> KeySpec:
         """The declared key that ``key`` names (in any order); else :class:`UnknownKeyError`."""
         names = tuple(key)
-        spec = self._by_names.get(names)
+        spec = self.specs_by_names.get(names)
         if spec is not None:
             return spec
         spec = self._by_set.get(frozenset(names))
@@ -266,7 +281,7 @@ class KeyLayout:
                 f"{self.path} has no key named by {sorted(names)!r}; declared keys: {declared}"
             )
             raise UnknownKeyError(msg)
-        self._by_names[names] = spec  # remember this order of names: next time one lookup
+        self.specs_by_names[names] = spec  # remember this order of names: next time one lookup
         return spec
 
     def encode(self, key: Mapping[str, Any]) -> str | None:

@@ -28,12 +28,13 @@ class Repo(Generic[T]):
     ``put`` of an object that is not a ``cls`` raises ``TypeError``.
     """
 
-    __slots__ = ("_batch_loader", "_layout", "_loader", "cls", "store")
+    __slots__ = ("_batch_loader", "_get", "_layout", "_loader", "cls", "store")
 
     def __init__(self, cls: type[T], store: BaseStore) -> None:
         self.cls = cls
         self.store = store
         self._layout = layout_of(cls)  # NotKeyedError now, not on first use
+        self._get = store.getter(cls)  # the store's fastest path for this class
         self._loader: Callable[..., Any] | None = None
         self._batch_loader = False
 
@@ -44,8 +45,7 @@ class Repo(Generic[T]):
 
     def get(self, **key: Any) -> T | None:
         """The object named by one declared key (``get(key=1)``), or ``None`` on a miss."""
-        self._layout.spec_for(key)
-        obj = self.store.get(self.cls, key)
+        obj = self._get(key)
         if obj is None and self._loader is not None:
             return self._load([key])[0]
         return obj

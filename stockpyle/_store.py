@@ -9,11 +9,12 @@ it backfills.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from stockpyle._expiry import Deadline
+from stockpyle._keys import layout_of
 
 __all__ = ["BaseStore", "Found", "KeyDict"]
 
@@ -88,6 +89,21 @@ class BaseStore(abc.ABC):
     def delete(self, obj: Any) -> None:
         """Remove ``obj`` (by identity key); a no-op when it is absent."""
         self.batch_delete([obj])
+
+    def getter(self, cls: type[T]) -> Callable[[KeyDict], T | None]:
+        """A function ``key_dict -> obj | None`` for ``cls`` that accepts declared keys only.
+
+        :class:`~stockpyle.Repo` calls it on every ``get``; stores with a faster path for a
+        known class (the in-memory ones, chains) return a specialised function.
+        """
+        spec_for = layout_of(cls).spec_for
+        get = self.get
+
+        def get_declared(key: KeyDict) -> T | None:
+            spec_for(key)
+            return get(cls, key)
+
+        return get_declared
 
     # -- resources ------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from stockpyle import InvalidKeyError, StoreError
+from stockpyle import InvalidKeyError, Repo, StoreError
 from stockpyle._expiry import Deadline
 from stockpyle.stores import ChainedStore, ProcessMemoryStore
 from stockpyle.testing import FakeClock
@@ -155,6 +155,9 @@ def test_failed_cache_write_is_tolerated_logged_counted_and_suspect(
     top.clear()
     found = chain.get(Foo, {"key": 1})
     assert found is not None and found.name == "new"  # not the stale copy
+    top.clear()
+    via_repo = Repo(Foo, chain).get(key=1)  # Repo's fast path honours suspicion too
+    assert via_repo is not None and via_repo.name == "new"
     assert chain.suspect_keys(1)
     mid.failing.clear()
     chain.put(Foo(1, name="newer"))

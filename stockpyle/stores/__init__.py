@@ -14,7 +14,8 @@ from stockpyle.stores.dictionary import BaseDictionaryStore
 from stockpyle.stores.memory import ProcessMemoryStore, ThreadLocalStore
 
 if TYPE_CHECKING:
-    pass
+    from stockpyle.stores.memcache import MemcachedStore, MemcacheStore
+    from stockpyle.stores.shove import ShoveStore
 
 __all__ = [
     "BaseDictionaryStore",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Callable, MutableMapping, Sequence, Sized
+from functools import partial
 from typing import Any, TypeVar
 
+from stockpyle._encoding import FAST_ENCODERS
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._keys import layout_of
 from stockpyle._kv import ENTRY, KeyValueStore, Record, _resolve
@@ -89,3 +91,72 @@ class BaseDictionaryStore(KeyValueStore):
     def get(self, cls: type[T], key_dict: KeyDict) -> T | None:
         found = self.get_entry(cls, key_dict)
         return None if found is None else found[0]
+
+    def getter(self, cls: type[T]) -> Callable[[KeyDict], T | None]:
+        return self.fast_getter(cls)
+
+    def fast_getter(
+        self,
+        cls: type[T],
+        *,
+        miss: Callable[[KeyDict], T | None] | None = None,
+        other: Callable[[KeyDict], T | None] | None = None,
+        bypass: Sized = (),
+    ) -> Callable[[KeyDict], T | None]:
+        """Repo.get's hot path: one tuple of the key's names, one encode, one or two mapping
+        lookups, no other calls. Keys of other types take the general path.
+
+        A chain builds its own getter on its first layer's: ``miss(key)`` answers when this
+        store misses, ``other(key)`` when the key needs the general path, and a non-empty
+        ``bypass`` sends every key to ``other``.
+        """
+        layout = layout_of(cls)
+        by_names = layout.specs_by_names
+        clock = self.clock
+        fast = FAST_ENCODERS
+        general = other if other is not None else partial(self.get, cls)
+        # Plain stores hold one mapping; subclasses (thread-local) may pick one per call.
+        fixed: MutableMapping[str, Any] | None = (
+            self._dict if type(self).mapping is BaseDictionaryStore.mapping else None
+        )
+
+        singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
+
+        def get_by_key(key: KeyDict) -> T | None:
+            if bypass:
+                return general(key)
+            try:
+                if len(key) == 1:
+                    (name,) = key
+                    spec = singles[name]
+                    value = key[name]
+                    kind = type(value)
+                    if kind is int or kind is str:  # no int equals a str: one memo for both
+                        slot = spec.memo.get(value) or spec.remember(value)
+                    else:
+                        slot = spec.prefix + fast[kind](value)
+                else:
+                    spec = by_names[tuple(key)]
+                    slot = spec.prefix + ",".join([fast[type(key[n])](key[n]) for n in spec.names])
+            except KeyError:  # another key, or a type without a fast encoder (or None)
+                return general(key)
+            mapping = self.mapping if fixed is None else fixed
+            record = mapping.get(slot)
+            if record is None:
+                return None if miss is None else miss(key)
+            if record[0] != ENTRY:
+                pointer = record
+                record = mapping.get(pointer[2])
+                if (
+                    record is None
+                    or slot not in record[2]
+                    or (pointer[1] is not None and pointer[1] <= clock())
+                ):
+                    return None if miss is None else miss(key)
+            deadline = record[1]
+            if deadline is not None and deadline <= clock():
+                return None if miss is None else miss(key)
+            return record[3]  # type: ignore[no-any-return]
+
+        return get_by_key
+

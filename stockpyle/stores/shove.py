@@ -9,6 +9,7 @@ from urllib.parse import quote_plus
 from stockpyle._encoding import shorten
 from stockpyle._expiry import Clock, LifetimeCallback
 from stockpyle._kv import Record
+from stockpyle._store import BaseStore
 from stockpyle.exceptions import StoreError
 from stockpyle.stores.dictionary import BaseDictionaryStore
 
@@ -95,6 +96,10 @@ class ShoveStore(BaseDictionaryStore):
     def get_entry(self, cls: type[Any], key_dict: Any) -> Any:
         # The dictionary fast path reads raw keys; shove keys are mapped, so use the batch path.
         return self.batch_get_entries(cls, [key_dict])[0]
+
+    def getter(self, cls: type[Any]) -> Any:
+        # Shove keys are mapped (shortened), so the dictionary fast path does not apply.
+        return BaseStore.getter(self, cls)
 
     def release(self) -> None:
         """Close the shove when stockpyle opened it (it reopens on next use)."""

@@ -76,6 +76,11 @@ class StoreConformance(_Base):
         assert self.same(store.get(cls, {"key": self.k(1)}), obj)
         assert self.same(store.get(cls, {"zap": self.k(2), "bar": self.k(3)}), obj)
         assert self.same(store.get(cls, {"bar": self.k(3), "zap": self.k(2)}), obj)
+        get = store.getter(cls)
+        assert self.same(get({"key": self.k(1)}), obj)
+        assert self.same(get({"bar": self.k(3), "zap": self.k(2)}), obj)
+        with pytest.raises(UnknownKeyError):
+            get({"zap": self.k(2)})
 
     def test_get_miss_returns_none(self, store: BaseStore) -> None:
         """An absent key is a miss (None), by identity and by alternate key."""

@@ -263,6 +263,9 @@ def make_state_machine(
             for name, store in self.stores.items():
                 got = kit.state(store.get(cls, key))
                 assert got == expected, f"{name}: get({cls.__name__}, {key!r}) -> {got!r}"
+                # Repo.get's path (the store's getter) must agree too.
+                fast = kit.state(store.getter(cls)(key))
+                assert fast == expected, f"{name}: getter({cls.__name__})({key!r}) -> {fast!r}"
 
         @precondition(lambda self: self.known)
         @rule(data=st.data(), extra=st.lists(foo_key, max_size=3))
@@ -302,6 +305,8 @@ def make_state_machine(
                         for name, store in self.stores.items():
                             got = kit.state(store.get(cls, key))
                             assert got == expected, f"{name}: {cls.__name__} {key!r} -> {got!r}"
+                            fast = kit.state(store.getter(cls)(key))
+                            assert fast == expected, f"{name}: getter {key!r} -> {fast!r}"
 
     return StoreMachine
 
