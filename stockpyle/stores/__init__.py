@@ -16,6 +16,7 @@ from stockpyle.stores.memory import ProcessMemoryStore, ThreadLocalStore
 if TYPE_CHECKING:
     from stockpyle.stores.memcache import MemcachedStore, MemcacheStore
     from stockpyle.stores.shove import ShoveStore
+    from stockpyle.stores.sqlalchemy import SQLAlchemyStore, SqlAlchemyStore
 
 __all__ = [
     "BaseDictionaryStore",

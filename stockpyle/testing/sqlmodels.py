@@ -9,6 +9,7 @@ memcached are pickled by qualified name. Table names start with ``stockpyle_test
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ __all__ = [
     "SqlRowModel",
     "SqlUser",
     "clear_tables",
+    "isolated_postgres_url",
     "loaded",
     "make_sql_state_machine",
     "memory_engine",
@@ -134,6 +136,21 @@ def memory_engine() -> sa.Engine:
     return engine
 
 
+def isolated_postgres_url(url: str) -> str:
+    """``url`` pointed at a schema of its own per pytest-xdist worker (created if needed), so
+    that parallel test processes sharing one PostgreSQL database never clear each other's
+    tables."""
+    schema = "stockpyle_test_" + os.environ.get("PYTEST_XDIST_WORKER", "main")
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+    finally:
+        engine.dispose()
+    isolated = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    return isolated.render_as_string(hide_password=False)
+
+
 def clear_tables(engine: sa.Engine, tables: Iterable[sa.Table] | None = None) -> None:
     """Create the test tables if needed and delete every row (one transaction)."""
     SqlBase.metadata.create_all(engine)
@@ -147,7 +164,6 @@ def loaded(obj: Any) -> bool:
     """Whether every column attribute of a mapped instance is loaded."""
     state = sa.inspect(obj)
     return not (set(state.unloaded) & {p.key for p in state.mapper.column_attrs})
-
 
 
 # -- the state machine, adapted to what a SQL table can hold --------------------------------------

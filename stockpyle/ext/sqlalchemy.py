@@ -1,0 +1,332 @@
+"""Keep a cache in step with what SQLAlchemy sessions commit (SPEC §9).
+
+::
+
+    cache = ChainedStore([ProcessMemoryStore(), MemcacheStore(servers=[...])])
+    StockpyleSessionExtension(store=cache).attach(SessionLocal)   # a sessionmaker
+
+After each successful commit of an attached session, the objects it inserted or updated are put
+into ``cache`` and the ones it deleted are deleted from it; old versions whose keys changed are
+dropped first. A rollback (of the transaction, or of a savepoint) applies nothing of what it
+undid. ORM-enabled ``update()``/``delete()`` statements executed through the session invalidate
+the rows they touch.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from stockpyle.exceptions import MissingDependencyError
+
+try:
+    import sqlalchemy as sa
+    from sqlalchemy import event, orm
+except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise MissingDependencyError(
+        "SQLAlchemy", "sqlalchemy", store="StockpyleSessionExtension"
+    ) from exc
+
+from stockpyle._store import BaseStore
+from stockpyle.exceptions import StockpyleError
+from stockpyle.stores._sql_objects import (
+    MappedInfo,
+    detached_copy,
+    mapped_info,
+    select_by_pk,
+    unloaded_columns,
+)
+
+__all__ = ["StockpyleSessionExtension"]
+
+log = logging.getLogger("stockpyle.ext.sqlalchemy")
+
+Target = TypeVar("Target")
+
+PUT = "put"
+DELETE = "delete"
+
+#: identity -> (PUT or DELETE, copy, old versions to delete before any put)
+Ops = dict[str, tuple[str, Any, list[Any]]]
+
+
+class _SessionState:
+    """The pending cache work of one session, per open (root or savepoint) transaction."""
+
+    __slots__ = ("flushing", "ops", "released")
+
+    def __init__(self) -> None:
+        self.ops: dict[orm.SessionTransaction, Ops] = {}
+        self.released: set[orm.SessionTransaction] = set()
+        #: Objects of the flush in progress: (kind, obj, old versions), between the two events.
+        self.flushing: list[tuple[str, Any, list[Any]]] = []
+
+
+class StockpyleSessionExtension:
+    """Applies what attached sessions commit to ``store`` (normally the cache layers, not a
+    chain that includes the database store itself).
+
+    ``classes`` limits the hook to those mapped classes (and their subclasses); by default
+    every mapped object is cached. What goes into the cache is a detached copy of each object
+    with its columns loaded, never the session's own instance, so it stays usable after the
+    session expires or closes. Columns not loaded after a flush (deferred ones, values the
+    database generated on update) are loaded with one ``SELECT`` per class first.
+
+    A cache failure after a commit cannot undo the commit: it is logged, counted in
+    :attr:`failures`, and the affected objects are evicted from the cache as far as possible;
+    with ``strict=True`` the error is raised from ``commit()`` (after the commit).
+    """
+
+    def __init__(
+        self,
+        store: BaseStore,
+        *,
+        classes: Iterable[type] | None = None,
+        strict: bool = False,
+    ) -> None:
+        self.store = store
+        self.classes: tuple[type, ...] | None = None if classes is None else tuple(classes)
+        self.strict = strict
+        #: How many times applying a commit to the cache failed.
+        self.failures = 0
+        self._events: dict[str, Callable[..., Any]] = {
+            "after_flush": self._after_flush,
+            "after_flush_postexec": self._after_flush_postexec,
+            "after_commit": self._after_commit,
+            "after_transaction_end": self._after_transaction_end,
+            "do_orm_execute": self._do_orm_execute,
+        }
+
+    def __repr__(self) -> str:
+        return f"StockpyleSessionExtension({self.store.describe()})"
+
+    # -- attaching -----------------------------------------------------------------------------
+
+    def attach(self, target: Target) -> Target:
+        """Listen on a ``Session``, ``sessionmaker``, ``scoped_session`` or Session (sub)class;
+        returns ``target``."""
+        for name, handler in self._events.items():
+            if not event.contains(target, name, handler):
+                event.listen(target, name, handler)
+        return target
+
+    def detach(self, target: Any) -> None:
+        """Stop listening on ``target`` (as given to :meth:`attach`)."""
+        for name, handler in self._events.items():
+            if event.contains(target, name, handler):
+                event.remove(target, name, handler)
+
+    # -- per-session bookkeeping ---------------------------------------------------------------
+
+    def _state(self, session: orm.Session) -> _SessionState:
+        state: _SessionState | None = session.info.get(self)
+        if state is None:
+            state = session.info[self] = _SessionState()
+        return state
+
+    def _current_ops(self, session: orm.Session) -> Ops | None:
+        tx = session.get_nested_transaction() or session.get_transaction()
+        if tx is None:
+            return None
+        return self._state(session).ops.setdefault(tx, {})
+
+    def _info(self, obj: Any) -> MappedInfo | None:
+        if self.classes is not None and not isinstance(obj, self.classes):
+            return None
+        return mapped_info(type(obj))
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _after_flush(self, session: orm.Session, flush_context: Any) -> None:
+        # History still shows the pre-flush state here: take the old versions now.
+        flushing = self._state(session).flushing
+        for obj in session.new:
+            if self._info(obj) is not None:
+                flushing.append((PUT, obj, []))
+        for obj in session.dirty:
+            info = self._info(obj)
+            if info is not None and session.is_modified(obj):
+                flushing.append((PUT, obj, _old_versions(info, obj)))
+        for obj in session.deleted:
+            info = self._info(obj)
+            if info is not None:
+                flushing.append((DELETE, obj, _old_versions(info, obj)))
+
+    def _after_flush_postexec(self, session: orm.Session, flush_context: Any) -> None:
+        state = self._state(session)
+        flushing, state.flushing = state.flushing, []
+        ops = self._current_ops(session)
+        if ops is None or not flushing:
+            return
+        _load_missing(session, [obj for kind, obj, _ in flushing if kind == PUT])
+        copies = []
+        for kind, obj, olds in flushing:
+            copy = detached_copy(obj)
+            layout = mapped_info(type(obj)).layout  # type: ignore[union-attr]
+            identity = layout.identity.from_obj(copy)
+            copies.append((kind, copy, identity, olds))
+            for old in olds:  # a changed identity: the entry under the old one goes
+                old_identity = layout.identity.from_obj(old)
+                if old_identity is not None and old_identity != identity:
+                    ops[old_identity] = (DELETE, old, [])
+        for kind, copy, identity, olds in copies:
+            if identity is None:
+                continue  # cannot be cached under a None identity: nothing to keep in step
+            if kind == PUT and unloaded_columns(copy):
+                kind = DELETE  # could not load everything: invalidate rather than cache
+            previous = ops.get(identity)
+            ops[identity] = (kind, copy, (previous[2] if previous else []) + olds)
+
+    def _after_commit(self, session: orm.Session) -> None:
+        state = self._state(session)
+        nested = session.get_nested_transaction()
+        if nested is not None:
+            state.released.add(nested)  # a savepoint released: its work joins its parent
+            return
+        root = session.get_transaction()
+        ops = state.ops.pop(root, None) if root is not None else None
+        if ops:
+            self._apply(ops)
+
+    def _after_transaction_end(
+        self, session: orm.Session, transaction: orm.SessionTransaction
+    ) -> None:
+        state = session.info.get(self)
+        if state is None:
+            return
+        ops = state.ops.pop(transaction, None)
+        released = transaction in state.released
+        state.released.discard(transaction)
+        if transaction.nested and released and ops:
+            parent = transaction.parent
+            if parent is not None:
+                _merge(state.ops.setdefault(parent, {}), ops)
+        if transaction.parent is None:
+            session.info.pop(self, None)  # the root ended: nothing may survive it
+
+    def _do_orm_execute(self, execute_state: orm.ORMExecuteState) -> None:
+        if not (execute_state.is_update or execute_state.is_delete):
+            return
+        mapper = execute_state.bind_mapper
+        if mapper is None or not execute_state.is_orm_statement:
+            return
+        info = mapped_info(mapper.class_)
+        if info is None or (self.classes is not None and not issubclass(info.cls, self.classes)):
+            return
+        session = execute_state.session
+        touched = _touched_rows(session, info, execute_state)  # begins the transaction if needed
+        ops = self._current_ops(session)
+        if ops is None:  # pragma: no cover - the select above always begins one
+            return
+        for stand_in in touched:
+            identity = info.layout.identity.from_obj(stand_in)
+            if identity is not None:
+                ops[identity] = (DELETE, stand_in, [])
+
+    # -- applying ------------------------------------------------------------------------------
+
+    def _apply(self, ops: Ops) -> None:
+        deletes: list[Any] = []
+        puts: list[Any] = []
+        for kind, copy, olds in ops.values():
+            deletes.extend(olds)
+            (puts if kind == PUT else deletes).append(copy)
+        try:
+            if deletes:
+                self.store.batch_delete(deletes)
+            if puts:
+                self.store.batch_put(puts)
+        except StockpyleError as exc:
+            self.failures += 1
+            log.error(
+                "%r: applying a commit to the cache failed (%s); evicting %d objects",
+                self,
+                exc,
+                len(deletes) + len(puts),
+            )
+            try:
+                self.store.batch_delete(deletes + puts)
+            except StockpyleError as again:
+                log.error("%r: eviction failed too (%s): the cache may be stale", self, again)
+            if self.strict:
+                raise
+
+
+def _merge(parent: Ops, child: Ops) -> None:
+    for identity, (kind, copy, olds) in child.items():
+        previous = parent.get(identity)
+        parent[identity] = (kind, copy, (previous[2] if previous else []) + olds)
+
+
+def _old_versions(info: MappedInfo, obj: Any) -> list[Any]:
+    """Copies of ``obj`` as it was before this flush, when one of its keys changed (as far as
+    SQLAlchemy knows the old values)."""
+    state = sa.inspect(obj)
+    if state.key is None:  # pending: no previous version in the database
+        return []
+    old: dict[str, Any] = {}
+    names = {n for spec in info.layout.specs for n in spec.names if n in info.column_keys}
+    for name in names:
+        deleted = state.attrs[name].history.deleted
+        if deleted:
+            old[name] = deleted[0]
+    # The identity map key holds the primary key the row was loaded with.
+    for name, value in zip(info.pk_keys, state.key[1], strict=True):
+        if name in names and value != state.dict.get(name, value):
+            old[name] = value
+    if not old:
+        return []
+    copy = info.mapper.class_manager.new_instance()
+    for name, value in state.dict.items():
+        if name in info.column_keys:
+            orm.attributes.set_committed_value(copy, name, value)
+    for name, value in old.items():
+        orm.attributes.set_committed_value(copy, name, value)
+    return [copy]
+
+
+def _load_missing(session: orm.Session, objs: Sequence[Any]) -> None:
+    """Load unloaded columns of flushed objects, one ``SELECT`` per class (loaded attributes
+    are left alone)."""
+    by_class: dict[type, list[Any]] = {}
+    for obj in objs:
+        state = sa.inspect(obj)
+        if state.persistent and unloaded_columns(obj):
+            by_class.setdefault(type(obj), []).append(obj)
+    for cls, group in by_class.items():
+        info = mapped_info(cls)
+        assert info is not None
+        select_by_pk(session, info, [info.pk_of(o) for o in group])
+
+
+def _touched_rows(
+    session: orm.Session, info: MappedInfo, execute_state: orm.ORMExecuteState
+) -> list[Any]:
+    """Stand-ins (carrying their key columns) for the rows a bulk statement will touch,
+    selected with the statement's own criteria before it runs."""
+    cls = info.cls
+    names = sorted({n for spec in info.layout.specs for n in spec.names} & info.column_keys)
+    columns = [getattr(cls, n) for n in names]
+    params = execute_state.parameters
+    if execute_state.is_executemany and isinstance(params, list):
+        # "bulk UPDATE by primary key": one parameter set per row, primary keys included
+        pks = [tuple(p[k] for k in info.pk_keys) for p in params]
+        attrs = [getattr(cls, k) for k in info.pk_keys]
+        where: Any = (
+            attrs[0].in_([p[0] for p in pks]) if len(attrs) == 1 else sa.tuple_(*attrs).in_(pks)
+        )
+    else:
+        where = getattr(execute_state.statement, "whereclause", None)
+    stmt = sa.select(*columns)
+    if where is not None:
+        stmt = stmt.where(where)
+    stand_ins = []
+    with session.no_autoflush:
+        rows = session.execute(stmt).all()
+    for row in rows:
+        stand_in = info.mapper.class_manager.new_instance()
+        for name, value in zip(names, row, strict=True):
+            orm.attributes.set_committed_value(stand_in, name, value)
+        stand_ins.append(stand_in)
+    return stand_ins

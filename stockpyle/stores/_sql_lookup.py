@@ -1,0 +1,154 @@
+"""Batched lookups for SqlAlchemyStore: key dicts in, one ``SELECT`` per chunk, rows back in order.
+
+A batch may mix keys (the identity key, alternate keys, ad-hoc column combinations): every
+request becomes one term of a single ``WHERE ... IN (...) OR (a, b) IN (...)`` clause, so a
+batch costs one statement unless the driver's parameter limit forces chunks. Rows are matched
+back to requests by the canonical encoding of their key values, which also enforces stockpyle's
+typed key rule (``1``, ``1.0`` and ``True`` never address the same row).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from stockpyle._encoding import encode_value
+from stockpyle._store import KeyDict
+from stockpyle.exceptions import InvalidKeyError, NonUniqueKeyError, UnknownKeyError
+from stockpyle.stores._sql_objects import MappedInfo
+
+__all__ = ["Request", "fetch", "parse_requests"]
+
+#: ``(names, values, encoded)``: one key dict, its attribute names sorted.
+Request = tuple[tuple[str, ...], tuple[Any, ...], str]
+
+
+def parse_requests(info: MappedInfo, key_dicts: Sequence[KeyDict]) -> list[Request | None]:
+    """Validate every key dict before any I/O; ``None`` marks a request that cannot match.
+
+    A key dict names a declared key of the class or, failing that, any combination of its
+    mapped columns; anything else raises :class:`UnknownKeyError`. A ``None`` value, or a value
+    whose type the column can never hold, is a miss.
+    """
+    layout = info.layout
+    parsed: list[Request | None] = []
+    for key in key_dicts:
+        try:
+            names = layout.spec_for(key).names
+        except UnknownKeyError:
+            names = tuple(sorted(key))
+            if not names or not all(n in info.column_keys for n in names):
+                declared = ", ".join(
+                    n[0] if len(n) == 1 else "(" + ", ".join(n) + ")" for n in layout.names
+                )
+                msg = (
+                    f"{layout.path} has no key or mapped columns named by {sorted(key)!r};"
+                    f" declared keys: {declared}"
+                )
+                raise UnknownKeyError(msg) from None
+        values = tuple(key[n] for n in names)
+        if any(v is None for v in values):
+            parsed.append(None)
+            continue
+        encoded = encode_value(values)  # InvalidKeyError for unsupported values, before I/O
+        if all(_accepted(info, n, v) for n, v in zip(names, values, strict=True)):
+            parsed.append((names, values, encoded))
+        else:
+            parsed.append(None)
+    return parsed
+
+
+def _accepted(info: MappedInfo, name: str, value: Any) -> bool:
+    test = info.accepts.get(name)
+    return test is None or test(value)
+
+
+def _row_key(row: Any, names: tuple[str, ...]) -> str | None:
+    values = tuple(getattr(row, n) for n in names)
+    if any(v is None for v in values):
+        return None
+    try:
+        return encode_value(values)
+    except InvalidKeyError:
+        return None  # a stored value no key can name (an unsupported type): never a match
+
+
+def _term(cls: type, names: tuple[str, ...], values: list[tuple[Any, ...]], dialect: str) -> Any:
+    if len(names) == 1:
+        return getattr(cls, names[0]).in_([v[0] for v in values])
+    attrs = [getattr(cls, n) for n in names]
+    if dialect == "mssql":  # no row-value IN there
+        return sa.or_(*(sa.and_(*(a == x for a, x in zip(attrs, v, strict=True))) for v in values))
+    return sa.tuple_(*attrs).in_(values)
+
+
+def fetch(
+    session: orm.Session,
+    info: MappedInfo,
+    requests: Sequence[Request | None],
+    *,
+    max_params: int,
+) -> list[Any]:
+    """Run the lookups (one ``SELECT`` per chunk of at most ``max_params`` parameters) and
+    return one row or ``None`` per request, in order.
+
+    Raises :class:`NonUniqueKeyError` when a request matches several rows.
+    """
+    unique: dict[tuple[tuple[str, ...], str], tuple[Any, ...]] = {}
+    for req in requests:
+        if req is not None:
+            unique.setdefault((req[0], req[2]), req[1])
+    if not unique:
+        return [None] * len(requests)
+    cls = info.cls
+    dialect = session.get_bind().dialect.name
+    rows: dict[int, Any] = {}
+    chunk: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
+    used = 0
+
+    def run() -> None:
+        terms = [_term(cls, names, vals, dialect) for names, vals in chunk.items()]
+        stmt: sa.Select[Any] = sa.select(cls).where(sa.or_(*terms)).options(orm.undefer("*"))
+        for row in session.scalars(stmt):
+            rows[id(row)] = row
+
+    for (names, _), values in unique.items():
+        if used + len(names) > max_params and chunk:
+            run()
+            chunk, used = {}, 0
+        chunk.setdefault(names, []).append(values)
+        used += len(names)
+    run()
+
+    groups = {names for names, _ in unique}
+    index: dict[tuple[tuple[str, ...], str], list[Any]] = {}
+    for row in rows.values():
+        for names in groups:
+            encoded = _row_key(row, names)
+            if encoded is not None and (names, encoded) in unique:
+                index.setdefault((names, encoded), []).append(row)
+    out: list[Any] = []
+    for req in requests:
+        if req is None:
+            out.append(None)
+            continue
+        found = index.get((req[0], req[2]))
+        if not found:
+            out.append(None)
+        elif len(found) > 1:
+            msg = (
+                f"{info.layout.path}: {len(found)} rows match"
+                f" {_describe(req[0], req[1])}; expected at most one"
+            )
+            raise NonUniqueKeyError(msg)
+        else:
+            out.append(found[0])
+    return out
+
+
+def _describe(names: tuple[str, ...], values: tuple[Any, ...]) -> str:
+    pairs: Mapping[str, Any] = dict(zip(names, values, strict=True))
+    return ", ".join(f"{n}={v!r}" for n, v in pairs.items())

@@ -1,0 +1,103 @@
+"""The public surface: exports, cheap imports, missing optional libraries, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+import stockpyle
+import stockpyle.exceptions
+import stockpyle.stores
+
+
+def test_all_matches_the_public_names() -> None:
+    """__all__ lists exactly the public names of stockpyle and stockpyle.stores."""
+    public = {n for n in vars(stockpyle) if not n.startswith("_")} - {
+        "exceptions", "stores", "testing", "ext",
+    }
+    assert set(stockpyle.__all__) == public
+    for name in stockpyle.stores.__all__:
+        assert getattr(stockpyle.stores, name) is not None
+
+
+def test_import_stockpyle_imports_no_optional_library() -> None:
+    """import stockpyle (and stockpyle.stores) imports no optional library."""
+    code = (
+        "import sys, stockpyle, stockpyle.stores\n"
+        "bad = [m for m in ('memcache', 'pymemcache', 'sqlalchemy', 'shove', 'stuf',"
+        " 'hypothesis', 'pytest') if m in sys.modules]\n"
+        "print(','.join(bad))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize(
+    ("store", "blocked", "extra"),
+    [
+        ("ShoveStore(shoveuri='simple://').get(Foo, {'key': 1})", "shove", "shove"),
+        ("MemcacheStore(servers=['127.0.0.1:1'])", "memcache", "memcache"),
+        ("SqlAlchemyStore(uri='sqlite://')", "sqlalchemy", "sqlalchemy"),
+    ],
+)
+def test_missing_library_names_the_extra(store: str, blocked: str, extra: str) -> None:
+    """A store whose library is missing raises MissingDependencyError (a
+    ModuleNotFoundError) naming pip install 'stockpyle[extra]'."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        f"        if name == {blocked!r} or name.startswith({blocked + '.'!r}):\n"
+        "            raise ModuleNotFoundError(name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from stockpyle.stores import *\n"
+        "from stockpyle.testing.models import Foo\n"
+        "from stockpyle import MissingDependencyError\n"
+        "try:\n"
+        f"    {store}\n"
+        "except MissingDependencyError as exc:\n"
+        "    assert isinstance(exc, ModuleNotFoundError)\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert f"pip install 'stockpyle[{extra}]'" in out.stdout
+
+
+def test_errors_subclass_the_natural_builtins() -> None:
+    """Each error is a StockpyleError and the builtin a caller would catch."""
+    e = stockpyle.exceptions
+    assert issubclass(e.NotKeyedError, TypeError)
+    assert issubclass(e.InvalidKeyError, ValueError)
+    assert issubclass(e.UnknownKeyError, KeyError)
+    assert issubclass(e.MissingDependencyError, ModuleNotFoundError)
+    for name in e.__all__:
+        assert issubclass(getattr(e, name), e.StockpyleError)
+
+
+def test_store_error_names_store_and_cause() -> None:
+    """StoreError carries the store and the cause, and its message names both."""
+    store = stockpyle.stores.ProcessMemoryStore()
+    cause = ConnectionRefusedError("refused")
+    err = stockpyle.StoreError(store, "get failed", cause)
+    assert err.store is store and err.cause is cause and err.__cause__ is cause
+    assert "ProcessMemoryStore" in str(err) and "refused" in str(err)
+
+
+def test_constructor_alternatives_are_exclusive() -> None:
+    """Both or neither of two alternative constructor arguments raise ValueError."""
+    from stockpyle.stores import ShoveStore
+
+    with pytest.raises(ValueError):
+        ShoveStore()
+
+
+def test_demo_runs() -> None:
+    """python -m stockpyle demo runs end to end on embedded stores."""
+    out = subprocess.run(
+        [sys.executable, "-m", "stockpyle", "demo"], capture_output=True, text=True, check=True
+    )
+    assert "served from memory" in out.stdout
+    assert "deleted" in out.stdout

@@ -1,0 +1,688 @@
+"""SqlAlchemyStore on SQLite (in memory and in a file) and on PostgreSQL.
+
+PostgreSQL tests use the ``postgres_url`` fixture: skipped on a developer machine without the
+server, failing under CI.
+"""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from sqlalchemy import event, orm
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import stockpyle
+from stockpyle.exceptions import (
+    InvalidKeyError,
+    NonUniqueKeyError,
+    StoreError,
+    UnknownKeyError,
+)
+from stockpyle.stores import SqlAlchemyStore
+from stockpyle.testing import StoreConformance, models
+from stockpyle.testing.sqlmodels import (
+    SQL_KIT,
+    SqlBase,
+    SqlFoo,
+    SqlPair,
+    SqlUser,
+    clear_tables,
+    isolated_postgres_url,
+    loaded,
+    make_sql_state_machine,
+)
+
+MakeSql = Callable[..., SqlAlchemyStore]
+
+
+# -- backends -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_url(postgres_url: str) -> str:
+    """The PostgreSQL URL, with a schema of its own per test process."""
+    return isolated_postgres_url(postgres_url)
+
+
+@pytest.fixture(scope="module")
+def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
+    """One engine for preparing the PostgreSQL test tables."""
+    engine = sa.create_engine(pg_url)
+    SqlBase.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+def _maker(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MakeSql]:
+    """``make(**options)``: a store over one fresh, empty database per test (every store a
+    test makes shares that database)."""
+    made: list[SqlAlchemyStore] = []
+    file_url = f"sqlite:///{tmp_path / 'store.sqlite'}"
+
+    def make(**options: Any) -> SqlAlchemyStore:
+        if kind == "sqlite-memory":
+            store = SqlAlchemyStore("sqlite://", **options)
+            SqlBase.metadata.create_all(store.engine)
+        elif kind == "sqlite-file":
+            store = SqlAlchemyStore(file_url, **options)
+            if not made:
+                clear_tables(store.engine)
+        else:
+            url = request.getfixturevalue("pg_url")
+            if not made:
+                clear_tables(request.getfixturevalue("pg_engine"))
+            store = SqlAlchemyStore(url, **options)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.release()
+        store.engine.dispose()
+
+
+BACKENDS = ["sqlite-memory", "sqlite-file", pytest.param("postgres", marks=pytest.mark.postgres)]
+FILE_BACKENDS = ["sqlite-file", pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(params=BACKENDS)
+def make_sql(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MakeSql]:
+    """A store factory, once per backend."""
+    yield from _maker(request.param, tmp_path, request)
+
+
+@pytest.fixture
+def sql(make_sql: MakeSql) -> SqlAlchemyStore:
+    """A store over an empty database, once per backend."""
+    return make_sql()
+
+
+@pytest.fixture(params=FILE_BACKENDS)
+def shared_sql(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[SqlAlchemyStore]:
+    """A store whose engine has a real connection pool (file SQLite, PostgreSQL)."""
+    for make in _maker(request.param, tmp_path, request):
+        yield make()
+
+
+@contextmanager
+def count_statements(engine: sa.Engine) -> Iterator[dict[str, list[Any]]]:
+    """Record the SQL statements and transactions that run on ``engine``."""
+    seen: dict[str, list[Any]] = {"statements": [], "begin": [], "commit": [], "rollback": []}
+
+    def statement(conn: Any, cursor: Any, text: str, params: Any, ctx: Any, many: bool) -> None:
+        seen["statements"].append(text)
+
+    def begin(conn: Any) -> None:
+        seen["begin"].append(conn)
+
+    def commit(conn: Any) -> None:
+        seen["commit"].append(conn)
+
+    def rollback(conn: Any) -> None:
+        seen["rollback"].append(conn)
+
+    listeners: list[tuple[str, Callable[..., None]]] = [
+        ("before_cursor_execute", statement),
+        ("begin", begin),
+        ("commit", commit),
+        ("rollback", rollback),
+    ]
+    for name, fn in listeners:
+        event.listen(engine, name, fn)
+    try:
+        yield seen
+    finally:
+        for name, fn in listeners:
+            event.remove(engine, name, fn)
+
+
+def selects(seen: dict[str, list[Any]]) -> list[str]:
+    return [s for s in seen["statements"] if s.lstrip().upper().startswith("SELECT")]
+
+
+# -- the conformance suite ------------------------------------------------------------------------
+
+
+class _SqlConformance(StoreConformance):
+    """The shared suite, with the two places where SPEC gives SqlAlchemyStore other rules."""
+
+    kit = SQL_KIT
+
+    def test_unknown_key_names_raise(self, store: Any) -> None:
+        """SqlAlchemyStore also accepts any combination of mapped columns; names that are not
+        columns raise UnknownKeyError (a KeyError)."""
+        obj = self.foo(self.k(1), self.k(2), self.k(3))
+        store.put(obj)
+        assert self.same(store.get(SqlFoo, {"zap": self.k(2)}), obj)
+        with pytest.raises(UnknownKeyError):
+            store.get(SqlFoo, {"zap": self.k(2), "nope": 1})
+        with pytest.raises(KeyError):
+            store.batch_get(SqlFoo, [{"key": self.k(1)}, {"nope": 1}])
+        with pytest.raises(UnknownKeyError):
+            store.get(SqlFoo, {})
+
+    def test_shared_alternate_value_latest_put_answers(self, store: Any) -> None:
+        """A table keeps every row: an alternate value two rows share raises
+        NonUniqueKeyError; once one of them is deleted, the other answers."""
+        first = self.foo(self.k(1), self.k(2), self.k(3), "first")
+        second = self.foo(self.k(4), self.k(2), self.k(3), "second")
+        store.put(first)
+        store.put(second)
+        alt = {"zap": self.k(2), "bar": self.k(3)}
+        with pytest.raises(NonUniqueKeyError):
+            store.get(SqlFoo, alt)
+        with pytest.raises(NonUniqueKeyError):
+            store.batch_get(SqlFoo, [{"key": self.k(1)}, alt])
+        store.delete(first)
+        assert self.same(store.get(SqlFoo, alt), second)
+        store.delete(second)
+        assert store.get(SqlFoo, alt) is None
+
+
+class TestSqliteMemoryConformance(_SqlConformance):
+    """The conformance suite on in-memory SQLite (uri="sqlite://")."""
+
+    @pytest.fixture
+    def make_store(self) -> Callable[..., SqlAlchemyStore]:
+        def make(*, lifetime_cb: Any = None, polymorphic: bool = False) -> SqlAlchemyStore:
+            assert lifetime_cb is None and not polymorphic
+            store = SqlAlchemyStore(uri="sqlite://")
+            SqlBase.metadata.create_all(store.engine)
+            return store
+
+        return make
+
+
+class TestSqliteFileConformance(_SqlConformance):
+    """The conformance suite on a SQLite file."""
+
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> Callable[..., SqlAlchemyStore]:
+        def make(*, lifetime_cb: Any = None, polymorphic: bool = False) -> SqlAlchemyStore:
+            assert lifetime_cb is None and not polymorphic
+            store = SqlAlchemyStore(uri=f"sqlite:///{tmp_path / 'conformance.sqlite'}")
+            clear_tables(store.engine)
+            return store
+
+        return make
+
+
+@pytest.mark.postgres
+class TestPostgresConformance(_SqlConformance):
+    """The conformance suite on PostgreSQL."""
+
+    @pytest.fixture
+    def make_store(
+        self, pg_url: str, pg_engine: sa.Engine
+    ) -> Iterator[Callable[..., SqlAlchemyStore]]:
+        made: list[SqlAlchemyStore] = []
+
+        def make(*, lifetime_cb: Any = None, polymorphic: bool = False) -> SqlAlchemyStore:
+            assert lifetime_cb is None and not polymorphic
+            clear_tables(pg_engine)
+            store = SqlAlchemyStore(uri=pg_url)
+            made.append(store)
+            return store
+
+        yield make
+        for store in made:
+            store.release()
+
+
+# -- the state machine ----------------------------------------------------------------------------
+
+MACHINE = settings(
+    max_examples=40,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+
+def _sqlite_memory_factory(**_: Any) -> SqlAlchemyStore:
+    store = SqlAlchemyStore(uri="sqlite://")
+    SqlBase.metadata.create_all(store.engine)
+    return store
+
+
+TestSqliteMachine = make_sql_state_machine(_sqlite_memory_factory).TestCase
+TestSqliteMachine.settings = MACHINE
+
+
+@pytest.mark.postgres
+def test_postgres_state_machine(pg_engine: sa.Engine) -> None:
+    """The SQL state machine on PostgreSQL (fewer examples: each one clears the tables)."""
+    store = SqlAlchemyStore(engine=pg_engine)
+
+    def factory(**_: Any) -> SqlAlchemyStore:
+        clear_tables(pg_engine, SqlBase.metadata.sorted_tables[:3])
+        return store
+
+    machine = make_sql_state_machine(factory)
+    machine.TestCase.settings = settings(MACHINE, max_examples=12)
+    machine.TestCase().runTest()
+
+
+# -- construction, imports, aliases ---------------------------------------------------------------
+
+
+def test_needs_exactly_one_of_uri_and_engine() -> None:
+    """Giving both or neither of uri= and engine= raises ValueError."""
+    engine = sa.create_engine("sqlite://")
+    with pytest.raises(ValueError):
+        SqlAlchemyStore()
+    with pytest.raises(ValueError):
+        SqlAlchemyStore("sqlite://", engine=engine)
+    with pytest.raises(ValueError):
+        SqlAlchemyStore(engine=engine, engine_options={"echo": True})
+    with pytest.raises(ValueError):
+        SqlAlchemyStore("sqlite://", max_params=0)
+
+
+def test_alias_and_lazy_export() -> None:
+    """stockpyle.stores exports SqlAlchemyStore and its alias SQLAlchemyStore."""
+    import stockpyle.stores as stores
+    from stockpyle.stores.sqlalchemy import SQLAlchemyStore
+
+    assert stores.SQLAlchemyStore is SQLAlchemyStore is SqlAlchemyStore
+
+
+def _python(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_import_stockpyle_does_not_import_sqlalchemy() -> None:
+    """import stockpyle (and stockpyle.stores) leaves SQLAlchemy unimported."""
+    done = _python(
+        "import sys, stockpyle, stockpyle.stores\nassert 'sqlalchemy' not in sys.modules"
+    )
+    assert done.returncode == 0, done.stderr
+
+
+def test_missing_sqlalchemy_raises_missing_dependency() -> None:
+    """Without SQLAlchemy, the store and the session hook raise MissingDependencyError naming
+    the library and the extra."""
+    code = """
+import sys
+sys.modules["sqlalchemy"] = None
+import stockpyle, stockpyle.stores
+for get in (lambda: stockpyle.stores.SqlAlchemyStore("sqlite://"),
+            lambda: __import__("stockpyle.stores.sqlalchemy"),
+            lambda: __import__("stockpyle.ext.sqlalchemy")):
+    try:
+        get()
+    except stockpyle.MissingDependencyError as exc:
+        assert isinstance(exc, ModuleNotFoundError)
+        assert "SQLAlchemy" in str(exc) and "stockpyle[sqlalchemy]" in str(exc), str(exc)
+    else:
+        raise AssertionError("no MissingDependencyError")
+"""
+    done = _python(code)
+    assert done.returncode == 0, done.stderr
+
+
+def test_describe_hides_password() -> None:
+    """describe() names the database without its password."""
+    store = SqlAlchemyStore("postgresql+psycopg://u:secret@localhost:1/db")
+    assert "secret" not in store.describe() and "localhost" in store.describe()
+
+
+# -- keys -----------------------------------------------------------------------------------------
+
+
+def test_non_mapped_objects_are_ignored(sql: SqlAlchemyStore) -> None:
+    """Objects of non-mapped classes are ignored: put and delete do nothing, get is None."""
+    foo = models.Foo(key=1, zap=2, bar=3)
+    sql.put(foo)
+    sql.batch_put([foo, SqlFoo(key=1, zap=2, bar=3, name="x")])
+    sql.delete(foo)
+    assert sql.get(models.Foo, {"key": 1}) is None
+    assert sql.batch_get(models.Foo, [{"key": 1}, {"nope": 2}]) == [None, None]
+    assert sql.get(SqlFoo, {"key": 1}) is not None
+
+
+def test_primary_key_is_the_identity_without_declaration(sql: SqlAlchemyStore) -> None:
+    """A mapped class without a key declaration is keyed by its (composite) primary key."""
+    assert stockpyle.keys_of(SqlPair) == (("a", "b"),)
+    sql.batch_put([SqlPair(a=1, b=2, name="12"), SqlPair(a=2, b=1, name="21")])
+    found = sql.batch_get(
+        SqlPair, [{"b": 1, "a": 2}, {"a": 9, "b": 9}, {"a": 1, "b": 2}, {"a": 1, "b": None}]
+    )
+    assert [f.name if f else None for f in found] == ["21", None, "12", None]
+    sql.delete(SqlPair(a=1, b=2))
+    assert sql.get(SqlPair, {"a": 1, "b": 2}) is None
+    assert sql.get(SqlPair, {"a": 2, "b": 1}) is not None
+
+
+def test_any_column_combination(sql: SqlAlchemyStore) -> None:
+    """get accepts any combination of mapped columns; more than one match raises
+    NonUniqueKeyError; a name that is not a column raises UnknownKeyError."""
+    sql.batch_put(
+        [
+            SqlUser(email="a@x", name="ann"),
+            SqlUser(email="b@x", name="bob"),
+            SqlUser(email="c@x", name="bob"),
+        ]
+    )
+    ann = sql.get(SqlUser, {"name": "ann"})
+    assert ann is not None and ann.email == "a@x"
+    bob_c = sql.get(SqlUser, {"name": "bob", "email": "c@x"})
+    assert bob_c is not None and bob_c.email == "c@x"
+    assert sql.get(SqlUser, {"name": "nobody"}) is None
+    assert sql.get(SqlUser, {"status": "new", "name": "ann"}) is not None
+    with pytest.raises(NonUniqueKeyError):
+        sql.get(SqlUser, {"name": "bob"})
+    with pytest.raises(NonUniqueKeyError):
+        sql.batch_get(SqlUser, [{"name": "ann"}, {"name": "bob"}])
+    with pytest.raises(UnknownKeyError):
+        sql.get(SqlUser, {"name": "bob", "shoe_size": 44})
+
+
+def test_typed_key_values_never_cross_match(sql: SqlAlchemyStore) -> None:
+    """1.0, True and "1" are not the key 1: they miss (no database error), and unsupported
+    values raise InvalidKeyError before any I/O."""
+    sql.put(SqlFoo(key=1, zap=1, bar=1, name="one"))
+    found = sql.batch_get(
+        SqlFoo, [{"key": 1}, {"key": 1.0}, {"key": True}, {"key": "1"}, {"key": "abc"}]
+    )
+    assert [f.name if f else None for f in found] == ["one", None, None, None, None]
+    assert sql.get(SqlFoo, {"zap": 1, "bar": True}) is None
+    with pytest.raises(InvalidKeyError):
+        sql.get(SqlFoo, {"key": [1]})
+    with pytest.raises(InvalidKeyError):
+        sql.put(SqlFoo(key=2, zap=object(), bar=1))
+    assert sql.get(SqlFoo, {"key": 2}) is None
+
+
+# -- batches are real batches ---------------------------------------------------------------------
+
+
+def test_batch_get_is_one_select(sql: SqlAlchemyStore) -> None:
+    """A batch_get mixing identity, alternate, composite and column lookups, with duplicates
+    and misses, is one SELECT, with results in request order."""
+    sql.batch_put([SqlFoo(key=i, zap=i, bar=-i, name=str(i)) for i in range(1, 201)])
+    sql.batch_put([SqlPair(a=1, b=2, name="p")])
+    keys: list[dict[str, Any]] = []
+    for i in range(300, 0, -1):
+        keys.append({"key": i} if i % 3 else {"bar": -i, "zap": i})
+    keys += [{"name": "7"}, {"key": 5}, {"key": None}]
+    with count_statements(sql.engine) as seen:
+        found = sql.batch_get(SqlFoo, keys)
+    assert len(selects(seen)) == 1
+    assert len(seen["statements"]) == 1
+    expected = [str(i) if i <= 200 else None for i in range(300, 0, -1)] + ["7", "5", None]
+    assert [f.name if f else None for f in found] == expected
+    with count_statements(sql.engine) as seen:
+        assert sql.batch_get(SqlPair, [{"a": 1, "b": 2}, {"a": 2, "b": 1}])[1] is None
+    assert len(seen["statements"]) == 1
+    with count_statements(sql.engine) as seen:  # far beyond SQLite's old 999-parameter limit
+        many = sql.batch_get(SqlFoo, [{"key": i} for i in range(5000)])
+    assert len(seen["statements"]) == 1 and sum(f is not None for f in many) == 200
+
+
+def test_batch_get_chunks_only_at_the_parameter_limit(make_sql: MakeSql) -> None:
+    """With max_params=10, 25 single-column keys take 3 SELECTs and 12 composite keys
+    (2 parameters each) take 3; the results keep request order."""
+    sql = make_sql(max_params=10)
+    sql.batch_put([SqlFoo(key=i, zap=i, bar=i, name=str(i)) for i in range(1, 31)])
+    keys = [{"key": i} for i in range(25, 0, -1)]
+    with count_statements(sql.engine) as seen:
+        found = sql.batch_get(SqlFoo, keys)
+    assert len(seen["statements"]) == 3
+    assert [f.key for f in found if f] == list(range(25, 0, -1))
+    alt = [{"zap": i, "bar": i} for i in range(12)]
+    with count_statements(sql.engine) as seen:
+        found = sql.batch_get(SqlFoo, alt)
+    assert len(seen["statements"]) == 3
+    assert [f.key if f else None for f in found] == [None, *range(1, 12)]
+
+
+def test_batch_put_and_delete_are_one_transaction_each(sql: SqlAlchemyStore) -> None:
+    """batch_put of 100 new objects, then of 100 updates, and batch_delete of 100 objects each
+    run in one transaction with a handful of statements, not one per object."""
+    objs = [SqlFoo(key=i, zap=i, bar=i, name="v1") for i in range(1, 101)]
+    with count_statements(sql.engine) as seen:
+        sql.batch_put(objs)
+    assert len(seen["commit"]) == 1 and not seen["rollback"]
+    assert len(seen["statements"]) <= 3
+    with count_statements(sql.engine) as seen:
+        sql.batch_put([SqlFoo(key=i, zap=i, bar=i, name="v2") for i in range(1, 101)])
+    assert len(seen["commit"]) == 1 and len(seen["statements"]) <= 3
+    assert all(f and f.name == "v2" for f in sql.batch_get(SqlFoo, [{"key": 1}, {"key": 100}]))
+    with count_statements(sql.engine) as seen:
+        sql.batch_delete(objs)
+    assert len(seen["commit"]) == 1 and len(seen["statements"]) <= 3
+    assert sql.batch_get(SqlFoo, [{"key": i} for i in range(1, 101)]) == [None] * 100
+
+
+def test_failed_batch_put_writes_nothing(sql: SqlAlchemyStore) -> None:
+    """A unique-constraint violation inside batch_put rolls the whole batch back and raises
+    StoreError with the database error attached; the objects passed in are untouched."""
+    sql.put(SqlUser(email="taken@x"))
+    fresh = SqlUser(email="fresh@x", name="fresh")
+    clash = SqlUser(email="taken@x", name="clash")
+    with pytest.raises(StoreError) as info:
+        sql.batch_put([fresh, clash])
+    assert isinstance(info.value.cause, sa.exc.IntegrityError)
+    assert info.value.__cause__ is info.value.cause and info.value.store is sql
+    assert sql.get(SqlUser, {"email": "fresh@x"}) is None
+    assert fresh.id is None and clash.id is None
+    sql.put(fresh)  # the store is still usable
+    assert sql.get(SqlUser, {"email": "fresh@x"}) is not None
+
+
+def test_unreachable_database_raises_store_error() -> None:
+    """A database that cannot be reached raises StoreError (reads and writes)."""
+    store = SqlAlchemyStore("postgresql+psycopg://nobody@127.0.0.1:9/none")
+    with pytest.raises(StoreError) as info:
+        store.get(SqlFoo, {"key": 1})
+    assert isinstance(info.value.cause, sa.exc.OperationalError)
+    with pytest.raises(StoreError):
+        store.put(SqlFoo(key=1))
+
+
+# -- put: insert or update, generated values ----------------------------------------------------
+
+
+def test_put_leaves_generated_values_on_the_object(sql: SqlAlchemyStore) -> None:
+    """put inserts and leaves the autoincrement id, Python defaults and server defaults on the
+    very object passed in, which stays out of any session."""
+    user = SqlUser(email="gen@x")
+    sql.put(user)
+    assert isinstance(user.id, int) and user.status == "new" and user.name == ""
+    assert sa.inspect(user).transient
+    anon = [SqlFoo(key=None, name="a"), SqlFoo(key=None, name="b")]
+    sql.batch_put(anon)
+    assert anon[0].key is not None and anon[1].key not in (None, anon[0].key)
+    found = sql.get(SqlFoo, {"key": anon[1].key})
+    assert found is not None and found.name == "b"
+
+
+def test_put_updates_by_primary_key(sql: SqlAlchemyStore) -> None:
+    """A put whose primary key exists updates that row with the columns set on the object;
+    columns the object does not set keep their stored values (like Session.merge)."""
+    sql.put(SqlUser(id=7, email="old@x", name="seven", status="vip"))
+    update = SqlUser(id=7, email="new@x")
+    sql.put(update)
+    found = sql.get(SqlUser, {"id": 7})
+    assert found is not None
+    assert (found.email, found.name, found.status) == ("new@x", "seven", "vip")
+    assert (update.name, update.status) == ("seven", "vip")
+    assert sql.get(SqlUser, {"email": "old@x"}) is None
+
+
+def test_batch_put_later_version_of_a_new_row_wins(sql: SqlAlchemyStore) -> None:
+    """Two versions of one new primary key in a batch: one row, the later version's values."""
+    sql.batch_put([SqlUser(id=3, email="v1@x", name="v1"), SqlUser(id=3, email="v2@x")])
+    found = sql.get(SqlUser, {"id": 3})
+    assert found is not None and (found.email, found.name) == ("v2@x", "v1")
+
+
+def test_deleted_key_attribute_is_refused(sql: SqlAlchemyStore) -> None:
+    """An object whose key attribute was deleted raises InvalidKeyError; never set (or None)
+    identity attributes are generated instead."""
+    broken = SqlFoo(key=5, zap=1, bar=1)
+    del broken.zap
+    with pytest.raises(InvalidKeyError):
+        sql.put(broken)
+    unset = SqlFoo(name="no key given")
+    sql.put(unset)
+    assert unset.key is not None
+
+
+class _VersionedBase(DeclarativeBase):
+    pass
+
+
+class Versioned(_VersionedBase):
+    """A model with optimistic concurrency control."""
+
+    __tablename__ = "stockpyle_test_versioned"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(50))
+    version: Mapped[int] = mapped_column(nullable=False)
+    __mapper_args__ = {"version_id_col": version}  # noqa: RUF012 - SQLAlchemy's own protocol
+
+
+def test_version_counter_is_honoured() -> None:
+    """With version_id_col, put bumps the version onto the object and a stale version raises
+    StoreError instead of overwriting a newer row."""
+    sql = SqlAlchemyStore("sqlite://")
+    _VersionedBase.metadata.create_all(sql.engine)
+    first = Versioned(id=1, name="a")
+    sql.put(first)
+    assert first.version == 1
+    first.name = "b"
+    sql.put(first)
+    assert first.version == 2
+    stale = Versioned(id=1, name="c", version=1)
+    with pytest.raises(StoreError):
+        sql.put(stale)
+    found = sql.get(Versioned, {"id": 1})
+    assert found is not None and (found.name, found.version) == ("b", 2)
+
+
+# -- returned objects -----------------------------------------------------------------------------
+
+
+def test_returned_objects_are_detached_loaded_and_picklable(sql: SqlAlchemyStore) -> None:
+    """get returns a new detached instance per call with every column loaded (a deferred one
+    included): usable after the store's session ended, and picklable."""
+    sql.put(SqlUser(email="d@x", notes="long text"))
+    found = sql.get(SqlUser, {"email": "d@x"})
+    assert found is not None and loaded(found)
+    assert sa.inspect(found).detached
+    assert found.notes == "long text" and found.status == "new"
+    again = pickle.loads(pickle.dumps(found))
+    assert (again.email, again.notes) == ("d@x", "long text")
+    assert sql.get(SqlUser, {"email": "d@x"}) is not found
+
+
+def test_merge_a_returned_object_into_your_session(sql: SqlAlchemyStore) -> None:
+    """The documented ways to work on a returned object in your own session: merge it (a copy
+    joins the session) or add it (that very instance joins); both commit changes."""
+    sql.put(SqlUser(id=1, email="m@x", name="before"))
+    found = sql.get(SqlUser, {"id": 1})
+    assert found is not None
+    with orm.Session(sql.engine) as session, session.begin():
+        mine = session.merge(found)
+        mine.name = "merged"
+    adopted = sql.get(SqlUser, {"id": 1})
+    assert adopted is not None and adopted.name == "merged"
+    with orm.Session(sql.engine) as session, session.begin():
+        session.add(adopted)
+        adopted.name = "added"
+    result = sql.get(SqlUser, {"id": 1})
+    assert result is not None and result.name == "added"
+    # pickled (as memcached stores it) and merged without loading
+    thawed = pickle.loads(pickle.dumps(result))
+    with orm.Session(sql.engine) as session:
+        assert session.merge(thawed, load=False).name == "added"
+
+
+# -- sessions, threads, resources -----------------------------------------------------------------
+
+
+def test_no_connection_or_transaction_left_open(shared_sql: SqlAlchemyStore) -> None:
+    """After every call, successful or failed, no pooled connection is checked out."""
+    sql = shared_sql
+    pool: Any = sql.engine.pool
+    sql.put(SqlUser(email="o@x"))
+    sql.get(SqlUser, {"email": "o@x"})
+    sql.batch_get(SqlUser, [{"id": 1}, {"id": 2}])
+    with pytest.raises(StoreError):
+        sql.put(SqlUser(email="o@x"))
+    with pytest.raises(NonUniqueKeyError):
+        sql.batch_put([SqlUser(email="p@x", name="same"), SqlUser(email="q@x", name="same")])
+        sql.get(SqlUser, {"name": "same"})
+    sql.delete(SqlUser(id=1))
+    assert pool.checkedout() == 0
+
+
+def test_release_and_engine_ownership(tmp_path: Path) -> None:
+    """release() disposes an engine the store created (it reconnects on next use), keeps an
+    in-memory SQLite database alive, and leaves an engine passed in alone."""
+    owned = SqlAlchemyStore(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    SqlBase.metadata.create_all(owned.engine)
+    owned.put(SqlFoo(key=1))
+    pool_before = owned.engine.pool
+    owned.release()
+    assert owned.engine.pool is not pool_before
+    assert owned.get(SqlFoo, {"key": 1}) is not None
+    memory = SqlAlchemyStore("sqlite://")
+    SqlBase.metadata.create_all(memory.engine)
+    memory.put(SqlFoo(key=1))
+    with memory:
+        pass
+    assert memory.get(SqlFoo, {"key": 1}) is not None
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'r.sqlite'}")
+    borrowed = SqlAlchemyStore(engine=engine)
+    pool = engine.pool
+    borrowed.release()
+    assert engine.pool is pool
+
+
+def test_threads_share_one_store(sql: SqlAlchemyStore) -> None:
+    """Eight threads share one store: inserts of their own and of the same new keys, updates,
+    reads and deletes, with no error and a consistent result."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def work(n: int) -> None:
+        try:
+            barrier.wait()
+            for round_ in range(15):
+                own = SqlFoo(key=(n + 1) * 1000 + round_, zap=n, bar=round_, name=f"t{n}")
+                shared = SqlFoo(key=round_, name=f"shared by {n}")  # every thread, same keys
+                sql.batch_put([own, shared])
+                got = sql.get(SqlFoo, {"zap": n, "bar": round_})
+                assert got is not None and got.key == own.key
+                assert sql.batch_get(SqlFoo, [{"key": round_}])[0] is not None
+                if round_ % 3 == 0:
+                    sql.delete(own)
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    keys = [{"key": (n + 1) * 1000 + r} for n in range(8) for r in range(15)]
+    found = sql.batch_get(SqlFoo, keys)
+    assert [f is not None for f in found] == [r % 3 != 0 for n in range(8) for r in range(15)]
+    shared = sql.batch_get(SqlFoo, [{"key": r} for r in range(15)])
+    assert all(f is not None and f.name.startswith("shared by") for f in shared)

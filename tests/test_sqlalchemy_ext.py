@@ -1,0 +1,361 @@
+"""StockpyleSessionExtension: caches follow what SQLAlchemy sessions commit (SPEC §9)."""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from stockpyle.exceptions import StoreError
+from stockpyle.ext.sqlalchemy import StockpyleSessionExtension
+from stockpyle.stores import BaseStore, ProcessMemoryStore
+from stockpyle.testing.sqlmodels import (
+    SqlBase,
+    SqlFoo,
+    SqlUser,
+    clear_tables,
+    isolated_postgres_url,
+    loaded,
+)
+
+
+@pytest.fixture(params=["sqlite-file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    """An engine over empty test tables (SQLite file, PostgreSQL)."""
+    if request.param == "postgres":
+        engine = sa.create_engine(isolated_postgres_url(request.getfixturevalue("postgres_url")))
+    else:
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'ext.sqlite'}")
+    clear_tables(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def cache() -> ProcessMemoryStore:
+    """The cache the hook keeps in step."""
+    return ProcessMemoryStore()
+
+
+@pytest.fixture
+def factory(engine: sa.Engine, cache: ProcessMemoryStore) -> orm.sessionmaker[orm.Session]:
+    """A sessionmaker with the hook attached."""
+    maker = orm.sessionmaker(engine)
+    StockpyleSessionExtension(store=cache).attach(maker)
+    return maker
+
+
+def cached(cache: BaseStore, **key: Any) -> Any:
+    cls = SqlFoo if "key" in key or "zap" in key else SqlUser
+    return cache.get(cls, key)
+
+
+# -- commit, rollback ------------------------------------------------------------------------------
+
+
+def test_commit_puts_detached_copies(factory: orm.sessionmaker[orm.Session], cache: Any) -> None:
+    """After commit, inserted objects are in the cache as detached copies with their columns
+    loaded (generated id and server default included), never the session's own instances,
+    usable after the session closed."""
+    with factory() as session:
+        user = SqlUser(email="a@x", name="ann")
+        session.add(user)
+        assert cached(cache, email="a@x") is None
+        session.flush()
+        assert cached(cache, email="a@x") is None  # flushed is not committed
+        session.commit()
+        copy = cached(cache, email="a@x")
+        assert copy is not None and copy is not user
+        assert cache.get(SqlUser, {"id": user.id}) is copy
+    assert sa.inspect(copy).detached and loaded(copy)
+    assert (copy.name, copy.status, copy.notes) == ("ann", "new", None)
+    assert pickle.loads(pickle.dumps(copy)).email == "a@x"
+
+
+def test_commit_puts_updates_and_deletes(
+    factory: orm.sessionmaker[orm.Session], cache: Any
+) -> None:
+    """Updated objects are put again after commit; deleted ones are deleted from the cache."""
+    with factory() as session:
+        session.add_all([SqlUser(id=1, email="a@x"), SqlUser(id=2, email="b@x")])
+        session.commit()
+        first = session.get(SqlUser, 1)
+        assert first is not None
+        first.name = "renamed"
+        session.delete(session.get(SqlUser, 2))
+        session.commit()
+    assert cached(cache, id=1).name == "renamed"
+    assert cached(cache, id=2) is None and cached(cache, email="b@x") is None
+
+
+def test_rollback_applies_nothing(factory: orm.sessionmaker[orm.Session], cache: Any) -> None:
+    """A rollback, including one after a flush, applies nothing to the cache."""
+    with factory() as session:
+        session.add(SqlUser(id=1, email="keep@x", name="kept"))
+        session.commit()
+    with factory() as session:
+        user = session.get(SqlUser, 1)
+        assert user is not None
+        user.name = "rolled back"
+        session.add(SqlUser(id=2, email="gone@x"))
+        session.delete(user)
+        session.flush()
+        session.rollback()
+        session.add(SqlUser(id=3, email="later@x"))
+        session.commit()
+    assert cached(cache, id=1).name == "kept"
+    assert cached(cache, id=2) is None
+    assert cached(cache, id=3) is not None
+
+
+def test_savepoint_rollback_and_release(factory: orm.sessionmaker[orm.Session], cache: Any) -> None:
+    """Work undone by a savepoint rollback is never applied; work of a released savepoint is
+    applied with the outer commit, not before."""
+    with factory() as session:
+        session.add(SqlUser(id=1, email="outer@x"))
+        session.flush()
+        savepoint = session.begin_nested()
+        session.add(SqlUser(id=2, email="undone@x"))
+        session.flush()
+        savepoint.rollback()
+        with session.begin_nested():
+            session.add(SqlUser(id=3, email="released@x"))
+        assert cached(cache, id=3) is None  # released, not committed
+        try:
+            with session.begin_nested():
+                user = session.get(SqlUser, 3)
+                assert user is not None
+                user.name = "undone too"
+                session.flush()
+                raise RuntimeError("roll the savepoint back")
+        except RuntimeError:
+            pass
+        session.commit()
+    assert cached(cache, id=1) is not None
+    assert cached(cache, id=2) is None
+    assert cached(cache, id=3) is not None and cached(cache, id=3).name == ""
+
+
+def test_changed_alternate_key_is_dropped(
+    factory: orm.sessionmaker[orm.Session], cache: Any
+) -> None:
+    """After a commit that changes an alternate key (loaded or expired before the change), the
+    old value misses in the cache and the new one hits."""
+    with factory() as session:
+        user = SqlUser(id=1, email="old@x")
+        session.add(user)
+        session.commit()  # expires user: the old email is no longer loaded
+        user.email = "new@x"
+        session.commit()
+        assert cached(cache, email="old@x") is None
+        assert cached(cache, email="new@x") is not None
+        loaded_user = session.get(SqlUser, 1)
+        assert loaded_user is not None and loaded_user.email == "new@x"  # loaded now
+        loaded_user.email = "newer@x"
+        session.commit()
+    assert cached(cache, email="new@x") is None
+    assert cached(cache, email="newer@x").id == 1
+
+
+def test_changed_identity_drops_the_old_entry(
+    factory: orm.sessionmaker[orm.Session], cache: Any
+) -> None:
+    """A primary key update removes the entry under the old identity."""
+    with factory() as session:
+        foo = SqlFoo(key=1, zap=1, bar=1, name="moving")
+        session.add(foo)
+        session.commit()
+        assert cached(cache, key=1) is not None
+        foo.key = 2
+        session.commit()
+    assert cached(cache, key=1) is None
+    assert cached(cache, key=2).name == "moving"
+    assert cached(cache, zap=1, bar=1).key == 2
+
+
+def test_bulk_statements_invalidate_touched_rows(
+    factory: orm.sessionmaker[orm.Session], cache: Any
+) -> None:
+    """ORM-enabled update() and delete() through the session (by criteria, and bulk UPDATE by
+    primary key) invalidate exactly the rows they touch, after commit only."""
+    with factory() as session:
+        session.add_all([SqlUser(id=i, email=f"{i}@x", name="n") for i in range(1, 7)])
+        session.commit()
+    assert all(cached(cache, id=i) is not None for i in range(1, 7))
+    with factory() as session:
+        session.execute(sa.update(SqlUser).where(SqlUser.id <= 2).values(name="bulk"))
+        session.execute(sa.delete(SqlUser).where(SqlUser.email == "3@x"))
+        session.execute(sa.update(SqlUser), [{"id": 4, "name": "by pk"}])
+        assert cached(cache, id=1) is not None  # not committed yet
+        session.commit()
+    assert [cached(cache, id=i) is None for i in range(1, 7)] == [True] * 4 + [False] * 2
+    assert cached(cache, email="1@x") is None and cached(cache, email="3@x") is None
+    with factory() as session:
+        session.execute(sa.delete(SqlUser).where(SqlUser.id == 5))
+        session.rollback()
+    assert cached(cache, id=5) is not None
+
+
+def test_modified_but_unchanged_objects_are_not_rewritten(
+    factory: orm.sessionmaker[orm.Session], cache: Any
+) -> None:
+    """An object that is dirty without a net change is not written to the cache again."""
+    with factory() as session:
+        session.add(SqlUser(id=1, email="same@x", name="same"))
+        session.commit()
+        first = cached(cache, id=1)
+        user = session.get(SqlUser, 1)
+        assert user is not None
+        user.name = "same"
+        session.commit()
+    assert cached(cache, id=1) is first
+
+
+# -- targets, isolation ----------------------------------------------------------------------------
+
+
+class MySession(orm.Session):
+    """A Session subclass."""
+
+
+@pytest.mark.parametrize("kind", ["session", "sessionmaker", "scoped_session", "subclass"])
+def test_attach_targets(engine: sa.Engine, kind: str) -> None:
+    """attach works on a Session, a sessionmaker, a scoped_session and a Session subclass, and
+    detach stops it."""
+    cache = ProcessMemoryStore()
+    ext = StockpyleSessionExtension(store=cache)
+    target: Any
+    if kind == "session":
+        target = session = orm.Session(engine)
+    elif kind == "sessionmaker":
+        target = orm.sessionmaker(engine)
+        session = target()
+    elif kind == "scoped_session":
+        target = orm.scoped_session(orm.sessionmaker(engine))
+        session = target()
+    else:
+        target = MySession
+        session = MySession(engine)
+    try:
+        assert ext.attach(target) is target
+        ext.attach(target)  # attaching twice does not double the work
+        session.add(SqlUser(id=1, email="t@x"))
+        session.commit()
+        assert cached(cache, id=1) is not None
+        ext.detach(target)
+        session.add(SqlUser(id=2, email="u@x"))
+        session.commit()
+        assert cached(cache, id=2) is None
+    finally:
+        session.close()
+        ext.detach(target)
+
+
+def test_sessions_do_not_share_pending_work(
+    factory: orm.sessionmaker[orm.Session], cache: Any, engine: sa.Engine, tmp_path: Path
+) -> None:
+    """Two interleaved sessions: each commit applies only its own session's work."""
+    other = engine
+    if engine.dialect.name == "sqlite":  # one SQLite file takes one writer at a time
+        other = sa.create_engine(f"sqlite:///{tmp_path / 'other.sqlite'}")
+        clear_tables(other)
+    with factory() as one, factory(bind=other) as two:
+        one.add(SqlUser(id=1, email="one@x"))
+        one.flush()
+        two.add(SqlUser(id=2, email="two@x"))
+        two.commit()
+        assert cached(cache, id=2) is not None and cached(cache, id=1) is None
+        one.rollback()
+    assert cached(cache, id=1) is None
+
+
+def test_two_threads_commit_through_separate_sessions(
+    factory: orm.sessionmaker[orm.Session], cache: Any
+) -> None:
+    """Threads committing through their own sessions each get exactly their objects cached;
+    a thread that rolls back leaves nothing behind."""
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def work(n: int, commit: bool) -> None:
+        try:
+            barrier.wait()
+            for i in range(10):
+                with factory() as session:
+                    session.add(SqlFoo(key=n * 100 + i, zap=n, bar=i, name=f"thread {n}"))
+                    session.flush()
+                    session.commit() if commit else session.rollback()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [
+        threading.Thread(target=work, args=(1, True)),
+        threading.Thread(target=work, args=(2, False)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert all(cached(cache, key=100 + i).name == "thread 1" for i in range(10))
+    assert all(cached(cache, key=200 + i) is None for i in range(10))
+
+
+def test_classes_limit_the_hook(engine: sa.Engine) -> None:
+    """classes= restricts the hook to those mapped classes."""
+    cache = ProcessMemoryStore()
+    maker = orm.sessionmaker(engine)
+    StockpyleSessionExtension(store=cache, classes=[SqlFoo]).attach(maker)
+    with maker() as session:
+        session.add_all([SqlFoo(key=1), SqlUser(id=1, email="x@x")])
+        session.commit()
+    assert cached(cache, key=1) is not None and cached(cache, id=1) is None
+
+
+# -- cache failures --------------------------------------------------------------------------------
+
+
+class FlakyStore(ProcessMemoryStore):
+    """A cache whose puts fail."""
+
+    def batch_put(self, objs: Sequence[Any], *, expires_at: Any = None) -> None:
+        raise StoreError(self, "down")
+
+
+def test_cache_failure_after_commit(engine: sa.Engine, caplog: pytest.LogCaptureFixture) -> None:
+    """A cache failure after a commit is logged, counted and evicts the objects; the commit
+    stands. strict=True raises it from commit()."""
+    cache = FlakyStore()
+    cache_ok = ProcessMemoryStore()
+    maker = orm.sessionmaker(engine)
+    ext = StockpyleSessionExtension(store=cache)
+    ext.attach(maker)
+    with maker() as session:
+        session.add(SqlUser(id=1, email="f@x"))
+        with caplog.at_level(logging.ERROR, "stockpyle.ext.sqlalchemy"):
+            session.commit()
+    assert ext.failures == 1 and "failed" in caplog.text
+    assert cached(cache, id=1) is None
+    ext.detach(maker)
+    strict = StockpyleSessionExtension(store=cache, strict=True)
+    strict.attach(maker)
+    with maker() as session:
+        session.add(SqlUser(id=2, email="g@x"))
+        with pytest.raises(StoreError):
+            session.commit()
+    strict.detach(maker)
+    StockpyleSessionExtension(store=cache_ok).attach(maker)
+    with maker() as session:
+        assert session.get(SqlUser, 2) is not None  # committed despite the error
+
+
+def test_tables_are_created_by_the_application(engine: sa.Engine) -> None:
+    """The store and the hook never create tables: that is metadata.create_all's job."""
+    assert set(SqlBase.metadata.tables) <= set(sa.inspect(engine).get_table_names())
