@@ -13,14 +13,14 @@ from stockpyle.stores import ChainedStore, ProcessMemoryStore
 
 
 def _persistent_layer(workdir: Path) -> tuple[BaseStore, str, type[Any]]:
-    """The most persistent layer: a shelve file on disk."""
-    import shelve
+    """The most persistent layer: a SQLite file through SqlAlchemyStore."""
+    from stockpyle._demo_models import DemoBase, Foo
+    from stockpyle.stores import SqlAlchemyStore
 
-    from stockpyle._demo_models import Foo
-    from stockpyle.stores import BaseDictionaryStore
-
-    path = workdir / "demo.shelf"
-    return BaseDictionaryStore(shelve.open(str(path))), f"shelve file {path}", Foo
+    path = workdir / "demo.sqlite"
+    store = SqlAlchemyStore(uri=f"sqlite:///{path}")
+    DemoBase.metadata.create_all(store.engine)
+    return store, f"SQLite {path}", Foo
 
 
 def _where(chain: ChainedStore, names: Sequence[str], cls: type, key: dict[str, Any]) -> str:

@@ -1,17 +1,22 @@
-"""The demo's class (importable by qualified name, as serializing stores require)."""
+"""The demo's mapped class (importable by qualified name, as serializing stores require)."""
 
 from __future__ import annotations
 
-import attrs
+from sqlalchemy.orm import DeclarativeBase, Mapped, MappedAsDataclass, mapped_column
 
 import stockpyle
 
 
+class DemoBase(MappedAsDataclass, DeclarativeBase):
+    """Declarative base of the demo's tables."""
+
+
 @stockpyle.keyed("key", ("zap", "bar"))
-@attrs.define
-class Foo:
+class Foo(DemoBase):
     """The quickstart's object: identity key ``key``, alternate key ``(zap, bar)``."""
 
-    key: int
-    zap: int
-    bar: int
+    __tablename__ = "foo"
+
+    key: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    zap: Mapped[int]
+    bar: Mapped[int]

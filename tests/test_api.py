@@ -101,3 +101,15 @@ def test_demo_runs() -> None:
     )
     assert "served from memory" in out.stdout
     assert "deleted" in out.stdout
+
+
+def test_demo_runs_with_a_memcached_layer(memcached_server: str) -> None:
+    """The demo can add a real memcached layer between memory and SQLite."""
+    out = subprocess.run(
+        [sys.executable, "-m", "stockpyle", "demo", "--memcached", memcached_server],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert f"memory -> memcached {memcached_server} -> SQLite" in out.stdout
+    assert "deleted" in out.stdout

@@ -686,3 +686,16 @@ def test_threads_share_one_store(sql: SqlAlchemyStore) -> None:
     assert [f is not None for f in found] == [r % 3 != 0 for n in range(8) for r in range(15)]
     shared = sql.batch_get(SqlFoo, [{"key": r} for r in range(15)])
     assert all(f is not None and f.name.startswith("shared by") for f in shared)
+
+
+def test_unhashable_mapped_dataclasses_are_stored() -> None:
+    """Mapped dataclasses with eq=True (unhashable instances) put, get and delete."""
+    from stockpyle._demo_models import DemoBase
+    from stockpyle._demo_models import Foo as DemoFoo
+
+    store = SqlAlchemyStore(uri="sqlite://")
+    DemoBase.metadata.create_all(store.engine)
+    store.batch_put([DemoFoo(key=1, zap=2, bar=3), DemoFoo(key=2, zap=2, bar=4)])
+    assert store.get(DemoFoo, {"zap": 2, "bar": 3}) == DemoFoo(key=1, zap=2, bar=3)
+    store.delete(DemoFoo(key=1, zap=2, bar=3))
+    assert store.get(DemoFoo, {"key": 1}) is None

@@ -267,7 +267,8 @@ def _upsert(
         _copy_columns(info, obj, target)
         targets.append(target)
     session.flush()
-    load_columns(session, dict.fromkeys(targets))
+    # Deduplicated by identity: mapped dataclasses with eq=True are unhashable.
+    load_columns(session, list({id(t): t for t in targets}.values()))
     return targets
 
 
