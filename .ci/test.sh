@@ -16,6 +16,17 @@ export CI=${CI:-true}
 echo "== ruff"; .venv/bin/ruff check stockpyle tests $(ls -d benchmarks 2>/dev/null)
 echo "== mypy --strict"; .venv/bin/mypy stockpyle
 echo "== pytest"; .venv/bin/python -m pytest -q "$@"
+
+# shove must work with setuptools that ships pkg_resources (above) and with one that does not.
+echo "== shove with setuptools>=82 (no pkg_resources)"
+[ -x .venv-new-setuptools/bin/python ] || "$PY" -m venv .venv-new-setuptools
+.venv-new-setuptools/bin/python -m pip install -q --disable-pip-version-check \
+  'setuptools>=82' -e '.[shove]' pytest hypothesis
+.venv-new-setuptools/bin/python -c \
+  "import importlib.util, sys; sys.exit(importlib.util.find_spec('pkg_resources') is not None)" \
+  || { echo "setuptools>=82 still ships pkg_resources: this leg would prove nothing"; exit 1; }
+.venv-new-setuptools/bin/python -m pytest -q -p no:cacheprovider \
+  tests/test_shove_import.py tests/test_shove_store.py
 if [ -f mkdocs.yml ]; then
   echo "== docs (strict)"; .venv/bin/mkdocs build --strict --quiet --site-dir /tmp/stockpyle-site
 fi
