@@ -212,11 +212,18 @@ class KeySpec:
     def encode_values(self, values: Sequence[Any]) -> str | None:
         """Encode attribute values (in ``names`` order); ``None`` if any of them is ``None``."""
         parts = []
-        for value in values:
-            if value is None:
-                return None
-            parts.append(encode_value(value))
+        try:
+            for value in values:
+                if value is None:
+                    return None
+                parts.append(encode_value(value))
+        except InvalidKeyError as exc:
+            raise self._invalid(exc) from None
         return self.prefix + ",".join(parts)
+
+    def _invalid(self, exc: InvalidKeyError) -> InvalidKeyError:
+        names = repr(self.single) if self.single else repr(self.names)
+        return InvalidKeyError(f"{self.layout.path} key {names}: {exc}")
 
     def from_dict(self, key: Mapping[str, Any]) -> str | None:
         """Encode a key dictionary naming exactly this key's attributes (``None`` ⇒ a miss)."""
@@ -225,7 +232,10 @@ class KeySpec:
             value = key[single]
             if value is None:
                 return None
-            return self.prefix + encode_value(value)
+            try:
+                return self.prefix + encode_value(value)
+            except InvalidKeyError as exc:
+                raise self._invalid(exc) from None
         return self.encode_values([key[n] for n in self.names])
 
     def from_obj(self, obj: Any) -> str | None:

@@ -30,6 +30,7 @@ from stockpyle._expiry import (
 )
 from stockpyle._keys import KeySpec, keyed_bases, layout_of
 from stockpyle._store import BaseStore, KeyDict
+from stockpyle.exceptions import StockpyleError, StoreError
 
 __all__ = ["ENTRY", "POINTER", "KeyValueStore", "Record"]
 
@@ -80,8 +81,11 @@ class KeyValueStore(BaseStore):
     def batch_get_entries(
         self, cls: type[T], key_dicts: Sequence[KeyDict]
     ) -> list[tuple[T, Deadline] | None]:
-        layout = layout_of(cls)
-        slots = [layout.encode(kd) for kd in key_dicts]  # validates before any I/O
+        try:
+            layout = layout_of(cls)
+            slots = [layout.encode(kd) for kd in key_dicts]  # validates before any I/O
+        except StockpyleError as exc:
+            raise self._naming_store(exc) from None
         wanted = list(dict.fromkeys(s for s in slots if s is not None))
         if not wanted:
             return [None] * len(slots)
@@ -95,7 +99,10 @@ class KeyValueStore(BaseStore):
         return [None if s is None else _resolve(s, records, now) for s in slots]
 
     def get_entry(self, cls: type[T], key_dict: KeyDict) -> tuple[T, Deadline] | None:
-        slot = layout_of(cls).encode(key_dict)
+        try:
+            slot = layout_of(cls).encode(key_dict)
+        except StockpyleError as exc:
+            raise self._naming_store(exc) from None
         if slot is None:
             return None
         records = self._load([slot])
@@ -105,6 +112,12 @@ class KeyValueStore(BaseStore):
         if record[0] == POINTER:
             records.update(self._load([record[2]]))
         return _resolve(slot, records, self.clock())
+
+    def _naming_store(self, exc: StockpyleError) -> StockpyleError:
+        """The same error, its message prefixed with this store's name (invalid input only)."""
+        if isinstance(exc, StoreError):
+            return exc
+        return type(exc)(f"{self.describe()}: {exc}")
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -147,7 +160,10 @@ class KeyValueStore(BaseStore):
         self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
     ) -> None:
         now = self.clock()
-        plans = self._plan_objects(objs, expires_at, now)
+        try:
+            plans = self._plan_objects(objs, expires_at, now)
+        except StockpyleError as exc:
+            raise self._naming_store(exc) from None
         if not plans:
             return
         with self._lock:
@@ -172,7 +188,10 @@ class KeyValueStore(BaseStore):
     def batch_delete(self, objs: Sequence[Any]) -> None:
         identities = []
         for obj in objs:
-            identity = layout_of(type(obj)).identity.from_obj(obj)
+            try:
+                identity = layout_of(type(obj)).identity.from_obj(obj)
+            except StockpyleError as exc:
+                raise self._naming_store(exc) from None
             if identity is not None:
                 identities.append(identity)
         if not identities:

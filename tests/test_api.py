@@ -113,3 +113,39 @@ def test_demo_runs_with_a_memcached_layer(memcached_server: str) -> None:
     )
     assert f"memory -> memcached {memcached_server} -> SQLite" in out.stdout
     assert "deleted" in out.stdout
+
+
+def test_error_messages_name_store_class_and_key() -> None:
+    """Invalid-input errors name the store, the class and the key concerned."""
+    from stockpyle.stores import ProcessMemoryStore
+    from stockpyle.testing.models import Foo
+
+    store = ProcessMemoryStore()
+    with pytest.raises(stockpyle.InvalidKeyError) as info:
+        store.put(Foo(1, zap=2, bar=[3]))
+    text = str(info.value)
+    assert "ProcessMemoryStore" in text and "Foo" in text and "('bar', 'zap')" in text
+    with pytest.raises(stockpyle.UnknownKeyError) as unknown:
+        store.get(Foo, {"zap": 1})
+    assert "ProcessMemoryStore" in str(unknown.value) and "Foo" in str(unknown.value)
+
+
+def test_repo_is_generic_to_a_type_checker() -> None:
+    """mypy sees Repo[Foo].get(...) as Foo | None and get_many as list[Foo | None]."""
+    from mypy import api
+
+    code = (
+        "from typing import assert_type\n"
+        "import stockpyle\n"
+        "from stockpyle.stores import ProcessMemoryStore\n"
+        "from stockpyle.testing.models import Foo\n"
+        "foos = stockpyle.Repo(Foo, ProcessMemoryStore())\n"
+        "assert_type(foos, stockpyle.Repo[Foo])\n"
+        "assert_type(foos.get(key=1), Foo | None)\n"
+        "assert_type(foos.get_many([{'key': 1}]), list[Foo | None])\n"
+        "foos.put(1)  # E: wrong type\n"
+    )
+    out, _, status = api.run(["--strict", "--no-incremental", "-c", code])
+    assert "Argument 1 to \"put\" of \"Repo\" has incompatible type \"int\"" in out
+    assert out.count("error:") == 1, out
+    assert status == 1

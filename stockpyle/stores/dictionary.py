@@ -11,6 +11,7 @@ from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._keys import layout_of
 from stockpyle._kv import ENTRY, KeyValueStore, Record, _resolve
 from stockpyle._store import KeyDict
+from stockpyle.exceptions import StockpyleError
 
 __all__ = ["BaseDictionaryStore"]
 
@@ -72,7 +73,10 @@ class BaseDictionaryStore(KeyValueStore):
 
     def get_entry(self, cls: type[T], key_dict: KeyDict) -> tuple[T, Deadline] | None:
         # The hot path: one encode, one mapping lookup, one clock read.
-        slot = layout_of(cls).encode(key_dict)
+        try:
+            slot = layout_of(cls).encode(key_dict)
+        except StockpyleError as exc:
+            raise self._naming_store(exc) from None
         if slot is None:
             return None
         mapping = self.mapping
