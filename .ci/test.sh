@@ -28,7 +28,8 @@ echo "== shove with setuptools>=82 (no pkg_resources)"
 .venv-new-setuptools/bin/python -m pytest -q -p no:cacheprovider \
   tests/test_shove_import.py tests/test_shove_store.py
 if [ -f mkdocs.yml ]; then
-  echo "== docs (strict)"; .venv/bin/mkdocs build --strict --quiet --site-dir /tmp/stockpyle-site
+  echo "== docs (strict)"
+  NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir /tmp/stockpyle-site
 fi
 if [ -f benchmarks/run.py ]; then
   echo "== benchmarks (quick smoke run)"; .venv/bin/python benchmarks/run.py --quick --out /tmp/stockpyle-bench

@@ -59,7 +59,7 @@ class ChainedStore(BaseStore):
     def _failed(self, layer: int, action: str, exc: StockpyleError) -> None:
         self.failures[layer] += 1
         log.warning(
-            "%s: %s failed in cache layer %d (%s); continuing without it",
+            "%s: %s failed in cache layer %d (%s)",
             self.describe(),
             action,
             layer,
@@ -119,9 +119,12 @@ class ChainedStore(BaseStore):
             return self.get(cls, key)
 
         first = self.stores[0]
-        if isinstance(first, BaseDictionaryStore):
+        if (
+            isinstance(first, BaseDictionaryStore)
+            and type(first).getter is BaseDictionaryStore.getter  # no key mapping of its own
+        ):
             # The warm path is the first layer's own hot path: a chain costs nothing extra.
-            return first.fast_getter(
+            return first._fast_getter(
                 cls, miss=from_second, other=general, bypass=self._suspect[0]
             )
         return general
@@ -196,10 +199,10 @@ class ChainedStore(BaseStore):
                 if layer == self._last:
                     raise
                 self._mark(layer, objs, suspect=True)
+                self._failed(layer, "put", exc)
                 if self.strict:
                     self._evict_above(layer, objs)
                     raise
-                self._failed(layer, "put", exc)
             else:
                 self._mark(layer, objs, suspect=False)
 
@@ -213,10 +216,9 @@ class ChainedStore(BaseStore):
                 if layer == self._last:
                     raise
                 self._mark(layer, objs, suspect=True)
+                self._failed(layer, "delete", exc)
                 if self.strict:
                     error = error or exc
-                else:
-                    self._failed(layer, "delete", exc)
             else:
                 self._mark(layer, objs, suspect=False)
         if error is not None:

@@ -226,3 +226,35 @@ def test_chain_accepts_declared_keys_only() -> None:
     chain, _, _ = make_chain()
     with pytest.raises(KeyError):
         chain.get(Foo, {"zap": 1})
+
+
+def test_repo_through_a_chain_whose_first_layer_maps_keys() -> None:
+    """Repo.get through a chain topped by a ShoveStore (which shortens long keys) finds what
+    chain.get finds."""
+    from stockpyle.stores import ShoveStore
+
+    top, bottom = ShoveStore(shoveuri="simple://"), ProcessMemoryStore()
+    chain = ChainedStore([top, bottom])
+    key = "x" * 400
+    Repo(Foo, chain).put(Foo(key))
+    bottom.delete(Foo(key))
+    assert chain.get(Foo, {"key": key}) is not None
+    assert Repo(Foo, chain).get(key=key) is not None
+
+
+def test_repo_through_a_chain_whose_first_layer_fails() -> None:
+    """A first layer whose mapping raises StoreError is a miss for Repo.get too (not an
+    error), and the failure is counted."""
+
+    class Down(dict[str, Any]):
+        def get(self, *args: Any) -> Any:
+            raise StoreError("down", "refused")
+
+        __getitem__ = get
+
+    from stockpyle.stores import BaseDictionaryStore
+
+    chain = ChainedStore([BaseDictionaryStore(Down()), ProcessMemoryStore()])
+    chain.stores[1].put(Foo("a"))
+    assert Repo(Foo, chain).get(key="a") is not None
+    assert chain.failures[0] >= 1

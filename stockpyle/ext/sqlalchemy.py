@@ -1,4 +1,4 @@
-"""Keep a cache in step with what SQLAlchemy sessions commit (SPEC §9).
+"""Keep a cache in step with what SQLAlchemy sessions commit.
 
 ::
 

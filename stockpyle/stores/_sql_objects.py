@@ -123,7 +123,7 @@ def read_attr(obj: Any, name: str) -> Any:
 def _type_test(prop: orm.ColumnProperty[Any]) -> Callable[[Any], bool] | None:
     """A cheap test rejecting key values that can never equal a value of this column.
 
-    ``1``, ``1.0``, ``True`` and ``"1"`` are different keys (SPEC §3); databases would compare
+    ``1``, ``1.0``, ``True`` and ``"1"`` are different keys; databases would compare
     them loosely (or fail: PostgreSQL rejects ``'abc'`` for an integer). Types that
     transform values (``TypeDecorator``) or do not know their Python type are not tested.
     """

@@ -11,7 +11,7 @@ from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._keys import layout_of
 from stockpyle._kv import ENTRY, KeyValueStore, Record, _resolve
 from stockpyle._store import KeyDict
-from stockpyle.exceptions import StockpyleError
+from stockpyle.exceptions import StockpyleError, StoreError
 
 __all__ = ["BaseDictionaryStore"]
 
@@ -97,9 +97,9 @@ class BaseDictionaryStore(KeyValueStore):
         return None if found is None else found[0]
 
     def getter(self, cls: type[T]) -> Callable[[KeyDict], T | None]:
-        return self.fast_getter(cls)
+        return self._fast_getter(cls)
 
-    def fast_getter(
+    def _fast_getter(
         self,
         cls: type[T],
         *,
@@ -145,18 +145,23 @@ class BaseDictionaryStore(KeyValueStore):
             except KeyError:  # another key, or a type without a fast encoder (or None)
                 return general(key)
             mapping = self.mapping if fixed is None else fixed
-            record = mapping.get(slot)
+            try:
+                record = mapping.get(slot)
+                pointer = None
+                if record is not None and record[0] != ENTRY:
+                    pointer, record = record, mapping.get(record[2])
+            except StoreError:
+                if other is None:
+                    raise
+                return other(key)  # a chain's general path counts the failure as a miss
             if record is None:
                 return None if miss is None else miss(key)
-            if record[0] != ENTRY:
-                pointer = record
-                record = mapping.get(pointer[2])
-                if (
-                    record is None
-                    or slot not in record[2]
-                    or (pointer[1] is not None and pointer[1] <= clock())
-                ):
-                    return None if miss is None else miss(key)
+            if pointer is not None and (
+                record[0] != ENTRY  # the slot it names was taken over by another pointer
+                or slot not in record[2]  # a stale pointer: the object no longer has this key
+                or (pointer[1] is not None and pointer[1] <= clock())
+            ):
+                return None if miss is None else miss(key)
             deadline = record[1]
             if deadline is not None and deadline <= clock():
                 return None if miss is None else miss(key)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 from urllib.parse import quote_plus
@@ -69,14 +70,17 @@ class ShoveStore(BaseDictionaryStore):
         return self._shove
 
     def describe(self) -> str:
-        return f"ShoveStore({self.shoveuri or type(self._shove).__name__})"
+        if self.shoveuri is None:
+            return f"ShoveStore({type(self._shove).__name__})"
+        # Never put credentials (s3://key:secret@bucket) into messages and logs.
+        return f"ShoveStore({re.sub(r'//[^/@]*@', '//***@', self.shoveuri)})"
 
     def _call(self, action: str, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
         except StoreError:
             raise
-        except (OSError, ValueError, TypeError, RuntimeError) as exc:
+        except Exception as exc:  # shove backends raise their own types (sqlite3.Error, ...)
             raise StoreError(self, f"{action} failed", exc) from exc
 
     @staticmethod

@@ -66,7 +66,7 @@ class _Base:
 
 
 class StoreConformance(_Base):
-    """What every store does (SPEC §4)."""
+    """What every store does."""
 
     def test_put_then_get_by_identity_and_alternate_key(self, store: BaseStore) -> None:
         """After put, a get by each of the object's keys returns it."""
@@ -277,7 +277,7 @@ class StoreConformance(_Base):
 
 
 class KeyValueConformance(_Base):
-    """Key value rules (SPEC §3) for stores that accept any supported key value."""
+    """Key value rules for stores that accept any supported key value."""
 
     def test_lookalike_key_values_are_distinct(self, store: BaseStore) -> None:
         """1, 1.0, True, "1" and Decimal(1) are five keys; (1,) and (True,) differ."""
@@ -326,7 +326,7 @@ class KeyValueConformance(_Base):
 
 
 class ExpiryConformance(_Base):
-    """Per-object lifetimes (SPEC §6), driven by the injected clock."""
+    """Per-object lifetimes, driven by the injected clock."""
 
     def test_lifetime_in_seconds(self, make_store: MakeStore, clock: FakeClock) -> None:
         """An object with a lifetime is a hit until its deadline, then a miss everywhere."""
@@ -414,7 +414,7 @@ class ExpiryConformance(_Base):
 
 
 class PolymorphismConformance(_Base):
-    """Lookups through keyed base classes (SPEC §6)."""
+    """Lookups through keyed base classes."""
 
     def _classes(self) -> tuple[type, type, type]:
         kit = self.kit
