@@ -11,7 +11,7 @@ from stockpyle._encoding import shorten
 from stockpyle._expiry import Clock, LifetimeCallback
 from stockpyle._kv import Record
 from stockpyle._store import BaseStore
-from stockpyle.exceptions import StoreError
+from stockpyle.exceptions import StockpyleError, StoreError
 from stockpyle.stores.dictionary import BaseDictionaryStore
 
 __all__ = ["ShoveStore"]
@@ -78,7 +78,7 @@ class ShoveStore(BaseDictionaryStore):
     def _call(self, action: str, fn: Any, *args: Any) -> Any:
         try:
             return fn(*args)
-        except StoreError:
+        except StockpyleError:  # StoreError, MissingDependencyError: already say it all
             raise
         except Exception as exc:  # shove backends raise their own types (sqlite3.Error, ...)
             raise StoreError(self, f"{action} failed", exc) from exc
