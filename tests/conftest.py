@@ -13,6 +13,8 @@ import pytest
 
 from stockpyle.testing import FakeClock
 
+pytest_plugins = ["helpers_sql"]
+
 
 def _require(var: str) -> str:
     value = os.environ.get(var)

@@ -102,15 +102,16 @@ class TestChainThree(_AllConformance):
     factory = staticmethod(chain_three)
 
 
-TestMemoryMachine = make_state_machine(memory).TestCase
-TestMemoryMachine.settings = MACHINE_SETTINGS
-TestThreadLocalMachine = make_state_machine(threadlocal).TestCase
-TestThreadLocalMachine.settings = MACHINE_SETTINGS
-TestDictMachine = make_state_machine(plain_dict).TestCase
-TestDictMachine.settings = MACHINE_SETTINGS
-TestChainMachine = make_state_machine(chain_memory_dict).TestCase
-TestChainMachine.settings = MACHINE_SETTINGS
-TestChainThreeMachine = make_state_machine(chain_three).TestCase
-TestChainThreeMachine.settings = MACHINE_SETTINGS
-TestLockstepMachine = make_state_machine(FACTORIES).TestCase
-TestLockstepMachine.settings = MACHINE_SETTINGS
+def machine(factory: Any) -> Any:
+    """The state machine's TestCase for ``factory``, with this module's settings."""
+    case = make_state_machine(factory).TestCase
+    case.settings = MACHINE_SETTINGS
+    return case
+
+
+TestMemoryMachine = machine(memory)
+TestThreadLocalMachine = machine(threadlocal)
+TestDictMachine = machine(plain_dict)
+TestChainMachine = machine(chain_memory_dict)
+TestChainThreeMachine = machine(chain_three)
+TestLockstepMachine = machine(FACTORIES)

@@ -37,7 +37,6 @@ from stockpyle.testing.sqlmodels import (
     SqlPair,
     SqlUser,
     clear_tables,
-    isolated_postgres_url,
     loaded,
     make_sql_state_machine,
 )
@@ -46,21 +45,6 @@ MakeSql = Callable[..., SqlAlchemyStore]
 
 
 # -- backends -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def pg_url(postgres_url: str) -> str:
-    """The PostgreSQL URL, with a schema of its own per test process."""
-    return isolated_postgres_url(postgres_url)
-
-
-@pytest.fixture(scope="module")
-def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
-    """One engine for preparing the PostgreSQL test tables."""
-    engine = sa.create_engine(pg_url)
-    SqlBase.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 def _maker(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[MakeSql]:

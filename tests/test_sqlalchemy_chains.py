@@ -25,7 +25,6 @@ from stockpyle.testing.sqlmodels import (
     SqlFoo,
     SqlUser,
     clear_tables,
-    isolated_postgres_url,
     loaded,
     make_sql_state_machine,
 )
@@ -45,21 +44,6 @@ def _chain(layout: str, sql: SqlAlchemyStore, server: str | None) -> ChainedStor
         return ChainedStore([ProcessMemoryStore(), sql])
     assert server is not None
     return ChainedStore([ProcessMemoryStore(), _memcache(server), sql])
-
-
-@pytest.fixture(scope="module")
-def pg_url(postgres_url: str) -> str:
-    """The PostgreSQL URL, with a schema of its own per test process."""
-    return isolated_postgres_url(postgres_url)
-
-
-@pytest.fixture(scope="module")
-def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
-    """One engine for preparing the PostgreSQL test tables."""
-    engine = sa.create_engine(pg_url)
-    SqlBase.metadata.create_all(engine)
-    yield engine
-    engine.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -1,0 +1,33 @@
+"""PostgreSQL fixtures shared by the SQL test modules (a plugin loaded by conftest.py).
+
+SQLAlchemy is imported inside the fixtures, so test runs without it (the setuptools leg of CI)
+can still load this plugin.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def pg_url(postgres_url: str) -> str:
+    """The PostgreSQL URL, with a schema of its own per test process."""
+    from stockpyle.testing.sqlmodels import isolated_postgres_url
+
+    return isolated_postgres_url(postgres_url)
+
+
+@pytest.fixture(scope="module")
+def pg_engine(pg_url: str) -> Iterator[Any]:
+    """One engine (``sqlalchemy.Engine``) for preparing the PostgreSQL test tables."""
+    import sqlalchemy as sa
+
+    from stockpyle.testing.sqlmodels import SqlBase
+
+    engine = sa.create_engine(pg_url)
+    SqlBase.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
