@@ -57,3 +57,17 @@ def test_thread_local_store_isolates_threads() -> None:
     thread.join()
     assert seen == [None]
     assert store.get(Foo, {"key": 1}) is not None
+
+
+def test_purge_expired_frees_expired_objects_and_their_index_entries() -> None:
+    """purge_expired removes expired objects and their alternate entries, nothing else."""
+    from stockpyle.testing import FakeClock
+
+    clock = FakeClock()
+    store = ProcessMemoryStore(lifetime_cb=lambda o: 5 if o.name == "short" else None, clock=clock)
+    store.batch_put([Foo(1, 2, 3, "short"), Foo(4, 5, 6, "long")])
+    assert len(store) == 4
+    clock.advance(5)
+    assert store.purge_expired() == 1
+    assert len(store) == 2
+    assert store.get(Foo, {"zap": 5, "bar": 6}) is not None

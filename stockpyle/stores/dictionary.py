@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from stockpyle._encoding import FAST_ENCODERS
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._keys import layout_of
-from stockpyle._kv import ENTRY, KeyValueStore, Record, _resolve
+from stockpyle._kv import ENTRY, KeyValueStore, Record, _resolve, _View
 from stockpyle._store import KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
 
@@ -70,6 +70,28 @@ class BaseDictionaryStore(KeyValueStore):
                 del mapping[key]
             except KeyError:
                 pass
+
+    def purge_expired(self) -> int:
+        """Remove every expired object and its index entries; return how many objects.
+
+        Expired entries are never returned, but they take memory until their key is written
+        again; call this now and then (or bound the store with ``max_entries``).
+        """
+        now = self.clock()
+        with self._lock:
+            mapping = self.mapping
+            dead = [
+                key
+                for key, record in list(mapping.items())
+                if record[0] == ENTRY and record[1] is not None and record[1] <= now
+            ]
+            view = _View(self)
+            view.fetch(dead)
+            view.fetch([slot for key in dead for slot in mapping[key][2][1:]])
+            for key in dead:
+                view.unlink(key, keep=())
+            view.commit()
+        return len(dead)
 
     def get_entry(self, cls: type[T], key_dict: KeyDict) -> tuple[T, Deadline] | None:
         # The hot path: one encode, one mapping lookup, one clock read.
