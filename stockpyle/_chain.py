@@ -139,7 +139,7 @@ class ChainedStore(BaseStore):
         missed_first: bool = False,
     ) -> list[tuple[T, Deadline] | None]:
         layout = layout_of(cls)
-        encoded = [layout.encode(kd) for kd in key_dicts]  # declared keys only; validates
+        encoded = layout.encode_all(key_dicts)  # declared keys only; validates
         results: list[tuple[T, Deadline] | None] = [None] * len(key_dicts)
         pending: dict[str, list[int]] = {}
         for i, key in enumerate(encoded):

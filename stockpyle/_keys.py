@@ -294,6 +294,26 @@ class KeyLayout:
         self.specs_by_names[names] = spec  # remember this order of names: next time one lookup
         return spec
 
+    def encode_all(self, keys: Sequence[Mapping[str, Any]]) -> list[str | None]:
+        """:meth:`encode` of each key dictionary (validating all of them), for batches:
+        int and str values of one-attribute keys go through the spec's memo."""
+        by_names = self.specs_by_names
+        slots: list[str | None] = []
+        append = slots.append
+        for key in keys:
+            spec = by_names.get(tuple(key)) or self.spec_for(key)
+            single = spec.single
+            if single is None:
+                append(spec.from_dict(key))
+                continue
+            value = key[single]
+            kind = type(value)
+            if kind is int or kind is str:
+                append(spec.memo.get(value) or spec.remember(value))
+            else:
+                append(spec.from_dict(key))
+        return slots
+
     def encode(self, key: Mapping[str, Any]) -> str | None:
         """Encode a key dictionary of this class (``None`` when it holds ``None``: a miss)."""
         return self.spec_for(key).from_dict(key)

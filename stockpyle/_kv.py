@@ -83,7 +83,7 @@ class KeyValueStore(BaseStore):
     ) -> list[tuple[T, Deadline] | None]:
         try:
             layout = layout_of(cls)
-            slots = [layout.encode(kd) for kd in key_dicts]  # validates before any I/O
+            slots = layout.encode_all(key_dicts)  # validates before any I/O
         except StockpyleError as exc:
             raise self._naming_store(exc) from None
         wanted = list(dict.fromkeys(s for s in slots if s is not None))

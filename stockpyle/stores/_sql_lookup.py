@@ -22,8 +22,9 @@ from stockpyle.stores._sql_objects import MappedInfo
 
 __all__ = ["Request", "fetch", "parse_requests"]
 
-#: ``(names, values, encoded)``: one key dict, its attribute names sorted.
-Request = tuple[tuple[str, ...], tuple[Any, ...], str]
+#: ``(names, values, match)``: one key dict, its attribute names sorted, and what a row's
+#: values must give to match it (see :func:`_match_single`).
+Request = tuple[tuple[str, ...], tuple[Any, ...], Any]
 
 
 def parse_requests(info: MappedInfo, key_dicts: Sequence[KeyDict]) -> list[Request | None]:
@@ -35,7 +36,23 @@ def parse_requests(info: MappedInfo, key_dicts: Sequence[KeyDict]) -> list[Reque
     """
     layout = info.layout
     parsed: list[Request | None] = []
+    singles = {spec.single: spec.names for spec in layout.specs if spec.single is not None}
+    accepts = info.accepts
     for key in key_dicts:
+        if len(key) == 1:
+            # The common case, a key of one attribute: no tuples, no generators.
+            (name,) = key
+            single = singles.get(name)
+            if single is not None:
+                value = key[name]
+                if value is None:
+                    parsed.append(None)
+                    continue
+                # _match_single, inlined; InvalidKeyError before any I/O
+                match = value if type(value) is int else encode_value(value)
+                test = accepts.get(name)
+                parsed.append((single, (value,), match) if test is None or test(value) else None)
+                continue
         try:
             names = layout.spec_for(key).names
         except UnknownKeyError:
@@ -53,7 +70,8 @@ def parse_requests(info: MappedInfo, key_dicts: Sequence[KeyDict]) -> list[Reque
         if any(v is None for v in values):
             parsed.append(None)
             continue
-        encoded = encode_value(values)  # InvalidKeyError for unsupported values, before I/O
+        # InvalidKeyError for unsupported values, before I/O
+        encoded = _match_single(values[0]) if len(values) == 1 else encode_value(values)
         if all(_accepted(info, n, v) for n, v in zip(names, values, strict=True)):
             parsed.append((names, values, encoded))
         else:
@@ -66,14 +84,38 @@ def _accepted(info: MappedInfo, name: str, value: Any) -> bool:
     return test is None or test(value)
 
 
-def _row_key(row: Any, names: tuple[str, ...]) -> str | None:
+_ABSENT = object()
+instance_dict = orm.attributes.instance_dict
+
+
+def _match_single(value: Any) -> Any:
+    """What a one-attribute key value is matched by: an exact ``int`` by itself (no other key
+    value can equal it here: everything else is matched by its canonical text, bools, floats
+    and enums included), anything else by its canonical encoding. The most common keys are
+    then not encoded at all, neither in requests nor in rows."""
+    return value if type(value) is int else encode_value(value)
+
+
+def _row_key(row: Any, names: tuple[str, ...]) -> Any:
+    if len(names) == 1:
+        # Rows come from ``select(cls).options(undefer("*"))``: their columns are loaded, and
+        # reading the instance dict skips the instrumented descriptor.
+        value = instance_dict(row).get(names[0], _ABSENT)
+        if value is _ABSENT:
+            value = getattr(row, names[0])
+        if value is None:
+            return None
+        try:
+            return _match_single(value)
+        except InvalidKeyError:
+            return None  # a stored value no key can name (an unsupported type): never a match
     values = tuple(getattr(row, n) for n in names)
     if any(v is None for v in values):
         return None
     try:
         return encode_value(values)
     except InvalidKeyError:
-        return None  # a stored value no key can name (an unsupported type): never a match
+        return None
 
 
 def _term(cls: type, names: tuple[str, ...], values: list[tuple[Any, ...]], dialect: str) -> Any:
@@ -97,11 +139,16 @@ def fetch(
 
     Raises :class:`NonUniqueKeyError` when a request matches several rows.
     """
-    unique: dict[tuple[tuple[str, ...], str], tuple[Any, ...]] = {}
+    # per key (attribute names): match -> values, each distinct key value once
+    groups: dict[tuple[str, ...], dict[Any, tuple[Any, ...]]] = {}
     for req in requests:
         if req is not None:
-            unique.setdefault((req[0], req[2]), req[1])
-    if not unique:
+            group = groups.get(req[0])
+            if group is None:
+                group = groups[req[0]] = {}
+            if req[2] not in group:
+                group[req[2]] = req[1]
+    if not groups:
         return [None] * len(requests)
     cls = info.cls
     dialect = session.get_bind().dialect.name
@@ -115,27 +162,35 @@ def fetch(
         for row in session.scalars(stmt):
             rows[id(row)] = row
 
-    for (names, _), values in unique.items():
-        if used + len(names) > max_params and chunk:
-            run()
-            chunk, used = {}, 0
-        chunk.setdefault(names, []).append(values)
-        used += len(names)
+    for names, group in groups.items():
+        width = len(names)
+        for values in group.values():
+            if used + width > max_params and chunk:
+                run()
+                chunk, used = {}, 0
+            chunk.setdefault(names, []).append(values)
+            used += width
     run()
 
-    groups = {names for names, _ in unique}
-    index: dict[tuple[tuple[str, ...], str], list[Any]] = {}
-    for row in rows.values():
-        for names in groups:
-            encoded = _row_key(row, names)
-            if encoded is not None and (names, encoded) in unique:
-                index.setdefault((names, encoded), []).append(row)
+    # per key: match -> the rows that match it
+    index: dict[tuple[str, ...], dict[Any, list[Any]]] = {}
+    for names, group in groups.items():
+        matches: dict[Any, list[Any]] = {}
+        index[names] = matches
+        for row in rows.values():
+            match = _row_key(row, names)
+            if match is not None and match in group:
+                found = matches.get(match)
+                if found is None:
+                    matches[match] = [row]
+                else:
+                    found.append(row)
     out: list[Any] = []
     for req in requests:
         if req is None:
             out.append(None)
             continue
-        found = index.get((req[0], req[2]))
+        found = index[req[0]].get(req[2])
         if not found:
             out.append(None)
         elif len(found) > 1:

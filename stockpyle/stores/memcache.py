@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import pickle
 import re
 import time
 from collections.abc import Sequence
@@ -17,6 +18,8 @@ from typing import Any
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._kv import ENTRY, POINTER, KeyValueStore, Record
 from stockpyle._serializer import (
+    _HEADER,
+    _UNSIGNED,
     BadValueError,
     Envelope,
     PickleSerializer,
@@ -51,6 +54,8 @@ THIRTY_DAYS = 30 * 24 * 3600
 NATIVE_EXPIRY_MARGIN = 60
 #: Bytes memcached adds to every item beyond key and value (header, CAS, CRLF; measured 59).
 ITEM_OVERHEAD = 64
+#: How many memcached keys a store remembers (computing one costs a regex match and a copy).
+MEMO_SIZE = 4096
 #: memcached's default item size limit (its ``-I`` option).
 DEFAULT_MAX_ITEM_SIZE = 1024 * 1024
 
@@ -198,6 +203,13 @@ class MemcacheStore(KeyValueStore):
             self._adapter = PyMemcacheAdapter(client)
         self.client = client
         self._key_room = max(0, self._adapter.key_budget - len(prefix) - 2 - _DIGEST_LEN)
+        #: store key -> memcached key, for keys used recently (bounded, cleared when full)
+        self._mkeys: dict[str, bytes] = {}
+        # Unsigned values of the default serializer: loads() straight from the frame.
+        serial = self._envelope.serializer
+        self._fast_loads = (
+            pickle.loads if secret is None and type(serial) is PickleSerializer else None
+        )
 
     def describe(self) -> str:
         return f"{type(self).__name__}({', '.join(self._adapter.servers())})"
@@ -210,6 +222,14 @@ class MemcacheStore(KeyValueStore):
 
     def memcache_key(self, key: str) -> bytes:
         """The memcached key holding the record at the store key ``key``."""
+        mkey = self._mkeys.get(key)
+        if mkey is None:
+            if len(self._mkeys) >= MEMO_SIZE:
+                self._mkeys.clear()
+            mkey = self._mkeys[key] = self._memcache_key(key)
+        return mkey
+
+    def _memcache_key(self, key: str) -> bytes:
         full = f"{self.prefix}:{key}"
         if len(full) <= self._adapter.key_budget and _SAFE_KEY.match(key):
             return full.encode("ascii")
@@ -218,6 +238,15 @@ class MemcacheStore(KeyValueStore):
         return f"{self.prefix}#{readable}#{digest}".encode("ascii")
 
     def _decode(self, mkey: bytes, data: Any) -> Record | None:
+        loads = self._fast_loads
+        if loads is not None and type(data) is bytes and data[:_HEADER] == _UNSIGNED:
+            try:
+                record = loads(memoryview(data)[_HEADER:])
+            except Exception:
+                pass  # the general path below logs why
+            else:
+                if type(record) is tuple and len(record) >= 3 and record[0] in (ENTRY, POINTER):
+                    return record
         if not isinstance(data, bytes):
             log.warning("%s: ignoring a non-bytes value at %r", self.describe(), mkey)
             return None

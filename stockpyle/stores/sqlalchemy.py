@@ -142,6 +142,10 @@ class SqlAlchemyStore(BaseStore):
     def batch_get_entries(
         self, cls: type[T], key_dicts: Sequence[KeyDict]
     ) -> list[tuple[T, Deadline] | None]:
+        return [None if row is None else (row, None) for row in self.batch_get(cls, key_dicts)]
+
+    def batch_get(self, cls: type[T], key_dicts: Sequence[KeyDict]) -> list[T | None]:
+        # Entries never expire here: the rows themselves, without (row, deadline) pairs.
         info = mapped_info(cls)
         if info is None:
             return [None] * len(key_dicts)
@@ -151,11 +155,13 @@ class SqlAlchemyStore(BaseStore):
 
         def work(session: orm.Session) -> list[Any]:
             rows = fetch(session, info, requests, max_params=self.max_params)
-            load_columns(session, [r for r in rows if r is not None])
+            # fetch selects ``cls`` with every column undeferred into a fresh session, so rows
+            # of ``cls`` itself are complete; rows of mapped subclasses may lack their columns.
+            load_columns(session, [r for r in rows if r is not None and type(r) is not cls])
             return rows
 
-        rows = self._run("get", work, write=False)
-        return [None if row is None else (row, None) for row in rows]
+        rows: list[T | None] = self._run("get", work, write=False)
+        return rows
 
     # -- writes --------------------------------------------------------------------------------
 

@@ -1,0 +1,62 @@
+"""The objects every benchmark stores, in an importable module (pickle finds classes by name).
+
+``BenchFoo`` is a plain attrs class for the memory and memcached cases; ``BenchRow`` is its
+SQLAlchemy-mapped twin for the SQL and chain cases. Both are keyed like the SPEC's ``Foo``: an
+integer identity key and a composite alternate key ``(zap, bar)``.
+"""
+
+from __future__ import annotations
+
+import attrs
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+import stockpyle
+
+__all__ = ["BenchBase", "BenchFoo", "BenchRow", "make_foos", "make_rows"]
+
+
+@stockpyle.keyed("key", ("zap", "bar"))
+@attrs.define
+class BenchFoo:
+    """Five fields: identity ``key``, alternate ``(zap, bar)``, and a little payload."""
+
+    key: int
+    zap: int
+    bar: int
+    name: str
+    score: float
+
+
+class BenchBase(DeclarativeBase):
+    """Declarative base of the benchmark tables."""
+
+
+@stockpyle.keyed("id", ("zap", "bar"))
+class BenchRow(BenchBase):
+    """The mapped twin of :class:`BenchFoo` (the primary key is given, never generated)."""
+
+    __tablename__ = "stockpyle_bench_row"
+    __table_args__ = (sa.Index("ix_stockpyle_bench_row_zap_bar", "zap", "bar", unique=True),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    zap: Mapped[int]
+    bar: Mapped[int]
+    name: Mapped[str] = mapped_column(sa.String(50))
+    score: Mapped[float]
+
+
+def make_foos(count: int, start: int = 0) -> list[BenchFoo]:
+    """``count`` distinct objects with keys ``start``, ``start + 1``, ..."""
+    return [
+        BenchFoo(key=i, zap=i, bar=-i, name=f"foo-{i}", score=i / 7)
+        for i in range(start, start + count)
+    ]
+
+
+def make_rows(count: int, start: int = 0) -> list[BenchRow]:
+    """``count`` distinct new rows with ids ``start``, ``start + 1``, ..."""
+    return [
+        BenchRow(id=i, zap=i, bar=-i, name=f"row-{i}", score=i / 7)
+        for i in range(start, start + count)
+    ]
