@@ -10,8 +10,8 @@ import dataclasses
 import inspect
 import sys
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar, overload
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from stockpyle._encoding import encode_value
 from stockpyle.exceptions import (
@@ -119,14 +119,6 @@ def _check_fields(cls: type, keys: Keys) -> None:
             if name not in fields:
                 msg = f"{class_path(cls)}: key attribute {name!r} is not a field of the class"
                 raise KeyDeclarationError(msg)
-
-
-@overload
-def keyed(*keys: str | tuple[str, ...]) -> Callable[[T], T]: ...
-
-
-@overload
-def keyed(*keys: str | tuple[str, ...], check: bool) -> Callable[[T], T]: ...
 
 
 def keyed(*keys: str | tuple[str, ...], check: bool = True) -> Callable[[T], T]:
@@ -271,11 +263,6 @@ class KeyLayout:
     def __repr__(self) -> str:
         return f"<KeyLayout {self.path} {self.names!r}>"
 
-    @property
-    def alternates(self) -> tuple[KeySpec, ...]:
-        """The alternate keys (every key but the identity key)."""
-        return self.specs[1:]
-
     def spec_for(self, key: Mapping[str, Any]) -> KeySpec:
         """The declared key that ``key`` names (in any order); else :class:`UnknownKeyError`."""
         names = tuple(key)
@@ -370,8 +357,3 @@ def keyed_bases(cls: type) -> list[type]:
     """The keyed proper base classes of ``cls`` (for polymorphic storage), nearest first."""
     return [b for b in cls.__mro__[1:] if b is not object and is_keyed(b)]
 
-
-def iter_specs(layouts: Iterable[KeyLayout]) -> Iterable[KeySpec]:
-    """Every key spec of every layout."""
-    for layout in layouts:
-        yield from layout.specs

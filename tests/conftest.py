@@ -10,8 +10,13 @@ import os
 import socket
 
 import pytest
+from hypothesis import settings
 
 from stockpyle.testing import FakeClock
+
+# Shared CI machines are slow and noisy: no per-example deadline (a slow example is not a bug).
+settings.register_profile("stockpyle", deadline=None, print_blob=True)
+settings.load_profile("stockpyle")
 
 pytest_plugins = ["helpers_sql"]
 
