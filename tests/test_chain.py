@@ -258,3 +258,52 @@ def test_repo_through_a_chain_whose_first_layer_fails() -> None:
     chain.stores[1].put(Foo("a"))
     assert Repo(Foo, chain).get(key="a") is not None
     assert chain.failures[0] >= 1
+
+
+class RacingStore(ProcessMemoryStore):
+    """Answers with what it holds, but runs ``racing`` (another thread's write) between its
+    read and the chain's backfill."""
+
+    racing: Any = None
+
+    def batch_get_entries(self, cls: type[Any], key_dicts: Sequence[Any]) -> list[Any]:
+        found = super().batch_get_entries(cls, key_dicts)
+        if self.racing is not None:
+            racing, self.racing = self.racing, None
+            racing()
+        return found
+
+
+def test_backfill_never_replaces_a_newer_version_written_meanwhile() -> None:
+    """A read found an old version below while a put wrote a new one: the read's backfill
+    does not replace the newer version in the upper layer."""
+    top, bottom = ProcessMemoryStore(), RacingStore()
+    chain = ChainedStore([top, bottom])
+    bottom.put(Foo(1, name="old"))
+    bottom.racing = lambda: chain.put(Foo(1, name="new"))
+    assert chain.get(Foo, {"key": 1}).name == "old"  # type: ignore[union-attr]  # it read old
+    assert top.get(Foo, {"key": 1}).name == "new"  # type: ignore[union-attr]  # not replaced
+    assert Repo(Foo, chain).get(key=1).name == "new"  # type: ignore[union-attr]
+
+
+def test_backfill_never_resurrects_an_object_deleted_meanwhile() -> None:
+    """A read found an object below while a delete removed it everywhere: the read's backfill
+    does not bring it back into the upper layer."""
+    top, bottom = ProcessMemoryStore(), RacingStore()
+    chain = ChainedStore([top, bottom])
+    bottom.put(Foo(1, 2, 3))
+    bottom.racing = lambda: chain.delete(Foo(1))
+    assert chain.batch_get(Foo, [{"zap": 2, "bar": 3}])[0] is not None  # read before delete
+    assert top.get(Foo, {"key": 1}) is None
+    assert chain.get(Foo, {"key": 1}) is None
+
+
+def test_backfill_refreshes_an_older_copy_in_an_upper_layer() -> None:
+    """When a read through another key finds a newer version below (written by another
+    process), the backfill replaces the older copy above."""
+    top, bottom = ProcessMemoryStore(), ProcessMemoryStore()
+    chain = ChainedStore([top, bottom])
+    chain.put(Foo(1, 2, 3, name="v1"))
+    bottom.put(Foo(1, 5, 3, name="v2"))  # another process changed it in the database
+    assert chain.get(Foo, {"zap": 5, "bar": 3}).name == "v2"  # type: ignore[union-attr]
+    assert top.get(Foo, {"key": 1}).name == "v2"  # type: ignore[union-attr]
