@@ -30,7 +30,14 @@ from stockpyle.testing.sqlmodels import (
 )
 
 #: A chain holds whatever its layers hold: non-mapped objects are refused by the chain itself.
-CHAIN_KIT = attrs.evolve(SQL_KIT, ignores_foreign_objects=False)
+# A chain refuses unkeyed objects itself, takes declared keys only, and its memory layer answers
+# a shared alternate value with the latest put.
+CHAIN_KIT = attrs.evolve(
+    SQL_KIT,
+    ignores_foreign_objects=False,
+    accepts_column_lookups=False,
+    shared_alternates="latest",
+)
 
 LAYOUTS = ["memory", pytest.param("memcache", marks=pytest.mark.memcached)]
 

@@ -24,7 +24,12 @@ from typing import Any
 import pytest
 
 from stockpyle._store import BaseStore
-from stockpyle.exceptions import InvalidKeyError, NotKeyedError, UnknownKeyError
+from stockpyle.exceptions import (
+    InvalidKeyError,
+    NonUniqueKeyError,
+    NotKeyedError,
+    UnknownKeyError,
+)
 from stockpyle.testing.clock import FakeClock
 from stockpyle.testing.kit import DEFAULT_KIT, ModelKit
 from stockpyle.testing.strategies import typed
@@ -175,12 +180,21 @@ class StoreConformance(_Base):
         assert store.batch_get(self.kit.falsy, [alt])[0] is not None
 
     def test_unknown_key_names_raise(self, store: BaseStore) -> None:
-        """A key dict naming no declared key raises UnknownKeyError (a KeyError)."""
-        store.put(self.foo(self.k(1), self.k(2), self.k(3)))
-        with pytest.raises(UnknownKeyError):
-            store.get(self.kit.foo, {"zap": self.k(2)})
+        """A key dict naming no declared key raises UnknownKeyError (a KeyError); a store that
+        accepts column lookups answers a non-key column and refuses names that are no column."""
+        obj = self.foo(self.k(1), self.k(2), self.k(3))
+        store.put(obj)
+        if self.kit.accepts_column_lookups:
+            assert self.same(store.get(self.kit.foo, {"zap": self.k(2)}), obj)
+            with pytest.raises(UnknownKeyError):
+                store.get(self.kit.foo, {"zap": self.k(2), "nope": 1})
+        else:
+            with pytest.raises(UnknownKeyError):
+                store.get(self.kit.foo, {"zap": self.k(2)})
         with pytest.raises(KeyError):
             store.batch_get(self.kit.foo, [{"key": self.k(1)}, {"nope": 1}])
+        with pytest.raises(UnknownKeyError):
+            store.get(self.kit.foo, {})
 
     def test_none_in_key_dict_is_a_miss(self, store: BaseStore) -> None:
         """A get whose key dict holds None is a miss, not an error."""
@@ -194,16 +208,23 @@ class StoreConformance(_Base):
         store.put(obj)
         assert self.same(store.get(self.kit.foo, {"key": self.k(1)}), obj)
 
-    def test_shared_alternate_value_latest_put_answers(self, store: BaseStore) -> None:
-        """Two objects with one alternate value: the latest put answers; deleting the other
-        object leaves the alternate entry, deleting the latest removes it."""
+    def test_shared_alternate_value(self, store: BaseStore) -> None:
+        """Two objects with one alternate value: the latest put answers (a table keeps both
+        rows: NonUniqueKeyError); deleting the first object leaves the second answering,
+        deleting the second removes the entry."""
         cls = self.kit.foo
         first = self.foo(self.k(1), self.k(2), self.k(3), "first")
         second = self.foo(self.k(4), self.k(2), self.k(3), "second")
         store.put(first)
         store.put(second)
         alt = {"zap": self.k(2), "bar": self.k(3)}
-        assert self.same(store.get(cls, alt), second)
+        if self.kit.shared_alternates == "non_unique":
+            with pytest.raises(NonUniqueKeyError):
+                store.get(cls, alt)
+            with pytest.raises(NonUniqueKeyError):
+                store.batch_get(cls, [{"key": self.k(1)}, alt])
+        else:
+            assert self.same(store.get(cls, alt), second)
         store.delete(first)
         assert self.same(store.get(cls, alt), second)
         store.delete(second)

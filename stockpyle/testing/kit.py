@@ -39,6 +39,12 @@ class ModelKit:
     generates_identity: bool = False
     #: The store ignores objects it cannot hold (SQL: non-mapped) instead of raising.
     ignores_foreign_objects: bool = False
+    #: Two stored objects sharing an alternate value: ``"latest"`` (the latest put answers,
+    #: key-value stores) or ``"non_unique"`` (lookups raise NonUniqueKeyError: a table keeps
+    #: both rows).
+    shared_alternates: str = "latest"
+    #: ``get`` also accepts any combination of mapped columns (SqlAlchemyStore used alone).
+    accepts_column_lookups: bool = False
     #: Called with a fresh store to get an object of an unsupported/unkeyed class.
     unkeyed: Callable[[Any], Any] = models.Unkeyed
 

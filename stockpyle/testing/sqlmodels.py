@@ -124,6 +124,8 @@ SQL_KIT = ModelKit(
     key_strategy=st.sampled_from(SQL_KEYS[:6]),
     generates_identity=True,
     ignores_foreign_objects=True,
+    shared_alternates="non_unique",
+    accepts_column_lookups=True,
 )
 
 
