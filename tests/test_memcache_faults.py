@@ -169,7 +169,7 @@ def test_user_client_dead_retry_fails_fast(private: MemcachedProcess) -> None:
     started = time.monotonic()
     with pytest.raises(StoreError, match="dead_retry"):
         store.get(Foo, {"key": 1})
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 0.25  # far below the 1 s timeout: no waiting
 
 
 # -- a server that accepts and never answers -------------------------------------------------------
