@@ -11,12 +11,12 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 
 from stockpyle._expiry import Deadline
 from stockpyle._keys import layout_of
 
-__all__ = ["BaseStore", "Found", "KeyDict"]
+__all__ = ["BaseStore", "Found", "KeyDict", "Lease"]
 
 T = TypeVar("T")
 
@@ -24,6 +24,24 @@ T = TypeVar("T")
 Found = tuple[Any, Deadline]
 #: Names one declared key of a class: ``{"key": 1}`` or ``{"zap": 2, "bar": 3}``.
 KeyDict = Mapping[str, Any]
+
+
+class Lease(NamedTuple):
+    """What a leased read (:meth:`BaseStore.batch_lease_entries`) found for one key.
+
+    * a hit: ``found`` is ``(obj, deadline)``; ``token`` is set only when the store asks this
+      caller to refresh the entry early (it is about to expire) and ``stale`` when ``found`` is
+      an invalidated or expired value kept for serving while one caller refreshes it;
+    * a miss this caller may fill: ``found`` is ``None`` and ``token`` is what
+      :meth:`BaseStore.batch_fill` needs to make the fill conditional;
+    * a miss another caller is filling: ``busy`` is true; wait for that fill (read again), then
+      read the layers below without filling.
+    """
+
+    found: tuple[Any, Deadline] | None
+    token: Any = None
+    busy: bool = False
+    stale: bool = False
 
 
 class BaseStore(abc.ABC):
@@ -36,6 +54,9 @@ class BaseStore(abc.ABC):
 
     #: Whether objects are also retrievable through their keyed base classes.
     polymorphic: bool = False
+    #: Whether other processes share this store's contents (memcached, a shove file store): a
+    #: chain then makes every fill conditional and invalidates it on writes (SPEC section 11).
+    shared: bool = False
 
     def describe(self) -> str:
         """A short name for messages and logs (e.g. ``MemcacheStore(127.0.0.1:11211)``)."""
@@ -104,6 +125,40 @@ class BaseStore(abc.ABC):
             return get(cls, key)
 
         return get_declared
+
+    # -- coherence (SPEC section 11); stores without leases keep these defaults ------------------
+
+    def batch_lease_entries(
+        self, cls: type[T], key_dicts: Sequence[KeyDict], *, lease_seconds: float
+    ) -> list[Lease]:
+        """Look up several keys; a miss also takes a lease (the right to fill) when it can.
+
+        A lease expires after ``lease_seconds``. The default (stores without leases) reads
+        with :meth:`batch_get_entries` and lets every miss fill.
+        """
+        return [Lease(found) for found in self.batch_get_entries(cls, key_dicts)]
+
+    def batch_fill(
+        self,
+        objs: Sequence[Any],
+        tokens: Sequence[Any],
+        *,
+        expires_at: Sequence[Deadline] | None = None,
+    ) -> list[bool]:
+        """Store each object only if no write or delete of it reached this store since its
+        lease (``tokens[i]``, from :meth:`batch_lease_entries`) was taken; say which were stored.
+
+        The default stores unconditionally: in-process stores are guarded by the chain.
+        """
+        self.batch_put(objs, expires_at=expires_at)
+        return [True] * len(objs)
+
+    def batch_invalidate(self, objs: Sequence[Any]) -> None:
+        """Remove each object so that no fill in flight for it can land afterwards.
+
+        The default is :meth:`batch_delete`.
+        """
+        self.batch_delete(objs)
 
     # -- resources ------------------------------------------------------------------------------
 
