@@ -9,7 +9,7 @@ it backfills.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
@@ -126,6 +126,22 @@ class BaseStore(abc.ABC):
 
         return get_declared
 
+    def fast_getter(
+        self,
+        cls: type[T],
+        *,
+        miss: Callable[[KeyDict], T | None],
+        other: Callable[[KeyDict], T | None],
+        bypass: Sized = (),
+    ) -> Callable[[KeyDict], T | None] | None:
+        """A chain's warm path through this store as its first layer, or ``None``.
+
+        Stores with a hot path of their own (the in-memory ones) return a getter that answers
+        hits itself, calls ``miss(key)`` when it misses, ``other(key)`` for keys it does not
+        handle, and sends every key to ``other`` while ``bypass`` is non-empty.
+        """
+        return None
+
     # -- coherence (SPEC section 11); stores without leases keep these defaults ------------------
 
     def batch_lease_entries(
@@ -152,6 +168,10 @@ class BaseStore(abc.ABC):
         """
         self.batch_put(objs, expires_at=expires_at)
         return [True] * len(objs)
+
+    def batch_release(self, tokens: Sequence[Any]) -> None:  # noqa: B027 - nothing to give back
+        """Give back leases that no fill will use (the key was found nowhere), so that other
+        callers do not wait for them. The default has no leases."""
 
     def batch_invalidate(self, objs: Sequence[Any]) -> None:
         """Remove each object so that no fill in flight for it can land afterwards.

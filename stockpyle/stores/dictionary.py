@@ -121,6 +121,18 @@ class BaseDictionaryStore(KeyValueStore):
     def getter(self, cls: type[T]) -> Callable[[KeyDict], T | None]:
         return self._fast_getter(cls)
 
+    def fast_getter(
+        self,
+        cls: type[T],
+        *,
+        miss: Callable[[KeyDict], T | None],
+        other: Callable[[KeyDict], T | None],
+        bypass: Sized = (),
+    ) -> Callable[[KeyDict], T | None] | None:
+        if type(self).getter is not BaseDictionaryStore.getter:
+            return None  # a subclass with a key mapping of its own: its general path
+        return self._fast_getter(cls, miss=miss, other=other, bypass=bypass)
+
     def _fast_getter(
         self,
         cls: type[T],
