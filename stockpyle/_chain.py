@@ -11,7 +11,6 @@ from stockpyle._expiry import Deadline
 from stockpyle._keys import layout_of
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
-from stockpyle.stores.dictionary import BaseDictionaryStore
 
 __all__ = ["ChainedStore"]
 
@@ -144,16 +143,12 @@ class ChainedStore(BaseStore):
         def general(key: KeyDict) -> T | None:
             return self.get(cls, key)
 
-        first = self.stores[0]
-        if (
-            isinstance(first, BaseDictionaryStore)
-            and type(first).getter is BaseDictionaryStore.getter  # no key mapping of its own
-        ):
-            # The warm path is the first layer's own hot path: a chain costs nothing extra.
-            return first._fast_getter(
-                cls, miss=from_second, other=general, bypass=self._suspect[0]
-            )
-        return general
+        # The warm path is the first layer's own hot path, when it has one: a chain then costs
+        # nothing extra.
+        fast = self.stores[0].fast_getter(
+            cls, miss=from_second, other=general, bypass=self._suspect[0]
+        )
+        return general if fast is None else fast
 
     def _fetch(
         self,
