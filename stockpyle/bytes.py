@@ -28,11 +28,11 @@ import math
 import pickle
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
-from stockpyle._expiry import Clock, LifetimeCallback
+from stockpyle import _leases
+from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._kv import Entry, KeyValueStore, Pointer, Record
-from stockpyle._leases import LeasingMixin
 from stockpyle._serializer import (
     _HEADER,
     _UNSIGNED,
@@ -41,6 +41,7 @@ from stockpyle._serializer import (
     PickleSerializer,
     Serializer,
 )
+from stockpyle._store import KeyDict, Lease
 from stockpyle.exceptions import StockpyleError, StoreError
 
 __all__ = [
@@ -69,6 +70,7 @@ _PRINTABLE = re.compile(r"[\x21-\x7e]*\Z")  # printable ASCII: no space, control
 _UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
 _ENTRY, _POINTER = 0, 1  # the first field of a serialized record (the wire format)
 _log = logging.getLogger("stockpyle.bytes")
+T = TypeVar("T")
 
 
 class Item(NamedTuple):
@@ -196,12 +198,18 @@ class BytesBackend(abc.ABC):
         """Close connections; they reopen on next use."""
 
 
-class BytesStore(LeasingMixin, KeyValueStore):
+class BytesStore(KeyValueStore):
     """A full store over a :class:`BytesBackend` (see the module docstring).
 
     ``prefix`` namespaces the keys (stores with different prefixes never see each other's
-    entries); ``serializer`` and ``secret`` configure the :class:`Envelope`.
+    entries); ``serializer`` and ``secret`` configure the :class:`Envelope`. ``serve_stale``:
+    invalidation marks entries stale instead of deleting them where the backend can.
+
+    ``shared`` is true: other processes may use the same backend, so the coherence hooks use
+    the backend's conditional forms (leases, or add) where it has them.
     """
+
+    shared = True
 
     def __init__(
         self,
@@ -213,8 +221,10 @@ class BytesStore(LeasingMixin, KeyValueStore):
         clock: Clock | None = None,
         serializer: Serializer | None = None,
         secret: bytes | str | None = None,
+        serve_stale: bool = False,
     ) -> None:
         super().__init__(polymorphic=polymorphic, lifetime_cb=lifetime_cb, clock=clock)
+        self.serve_stale = serve_stale
         if not isinstance(prefix, str) or "#" in prefix or ":" in prefix:
             msg = f"prefix must be a string without ':' or '#': {prefix!r}"
             raise ValueError(msg)
@@ -335,6 +345,31 @@ class BytesStore(LeasingMixin, KeyValueStore):
 
     def _remove(self, keys: Sequence[str]) -> None:
         self.call("delete", self.backend.delete_many, [self.backend_key(k) for k in keys])
+
+    # -- coherence (SPEC section 11): see stockpyle._leases --------------------------------------
+
+    def batch_lease_entries(
+        self, cls: type[T], key_dicts: Sequence[KeyDict], *, lease_seconds: float
+    ) -> list[Lease]:
+        """Look up several keys; a miss takes a lease where the backend has leases (one caller
+        per key gets a token, the others ``busy``), else a token meaning "fill if absent"."""
+        return _leases.lease_entries(self, cls, key_dicts, lease_seconds=lease_seconds)
+
+    def batch_fill(
+        self,
+        objs: Sequence[Any],
+        tokens: Sequence[Any],
+        *,
+        expires_at: Sequence[Deadline] | None = None,
+    ) -> list[bool]:
+        """Store each object only if nothing wrote or deleted it since its lease was taken
+        (with leases; with add only: if it is absent); say which were stored."""
+        return _leases.fill(self, objs, tokens, expires_at=expires_at)
+
+    def batch_invalidate(self, objs: Sequence[Any]) -> None:
+        """Delete (``serve_stale``: mark stale) each object's entries, by the keys derived from
+        it and those its stored entry lists, so that every fill in flight for them fails."""
+        _leases.invalidate(self, objs)
 
     def batch_put(self, objs: Sequence[Any], *, expires_at: Sequence[Any] | None = None) -> None:
         """Store each object; a value the backend cannot take raises ValueNotStoredError after

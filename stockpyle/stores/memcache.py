@@ -184,10 +184,10 @@ class MemcacheStore(BytesStore):
             clock=clock,
             serializer=serializer,
             secret=secret,
+            serve_stale=serve_stale,
         )
         self.client = client
         self.max_item_size = max_item_size
-        self.serve_stale = serve_stale
 
     def memcache_key(self, key: str) -> bytes:
         """The memcached key holding the record at the store key ``key``."""
