@@ -27,6 +27,7 @@ import logging
 import math
 import pickle
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -225,6 +226,7 @@ class BytesStore(KeyValueStore):
     ) -> None:
         super().__init__(polymorphic=polymorphic, lifetime_cb=lifetime_cb, clock=clock)
         self.serve_stale = serve_stale
+        self._doing = threading.local()  # the write in progress, for error messages
         if not isinstance(prefix, str) or "#" in prefix or ":" in prefix:
             msg = f"prefix must be a string without ':' or '#': {prefix!r}"
             raise ValueError(msg)
@@ -320,11 +322,16 @@ class BytesStore(KeyValueStore):
             return fn(*args, **kw)
         except StockpyleError:
             raise
-        except BackendError as exc:
-            where = f" on {exc.server}" if exc.server else ""
-            raise StoreError(self, f"{action} failed{where}: {exc}", exc.__cause__) from exc
         except Exception as exc:
-            raise StoreError(self, f"{action} failed: {type(exc).__name__}: {exc}", exc) from exc
+            doing = getattr(self._doing, "name", None)
+            if doing is not None and action == "get":
+                action = f"{doing} failed reading the current records"  # a write reads first
+            else:
+                action = f"{doing or action} failed" + (f" ({action})" if doing else "")
+            if isinstance(exc, BackendError):
+                where = f" on {exc.server}" if exc.server else ""
+                raise StoreError(self, f"{action}{where}: {exc}", exc.__cause__) from exc
+            raise StoreError(self, f"{action}: {type(exc).__name__}: {exc}", exc) from exc
 
     # -- raw operations ----------------------------------------------------------------------------
 
@@ -374,9 +381,21 @@ class BytesStore(KeyValueStore):
     def batch_put(self, objs: Sequence[Any], *, expires_at: Sequence[Any] | None = None) -> None:
         """Store each object; a value the backend cannot take raises ValueNotStoredError after
         removing the previous versions of the batch's objects (no stale copy survives)."""
+        self._doing.name = "put"
         try:
             super().batch_put(objs, expires_at=expires_at)
         except ValueNotStoredError:
+            self._doing.name = "delete"
             self.batch_delete(objs)
             raise
+        finally:
+            self._doing.name = None
+
+    def batch_delete(self, objs: Sequence[Any]) -> None:
+        outer = getattr(self._doing, "name", None)
+        self._doing.name = outer or "delete"
+        try:
+            super().batch_delete(objs)
+        finally:
+            self._doing.name = outer
 

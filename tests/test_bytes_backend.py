@@ -101,7 +101,7 @@ def test_backend_errors_become_store_errors_naming_the_server() -> None:
     with pytest.raises(StoreError, match="get failed on db-1: disk on fire"):
         store.get(Foo, {"key": 1})
     backend.reads_fail = False
-    with pytest.raises(StoreError, match="set failed: OSError: read-only"):
+    with pytest.raises(StoreError, match=r"put failed \(set\): OSError: read-only"):
         store.put(Foo(1))
 
 

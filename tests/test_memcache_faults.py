@@ -455,3 +455,28 @@ def test_python_memcached_oversized_value_still_refused_before_sending(
         store.put(Foo(1, 2, 3, name=BIG))
     assert store.get(Foo, {"key": 1}) is None
     assert store.get(Foo, {"zap": 2, "bar": 3}) is None
+
+
+@each_client
+def test_failures_say_which_call_failed(private: MemcachedProcess, build: Builder) -> None:
+    """A put or delete against a dead server says that the put (or delete) failed, and where,
+    never "get failed" (a write reads the current records first)."""
+    store = build(private.address)
+    private.kill()
+    calls = [(lambda: store.put(Foo(1)), "put"), (lambda: store.delete(Foo(1)), "delete")]
+    for call, verb in calls:
+        with pytest.raises(StoreError) as info:
+            call()
+        message = str(info.value)
+        assert f"{verb} failed" in message and private.address in message
+        assert "get failed" not in message
+    with pytest.raises(StoreError, match="get failed"):
+        store.get(Foo, {"key": 1})
+
+
+def test_neither_servers_nor_client_says_what_is_needed() -> None:
+    """MemcacheStore() names both ways to give a server; giving both says "not both"."""
+    with pytest.raises(ValueError, match=r"needs servers=\[\.\.\.\] or client=\.\.\.$"):
+        MemcacheStore()
+    with pytest.raises(ValueError, match="not both"):
+        MemcacheStore(servers=["127.0.0.1:1"], client=object())
