@@ -130,15 +130,18 @@ class BaseStore(abc.ABC):
         self,
         cls: type[T],
         *,
-        miss: Callable[[KeyDict], T | None],
-        other: Callable[[KeyDict], T | None],
+        miss: Callable[[KeyDict], T | None] | None = None,
+        other: Callable[[KeyDict], T | None] | None = None,
         bypass: Sized = (),
     ) -> Callable[[KeyDict], T | None] | None:
-        """A chain's warm path through this store as its first layer, or ``None``.
+        """A getter for ``cls`` that a :class:`~stockpyle.stores.ChainedStore` may use as its
+        own when this store is its first layer, or ``None`` (the default) if there is none.
 
-        Stores with a hot path of their own (the in-memory ones) return a getter that answers
-        hits itself, calls ``miss(key)`` when it misses, ``other(key)`` for keys it does not
-        handle, and sends every key to ``other`` while ``bypass`` is non-empty.
+        The returned function answers ``key_dict -> obj | None`` from this store alone and
+        calls ``miss(key)`` on a miss (the chain then reads the layers below), ``other(key)``
+        for keys it does not handle itself (including when this store fails), and sends every
+        key to ``other`` while ``bypass`` is non-empty (keys the chain holds suspect here).
+        The in-process stores implement it, so that a chain's warm path costs nothing extra.
         """
         return None
 
