@@ -49,6 +49,9 @@ def import_shove() -> types.ModuleType:
 
     :raises MissingDependencyError: shove or stuf is not installed.
     """
+    for library in ("shove", "stuf"):
+        if library not in sys.modules and not _importable(library):
+            raise MissingDependencyError(library, "shove", store="ShoveStore")
     for name in ABC_NAMES:
         if not hasattr(collections, name):
             setattr(collections, name, getattr(collections.abc, name))
@@ -63,11 +66,6 @@ def import_shove() -> types.ModuleType:
             warnings.filterwarnings("ignore", "invalid escape sequence")
             warnings.filterwarnings("ignore", "pkg_resources is deprecated")
             return importlib.import_module("shove")
-    except ModuleNotFoundError as exc:
-        library = (exc.name or "").partition(".")[0]
-        if library in ("shove", "stuf"):
-            raise MissingDependencyError(library, "shove", store="ShoveStore") from exc
-        raise
     finally:
         if standin is not None and sys.modules.get("pkg_resources") is standin:
             del sys.modules["pkg_resources"]
