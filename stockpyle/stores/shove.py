@@ -133,9 +133,14 @@ class ShoveStore(BaseDictionaryStore):
             except Exception as exc:  # another writer's bytes, a class that no longer exists
                 why = f"cannot unpickle it ({type(exc).__name__}: {exc})"
             else:
-                if type(record) is tuple and (
-                    (len(record) == 4 and record[0] == ENTRY and type(record[2]) is tuple)
-                    or (len(record) == 3 and record[0] == POINTER and type(record[2]) is str)
+                if (
+                    type(record) is tuple
+                    and (
+                        (len(record) == 4 and record[0] == ENTRY and type(record[2]) is tuple)
+                        or (len(record) == 3 and record[0] == POINTER and type(record[2]) is str)
+                    )
+                    and record[2]  # an entry lists its identity slot first
+                    and (record[1] is None or type(record[1]) in (int, float))
                 ):
                     return record
                 why = "not a stockpyle record"
@@ -151,8 +156,10 @@ class ShoveStore(BaseDictionaryStore):
                 value = mapping[mapped]
             except KeyError:
                 continue
-            except _UNREADABLE as exc:
-                value = exc
+            except _UNREADABLE as exc:  # shove could not unpickle what it stored
+                why = f"shove cannot read it ({type(exc).__name__}: {exc})"
+                log.warning("%s: ignoring the value at %r: %s", self.describe(), mapped, why)
+                continue
             except Exception as exc:
                 raise StoreError(self, "read failed", exc) from exc
             record = self._decode(mapped, value)
