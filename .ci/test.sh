@@ -26,7 +26,7 @@ echo "== shove with setuptools>=82 (no pkg_resources)"
   "import importlib.util, sys; sys.exit(importlib.util.find_spec('pkg_resources') is not None)" \
   || { echo "setuptools>=82 still ships pkg_resources: this leg would prove nothing"; exit 1; }
 .venv-new-setuptools/bin/python -m pytest -q -p no:cacheprovider \
-  tests/test_shove_import.py tests/test_shove_store.py
+  tests/test_shove_compat.py tests/test_shove_store.py
 if [ -f mkdocs.yml ]; then
   echo "== docs (strict)"
   NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir /tmp/stockpyle-site

@@ -3,14 +3,24 @@ shelve: the conformance suite and the state machine, plus sharing and persistenc
 
 from __future__ import annotations
 
+import gc
 import itertools
+import logging
+import os
+import pickle
 import shelve
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import TestCase
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from stockpyle.exceptions import StoreError
 from stockpyle.stores import BaseDictionaryStore, ChainedStore, ProcessMemoryStore
 from stockpyle.stores.shove import ShoveStore
 from stockpyle.testing import (
@@ -28,14 +38,22 @@ _ROOT: dict[str, Path] = {}
 
 
 def _tmp() -> Path:
-    """A fresh directory per store (hypothesis examples cannot use the tmp_path fixture)."""
-    import tempfile
-
+    """A fresh directory per store (hypothesis examples cannot use the tmp_path fixture);
+    all of them live under one root that :func:`_remove_temp_dirs` deletes."""
     if "root" not in _ROOT:
         _ROOT["root"] = Path(tempfile.mkdtemp(prefix="stockpyle-shove-"))
     path = _ROOT["root"] / f"s{next(_counter)}"
     path.mkdir()
     return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _remove_temp_dirs() -> Iterator[None]:
+    yield
+    root = _ROOT.pop("root", None)
+    gc.collect()  # unclosed dbm stores write their index when collected: before the removal
+    if root is not None:
+        shutil.rmtree(root)
 
 
 URIS = {
@@ -100,21 +118,38 @@ MACHINE = settings(
     max_examples=25, stateful_step_count=20, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
-_machines = {f"TestShoveMachine_{b.replace('-', '_').replace('+', '_')}": b for b in URIS}
-for _name, _backend in _machines.items():
-    _case = make_state_machine(shove_factory(_backend)).TestCase
-    _case.settings = MACHINE
-    globals()[_name] = _case
-TestChainShoveMachine = make_state_machine(chain_memory_shove_file).TestCase
-TestChainShoveMachine.settings = MACHINE
-TestShelveMachine = make_state_machine(shelve_factory).TestCase
-TestShelveMachine.settings = MACHINE
 
 
-def test_two_stores_over_one_lite_file_see_each_others_writes(tmp_path: Path) -> None:
+def _machine(factory: Callable[..., Any]) -> type[TestCase]:
+    case: type[TestCase] = make_state_machine(factory).TestCase
+    case.settings = MACHINE  # type: ignore[attr-defined]
+    return case
+
+
+# A comprehension, so that no loop variable leaks a second module-level name for a machine.
+globals().update(
+    {
+        f"TestShoveMachine_{b.replace('-', '_').replace('+', '_')}": _machine(shove_factory(b))
+        for b in URIS
+    }
+)
+TestChainShoveMachine = _machine(chain_memory_shove_file)
+TestShelveMachine = _machine(shelve_factory)
+
+
+def test_each_state_machine_is_collected_once() -> None:
+    """No TestCase class is bound to two module-level names (pytest would run it twice)."""
+    cases = [
+        v for v in globals().values()
+        if isinstance(v, type) and issubclass(v, TestCase) and v is not TestCase
+    ]
+    assert len(cases) == len(set(cases)) == len(URIS) + 2
+
+
+def test_two_stores_over_one_lite_file_see_each_others_writes() -> None:
     """A put through one ShoveStore is visible to another over the same lite:// file at once,
     and so are replacements and deletes."""
-    uri = f"lite://{tmp_path}/shared.sqlite"
+    uri = f"lite://{_tmp()}/shared.sqlite"
     a, b = ShoveStore(shoveuri=uri), ShoveStore(shoveuri=uri)
     b.get(Foo, {"key": 1})  # b has read (and would have cached) the miss
     a.put(Foo(1, 2, 3, "v1"))
@@ -155,3 +190,153 @@ def test_constructor_needs_exactly_one_source() -> None:
         ShoveStore()
     with pytest.raises(ValueError, match="exactly one"):
         ShoveStore(shove={}, shoveuri="simple://")
+
+
+# -- the scheme is checked at construction (issue 12) --------------------------------------------
+
+
+def test_unknown_schemes_raise_at_construction_naming_the_known_ones() -> None:
+    """A mistyped shoveuri or cacheuri raises ValueError when the store is built (not a cache
+    outage logged forever by a chain), naming the schemes shove has registered."""
+    import importlib.metadata
+
+    known = sorted(ep.name for ep in importlib.metadata.entry_points(group="shove.stores"))
+    with pytest.raises(ValueError, match="no shove store backend for 'fiel'") as info:
+        ChainedStore([ShoveStore(shoveuri="fiel:///tmp/x"), ProcessMemoryStore()])
+    assert str(info.value).endswith(", ".join(f"{name}://" for name in known))
+    with pytest.raises(ValueError, match="no shove cache backend for 'simpel'"):
+        ShoveStore(shoveuri="simple://", cacheuri="simpel://")
+    with pytest.raises(ValueError, match="no shove store backend for 'objects'"):
+        ShoveStore(shoveuri="objects")  # no scheme at all
+
+
+def test_unknown_scheme_error_shows_no_credentials() -> None:
+    """The error for an unknown scheme names the scheme only, never the rest of the URI."""
+    with pytest.raises(ValueError, match="'s3'") as info:
+        ShoveStore(shoveuri="s3://key:hunter2@bucket")
+    assert "hunter2" not in str(info.value)
+
+
+# -- a refused write leaves the previous version (issue 15, item 3) -------------------------------
+
+REAL = ["simple", "memory", "file", "dbm", "lite-file", "lite-memory"]
+
+
+@pytest.mark.parametrize("backend", REAL)
+def test_unpicklable_put_keeps_the_previous_version_and_the_key_usable(backend: str) -> None:
+    """Putting an object that cannot be pickled raises StoreError and writes nothing: the
+    previous version stays readable, and get, batch_get, put and delete of the key work after
+    (file:// used to leave an empty file that broke every later call on the key)."""
+    store = shove_factory(backend)()
+    store.put(Foo(1, 2, 3, "v1"))
+    with pytest.raises(StoreError, match=r"cannot pickle a Foo object .*nothing was stored"):
+        store.put(Foo(1, 2, 3, threading.Lock()))
+    with pytest.raises(StoreError):
+        store.batch_put([Foo(7, 8, 9, "fine"), Foo(1, 5, 5, threading.Lock())])
+    assert store.get(Foo, {"key": 1}) == Foo(1, 2, 3, "v1")
+    assert store.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, "v1")
+    assert store.batch_get(Foo, [{"key": 1}, {"key": 7}, {"zap": 5, "bar": 5}]) == [
+        Foo(1, 2, 3, "v1"), None, None,
+    ]
+    store.put(Foo(1, 2, 3, "v2"))
+    assert store.get(Foo, {"key": 1}) == Foo(1, 2, 3, "v2")
+    store.delete(Foo(1))
+    assert store.get(Foo, {"key": 1}) is None
+    if backend == "file":
+        assert os.listdir(store.shoveuri.removeprefix("file://")) == []  # type: ignore[union-attr]
+    store.close()
+
+
+def test_a_write_the_store_refused_is_not_retried_later() -> None:
+    """When shove's store refuses a write (here: its directory became a file), put raises and
+    that value is dropped: it never reaches the store later, and the store works again once
+    the directory is back."""
+    directory = _tmp()
+    store = ShoveStore(shoveuri=f"file://{directory}")
+    store.put(Foo(1, name="v1"))
+    shutil.rmtree(directory)
+    directory.write_text("not a directory")
+    with pytest.raises(StoreError, match="write failed"):
+        store.put(Foo(2, name="refused"))
+    directory.unlink()
+    directory.mkdir()
+    assert store.get(Foo, {"key": 2}) is None
+    store.put(Foo(3, name="v3"))
+    assert store.batch_get(Foo, [{"key": 2}, {"key": 3}]) == [None, Foo(3, name="v3")]
+    assert os.listdir(directory) == ["stockpyle.testing.models.Foo%7Ckey%3D3"]
+
+
+# -- values that are not stockpyle records (issue 15, item 4) -------------------------------------
+
+KEY = "stockpyle.testing.models.Foo|key=1"
+FOREIGN: dict[str, Callable[[Path | None], Any]] = {
+    "int": lambda _: 42,
+    "str": lambda _: "hello",
+    "stockpyle 0.1 tuple": lambda _: (Foo(1), None),
+    "bytes, not a pickle": lambda _: b"junk",
+    "pickled non-record": lambda _: pickle.dumps({"a": 1}),
+    "pickled short tuple": lambda _: pickle.dumps((0, None)),
+    "pickled malformed entry": lambda _: pickle.dumps((0, None, 5, Foo(1))),
+    "pickled entry without slots": lambda _: pickle.dumps((0, None, (), Foo(1))),
+    "pickled entry, bad deadline": lambda _: pickle.dumps((0, "soon", (KEY,), Foo(1))),
+    "pickle of a missing class": lambda _: pickle.dumps((0, None, (KEY,), Foo(1))).replace(
+        b"stockpyle.testing.models", b"stockpyle.testing.gone__"
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", ["simple", "memory", "file", "lite-file"])
+@pytest.mark.parametrize("foreign", sorted(FOREIGN))
+def test_a_value_that_is_not_a_record_is_a_logged_miss(
+    backend: str, foreign: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A value another writer (or an older format) left at a store key is read as a miss and
+    logged, on get and batch_get; put replaces it and delete works."""
+    store = shove_factory(backend)()
+    store.mapping[KEY] = FOREIGN[foreign](None)
+    store.mapping["stockpyle.testing.models.Foo|bar,zap=3,2"] = 7  # an alternate slot
+    with caplog.at_level(logging.WARNING, logger="stockpyle.shove"):
+        assert store.get(Foo, {"key": 1}) is None
+        assert store.get(Foo, {"zap": 2, "bar": 3}) is None
+        assert store.batch_get(Foo, [{"key": 1}, {"zap": 2, "bar": 3}]) == [None, None]
+    assert any("ignoring the value at" in r.getMessage() for r in caplog.records)
+    store.delete(Foo(1))
+    store.put(Foo(1, 2, 3, "mine"))
+    assert store.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, "mine")
+    store.delete(Foo(1))
+    assert store.get(Foo, {"key": 1}) is None
+    assert store.purge_expired() == 0
+    store.close()
+
+
+def test_an_empty_file_is_a_logged_miss_and_the_next_put_replaces_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An empty or truncated file (as older versions left after a refused put) is a logged
+    miss, not an error on every call, and a put writes over it."""
+    directory = _tmp()
+    (directory / "stockpyle.testing.models.Foo%7Ckey%3D1").write_bytes(b"")
+    store = ShoveStore(shoveuri=f"file://{directory}")
+    with caplog.at_level(logging.WARNING, logger="stockpyle.shove"):
+        assert store.batch_get(Foo, [{"key": 1}, {"key": 2}]) == [None, None]
+    assert "shove cannot read it (EOFError" in caplog.text
+    store.put(Foo(1, name="new"))
+    assert store.get(Foo, {"key": 1}) == Foo(1, name="new")
+
+
+# -- purge_expired -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["simple", "file", "lite-file"])
+def test_purge_expired_removes_expired_objects_and_their_alternate_entries(
+    backend: str, clock: FakeClock
+) -> None:
+    """purge_expired() reads the pickled records: it removes expired objects (with their
+    alternate entries, long keys included) and nothing else."""
+    store = shove_factory(backend)(clock=clock, lifetime_cb=lambda o: 10 if o.name else None)
+    store.batch_put([Foo(1, 2, 3, "short-lived"), Foo("k" * 400, 5, 6, "long key"), Foo(2)])
+    clock.advance(11)
+    assert store.purge_expired() == 2
+    assert list(store.mapping) == ["stockpyle.testing.models.Foo|key=2"]
+    assert store.get(Foo, {"key": 2}) == Foo(2)
+    store.close()
