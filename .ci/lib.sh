@@ -62,13 +62,20 @@ ensure_venv() {
   else
     phase "creating the virtual environment $dir"
   fi
-  if ! "$py" -c "import ensurepip, venv" >/dev/null 2>&1; then
-    # Debian/Ubuntu split venv and ensurepip out of python3 into python3-venv.
+  mkdir -p "$CI_LOGS"
+  if ! "$py" -m venv "$dir" >"$CI_LOGS/venv.log" 2>&1; then
+    rm -rf "$dir"
+    # Debian/Ubuntu split venv's ensurepip out of python3 into python3.X-venv.
     local ver
     ver=$("$py" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+    if ! grep -qi "ensurepip\|python3.*-venv" "$CI_LOGS/venv.log"; then
+      echo "!! $py -m venv $dir failed; last lines of $CI_LOGS/venv.log:" >&2
+      tail -n 20 "$CI_LOGS/venv.log" >&2
+      return 1
+    fi
     apt_install "python$ver-venv" || return 1
+    quietly venv "$py" -m venv "$dir" || { rm -rf "$dir"; return 1; }
   fi
-  quietly venv "$py" -m venv "$dir" || { rm -rf "$dir"; return 1; }
 }
 
 # pip_install DIR SPEC...: install into the virtual environment DIR, quietly.
