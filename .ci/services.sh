@@ -2,20 +2,30 @@
 # Install (when missing) and start the servers the test suite needs, then print the environment
 # that points the tests at them. Usage: eval "$(bash .ci/services.sh start)" / bash .ci/services.sh stop
 # Servers: memcached on 127.0.0.1:11311 and :11312, a throwaway PostgreSQL cluster on :55432.
+# Progress goes to stderr, one line per phase (apt-get output to .ci/logs/apt.log); stdout
+# carries only the export lines.
 set -euo pipefail
 
 STATE=${STOCKPYLE_SERVICES_DIR:-/tmp/stockpyle-services}
-MC_PORTS=(11311 11312)
-PG_PORT=55432
+read -r -a MC_PORTS <<<"${STOCKPYLE_MEMCACHED_PORTS:-11311 11312}"
+PG_PORT=${STOCKPYLE_POSTGRES_PORT:-55432}
+
+. "$(dirname "$0")/lib.sh"
+
+pg_bin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1; }
 
 need_apt() {
   local missing=()
   command -v memcached >/dev/null 2>&1 || missing+=(memcached)
-  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+  [ -n "$(pg_bin)" ] || missing+=(postgresql)
   if [ ${#missing[@]} -gt 0 ]; then
-    echo "installing ${missing[*]}" >&2
-    apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >&2
+    if [[ " ${missing[*]} " == *" postgresql "* ]] && [ ! -e /etc/postgresql-common/createcluster.conf ]; then
+      # We run our own throwaway cluster: keep the package from creating and starting a
+      # "main" cluster on port 5432 that nothing would ever stop.
+      mkdir -p /etc/postgresql-common 2>/dev/null &&
+        echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf || true
+    fi
+    apt_install "${missing[@]}"
   fi
 }
 
@@ -31,15 +41,17 @@ wait_port() {  # wait_port PORT: until something listens there (at most ~10 s)
 start() {
   need_apt
   mkdir -p "$STATE"
+  cd /  # the postgres user cannot read root's working directory
   for port in "${MC_PORTS[@]}"; do
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
       memcached -u root -l 127.0.0.1 -p "$port" -U 0 -m 64 -d -P "$STATE/memcached-$port.pid"
     fi
     wait_port "$port"
   done
+  phase "memcached $(memcached -V | cut -d' ' -f2) on 127.0.0.1:${MC_PORTS[0]} and :${MC_PORTS[1]}"
   if ! (exec 3<>"/dev/tcp/127.0.0.1/$PG_PORT") 2>/dev/null; then
     local bin data
-    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
+    bin=$(pg_bin)
     data="$STATE/pgdata"
     rm -rf "$data"
     mkdir -p "$data" && chown postgres:postgres "$data" "$STATE"
@@ -49,19 +61,23 @@ start() {
     runuser -u postgres -- "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres stockpyle_test
   fi
   wait_port "$PG_PORT"
+  phase "PostgreSQL $(basename "$(dirname "$(pg_bin)")") on 127.0.0.1:$PG_PORT (data in $STATE)"
   echo "export STOCKPYLE_MEMCACHED=127.0.0.1:${MC_PORTS[0]}"
   echo "export STOCKPYLE_MEMCACHED_2=127.0.0.1:${MC_PORTS[1]}"
   echo "export STOCKPYLE_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:$PG_PORT/stockpyle_test"
 }
 
 stop() {
+  cd /
   for port in "${MC_PORTS[@]}"; do
     [ -f "$STATE/memcached-$port.pid" ] && kill "$(cat "$STATE/memcached-$port.pid")" 2>/dev/null || true
   done
   if [ -d "$STATE/pgdata" ]; then
-    bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-    runuser -u postgres -- "$bin/pg_ctl" -D "$STATE/pgdata" -m immediate stop >/dev/null 2>&1 || true
+    runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$STATE/pgdata" -m immediate stop >/dev/null 2>&1 || true
   fi
+  rm -rf "$STATE/pgdata" "$STATE"/memcached-*.pid "$STATE/pg.log"
+  rmdir "$STATE" 2>/dev/null || true
+  phase "stopped memcached (:${MC_PORTS[*]}) and PostgreSQL (:$PG_PORT)"
 }
 
 case "${1:-start}" in

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # Set up everything and run the whole test suite: lint, mypy --strict, the tests against real
 # memcached and PostgreSQL servers (installed and started here), the docs build and a quick
-# benchmark smoke run. Usage: bash .ci/test.sh [extra pytest args]
+# benchmark smoke run. Needs only python3 and root (for apt-get: python3-venv when missing,
+# memcached, PostgreSQL); one line per phase, apt-get and pip output in .ci/logs/.
+# Usage: bash .ci/test.sh [extra pytest args]. The servers keep running afterwards (the next
+# run reuses them): stop them with `bash .ci/services.sh stop`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. .ci/lib.sh
 
 PY=${PYTHON:-python3}
-[ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+ensure_venv .venv
+pip_install .venv -e '.[test]'
 
-eval "$(bash .ci/services.sh start)"
+phase "servers (memcached, PostgreSQL)"
+services_env=$(bash .ci/services.sh start)
+eval "$services_env"
+trap 'echo "== the servers are still running; stop them with: bash .ci/services.sh stop" >&2' EXIT
 # Server-backed tests fail instead of skipping when a server is missing.
 export CI=${CI:-true}
 
@@ -29,7 +36,9 @@ echo "== shove with setuptools>=82 (no pkg_resources)"
   tests/test_shove_compat.py tests/test_shove_store.py
 if [ -f mkdocs.yml ]; then
   echo "== docs (strict)"
-  NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir /tmp/stockpyle-site
+  site=$(mktemp -d)
+  NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$site"
+  rm -rf "$site"
 fi
 if [ -f benchmarks/run.py ]; then
   echo "== benchmarks (quick smoke run)"; .venv/bin/python benchmarks/run.py --quick --out /tmp/stockpyle-bench

@@ -97,6 +97,11 @@ class ChainedStore(BaseStore):
     def describe(self) -> str:
         return "ChainedStore[" + ", ".join(s.describe() for s in self.stores) + "]"
 
+    def can_hold(self, cls: type) -> bool:
+        """Whether the last (most persistent) layer can hold ``cls``: an object that it cannot
+        hold would live only in the caches above it, and be lost when they forget it."""
+        return self.stores[-1].can_hold(cls)
+
     def suspect_keys(self, layer: int) -> frozenset[str]:
         """The encoded identity keys that reads currently skip in ``layer``."""
         return frozenset(self._suspect[layer])

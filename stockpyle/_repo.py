@@ -26,7 +26,10 @@ class Repo(Generic[T]):
         foos.get(zap=2, bar=3)     # by an alternate key
 
     Keyword names must form one of ``cls``'s declared keys (else :class:`UnknownKeyError`);
-    ``put`` of an object that is not a ``cls`` raises ``TypeError``.
+    ``put`` of an object that is not a ``cls`` raises ``TypeError``. A store that can never
+    hold ``cls`` (``store.can_hold(cls)`` is false: an unmapped class and a
+    :class:`~stockpyle.stores.SqlAlchemyStore`, alone or as a chain's last layer) raises
+    ``TypeError`` here, at construction, rather than dropping every put.
     """
 
     __slots__ = (
@@ -44,6 +47,16 @@ class Repo(Generic[T]):
         self.cls = cls
         self.store = store
         self._layout = layout_of(cls)  # NotKeyedError now, not on first use
+        if not store.can_hold(cls):
+            # SPEC section 5: never silent. Refused here, where the mistake is made, rather
+            # than losing every put.
+            msg = (
+                f"{store.describe()} can never hold {cls.__qualname__} objects"
+                f" ({type(store).__name__}.can_hold({cls.__qualname__}) is False): a"
+                " SqlAlchemyStore holds SQLAlchemy-mapped classes only. Map the class, or end"
+                " the chain with a store that holds any class (memory, memcached, shove)"
+            )
+            raise TypeError(msg)
         self._get = store.getter(cls)  # the store's fastest path for this class
         self._loader: Callable[..., Any] | None = None
         self._batch_loader = False

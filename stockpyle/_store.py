@@ -111,6 +111,16 @@ class BaseStore(abc.ABC):
         """Remove ``obj`` (by identity key); a no-op when it is absent."""
         self.batch_delete([obj])
 
+    def can_hold(self, cls: type) -> bool:
+        """Whether this store can ever hold objects of ``cls``.
+
+        ``True`` for every store that takes any keyed class (the default);
+        :class:`~stockpyle.stores.SqlAlchemyStore` holds SQLAlchemy-mapped classes only, and a
+        :class:`~stockpyle.stores.ChainedStore` answers as its last (most persistent) layer.
+        :class:`~stockpyle.Repo` refuses to bind a class to a store that says ``False``.
+        """
+        return True
+
     def getter(self, cls: type[T]) -> Callable[[KeyDict], T | None]:
         """A function ``key_dict -> obj | None`` for ``cls`` that accepts declared keys only.
 

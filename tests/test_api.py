@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 
@@ -113,6 +114,54 @@ def test_demo_runs_with_a_memcached_layer(memcached_server: str) -> None:
     )
     assert f"memory -> memcached {memcached_server} -> SQLite" in out.stdout
     assert "deleted" in out.stdout
+
+
+def test_demo_degrades_when_memcached_is_unreachable() -> None:
+    """With a memcached that refuses connections, the demo ends normally (no traceback),
+    says the layer cannot be reached, where each read was served from, and the failure count."""
+    with socket.socket() as sock:  # a port that nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "stockpyle", "demo", "--memcached", f"127.0.0.1:{port}"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Traceback" not in out.stdout + out.stderr
+    assert f"memcached 127.0.0.1:{port} cannot be reached" in out.stdout
+    where = f"SQLite demo.sqlite (memory: miss; memcached 127.0.0.1:{port}: unreachable)"
+    assert f"served from {where}" in out.stdout
+    assert "chain.failures" in out.stdout and "deleted" in out.stdout
+
+
+def test_demo_shows_the_write_through_into_sqlite() -> None:
+    """The demo's put reaches every layer (memory and SQLite hold it) and the backfill after
+    the memory layer is emptied is served from SQLite."""
+    out = subprocess.run(
+        [sys.executable, "-m", "stockpyle", "demo"], capture_output=True, text=True, check=True
+    )
+    assert "most persistent first: SQLite demo.sqlite then memory" in out.stdout
+    assert "now: memory: hit, SQLite demo.sqlite: hit" in out.stdout
+    assert "get(zap=2, bar=3) served from SQLite demo.sqlite (memory: miss)" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("blocked", "args", "extra"),
+    [("sqlalchemy", [], "sqlalchemy"), ("memcache", ["--memcached", "127.0.0.1:1"], "memcache")],
+)
+def test_demo_names_the_missing_extra(blocked: str, args: list[str], extra: str) -> None:
+    """Without an optional library the demo needs, `stockpyle demo` exits with status 1 and a
+    one-line message naming the extra to install, never a raw ModuleNotFoundError."""
+    code = (
+        f"import sys; sys.modules[{blocked!r}] = None\n"
+        "from stockpyle.__main__ import main\n"
+        f"sys.exit(main(['demo', *{args!r}]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr
+    assert "Traceback" not in out.stderr
+    assert f"pip install 'stockpyle[{extra}]'" in out.stderr
 
 
 def test_error_messages_name_store_class_and_key() -> None:

@@ -1,12 +1,14 @@
 """Every code example in README.md and docs/ runs, so a broken example fails CI (issue #7).
 
 The ```python blocks of a page run in order, in one namespace per page, in a temporary working
-directory (``sqlite:///data.sqlite`` lands there). The namespace is a real module registered in
-``sys.modules``, so classes defined by an example can be pickled by qualified name, as memcached
-and shove require. Examples that use memcached name ``127.0.0.1:11211`` (or ``localhost:11211``),
-like the original README; the test substitutes the server of the ``memcached_server`` fixture
-and gives every ``MemcacheStore`` of the page a fresh key prefix, so reruns never see old data
-and no other test's entries are touched.
+directory (``sqlite:///data.sqlite`` lands there), and then all of them once more in the same
+directory with a fresh namespace: every example must survive being run twice in a row. The
+namespace is a real module registered in ``sys.modules``, so classes defined by an example can
+be pickled by qualified name, as memcached and shove require. Examples that use memcached name
+``127.0.0.1:11211`` (or ``localhost:11211``), like the original README; the test substitutes
+the server of the ``memcached_server`` fixture and gives every ``MemcacheStore`` of the page a
+key prefix of its own (the same for both runs, as for a reader running the page twice), so no
+other test's entries are touched.
 
 Blocks that must not run use another info string: ``py2`` for stockpyle 0.1 code as it was,
 ``sh``/``text`` for everything else. Any other info string fails the fence check below, so a
@@ -94,6 +96,15 @@ def _isolate_memcache(monkeypatch: pytest.MonkeyPatch, namespace: str) -> None:
     monkeypatch.setattr(MemcacheStore, "__init__", init)
 
 
+def _release_stores(namespace: dict[str, Any]) -> None:
+    """Release the stores an example left open (connections, SQLite files)."""
+    from stockpyle._store import BaseStore
+
+    for value in namespace.values():
+        if isinstance(value, BaseStore):
+            value.release()
+
+
 def _has_examples(page: Path) -> bool:
     return any(b.lang in RUN for b in fenced_blocks(page))
 
@@ -106,7 +117,8 @@ def test_examples_run(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The page's ```python blocks run in order in one namespace and their asserts hold,
-    against a real memcached (when they use one) and SQLite files in a temporary directory."""
+    against a real memcached (when they use one) and SQLite files in a temporary directory,
+    and they do so twice in a row (the second run sees the first run's files and entries)."""
     blocks = [b for b in fenced_blocks(page) if b.lang in RUN]
     source = "".join(b.code for b in blocks)
     if _MEMCACHED.search(source) or _USES_MEMCACHED.search(source):
@@ -116,13 +128,17 @@ def test_examples_run(
         server = None
     monkeypatch.chdir(tmp_path)
     name = "stockpyle_docs_" + re.sub(r"\W", "_", _page_id(page).removesuffix(".md"))
-    module = types.ModuleType(name)
-    monkeypatch.setitem(sys.modules, name, module)
-    for block in blocks:
-        code = block.code if server is None else _MEMCACHED.sub(server, block.code)
-        # Pad with blank lines so that tracebacks point at the right line of the page.
-        compiled = compile("\n" * (block.line - 1) + code, str(page), "exec")
-        exec(compiled, module.__dict__)
+    # Twice in a row, as a reader pasting the page into a terminal twice would: same working
+    # directory (files such as data.sqlite are still there), same memcached, fresh namespace.
+    for _run in range(2):
+        module = types.ModuleType(name)
+        monkeypatch.setitem(sys.modules, name, module)
+        for block in blocks:
+            code = block.code if server is None else _MEMCACHED.sub(server, block.code)
+            # Pad with blank lines so that tracebacks point at the right line of the page.
+            compiled = compile("\n" * (block.line - 1) + code, str(page), "exec")
+            exec(compiled, module.__dict__)
+        _release_stores(module.__dict__)
 
 
 def test_fences_use_known_info_strings() -> None:

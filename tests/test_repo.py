@@ -131,3 +131,75 @@ def test_loader_returning_the_wrong_class_is_a_type_error() -> None:
     foos.loader(lambda **key: Pair(1, 2))
     with pytest.raises(TypeError):
         foos.get(key=1)
+
+
+# -- a store that can never hold the class is never silent (SPEC section 5) --------------------
+
+
+def _sqlite_store() -> Any:
+    from stockpyle.stores import SqlAlchemyStore
+    from stockpyle.testing.sqlmodels import SqlBase
+
+    store = SqlAlchemyStore(uri="sqlite://")
+    SqlBase.metadata.create_all(store.engine)
+    return store
+
+
+def test_can_hold_answers_per_store_and_chain() -> None:
+    """can_hold: any class for key-value stores; mapped classes only for SqlAlchemyStore; a
+    chain answers as its last layer (a cache above the database cannot rescue the object)."""
+    from stockpyle.testing.sqlmodels import SqlFoo
+
+    sql = _sqlite_store()
+    memory = ProcessMemoryStore()
+    assert memory.can_hold(Foo) and memory.can_hold(SqlFoo)
+    assert sql.can_hold(SqlFoo) and not sql.can_hold(Foo)
+    assert not ChainedStore([memory, sql]).can_hold(Foo)
+    assert ChainedStore([memory, sql]).can_hold(SqlFoo)
+    assert ChainedStore([sql, memory]).can_hold(Foo)
+    sql.release()
+
+
+def test_repo_refuses_an_unmapped_class_over_a_sql_store() -> None:
+    """Repo(unmapped, SqlAlchemyStore) and Repo(unmapped, chain ending in one) raise TypeError
+    at construction, naming the class and the store, instead of dropping every put."""
+    sql = _sqlite_store()
+    for store in (sql, ChainedStore([ProcessMemoryStore(), sql])):
+        with pytest.raises(TypeError, match=r"can never hold Foo objects.*SqlAlchemyStore"):
+            Repo(Foo, store)
+    sql.release()
+
+
+def test_repo_accepts_a_mapped_class_over_a_sql_chain() -> None:
+    """A mapped class binds to a chain ending in SqlAlchemyStore and round-trips through it."""
+    from stockpyle.testing.sqlmodels import SqlFoo
+
+    sql = _sqlite_store()
+    foos = Repo(SqlFoo, ChainedStore([ProcessMemoryStore(), sql]))
+    foos.put(SqlFoo(key=1, zap=2, bar=3, name="x"))
+    found = sql.get(SqlFoo, {"key": 1})
+    assert found is not None and found.name == "x"
+    sql.release()
+
+
+def test_direct_put_of_an_unmapped_object_warns_once_per_class() -> None:
+    """A put of an unmapped object straight into SqlAlchemyStore (or a chain ending in one,
+    bypassing Repo) warns once per class and store, naming the class; nothing is stored."""
+    import warnings
+
+    from stockpyle.testing.models import FalsyFoo
+
+    sql = _sqlite_store()
+    chain = ChainedStore([ProcessMemoryStore(), sql])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        chain.put(Foo(1, 2, 3))
+        sql.put(Foo(2, 3, 4))
+        sql.batch_put([Foo(3, 4, 5), FalsyFoo(1, 2, 3)])
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2, messages
+    assert "models.Foo objects (not mapped by SQLAlchemy)" in messages[0]
+    assert "models.FalsyFoo" in messages[1]
+    assert all(issubclass(w.category, UserWarning) for w in caught)
+    assert sql.get(Foo, {"key": 1}) is None
+    sql.release()

@@ -10,6 +10,7 @@ Creating the tables is the application's job (``Base.metadata.create_all(engine)
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -112,6 +113,7 @@ class SqlAlchemyStore(BaseStore):
         self._shared_connection = isinstance(engine.pool, StaticPool)
         self._lock = threading.RLock()
         self._serialize_writes = dialect == "sqlite"
+        self._warned: set[type] = set()  # unmapped classes already warned about
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)})"
@@ -168,6 +170,7 @@ class SqlAlchemyStore(BaseStore):
     def batch_put(
         self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
     ) -> None:
+        self._warn_unmapped(objs)  # never silent (SPEC section 5); see can_hold below
         items: list[tuple[Any, MappedInfo]] = []
         for obj in objs:
             info = mapped_info(type(obj))
@@ -212,6 +215,27 @@ class SqlAlchemyStore(BaseStore):
             session.flush()
 
         self._run("delete", work, write=True)
+
+    # -- classes this store cannot hold (SPEC section 5: never silent) -------------------------
+
+    def can_hold(self, cls: type) -> bool:
+        """Only SQLAlchemy-mapped classes: objects of any other class are not stored."""
+        return mapped_info(cls) is not None
+
+    def _warn_unmapped(self, objs: Sequence[Any]) -> None:
+        """Warn once per class (per store) when a put is handed objects it cannot store."""
+        for obj in objs:
+            cls = type(obj)
+            if cls not in self._warned and mapped_info(cls) is None:
+                self._warned.add(cls)
+                warnings.warn(
+                    f"{self.describe()} cannot store {cls.__module__}.{cls.__qualname__} objects"
+                    " (not mapped by SQLAlchemy): they are not stored here. Map the class, or"
+                    " end the chain with a store that holds any class; see"
+                    " docs/stores/sqlalchemy.md",
+                    UserWarning,
+                    stacklevel=3,
+                )
 
     # -- resources -----------------------------------------------------------------------------
 
