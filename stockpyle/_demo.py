@@ -8,6 +8,7 @@ as the chain tolerates it: its reads count as misses and the demo goes on.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -75,6 +76,18 @@ class _Layers:
 
 def run(memcached: str | None = None, out: Out = print) -> None:
     """Walk through put / get / alternate keys / delete on memory -> [memcached ->] SQLite."""
+    # meta-memcache logs every refused connection with its traceback; the demo reports
+    # unreachable layers itself, so keep that client's log quiet while it runs.
+    quiet = logging.getLogger("meta_memcache")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    try:
+        _run(memcached, out)
+    finally:
+        quiet.setLevel(level)
+
+
+def _run(memcached: str | None, out: Out) -> None:
     with tempfile.TemporaryDirectory(prefix="stockpyle-demo-") as tmp:
         workdir = Path(tmp)
         persistent, label, foo_cls = _persistent_layer(workdir)

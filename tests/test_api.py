@@ -148,7 +148,10 @@ def test_demo_shows_the_write_through_into_sqlite() -> None:
 
 @pytest.mark.parametrize(
     ("blocked", "args", "extra"),
-    [("sqlalchemy", [], "sqlalchemy"), ("memcache", ["--memcached", "127.0.0.1:1"], "memcache")],
+    [
+        ("sqlalchemy", [], "sqlalchemy"),
+        ("meta_memcache", ["--memcached", "127.0.0.1:1"], "memcache"),
+    ],
 )
 def test_demo_names_the_missing_extra(blocked: str, args: list[str], extra: str) -> None:
     """Without an optional library the demo needs, `stockpyle demo` exits with status 1 and a

@@ -15,7 +15,6 @@ from urllib.parse import quote_plus
 
 from stockpyle._expiry import Clock, LifetimeCallback
 from stockpyle._kv import Entry, Pointer, Record, _View
-from stockpyle._store import BaseStore
 from stockpyle.bytes import backend_key
 from stockpyle.exceptions import StockpyleError, StoreError
 from stockpyle.stores._shove_compat import import_shove
@@ -135,10 +134,9 @@ class ShoveStore(BaseDictionaryStore):
             else:
                 if (
                     (
-                        (type(record) is Entry and type(record.slots) is tuple)
+                        (type(record) is Entry and type(record.slots) is tuple and record.slots)
                         or (type(record) is Pointer and type(record.identity) is str)
                     )
-                    and (record.slots if type(record) is Entry else record.identity)
                     and (record.deadline is None or type(record.deadline) in (int, float))
                 ):
                     return record
@@ -206,9 +204,9 @@ class ShoveStore(BaseDictionaryStore):
         # The dictionary fast path reads raw keys; shove keys are mapped, so use the batch path.
         return self.batch_get_entries(cls, [key_dict])[0]
 
-    def getter(self, cls: type[Any]) -> Any:
-        # Shove keys are mapped (shortened), so the dictionary fast path does not apply.
-        return BaseStore.getter(self, cls)
+    def fast_getter(self, cls: type[Any], **kw: Any) -> None:
+        """None: shove keys are mapped (shortened), so the dictionary fast path does not apply."""
+        return None
 
     def release(self) -> None:
         """Close the shove when stockpyle opened it (it reopens on next use)."""
