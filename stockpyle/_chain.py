@@ -11,6 +11,7 @@ from stockpyle._expiry import Deadline
 from stockpyle._flight import FlightTable, FollowTimeout
 from stockpyle._heal import Healer
 from stockpyle._keys import layout_of
+from stockpyle._stats import ChainStats, StoreStats
 from stockpyle._store import BaseStore, Found, KeyDict
 from stockpyle._writes import WriteTracker
 from stockpyle._writethrough import WriteThrough, identity_or_none
@@ -81,7 +82,12 @@ class ChainedStore(WriteThrough, BaseStore):
         self._last = len(self.stores) - 1
         self._writes = WriteTracker()
         self._flights: FlightTable[str] = FlightTable()
-        self._healer = Healer(self.stores, interval=heal_interval, identity_of=identity_or_none)
+        self._healer = Healer(
+            self.stores,
+            interval=heal_interval,
+            identity_of=identity_or_none,
+            on_healed=self._healed,
+        )
         #: per layer, the identity keys reads skip there (the healer's pending keys)
         self._suspect = self._healer.pending
         #: how a caller waits between two polls of a shared layer for another's fill
@@ -100,14 +106,27 @@ class ChainedStore(WriteThrough, BaseStore):
         """The encoded identity keys that reads currently skip in ``layer``."""
         return frozenset(self._suspect[layer])
 
+    def _healed(self, layer: int, count: int) -> None:
+        self.stores[layer].counters.add("invalidations_sent", count)
+        self.counters.add("invalidations_sent", count)
+
     def heal(self) -> bool:
         """Retry every pending invalidation now; whether none is left (the thread does this)."""
         return self._healer.heal_all()
 
     # -- failure bookkeeping -------------------------------------------------------------------
 
+    def stats(self) -> ChainStats:  # type: ignore[override]  # a richer snapshot
+        """Counters per layer and of the chain itself (SPEC section 12); ``str()`` is a table."""
+        return ChainStats(
+            StoreStats(self.describe(), self.counters.snapshot()),
+            [store.stats() for store in self.stores],
+        )
+
     def _failed(self, layer: int, action: str, exc: StockpyleError) -> None:
         self.failures[layer] += 1
+        self.stores[layer].counters.add("failures")
+        next(self.counters.failures)
         log.warning("%s: %s failed in cache layer %d (%s)", self.describe(), action, layer, exc)
 
     def _is_suspect(self, layer: int, obj: Any) -> bool:
@@ -205,6 +224,7 @@ class ChainedStore(WriteThrough, BaseStore):
         stop = len(self.stores)
         mine = {k: pending[k] for k in (*claim.led, *claim.own)}
         if mine:
+            self.counters.add("loads", len(claim.led))
             try:
                 found = self._read_layers(
                     cls, key_dicts, mine, start, stop, begun, list(asked), fill=True
@@ -214,6 +234,7 @@ class ChainedStore(WriteThrough, BaseStore):
                 raise
             self._flights.land(claim.led, found)
         late: dict[str, list[int]] = {}
+        self.counters.add("lease_waits", len(claim.followed))
         for key, flight in claim.followed.items():
             try:
                 found[key] = self._flights.wait(flight, self.follow_timeout)
@@ -249,6 +270,8 @@ class ChainedStore(WriteThrough, BaseStore):
             store = self.stores[layer]
             keys = list(pending)
             wanted = [key_dicts[pending[k][0]] for k in keys]
+            if layer:  # every layer above missed these keys: this read loads them
+                store.counters.add("loads", len(keys))
             try:
                 if fill and store.shared and layer != self._last:
                     hits = self._leased_read(cls, layer, keys, wanted, tokens)
@@ -301,6 +324,9 @@ class ChainedStore(WriteThrough, BaseStore):
                 mine[key] = lease.token
             elif lease.found is not None and (not lease.stale or self.serve_stale):
                 hits[key] = lease.found  # (while another caller refreshes it, if busy)
+                if lease.stale:
+                    store.counters.add("stale_served")
+                    next(self.counters.stale_served)
             elif lease.busy:
                 busy.append(i)
         if busy and self.lease_wait > 0:
@@ -313,6 +339,7 @@ class ChainedStore(WriteThrough, BaseStore):
         self, cls: type[Any], store: BaseStore, keys: list[str], wanted: list[KeyDict]
     ) -> dict[str, Found | None]:
         """Poll ``store`` for fills another caller is making, for at most ``lease_wait``."""
+        store.counters.add("lease_waits", len(keys))
         hits: dict[str, Found | None] = {}
         deadline = time.monotonic() + self.lease_wait
         interval = self.poll_interval
@@ -358,6 +385,7 @@ class ChainedStore(WriteThrough, BaseStore):
             self._failed(layer, "backfill", exc)
             self._healer.add(layer, objs)
         else:
+            store.counters.add("backfills", len(objs))
             self._healer.discard(layer, objs)
 
     def release(self) -> None:

@@ -47,11 +47,7 @@ def _normalize(cls_name: str, raw: Any) -> Keys:
     for key in raw:
         if isinstance(key, str) and key:
             names: tuple[str, ...] = (key,)
-        elif (
-            isinstance(key, tuple)
-            and key
-            and all(isinstance(n, str) and n for n in key)
-        ):
+        elif isinstance(key, tuple) and key and all(isinstance(n, str) and n for n in key):
             if len(set(key)) != len(key):
                 msg = f"{cls_name}: composite key {key!r} repeats a name"
                 raise KeyDeclarationError(msg)
@@ -274,9 +270,7 @@ class KeyLayout:
             declared = ", ".join(
                 n[0] if len(n) == 1 else "(" + ", ".join(n) + ")" for n in self.names
             )
-            msg = (
-                f"{self.path} has no key named by {sorted(names)!r}; declared keys: {declared}"
-            )
+            msg = f"{self.path} has no key named by {sorted(names)!r}; declared keys: {declared}"
             raise UnknownKeyError(msg)
         self.specs_by_names[names] = spec  # remember this order of names: next time one lookup
         return spec
@@ -309,9 +303,7 @@ class KeyLayout:
         """The encoded identity key of ``obj``; :class:`InvalidKeyError` if incomplete."""
         encoded = self.identity.from_obj(obj)
         if encoded is None:
-            msg = (
-                f"{self.path} object has None in its identity key {self.identity.names!r}"
-            )
+            msg = f"{self.path} object has None in its identity key {self.identity.names!r}"
             raise InvalidKeyError(msg)
         return encoded
 
@@ -356,4 +348,3 @@ def _build_layout(cls: type) -> KeyLayout:
 def keyed_bases(cls: type) -> list[type]:
     """The keyed proper base classes of ``cls`` (for polymorphic storage), nearest first."""
     return [b for b in cls.__mro__[1:] if b is not object and is_keyed(b)]
-

@@ -115,9 +115,7 @@ class KeyValueStore(BaseStore):
             return [None] * len(slots)
         records = self._load(wanted)
         targets = [
-            r.identity
-            for r in records.values()
-            if type(r) is Pointer and r.identity not in records
+            r.identity for r in records.values() if type(r) is Pointer and r.identity not in records
         ]
         if targets:
             records.update(self._load(list(dict.fromkeys(targets))))

@@ -96,6 +96,7 @@ def lease_entries(
             results.append(Lease(None, token=None if leased.busy else _ADD, busy=leased.busy))
     return results
 
+
 def _lease_round(
     self: BytesStore,
     slots: list[str],
@@ -112,6 +113,7 @@ def _lease_round(
         leases[slot] = leased
         if leased.value is not None and (record := self.decode(bkey, leased.value)):
             records[slot] = record
+
 
 def fill(
     self: BytesStore,
@@ -182,6 +184,7 @@ def fill(
         with contextlib.suppress(StockpyleError):  # the entry is stored; pointers may miss
             self.call("fill", add, pointers)
     return [self.backend_key(p.identity) in stored for p in plans]
+
 
 def invalidate(self: BytesStore, objs: Sequence[Any]) -> None:
     """Remove (``serve_stale``: mark stale) each object's entry, the slots derived from the

@@ -13,7 +13,7 @@ import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-__all__ = ["NAMES", "Counters", "StoreStats"]
+__all__ = ["NAMES", "ChainStats", "Counters", "StoreStats"]
 
 #: Every counter, in the order snapshots list them.
 NAMES = (
@@ -39,6 +39,16 @@ class Counters:
 
     __slots__ = NAMES
 
+    hits: itertools.count[int]
+    misses: itertools.count[int]
+    backfills: itertools.count[int]
+    loads: itertools.count[int]
+    lease_waits: itertools.count[int]
+    stale_served: itertools.count[int]
+    failures: itertools.count[int]
+    invalidations_sent: itertools.count[int]
+    invalidations_received: itertools.count[int]
+
     def __init__(self) -> None:
         for name in NAMES:
             setattr(self, name, itertools.count())
@@ -53,13 +63,8 @@ class Counters:
                 next(counter)
 
     def snapshot(self) -> dict[str, int]:
-        """The current values, by name."""
+        """The current values, by name (counters only grow: diff two snapshots for rates)."""
         return {name: _value(getattr(self, name)) for name in NAMES}
-
-    def reset(self) -> None:
-        """Start every counter from zero again."""
-        for name in NAMES:
-            setattr(self, name, itertools.count())
 
 
 class StoreStats(Mapping[str, int]):
@@ -90,9 +95,73 @@ class StoreStats(Mapping[str, int]):
         return f"StoreStats({self.store}: {shown or 'nothing yet'})"
 
 
-def observe(callback: Callable[[str, str, int], Any], stats: list[StoreStats]) -> None:
-    """Hand every non-zero counter of ``stats`` to ``callback(store, name, value)``."""
-    for one in stats:
-        for name, value in one.items():
-            if value:
-                callback(one.store, name, value)
+class ChainStats:
+    """A snapshot of a chain's counters: :attr:`layers` (one :class:`StoreStats` per layer,
+    fastest first) and :attr:`chain` (the chain's own: loads it led, callers that waited for
+    another's load, failures and invalidations over all layers). ``str()`` is a table."""
+
+    def __init__(self, chain: StoreStats, layers: list[StoreStats]) -> None:
+        self.chain = chain
+        self.layers = layers
+
+    def __repr__(self) -> str:
+        return f"ChainStats({self.chain!r}, layers={self.layers!r})"
+
+    def __str__(self) -> str:
+        short = {
+            "invalidations_sent": "inval_sent",
+            "invalidations_received": "inval_recv",
+            "stale_served": "stale",
+        }
+        heads = [short.get(n, n) for n in NAMES]
+        rows = [(f"{i}: {s.store}", [s[n] for n in NAMES]) for i, s in enumerate(self.layers)]
+        rows.append(("chain", [self.chain[n] for n in NAMES]))
+        width = max(len(label) for label, _ in rows)
+        lines = [" " * width + "".join(f"{h:>12}" for h in heads)]
+        lines += [
+            label.ljust(width) + "".join(f"{v:>12}" for v in values) for label, values in rows
+        ]
+        return "\n".join(lines)
+
+
+def stats_sources(store: Any) -> Iterator[tuple[str, str, Counters]]:
+    """``(layer, store description, counters)`` for a store, or for each layer of a chain and
+    the chain itself (``layer`` is ``"chain"`` then)."""
+    layers: Any = getattr(store, "stores", None)
+    if layers is None:
+        yield ("0", store.describe(), store.counters)
+        return
+    for i, layer in enumerate(layers):
+        yield (str(i), layer.describe(), layer.counters)
+    yield ("chain", store.describe(), store.counters)
+
+
+def export_to_opentelemetry(*stores: Any, meter: Any = None) -> None:
+    """Publish the counters of ``stores`` (chains: every layer) as OpenTelemetry metrics.
+
+    One observable counter per name (``stockpyle.hits``, ``stockpyle.misses``, ...), with the
+    attributes ``store`` (its description) and ``layer``; values are read when the metrics
+    are collected, so counting itself costs nothing more. Needs ``opentelemetry-api``
+    (``pip install 'stockpyle[otel]'``); ``meter`` defaults to ``get_meter("stockpyle")``.
+    """
+    try:
+        from opentelemetry import metrics
+    except ImportError as exc:
+        from stockpyle.exceptions import MissingDependencyError
+
+        raise MissingDependencyError("opentelemetry-api", "otel") from exc
+    meter = meter if meter is not None else metrics.get_meter("stockpyle")
+    sources = [source for store in stores for source in stats_sources(store)]
+
+    def callback_for(name: str) -> Callable[[Any], Iterator[Any]]:
+        def observe(_options: Any) -> Iterator[Any]:
+            for layer, store, counters in sources:
+                value = _value(getattr(counters, name))
+                yield metrics.Observation(value, {"store": store, "layer": layer})
+
+        return observe
+
+    for name in NAMES:
+        meter.create_observable_counter(
+            f"stockpyle.{name}", callbacks=[callback_for(name)], description=name
+        )

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, Self, TypeVar
 
 from stockpyle._expiry import Deadline
 from stockpyle._keys import layout_of
+from stockpyle._stats import Counters, StoreStats
 
 __all__ = ["BaseStore", "Found", "KeyDict", "Lease"]
 
@@ -61,6 +62,19 @@ class BaseStore(abc.ABC):
     def describe(self) -> str:
         """A short name for messages and logs (e.g. ``MemcacheStore(127.0.0.1:11211)``)."""
         return type(self).__name__
+
+    @property
+    def counters(self) -> Counters:
+        """This store's counters (SPEC section 12), created on first use."""
+        counters: Counters | None = self.__dict__.get("_stockpyle_counters")
+        if counters is None:
+            counters = self.__dict__.setdefault("_stockpyle_counters", Counters())
+        return counters
+
+    def stats(self) -> StoreStats:
+        """A snapshot of this store's counters: hits, misses, backfills, loads, lease waits,
+        stale values served, failures, invalidations sent and received."""
+        return StoreStats(self.describe(), self.counters.snapshot())
 
     def __repr__(self) -> str:
         return f"<{self.describe()}>"

@@ -74,6 +74,7 @@ class WriteThrough:
                 try:
                     if store.shared:
                         store.batch_invalidate(objs)
+                        store.counters.add("invalidations_sent", len(objs))
                     elif delete:
                         store.batch_delete(objs)
                     else:

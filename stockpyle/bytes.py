@@ -398,4 +398,3 @@ class BytesStore(KeyValueStore):
             super().batch_delete(objs)
         finally:
             self._doing.name = outer
-

@@ -191,4 +191,3 @@ class BaseDictionaryStore(KeyValueStore):
             return record.obj  # type: ignore[no-any-return]
 
         return get_by_key
-

@@ -90,9 +90,7 @@ class ShoveStore(BaseDictionaryStore):
         self.shoveuri = shoveuri
         self.cacheuri = cacheuri
         self._shove = shove
-        super().__init__(
-            {}, polymorphic=polymorphic, lifetime_cb=lifetime_cb, clock=clock
-        )
+        super().__init__({}, polymorphic=polymorphic, lifetime_cb=lifetime_cb, clock=clock)
 
     @property
     def mapping(self) -> MutableMapping[str, Any]:
@@ -133,12 +131,9 @@ class ShoveStore(BaseDictionaryStore):
                 why = f"cannot unpickle it ({type(exc).__name__}: {exc})"
             else:
                 if (
-                    (
-                        (type(record) is Entry and type(record.slots) is tuple and record.slots)
-                        or (type(record) is Pointer and type(record.identity) is str)
-                    )
-                    and (record.deadline is None or type(record.deadline) in (int, float))
-                ):
+                    (type(record) is Entry and type(record.slots) is tuple and record.slots)
+                    or (type(record) is Pointer and type(record.identity) is str)
+                ) and (record.deadline is None or type(record.deadline) in (int, float)):
                     return record
                 why = "not a stockpyle record"
         log.warning("%s: ignoring the value at %r: %s", self.describe(), key[:200], why)

@@ -145,9 +145,7 @@ class StoreConformance(_Base):
                 {"key": self.k(2)},
             ],
         )
-        assert [self.kit.state(f) for f in found] == [
-            self.kit.state(x) for x in (b, None, a, b, b)
-        ]
+        assert [self.kit.state(f) for f in found] == [self.kit.state(x) for x in (b, None, a, b, b)]
         assert store.batch_get(cls, []) == []
 
     def test_batch_put_is_the_loop_of_singles(self, store: BaseStore) -> None:

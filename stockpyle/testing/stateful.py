@@ -169,9 +169,7 @@ def make_state_machine(
             st.tuples(st.just(kit.pair), st.builds(lambda a, b: {"a": a, "b": b}, keys, keys))
         )
     if autos:
-        lookups.append(
-            st.tuples(st.sampled_from(autos), st.builds(lambda p: {"plate": p}, keys))
-        )
+        lookups.append(st.tuples(st.sampled_from(autos), st.builds(lambda p: {"plate": p}, keys)))
     lookup = st.one_of(lookups)
 
     def lifetime_cb(obj: Any) -> Any:
