@@ -27,6 +27,7 @@ from pymemcache.client.base import Client as PyClient
 from pymemcache.serde import PickleSerde
 
 from stockpyle.stores.memcache import MemcacheStore
+from stockpyle.stores.memcache_meta import READ_BUFFER
 
 __all__ = ["SIZES", "cases"]
 
@@ -44,7 +45,9 @@ class _Raw:
             self.client = mm.CacheClient.cache_client_from_servers(
                 [mm.ServerAddress(host, int(port))],
                 connection_pool_factory_fn=mm.connection_pool_factory_builder(
-                    connection_timeout=TIMEOUT, recv_timeout=TIMEOUT
+                    connection_timeout=TIMEOUT,
+                    recv_timeout=TIMEOUT,
+                    read_buffer_size=READ_BUFFER,  # as MemcacheStore builds it: see there
                 ),
                 serializer=mm.MixedSerializer(pickle_protocol=5),
             )
