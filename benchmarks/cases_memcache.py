@@ -1,5 +1,7 @@
 """MemcacheStore ``batch_get`` / ``batch_put`` of 1, 10, 100 and 1000 objects against the raw
-client's ``get_multi`` / ``set_multi`` of the same objects, for python-memcached and pymemcache.
+client's batch calls for the same objects, for meta-memcache (the default engine),
+python-memcached and pymemcache. The raw meta-memcache side is its ``multi_get`` and its
+router's ``exec_multi`` of meta sets (its own batch write).
 
 Both sides move the same ``BenchFoo`` objects pickled at protocol 5: the raw clients pickle and
 unpickle them themselves (python-memcached with ``pickleProtocol=5``, pymemcache with its
@@ -17,12 +19,15 @@ import uuid
 from typing import Any
 
 import memcache
+import meta_memcache as mm
 from harness import Case, Context
+from meta_memcache.protocol import ValueContainer
 from models import BenchFoo, make_foos
 from pymemcache.client.base import Client as PyClient
 from pymemcache.serde import PickleSerde
 
 from stockpyle.stores.memcache import MemcacheStore
+from stockpyle.stores.memcache_meta import READ_BUFFER
 
 __all__ = ["SIZES", "cases"]
 
@@ -35,7 +40,18 @@ class _Raw:
 
     def __init__(self, kind: str, server: str) -> None:
         self.kind = kind
-        if kind == "python-memcached":
+        if kind == "meta-memcache":
+            host, _, port = server.rpartition(":")
+            self.client = mm.CacheClient.cache_client_from_servers(
+                [mm.ServerAddress(host, int(port))],
+                connection_pool_factory_fn=mm.connection_pool_factory_builder(
+                    connection_timeout=TIMEOUT,
+                    recv_timeout=TIMEOUT,
+                    read_buffer_size=READ_BUFFER,  # as MemcacheStore builds it: see there
+                ),
+                serializer=mm.MixedSerializer(pickle_protocol=5),
+            )
+        elif kind == "python-memcached":
             self.client: Any = memcache.Client([server], pickleProtocol=5, socket_timeout=TIMEOUT)
         else:
             self.client = PyClient(
@@ -43,6 +59,9 @@ class _Raw:
             )
 
     def get_multi(self, keys: list[str]) -> dict[Any, Any]:
+        if self.kind == "meta-memcache":
+            got = self.client.multi_get([mm.Key(k) for k in keys])
+            return {k.key: v for k, v in got.items() if v is not None}
         if self.kind == "python-memcached":
             found: dict[Any, Any] = self.client.get_multi(keys)
             return found
@@ -50,20 +69,32 @@ class _Raw:
         return found
 
     def set_multi(self, values: dict[str, Any]) -> None:
-        if self.kind == "python-memcached":
+        if self.kind == "meta-memcache":
+            got = self.client.router.exec_multi(
+                mm.MetaCommand.META_SET,
+                [mm.Key(k) for k in values],
+                values=[ValueContainer(v) for v in values.values()],
+                flags=mm.RequestFlags(cache_ttl=0),
+            )
+            failed = [k for k, r in got.items() if not isinstance(r, mm.Success)]
+        elif self.kind == "python-memcached":
             failed = self.client.set_multi(values)
         else:
             failed = self.client.set_many(values, noreply=False)
         assert not failed, failed
 
     def delete_multi(self, keys: list[str]) -> None:
-        if self.kind == "python-memcached":
+        if self.kind == "meta-memcache":
+            self.client.router.exec_multi(mm.MetaCommand.META_DELETE, [mm.Key(k) for k in keys])
+        elif self.kind == "python-memcached":
             self.client.delete_multi(keys)
         else:
             self.client.delete_many(keys, noreply=False)
 
     def close(self) -> None:
-        if self.kind == "python-memcached":
+        if self.kind == "meta-memcache":
+            pass  # pooled connections, closed with the process
+        elif self.kind == "python-memcached":
             self.client.disconnect_all()
         else:
             self.client.close()
@@ -71,8 +102,11 @@ class _Raw:
 
 def make_store(kind: str, server: str, prefix: str) -> MemcacheStore:
     """A MemcacheStore over ``kind``'s client, as a user would build it."""
-    if kind == "python-memcached":
+    if kind == "meta-memcache":
         return MemcacheStore(servers=[server], prefix=prefix, timeout=TIMEOUT)
+    if kind == "python-memcached":
+        client = memcache.Client([server], socket_timeout=TIMEOUT)
+        return MemcacheStore(client=client, prefix=prefix)
     client = PyClient(server, connect_timeout=TIMEOUT, timeout=TIMEOUT)
     return MemcacheStore(client=client, prefix=prefix)
 
@@ -152,4 +186,8 @@ def _client_cases(ctx: Context, kind: str) -> list[Case]:
 
 
 def cases(ctx: Context) -> list[Case]:
-    return _client_cases(ctx, "python-memcached") + _client_cases(ctx, "pymemcache")
+    return [
+        *_client_cases(ctx, "meta-memcache"),
+        *_client_cases(ctx, "python-memcached"),
+        *_client_cases(ctx, "pymemcache"),
+    ]

@@ -84,7 +84,7 @@ def targets(sql_backends: Sequence[str]) -> list[Target]:
             "<= 3x",
         ),
     ]
-    for kind in ("python-memcached", "pymemcache"):
+    for kind in ("meta-memcache", "python-memcached", "pymemcache"):
         found.append(
             Target(
                 f"MemcacheStore batch_get(1000) vs {kind} get_multi",
@@ -236,6 +236,7 @@ def _versions() -> dict[str, str]:
         "stockpyle",
         "cachetools",
         "dogpile.cache",
+        "meta-memcache",
         "python-memcached",
         "pymemcache",
         "SQLAlchemy",

@@ -263,10 +263,7 @@ class BytesStore(KeyValueStore):
 
     def encode(self, key: str, record: Record) -> bytes:
         """The framed (and signed) bytes for ``record`` at the backend key ``key``."""
-        if type(record) is Entry:
-            wire: tuple[Any, ...] = (_ENTRY, record.deadline, record.slots, record.obj)
-        else:
-            wire = (_POINTER, *record)
+        wire = (_ENTRY, *record) if type(record) is Entry else (_POINTER, *record)
         try:
             return self.envelope.pack(key.encode("utf-8", "surrogatepass"), wire)
         except Exception as exc:  # whatever the serializer raises (PicklingError, TypeError)
@@ -311,10 +308,9 @@ class BytesStore(KeyValueStore):
                 " the previous version was removed"
             )
             raise ValueTooLargeError(self, msg)
-        deadline = record.deadline
-        if deadline is None:
+        if record.deadline is None:
             return Item(data, None)
-        return Item(data, max(1, math.ceil(deadline - now)) + NATIVE_EXPIRY_MARGIN)
+        return Item(data, max(1, math.ceil(record.deadline - now)) + NATIVE_EXPIRY_MARGIN)
 
     def call(self, action: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
         """``fn(*args)``, any failure raised as a StoreError saying what failed, and where."""
@@ -392,6 +388,7 @@ class BytesStore(KeyValueStore):
             self._doing.name = None
 
     def batch_delete(self, objs: Sequence[Any]) -> None:
+        """Remove each object; a failure says the delete failed (not the read it begins with)."""
         outer = getattr(self._doing, "name", None)
         self._doing.name = outer or "delete"
         try:

@@ -144,3 +144,24 @@ def test_clients_without_leases_fill_only_if_absent(memcached_server: str, kind:
     assert a.batch_fill([Foo(1, name="v1"), Foo(2)], [first.token, second.token]) == [False, True]
     assert a.get(Foo, {"key": 1}) == Foo(1, name="v2")
     assert a.get(Foo, {"key": 2}) == Foo(2)
+
+
+def test_recache_hands_one_reader_a_token_to_refresh_early(memcached_server: str) -> None:
+    """With recache_seconds, a hit on an entry with less than that left to live comes with a
+    token for exactly one reader (early refresh); its fill replaces the entry."""
+    a, b = two_processes(memcached_server, recache_seconds=100, lifetime_cb=lambda o: 30)
+    a.put(Foo(1, name="old"))
+    (first,) = a.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    (second,) = b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    assert first.found is not None and first.token is not None and not first.stale
+    assert second.found is not None and second.token is None
+    assert a.batch_fill([Foo(1, name="new")], [first.token]) == [True]
+    assert b.get(Foo, {"key": 1}) == Foo(1, name="new")
+
+
+def test_without_recache_a_hit_has_no_token(memcached_server: str) -> None:
+    """By default a hit is just a hit: no token, not stale, not busy."""
+    a, _ = two_processes(memcached_server, lifetime_cb=lambda o: 30)
+    a.put(Foo(1))
+    (lease,) = a.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    assert lease == (lease.found, None, False, False) and lease.found is not None

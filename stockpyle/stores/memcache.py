@@ -13,6 +13,7 @@ from typing import Any
 
 from stockpyle._expiry import Clock, LifetimeCallback
 from stockpyle.bytes import (
+    NATIVE_EXPIRY_MARGIN,
     BackendError,
     BytesBackend,
     BytesStore,
@@ -175,7 +176,9 @@ class MemcacheStore(BytesStore):
         backend = _backend_for(client)
         backend.max_value_size = max_item_size - ITEM_OVERHEAD
         if recache_seconds:
-            backend.recache_seconds = recache_seconds  # type: ignore[attr-defined]
+            # memcached's TTL runs NATIVE_EXPIRY_MARGIN past the entry's own deadline.
+            recache = recache_seconds + NATIVE_EXPIRY_MARGIN
+            backend.recache_seconds = recache  # type: ignore[attr-defined]
         super().__init__(
             backend,
             prefix=prefix,

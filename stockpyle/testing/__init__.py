@@ -4,7 +4,7 @@
 * :func:`make_state_machine`: a hypothesis state machine checking stores against a model.
 * :class:`FakeClock`: the injectable clock expiry tests use instead of sleeping.
 
-Needs ``pytest`` and ``hypothesis`` (``pip install 'stockpyle[test]'``).
+Needs ``pytest``, ``hypothesis`` and ``attrs`` (``pip install 'stockpyle[testing]'``).
 """
 
 from stockpyle.testing.clock import FakeClock
