@@ -112,6 +112,7 @@ class KeyValueStore(BaseStore):
             raise self._naming_store(exc) from None
         wanted = list(dict.fromkeys(s for s in slots if s is not None))
         if not wanted:
+            self.counters.add("misses", len(slots))
             return [None] * len(slots)
         records = self._load(wanted)
         targets = [
@@ -120,7 +121,15 @@ class KeyValueStore(BaseStore):
         if targets:
             records.update(self._load(list(dict.fromkeys(targets))))
         now = self.clock()
-        return [None if s is None else _resolve(s, records, now) for s in slots]
+        found = [None if s is None else _resolve(s, records, now) for s in slots]
+        self._count(found)
+        return found
+
+    def _count(self, found: Sequence[Any]) -> None:
+        hits = sum(f is not None for f in found)
+        counters = self.counters
+        counters.add("hits", hits)
+        counters.add("misses", len(found) - hits)
 
     def get_entry(self, cls: type[T], key_dict: KeyDict) -> tuple[T, Deadline] | None:
         try:
@@ -128,14 +137,18 @@ class KeyValueStore(BaseStore):
         except StockpyleError as exc:
             raise self._naming_store(exc) from None
         if slot is None:
+            next(self.counters.misses)
             return None
         records = self._load([slot])
         record = records.get(slot)
         if record is None:
+            next(self.counters.misses)
             return None
         if type(record) is Pointer:
             records.update(self._load([record.identity]))
-        return _resolve(slot, records, self.clock())
+        found = _resolve(slot, records, self.clock())
+        next(self.counters.misses if found is None else self.counters.hits)
+        return found
 
     def _naming_store(self, exc: StockpyleError) -> StockpyleError:
         """The same error, its message prefixed with this store's name (invalid input only)."""

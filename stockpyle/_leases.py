@@ -94,6 +94,7 @@ def lease_entries(
             results.append(Lease(None, token=FillToken(mode, at, leased.token)))
         else:
             results.append(Lease(None, token=None if leased.busy else _ADD, busy=leased.busy))
+    self._count([r.found for r in results])
     return results
 
 

@@ -16,7 +16,7 @@ import stockpyle.stores
 def test_all_matches_the_public_names() -> None:
     """__all__ lists exactly the public names of stockpyle and stockpyle.stores."""
     public = {n for n in vars(stockpyle) if not n.startswith("_")} - {
-        "bytes", "exceptions", "stores", "testing", "ext",
+        "bytes", "exceptions", "stores", "testing", "ext", "invalidation", "stats",
     }
     assert set(stockpyle.__all__) == public
     for name in stockpyle.stores.__all__:

@@ -94,6 +94,11 @@ class BaseDictionaryStore(KeyValueStore):
         return len(dead)
 
     def get_entry(self, cls: type[T], key_dict: KeyDict) -> tuple[T, Deadline] | None:
+        found = self._lookup(cls, key_dict)
+        next(self.counters.misses if found is None else self.counters.hits)
+        return found
+
+    def _lookup(self, cls: type[T], key_dict: KeyDict) -> tuple[T, Deadline] | None:
         # The hot path: one encode, one mapping lookup, one clock read.
         try:
             slot = layout_of(cls).encode(key_dict)
@@ -148,6 +153,12 @@ class BaseDictionaryStore(KeyValueStore):
         )
 
         singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
+        hit = self.counters.hits.__next__  # one C call per hit (SPEC section 12)
+        count_miss = self.counters.misses.__next__
+
+        def missed(key: KeyDict) -> T | None:
+            count_miss()
+            return None if miss is None else miss(key)
 
         def get_by_key(key: KeyDict) -> T | None:
             if bypass:
@@ -178,16 +189,17 @@ class BaseDictionaryStore(KeyValueStore):
                     raise
                 return other(key)  # a chain's general path counts the failure as a miss
             if record is None:
-                return None if miss is None else miss(key)
+                return missed(key)
             if pointer is not None and (
                 type(record) is not Entry  # the slot it names was taken over by another pointer
                 or slot not in record.slots  # a stale pointer: the object no longer has this key
                 or (pointer.deadline is not None and pointer.deadline <= clock())
             ):
-                return None if miss is None else miss(key)
+                return missed(key)
             deadline = record.deadline
             if deadline is not None and deadline <= clock():
-                return None if miss is None else miss(key)
+                return missed(key)
+            hit()
             return record.obj  # type: ignore[no-any-return]
 
         return get_by_key
