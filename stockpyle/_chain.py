@@ -11,6 +11,7 @@ from stockpyle._expiry import Deadline
 from stockpyle._keys import layout_of
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
+from stockpyle.invalidation._channel import InvalidationChannel, warn_if_unguarded
 from stockpyle.stores.dictionary import BaseDictionaryStore
 
 __all__ = ["ChainedStore"]
@@ -40,7 +41,13 @@ class ChainedStore(BaseStore):
       and then the layers above are left unchanged.
     """
 
-    def __init__(self, stores: Iterable[BaseStore], *, strict: bool = False) -> None:
+    def __init__(
+        self,
+        stores: Iterable[BaseStore],
+        *,
+        strict: bool = False,
+        invalidation: InvalidationChannel | None = None,
+    ) -> None:
         self.stores: tuple[BaseStore, ...] = tuple(stores)
         if not self.stores:
             msg = "ChainedStore needs at least one store"
@@ -56,6 +63,14 @@ class ChainedStore(BaseStore):
         self._issued = 0
         self._written: dict[str, int] = {}
         self._forgotten = 0  # reads begun before this write cannot be checked: no backfill
+        # -- invalidation hook (stockpyle.invalidation) --
+        #: The channel that evicts this chain's in-process layers when other processes write;
+        #: every put/delete through the chain publishes the keys it changed.
+        self.invalidation = invalidation
+        if invalidation is not None:
+            invalidation.attach(self)
+        else:
+            warn_if_unguarded(self.stores, log)
 
     def describe(self) -> str:
         return "ChainedStore[" + ", ".join(s.describe() for s in self.stores) + "]"
@@ -165,6 +180,8 @@ class ChainedStore(BaseStore):
         missed_first: bool = False,
     ) -> list[tuple[T, Deadline] | None]:
         begun = self._issued
+        inv = self.invalidation  # invalidation hook: fence backfills of guarded layers
+        mark = 0 if inv is None else inv.mark()
         layout = layout_of(cls)
         encoded = layout.encode_all(key_dicts)  # declared keys only; validates
         results: list[tuple[T, Deadline] | None] = [None] * len(key_dicts)
@@ -210,6 +227,9 @@ class ChainedStore(BaseStore):
                 self._mark(layer, objs, suspect=True)
             else:
                 self._mark(layer, objs, suspect=False)
+                store = self.stores[layer]
+                if inv is not None and inv.guards(store):  # invalidation hook
+                    inv.settle(store, items.keys(), mark)  # type: ignore[arg-type]
         return results
 
     # -- writes --------------------------------------------------------------------------------
@@ -217,6 +237,26 @@ class ChainedStore(BaseStore):
     def batch_put(
         self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
     ) -> None:
+        # invalidation hook: publish once the layers were written (or the write raised)
+        if self.invalidation is None:
+            return self._put_layers(objs, expires_at)
+        objs = list(objs)
+        try:
+            self._put_layers(objs, expires_at)
+        finally:
+            self.invalidation.after_write(objs)
+
+    def batch_delete(self, objs: Sequence[Any]) -> None:
+        # invalidation hook: publish once the layers were written (or the write raised)
+        if self.invalidation is None:
+            return self._delete_layers(objs)
+        objs = list(objs)
+        try:
+            self._delete_layers(objs)
+        finally:
+            self.invalidation.after_write(objs)
+
+    def _put_layers(self, objs: Sequence[Any], expires_at: Sequence[Deadline] | None) -> None:
         objs = list(objs)
         for obj in objs:  # every key value is valid before any layer is touched
             for spec in layout_of(type(obj)).specs:
@@ -236,7 +276,7 @@ class ChainedStore(BaseStore):
             else:
                 self._mark(layer, objs, suspect=False)
 
-    def batch_delete(self, objs: Sequence[Any]) -> None:
+    def _delete_layers(self, objs: Sequence[Any]) -> None:
         objs = list(objs)
         self._note_write(objs)
         error: StoreError | None = None

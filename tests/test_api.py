@@ -15,7 +15,7 @@ import stockpyle.stores
 def test_all_matches_the_public_names() -> None:
     """__all__ lists exactly the public names of stockpyle and stockpyle.stores."""
     public = {n for n in vars(stockpyle) if not n.startswith("_")} - {
-        "exceptions", "stores", "testing", "ext",
+        "exceptions", "stores", "testing", "ext", "invalidation",
     }
     assert set(stockpyle.__all__) == public
     for name in stockpyle.stores.__all__:
