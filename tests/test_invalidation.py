@@ -17,7 +17,7 @@ import pytest
 import stockpyle
 from stockpyle._store import KeyDict
 from stockpyle.invalidation import InvalidationChannel, keys_of
-from stockpyle.invalidation._channel import MAX_PAYLOAD, _WARNED, pack, unpack
+from stockpyle.invalidation._channel import _WARNED, MAX_PAYLOAD, pack, unpack
 from stockpyle.stores import ChainedStore, ProcessMemoryStore, ThreadLocalStore
 
 
