@@ -368,8 +368,9 @@ class InvalidationChannel(abc.ABC):
     def publish(self, keys: Iterable[str]) -> bool:
         """Evict ``keys`` in this process's guarded stores, then send them to the others.
 
-        Returns whether sending succeeded; a failure is logged and counted (other processes
-        may then serve old copies until their lifetime ends), never raised.
+        Returns whether sending succeeded; a failure is logged and counted, never raised
+        (:class:`~stockpyle.invalidation.PostgresChannel` sends the messages again with the
+        next publish or from its listener thread, until they go through).
         """
         keys = list(dict.fromkeys(keys))
         if not keys:
@@ -382,7 +383,7 @@ class InvalidationChannel(abc.ABC):
             self.stats["publish_failures"] += 1
             log.error(
                 "%s: publishing %d invalidated keys failed (%s): other processes may serve"
-                " old copies from memory until they expire",
+                " old copies from memory until it is retried",
                 self.describe(),
                 len(keys),
                 exc,

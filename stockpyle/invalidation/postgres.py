@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from stockpyle.exceptions import MissingDependencyError
-from stockpyle.invalidation._channel import InvalidationChannel
+from stockpyle.invalidation._channel import InvalidationChannel, flush_message
 
 try:
     import psycopg
@@ -26,6 +26,9 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised without the e
 __all__ = ["PostgresChannel"]
 
 log = logging.getLogger("stockpyle.invalidation")
+
+#: Messages kept for a retry after failed publishes (beyond: one flush-all message instead).
+_BACKLOG = 1000
 
 #: One round trip for any number of messages, in one transaction.
 _NOTIFY_MANY = "SELECT pg_notify(%s, m) FROM unnest(%s::text[]) AS m"
@@ -92,6 +95,9 @@ class PostgresChannel(InvalidationChannel):
         self._batch = 0
         self._sent = 0
         self._failed: dict[int, BaseException] = {}
+        #: Messages whose sending failed: sent again with the next publish, or by the listener
+        #: thread at its next poll, so a failed publish is late rather than lost.
+        self._backlog: list[str] = []
         self._cond = threading.Condition()
         self._where: tuple[str | None, int | None, str | None] | None = None
 
@@ -112,7 +118,8 @@ class PostgresChannel(InvalidationChannel):
             while self._sent < batch:
                 if not self._sending:
                     self._sending = True
-                    taken, self._pending = self._pending, []
+                    taken, self._pending = self._backlog + self._pending, []
+                    self._backlog = []
                     self._batch += 1
                     number = self._batch
                     break
@@ -131,6 +138,7 @@ class PostgresChannel(InvalidationChannel):
             self._sending = False
             self._sent = number
             if error is not None:
+                self._backlog = taken if len(taken) <= _BACKLOG else [flush_message(self.origin)]
                 if len(self._failed) > 64:
                     self._failed.clear()
                 self._failed[number] = error
@@ -149,10 +157,20 @@ class PostgresChannel(InvalidationChannel):
                         conn = self._publisher = self._connect()
                     conn.execute(_NOTIFY_MANY, (self.channel, messages))
                     return
-                except psycopg.OperationalError:
+                except psycopg.Error:
                     self._drop_publisher()
                     if attempt:
                         raise
+
+    def retry_backlog(self) -> bool:
+        """Send the messages of failed publishes again; say whether none is left."""
+        try:
+            self._send(())
+        except Exception as exc:
+            log.warning("%s: publishing still fails (%s)", self.describe(), exc)
+            return False
+        log.info("%s: publishes that had failed were sent", self.describe())
+        return True
 
     def _drop_publisher(self) -> None:
         conn, self._publisher = self._publisher, None
@@ -214,6 +232,8 @@ class PostgresChannel(InvalidationChannel):
                     ]
                     if payloads:
                         self.received(payloads)
+                    if self._backlog:
+                        self.retry_backlog()
             except psycopg.Error as exc:
                 self.went_down(exc)
             except Exception as exc:  # a bug must not leave stale layers in use
