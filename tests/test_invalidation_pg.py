@@ -449,3 +449,28 @@ def test_session_on_the_channel_evicts_other_processes_memory(
     finally:
         there.stop()
         database.release()
+
+
+def test_session_on_another_database_publishes_after_commit(
+    tmp_path: Any, session_channel: PostgresChannel, recorder: Recorder
+) -> None:
+    """A session on a database the channel does not listen on (SQLite) cannot notify inside
+    its transaction: its commit is published right after it commits, its rollback never."""
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'other.sqlite'}")
+    clear_tables(engine)
+    seen, done = _count_notifies(engine)
+    try:
+        maker, _ = _maker(engine, session_channel)
+        with maker() as session:
+            session.add(SqlFoo(key=1, zap=1, bar=1))
+            session.flush()
+            session.rollback()
+        with maker() as session:
+            session.add(SqlFoo(key=2, zap=2, bar=2))
+            session.commit()
+        assert seen == []  # nothing was sent through the session's own connection
+        assert recorder.wait_for(1)
+        assert recorder.heard_keys() == keys_of([SqlFoo(key=2, zap=2, bar=2)])
+    finally:
+        done()
+        engine.dispose()

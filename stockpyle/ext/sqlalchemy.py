@@ -201,7 +201,7 @@ class StockpyleSessionExtension:
             ops[identity] = (kind, copy, (previous[2] if previous else []) + olds)
         if self.invalidation is not None:
             changed = [c[1] for c in copies] + [old for c in copies for old in c[3]]
-            self._notify(session, keys_of(changed))
+            self._notify(session, changed)
 
     def _after_commit(self, session: orm.Session) -> None:
         state = self._state(session)
@@ -218,19 +218,25 @@ class StockpyleSessionExtension:
 
     # -- invalidation ----------------------------------------------------------------------------
 
-    def _notify(self, session: orm.Session, keys: list[str]) -> None:
-        """Send ``keys`` inside the session's transaction when it runs on the channel's
-        database; otherwise remember to publish them after the commit."""
+    def _notify(self, session: orm.Session, objs: Sequence[Any]) -> None:
+        """Send the keys of ``objs`` inside the session's transaction, on the connection of
+        each class's bind, when it is the channel's database; otherwise remember to publish
+        them after the commit."""
         channel = self.invalidation
-        if channel is None or not keys:
-            return
         notify_sql = getattr(channel, "notify_sql", None)
-        conn = session.connection()
-        if notify_sql is None or not self._rides_on(conn):
-            self._state(session).notified = False
-            return
-        statement, params = notify_sql(keys)
-        conn.exec_driver_sql(statement, params)
+        by_class: dict[type, list[Any]] = {}
+        for obj in objs:
+            by_class.setdefault(type(obj), []).append(obj)
+        for cls, group in by_class.items():
+            keys = keys_of(group)
+            if not keys:
+                continue
+            conn = session.connection(bind_arguments={"mapper": sa.inspect(cls)})
+            if notify_sql is None or not self._rides_on(conn):
+                self._state(session).notified = False
+                continue
+            statement, params = notify_sql(keys)
+            conn.exec_driver_sql(statement, params)
 
     def _rides_on(self, conn: sa.Connection) -> bool:
         url = conn.engine.url
@@ -295,7 +301,7 @@ class StockpyleSessionExtension:
             if identity is not None:
                 ops[identity] = (DELETE, stand_in, [])
         if self.invalidation is not None and touched:
-            self._notify(session, keys_of(touched))
+            self._notify(session, touched)
 
     # -- applying ------------------------------------------------------------------------------
 
