@@ -39,6 +39,9 @@ class ChainedStore(BaseStore):
       With ``strict=True`` such failures raise instead (after evicting the object from the
       layers above, so nothing stale is left behind). A failure of the last layer always raises,
       and then the layers above are left unchanged.
+    * ``invalidation=channel`` (:mod:`stockpyle.invalidation`): every put/delete publishes the
+      keys it changed once its layers were written, and the channel evicts what other
+      processes write from this chain's in-process layers (bypassed while it is not listening).
     """
 
     def __init__(
