@@ -357,3 +357,15 @@ def test_subscribers_hear_batches_and_flushes(bus: Bus) -> None:
     channel.deliver(["d"])
     assert heard == [["a", "b", "c"], None]
     channel.stop()
+
+
+def test_guarded_stores_are_held_weakly(bus: Bus) -> None:
+    """A chain built and dropped per request does not keep its memory layer alive in the
+    channel."""
+    channel = LoopbackChannel(bus)
+    memory = ProcessMemoryStore()
+    ChainedStore([memory, ProcessMemoryStore()], invalidation=channel)
+    assert channel.guards(memory)
+    del memory
+    gc.collect()
+    assert len(channel._guarded) == 0

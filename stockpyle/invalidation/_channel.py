@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Collection, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
@@ -181,7 +182,10 @@ class InvalidationChannel(abc.ABC):
         self.sleep: Callable[[float], Any] = sleep if sleep is not None else self._stopping.wait
         self._token = uuid.uuid4().hex[:12]
         self._lock = threading.RLock()
-        self._guarded: list[Guardable] = []
+        # Held weakly: a chain built per request must not keep its memory layer alive here.
+        self._guarded: weakref.WeakValueDictionary[int, Guardable] = (
+            weakref.WeakValueDictionary()
+        )
         self._subscribers: list[Callable[[Sequence[str] | None], Any]] = []
         self._listening = False
         # Fencing (see settle): a sequence number per eviction; a fill that read below before
@@ -231,9 +235,9 @@ class InvalidationChannel(abc.ABC):
                 raise TypeError(msg)
         with self._lock:
             for store in stores:
-                if any(s is store for s in self._guarded):
+                if self.guards(store):
                     continue
-                self._guarded.append(store)
+                self._guarded[id(store)] = store
                 if self._listening:
                     store.evict_all()  # filled while nobody listened for it
                 else:
@@ -243,14 +247,14 @@ class InvalidationChannel(abc.ABC):
         """Stop guarding ``stores`` (they are flushed and resumed: the caller owns them again)."""
         with self._lock:
             for store in stores:
-                if any(s is store for s in self._guarded):
-                    self._guarded = [s for s in self._guarded if s is not store]
+                if self.guards(store):
+                    del self._guarded[id(store)]
                     store.evict_all()
                     store.resume()
 
     def guards(self, store: object) -> bool:
         """Whether ``store`` is guarded by this channel."""
-        return any(s is store for s in self._guarded)
+        return self._guarded.get(id(store)) is store
 
     def attach(self, chain: Any) -> None:
         """Guard the in-process layers of ``chain`` (a ``ChainedStore``): every layer above
@@ -319,7 +323,7 @@ class InvalidationChannel(abc.ABC):
                     self._forgotten = seq
                 for key in keys:
                     evicted[key] = seq
-            guarded = list(self._guarded)
+            guarded = list(self._guarded.values())
             subscribers = list(self._subscribers)
         # Stores are evicted after the fence is raised (see settle), outside the channel lock.
         for store in guarded:
@@ -420,7 +424,7 @@ class InvalidationChannel(abc.ABC):
         with self._lock:
             self._seq += 1
             self._epoch = self._seq
-            for store in self._guarded:
+            for store in list(self._guarded.values()):
                 store.evict_all()
                 store.resume()
             self._listening = True
@@ -433,7 +437,7 @@ class InvalidationChannel(abc.ABC):
             self._listening = False
             self._seq += 1
             self._epoch = self._seq
-            for store in self._guarded:
+            for store in list(self._guarded.values()):
                 store.suspend()
         if was and reason is not None:
             self.stats["disconnects"] += 1
