@@ -25,6 +25,33 @@ from stockpyle.testing.sqlmodels import SqlFoo, SqlUser, clear_tables
 pytestmark = pytest.mark.postgres
 
 
+@pytest.fixture(scope="module")
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """The PostgreSQL URL with a schema of its own for this module's run, dropped afterwards:
+    the tables here are written by several processes, and no other test run (of this or
+    another checkout, on the same server) may touch them meanwhile."""
+    schema = "stockpyle_test_inv_" + uuid.uuid4().hex[:10]
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = sa.make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_engine(pg_url: str) -> Iterator[sa.Engine]:
+    """An engine on this module's schema, with the test tables."""
+    from stockpyle.testing.sqlmodels import SqlBase
+
+    engine = sa.create_engine(pg_url)
+    SqlBase.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
 @pytest.fixture
 def channel_name() -> str:
     """A channel of its own per test, so that concurrent test runs never hear each other."""
