@@ -254,12 +254,12 @@ class StockpyleSessionExtension:
     def _publish_committed(self, ops: Ops, notified: bool) -> None:
         channel = self.invalidation
         assert channel is not None
-        objs = [copy for _, copy, _ in ops.values()]
-        objs += [old for _, _, olds in ops.values() for old in olds]
-        keys = keys_of(objs)
         store = self.store
         if getattr(store, "invalidation", None) is channel:
             return  # a chain on this channel published what it applied
+        objs = [copy for _, copy, _ in ops.values()]
+        objs += [old for _, _, olds in ops.values() for old in olds]
+        keys = keys_of(objs)
         layers = getattr(store, "stores", (store,))
         if not notified or any(getattr(layer, "shared", False) for layer in layers):
             channel.publish(keys)
