@@ -369,3 +369,34 @@ def test_guarded_stores_are_held_weakly(bus: Bus) -> None:
     del memory
     gc.collect()
     assert len(channel._guarded) == 0
+
+
+def test_listener_backs_off_exponentially_while_it_cannot_connect() -> None:
+    """A listener that cannot connect keeps its stores suspended and waits backoff(attempt)
+    between attempts, attempt 0, 1, 2, ... (the waits are injected: nothing sleeps)."""
+    from stockpyle.invalidation import PostgresChannel, exponential_backoff
+
+    waits: list[float] = []
+    enough = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) >= 4:
+            enough.set()
+            channel._stopping.wait(5)
+
+    channel = PostgresChannel(
+        "postgresql://127.0.0.1:1/nowhere",
+        connect_timeout=1,
+        backoff=exponential_backoff(first=0.1, factor=2.0, limit=0.5),
+        sleep=sleep,
+    )
+    memory = ProcessMemoryStore()
+    channel.guard(memory)
+    channel.start()
+    try:
+        assert enough.wait(20)
+        assert waits[:4] == [0.1, 0.2, 0.4, 0.5]
+        assert not channel.listening and memory.suspended
+    finally:
+        channel.stop()
