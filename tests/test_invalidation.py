@@ -17,7 +17,8 @@ import pytest
 import stockpyle
 from stockpyle._store import KeyDict
 from stockpyle.invalidation import InvalidationChannel, keys_of
-from stockpyle.invalidation._channel import _WARNED, MAX_PAYLOAD, pack, unpack
+from stockpyle.invalidation._channel import _WARNED
+from stockpyle.invalidation._messages import MAX_PAYLOAD, pack, unpack
 from stockpyle.stores import ChainedStore, ProcessMemoryStore, ThreadLocalStore
 
 

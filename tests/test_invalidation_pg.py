@@ -81,7 +81,7 @@ class Recorder:
         self.channel.received = received  # type: ignore[method-assign]
 
     def heard_keys(self) -> list[str]:
-        from stockpyle.invalidation._channel import unpack
+        from stockpyle.invalidation._messages import unpack
 
         return [k for m in self.heard for k in unpack(m)[1] or ["<all>"]]
 

@@ -34,7 +34,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 
 from stockpyle._store import BaseStore
 from stockpyle.exceptions import StockpyleError
-from stockpyle.invalidation._channel import keys_of
+from stockpyle.invalidation._messages import keys_of
 from stockpyle.stores._sql_objects import (
     MappedInfo,
     detached_copy,

@@ -18,13 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from stockpyle.invalidation._channel import (
-    MAX_PAYLOAD,
-    Guardable,
-    InvalidationChannel,
-    exponential_backoff,
-    keys_of,
-)
+from stockpyle.invalidation._channel import Guardable, InvalidationChannel, exponential_backoff
+from stockpyle.invalidation._messages import MAX_PAYLOAD, keys_of
 
 if TYPE_CHECKING:
     from stockpyle.invalidation.postgres import PostgresChannel

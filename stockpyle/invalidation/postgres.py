@@ -15,7 +15,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from stockpyle.exceptions import MissingDependencyError
-from stockpyle.invalidation._channel import InvalidationChannel, flush_message
+from stockpyle.invalidation._channel import InvalidationChannel
+from stockpyle.invalidation._messages import flush_message
 
 try:
     import psycopg
