@@ -6,7 +6,8 @@
   eviction in the other process (so it includes the NOTIFY's own commit). Target: p99 < 50 ms.
 * cost per write: ``chain.put`` with the channel against the same chain without it, for a chain
   over PostgreSQL (``[ProcessMemoryStore, SqlAlchemyStore]``: what users run) and for a chain of
-  two memory stores (what publishing alone costs). The medians give writes per second.
+  two memory stores (what publishing alone costs); and a storm, 8 threads putting at once
+  (their publishes coalesce). The medians give writes per second.
 
 Runs on ``--postgres URL``, else on ``$STOCKPYLE_POSTGRES_URL``; skipped without either.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import statistics
+import threading
 import time
 import uuid
 from multiprocessing.connection import Connection
@@ -33,7 +35,8 @@ __all__ = ["DELAY_TARGET_MS", "cases", "extra_targets", "measure_delays"]
 
 PROCESSES = 4
 DELAY_TARGET_MS = 50.0
-BATCH = 50  # puts per timed sample
+BATCH = 50  # puts per timed sample (per thread in the storm)
+STORM_THREADS = 8
 GAP = 0.002  # seconds between one process's writes in the delay measurement
 
 
@@ -108,6 +111,21 @@ def cases(ctx: Context) -> list[Case]:
         assert channel.stats["published_keys"] > before
         assert sql_without.get(BenchRow, {"id": rows[0].id}) is not None
 
+    def storm(chain: ChainedStore) -> Any:
+        # 8 threads writing at once: concurrent publishes coalesce into shared round trips.
+        def sample() -> int:
+            threads = [
+                threading.Thread(target=puts(chain, make_foos(BATCH, start=t * BATCH)))
+                for t in range(STORM_THREADS)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            return STORM_THREADS * BATCH
+
+        return sample
+
     return [
         Case(
             "invalidation chain put over PostgreSQL (per write)",
@@ -123,6 +141,13 @@ def cases(ctx: Context) -> list[Case]:
             1,
             {"with channel": puts(mem_with, foos), "without channel": puts(mem_without, foos)},
             rounds=ctx.rounds(15),
+        ),
+        Case(
+            f"invalidation storm: {STORM_THREADS} threads putting at once (per write)",
+            "invalidation",
+            1,
+            {"with channel": storm(mem_with), "without channel": storm(mem_without)},
+            rounds=ctx.rounds(10),
         ),
     ]
 
