@@ -36,7 +36,7 @@ if str(HERE) not in sys.path:  # the case modules import each other by plain nam
 from harness import Case, Context, Result, measure  # noqa: E402 - needs the path above
 
 #: The case modules, in running order.
-MODULES = ("cases_memory", "cases_memcache", "cases_sql", "cases_chain")
+MODULES = ("cases_memory", "cases_memcache", "cases_sql", "cases_chain", "cases_invalidation")
 
 
 @dataclass(frozen=True)
@@ -291,6 +291,8 @@ def run(args: argparse.Namespace) -> int:
     )
     errors: list[str] = []
     results: list[Result] = []
+    # Targets a module measures itself (not a ratio of two sides): ``extra_targets(ctx)``.
+    extra_rows: list[dict[str, Any]] = []
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="stockpyle-bench-") as tmp:
         urls = {"sqlite": f"sqlite:///{tmp}/bench.sqlite"}
@@ -318,6 +320,13 @@ def run(args: argparse.Namespace) -> int:
                         continue
                     results.append(result)
                     print_result(result)
+                extra = getattr(module, "extra_targets", None)
+                if extra is not None and (args.only is None or args.only in module_name):
+                    try:
+                        extra_rows.extend(extra(ctx))
+                    except Exception:
+                        errors.append(f"{module_name}: extra targets failed")
+                        traceback.print_exc()
         finally:
             for cleanup in reversed(ctx.cleanups):
                 try:
@@ -327,7 +336,7 @@ def run(args: argparse.Namespace) -> int:
                     traceback.print_exc()
     by_name = {r.name: r for r in results}
     checked = [t.check(by_name) for t in targets(list(urls))]
-    rows = [row for row in checked if row is not None]
+    rows = [row for row in checked if row is not None] + extra_rows
     print_targets(rows)
     if args.quick:
         print("\n(quick mode: two rounds per case; the ratios above are not measurements)")

@@ -16,6 +16,7 @@ from stockpyle._store import BaseStore, Found, KeyDict
 from stockpyle._writes import WriteTracker
 from stockpyle._writethrough import WriteThrough, identity_or_none
 from stockpyle.exceptions import StockpyleError, StoreError
+from stockpyle.invalidation import InvalidationChannel, warn_if_unguarded
 
 __all__ = ["ChainedStore"]
 
@@ -64,6 +65,7 @@ class ChainedStore(WriteThrough, BaseStore):
         follow_timeout: float = 30.0,
         serve_stale: bool = False,
         heal_interval: float = 0.5,
+        invalidation: InvalidationChannel | None = None,
     ) -> None:
         self.stores: tuple[BaseStore, ...] = tuple(stores)
         if not self.stores:
@@ -93,6 +95,13 @@ class ChainedStore(WriteThrough, BaseStore):
         #: how a caller waits between two polls of a shared layer for another's fill
         self.sleep: Callable[[float], None] = time.sleep
         self.poll_interval = 0.002
+        #: The invalidation channel (:mod:`stockpyle.invalidation`) this chain publishes its
+        #: writes to and whose subscriber guards its in-process layers, or ``None``.
+        self.invalidation = invalidation
+        if invalidation is not None:
+            invalidation.attach(self)
+        else:
+            warn_if_unguarded(self.stores, log)
 
     def describe(self) -> str:
         return "ChainedStore[" + ", ".join(s.describe() for s in self.stores) + "]"
@@ -261,6 +270,8 @@ class ChainedStore(WriteThrough, BaseStore):
         """Read layers ``start`` to ``stop - 1`` for ``pending``; with ``fill``, backfill what
         was found into the ``asked`` layers above that missed (appending to ``asked``)."""
         pending = dict(pending)
+        inv = self.invalidation  # evictions heard from now on also void this read's fills
+        mark = 0 if inv is None else inv.mark()
         found: dict[str, Found | None] = {}
         tokens: dict[int, dict[str, Any]] = {}  # shared layer -> key -> lease token
         backfill: dict[int, dict[str, tuple[Any, Deadline, Any]]] = {}
@@ -296,7 +307,7 @@ class ChainedStore(WriteThrough, BaseStore):
                             backfill.setdefault(upper, {})[identity] = (obj, deadline, token)
             asked.append(layer)
         for layer, items in backfill.items():
-            self._backfill(layer, items, begun)
+            self._backfill(layer, items, begun, mark)
         for layer, unused in tokens.items():  # leased misses found nowhere: let others in
             if unused:
                 try:
@@ -358,7 +369,7 @@ class ChainedStore(WriteThrough, BaseStore):
         return hits
 
     def _backfill(
-        self, layer: int, items: dict[str, tuple[Any, Deadline, Any]], begun: int
+        self, layer: int, items: dict[str, tuple[Any, Deadline, Any]], begun: int, mark: int
     ) -> None:
         store = self.stores[layer]
         objs = [obj for obj, _, _ in items.values()]
@@ -387,6 +398,9 @@ class ChainedStore(WriteThrough, BaseStore):
         else:
             store.counters.add("backfills", len(objs))
             self._healer.discard(layer, objs)
+            inv = self.invalidation
+            if objs and inv is not None and inv.guards(store):  # an eviction raced the fill
+                inv.settle(store, list(items), mark)  # type: ignore[arg-type]  # guarded: one
 
     def release(self) -> None:
         self._healer.stop()

@@ -18,6 +18,7 @@ from stockpyle._keys import layout_of
 from stockpyle._store import BaseStore
 from stockpyle._writes import WriteTracker
 from stockpyle.exceptions import StockpyleError, StoreError
+from stockpyle.invalidation import InvalidationChannel
 
 __all__ = ["WriteThrough", "identity_or_none"]
 
@@ -38,6 +39,7 @@ class WriteThrough:
     _last: int
     _writes: WriteTracker
     _healer: Healer
+    invalidation: InvalidationChannel | None
 
     def _failed(self, layer: int, action: str, exc: StockpyleError) -> None:
         raise NotImplementedError  # the chain logs and counts
@@ -91,6 +93,8 @@ class WriteThrough:
                     self._healer.discard(layer, objs)
         finally:
             writes.end(before)
+            if self.invalidation is not None:  # publish, whether the write succeeded or not
+                self.invalidation.after_write(objs)
         if error is not None:
             raise error
 

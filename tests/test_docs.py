@@ -39,6 +39,8 @@ SHOW_ONLY = {"py2", "sh", "text"}
 _OPEN = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,}|~{3,})[ \t]*(?P<info>[^`\n]*)$")
 _MEMCACHED = re.compile(r"\b(?:127\.0\.0\.1|localhost):11211\b")
 _USES_MEMCACHED = re.compile(r"\bMemcached?Store\(|\bpymemcache\b|\bimport memcache\b")
+#: Examples that use PostgreSQL name this database; the test substitutes the fixture's server.
+_POSTGRES = re.compile(r"postgresql(?:\+psycopg)?://localhost/app\b")
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,7 @@ def test_examples_run(
         _isolate_memcache(monkeypatch, f"docs{uuid.uuid4().hex[:12]}")
     else:
         server = None
+    postgres = request.getfixturevalue("postgres_url") if _POSTGRES.search(source) else None
     monkeypatch.chdir(tmp_path)
     name = "stockpyle_docs_" + re.sub(r"\W", "_", _page_id(page).removesuffix(".md"))
     # Twice in a row, as a reader pasting the page into a terminal twice would: same working
@@ -135,6 +138,8 @@ def test_examples_run(
         monkeypatch.setitem(sys.modules, name, module)
         for block in blocks:
             code = block.code if server is None else _MEMCACHED.sub(server, block.code)
+            if postgres is not None:
+                code = _POSTGRES.sub(postgres, code)
             # Pad with blank lines so that tracebacks point at the right line of the page.
             compiled = compile("\n" * (block.line - 1) + code, str(page), "exec")
             exec(compiled, module.__dict__)

@@ -10,13 +10,17 @@ into ``cache`` and the ones it deleted are deleted from it; old versions whose k
 dropped first. A rollback (of the transaction, or of a savepoint) applies nothing of what it
 undid. ORM-enabled ``update()``/``delete()`` statements executed through the session invalidate
 the rows they touch.
+
+With ``invalidation=channel`` (a :class:`~stockpyle.invalidation.PostgresChannel`), every flush
+also sends the keys it changed with ``pg_notify`` inside the session's own transaction, so other
+processes hear of a commit exactly when it commits and a rollback tells them nothing.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from stockpyle.exceptions import MissingDependencyError
 
@@ -30,6 +34,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 
 from stockpyle._store import BaseStore
 from stockpyle.exceptions import StockpyleError
+from stockpyle.invalidation._messages import keys_of
 from stockpyle.stores._sql_objects import (
     MappedInfo,
     detached_copy,
@@ -37,6 +42,9 @@ from stockpyle.stores._sql_objects import (
     select_by_pk,
     unloaded_columns,
 )
+
+if TYPE_CHECKING:
+    from stockpyle.invalidation._channel import InvalidationChannel
 
 __all__ = ["StockpyleSessionExtension"]
 
@@ -54,9 +62,11 @@ Ops = dict[str, tuple[str, Any, list[Any]]]
 class _SessionState:
     """The pending cache work of one session, per open (root or savepoint) transaction."""
 
-    __slots__ = ("flushing", "ops", "released")
+    __slots__ = ("flushing", "notified", "ops", "released")
 
     def __init__(self) -> None:
+        #: Whether invalidation messages were sent inside the transaction (else: after commit).
+        self.notified = True
         self.ops: dict[orm.SessionTransaction, Ops] = {}
         self.released: set[orm.SessionTransaction] = set()
         #: Objects of the flush in progress: (kind, obj, old versions), between the two events.
@@ -76,6 +86,15 @@ class StockpyleSessionExtension:
     A cache failure after a commit cannot undo the commit: it is logged, counted in
     :attr:`failures`, and the affected objects are evicted from the cache as far as possible;
     with ``strict=True`` the error is raised from ``commit()`` (after the commit).
+
+    ``invalidation`` (an :class:`~stockpyle.invalidation.InvalidationChannel`) tells every
+    process's in-process layers what each commit changed: the identity keys, alternate keys and
+    old key values of what was flushed. On the channel's own PostgreSQL database they are sent
+    with ``pg_notify`` inside the session's transaction (delivered only if it commits); on any
+    other database they are published right after the commit. After the commit has been applied
+    to ``store``, they are also evicted from this process's guarded stores, and published once
+    more when ``store`` has a layer other processes share (memcached), since a process that
+    heard the first message may have re-read that layer before this commit reached it.
     """
 
     def __init__(
@@ -84,8 +103,11 @@ class StockpyleSessionExtension:
         *,
         classes: Iterable[type] | None = None,
         strict: bool = False,
+        invalidation: InvalidationChannel | None = None,
     ) -> None:
         self.store = store
+        self.invalidation = invalidation
+        self._rides: dict[str, bool] = {}
         self.classes: tuple[type, ...] | None = None if classes is None else tuple(classes)
         self.strict = strict
         #: How many times applying a commit to the cache failed.
@@ -177,6 +199,9 @@ class StockpyleSessionExtension:
                 kind = DELETE  # could not load everything: invalidate rather than cache
             previous = ops.get(identity)
             ops[identity] = (kind, copy, (previous[2] if previous else []) + olds)
+        if self.invalidation is not None:
+            changed = [c[1] for c in copies] + [old for c in copies for old in c[3]]
+            self._notify(session, changed)
 
     def _after_commit(self, session: orm.Session) -> None:
         state = self._state(session)
@@ -188,6 +213,58 @@ class StockpyleSessionExtension:
         ops = state.ops.pop(root, None) if root is not None else None
         if ops:
             self._apply(ops)
+            if self.invalidation is not None:
+                self._publish_committed(ops, state.notified)
+
+    # -- invalidation ----------------------------------------------------------------------------
+
+    def _notify(self, session: orm.Session, objs: Sequence[Any]) -> None:
+        """Send the keys of ``objs`` inside the session's transaction, on the connection of
+        each class's bind, when it is the channel's database; otherwise remember to publish
+        them after the commit."""
+        channel = self.invalidation
+        notify_sql = getattr(channel, "notify_sql", None)
+        by_class: dict[type, list[Any]] = {}
+        for obj in objs:
+            by_class.setdefault(type(obj), []).append(obj)
+        for cls, group in by_class.items():
+            keys = keys_of(group)
+            if not keys:
+                continue
+            conn = session.connection(bind_arguments={"mapper": sa.inspect(cls)})
+            if notify_sql is None or not self._rides_on(conn):
+                self._state(session).notified = False
+                continue
+            statement, params = notify_sql(keys)
+            conn.exec_driver_sql(statement, params)
+
+    def _rides_on(self, conn: sa.Connection) -> bool:
+        url = conn.engine.url
+        name = url.render_as_string(hide_password=True)
+        rides = self._rides.get(name)
+        if rides is None:
+            same = getattr(self.invalidation, "same_database", None)
+            rides = self._rides[name] = (
+                conn.dialect.name == "postgresql"
+                and same is not None
+                and bool(same(url.host, url.port, url.database))
+            )
+        return rides
+
+    def _publish_committed(self, ops: Ops, notified: bool) -> None:
+        channel = self.invalidation
+        assert channel is not None
+        store = self.store
+        if getattr(store, "invalidation", None) is channel:
+            return  # a chain on this channel published what it applied
+        objs = [copy for _, copy, _ in ops.values()]
+        objs += [old for _, _, olds in ops.values() for old in olds]
+        keys = keys_of(objs)
+        layers = getattr(store, "stores", (store,))
+        if not notified or any(getattr(layer, "shared", False) for layer in layers):
+            channel.publish(keys)
+        else:
+            channel.deliver(keys)  # the others heard it at commit; this process now
 
     def _after_transaction_end(
         self, session: orm.Session, transaction: orm.SessionTransaction
@@ -223,6 +300,8 @@ class StockpyleSessionExtension:
             identity = info.layout.identity.from_obj(stand_in)
             if identity is not None:
                 ops[identity] = (DELETE, stand_in, [])
+        if self.invalidation is not None and touched:
+            self._notify(session, touched)
 
     # -- applying ------------------------------------------------------------------------------
 

@@ -1,0 +1,403 @@
+"""Invalidation channels without a server: eviction by encoded key, suspension, fencing of racing
+fills, message batching, the chain hook and its warning (the PostgreSQL side is in
+test_invalidation_pg.py)."""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import pytest
+
+import stockpyle
+from stockpyle._store import KeyDict
+from stockpyle.invalidation import InvalidationChannel, keys_of
+from stockpyle.invalidation._channel import _WARNED
+from stockpyle.invalidation._messages import MAX_PAYLOAD, pack, unpack
+from stockpyle.stores import ChainedStore, ProcessMemoryStore, ThreadLocalStore
+
+
+@stockpyle.keyed("key", ("zap", "bar"))
+@attrs.define
+class Foo:
+    key: int
+    zap: int | None = None
+    bar: int | None = None
+    name: str = ""
+
+
+class Bus:
+    """Stands in for the server: what one channel sends, every channel on the bus hears."""
+
+    def __init__(self) -> None:
+        self.channels: list[LoopbackChannel] = []
+        self.sent: list[str] = []
+
+
+class LoopbackChannel(InvalidationChannel):
+    """A channel whose 'server' is a list of peers in this process (deterministic)."""
+
+    def __init__(self, bus: Bus, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.bus = bus
+        bus.channels.append(self)
+
+    def _send(self, messages: Sequence[str]) -> None:
+        self.bus.sent.extend(messages)
+        for channel in self.bus.channels:
+            if channel.listening:
+                channel.received(messages)
+
+    def _listen(self) -> None:
+        self.came_up()
+        self._stopping.wait()
+
+
+@pytest.fixture
+def bus() -> Bus:
+    """A fresh loopback bus."""
+    return Bus()
+
+
+def two_processes(bus: Bus) -> tuple[ChainedStore, ChainedStore, ProcessMemoryStore]:
+    """Two chains ('processes') with their own memory layers over one shared last layer."""
+    shared = ProcessMemoryStore()
+    here = LoopbackChannel(bus).start()
+    there = LoopbackChannel(bus).start()
+    assert here.wait_listening(5) and there.wait_listening(5)
+    a = ChainedStore([ProcessMemoryStore(), shared], invalidation=here)
+    b = ChainedStore([ProcessMemoryStore(), shared], invalidation=there)
+    return a, b, shared
+
+
+def stop_all(bus: Bus) -> None:
+    for channel in bus.channels:
+        channel.stop()
+
+
+# -- in-process stores: eviction by encoded key ---------------------------------------------------
+
+
+@pytest.mark.parametrize("make", [ProcessMemoryStore, ThreadLocalStore])
+def test_evict_identity_removes_entry_and_alternates(make: type[ProcessMemoryStore]) -> None:
+    """evict_keys(identity) removes the object and the alternate entries that point to it."""
+    store = make()
+    store.put(Foo(1, 2, 3))
+    store.put(Foo(2, 5, 6))
+    (identity,) = keys_of([Foo(1)])
+    assert store.evict_keys([identity]) == 1
+    assert store.get(Foo, {"key": 1}) is None
+    assert store.get(Foo, {"zap": 2, "bar": 3}) is None
+    assert len(store.mapping) == 2  # only Foo 2's entry and pointer remain
+    assert store.get(Foo, {"zap": 5, "bar": 6}) == Foo(2, 5, 6)
+
+
+def test_evict_alternate_removes_only_that_pointer() -> None:
+    """evict_keys(alternate) removes that alternate entry; the object stays by identity."""
+    store = ProcessMemoryStore()
+    store.put(Foo(1, 2, 3))
+    keys = keys_of([Foo(1, 2, 3)])
+    assert store.evict_keys(keys[1:]) == 1
+    assert store.get(Foo, {"zap": 2, "bar": 3}) is None
+    assert store.get(Foo, {"key": 1}) == Foo(1, 2, 3)
+
+
+def test_keys_of_names_identity_alternates_and_skips_unkeyed() -> None:
+    """keys_of gives identity then alternate keys, dedupes, and skips what has no identity."""
+    keys = keys_of([Foo(1, 2, 3), Foo(1, 2, 3), Foo(None), object()])  # type: ignore[arg-type]
+    assert len(keys) == 2
+    assert keys[0].endswith("|key=1") and keys[1].endswith("|bar,zap=3,2")
+
+
+def test_thread_local_evicts_every_threads_map_and_forgets_dead_threads() -> None:
+    """ThreadLocalStore.evict_keys/evict_all reach every thread's map; a finished thread's map
+    is dropped from the registry."""
+    store = ThreadLocalStore()
+    ready, go, done = threading.Event(), threading.Event(), threading.Event()
+    seen: list[Any] = []
+
+    def other() -> None:
+        store.put(Foo(1, name="other"))
+        ready.set()
+        go.wait(5)
+        seen.append(store.get(Foo, {"key": 1}))
+        done.set()
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    ready.wait(5)
+    store.put(Foo(1, name="main"))
+    store.evict_keys(keys_of([Foo(1)]))
+    go.set()
+    done.wait(5)
+    thread.join(5)
+    assert seen == [None]
+    assert store.get(Foo, {"key": 1}) is None
+    del thread
+    gc.collect()
+    assert len(store._all_mappings()) == 1  # the main thread's
+
+
+@pytest.mark.parametrize("make", [ProcessMemoryStore, ThreadLocalStore])
+def test_suspended_store_is_empty_and_ignores_writes(make: type[ProcessMemoryStore]) -> None:
+    """suspend() flushes and ignores writes until resume(); deletes still work."""
+    store = make()
+    store.put(Foo(1))
+    store.suspend()
+    assert store.get(Foo, {"key": 1}) is None
+    store.put(Foo(2))
+    assert store.get(Foo, {"key": 2}) is None
+    store.resume()
+    store.put(Foo(3))
+    assert store.get(Foo, {"key": 3}) == Foo(3)
+
+
+# -- messages -------------------------------------------------------------------------------------
+
+
+def test_messages_stay_under_8000_bytes_and_carry_every_key() -> None:
+    """Keys are batched into messages under 8,000 bytes; together they carry every key once."""
+    keys = [f"mod.Foo|key={i:0100d}" for i in range(500)]
+    messages = pack("me", keys)
+    assert len(messages) > 1
+    assert all(len(m.encode()) <= MAX_PAYLOAD for m in messages)
+    back = [k for m in messages for k in unpack(m)[1] or []]
+    assert back == keys
+    assert {unpack(m)[0] for m in messages} == {"me"}
+
+
+def test_unencodable_or_huge_keys_become_flush_all() -> None:
+    """A key too long for one message (or an unreadable message) means: flush everything."""
+    assert unpack(pack("me", ["x" * 9000])[0]) == ("me", None)
+    assert unpack("not json")[1] is None
+    odd = 'mod.Foo|name="a\nb\x00é"'
+    (message,) = pack("me", [odd])
+    assert message.isascii() and json.loads(message)["k"] == [odd]
+
+
+def test_publish_beyond_max_keys_flushes(bus: Bus) -> None:
+    """A publish of more than max_keys keys sends one flush-all message (bounded work)."""
+    a, b, _ = two_processes(bus)
+    try:
+        channel = a.invalidation
+        assert channel is not None
+        channel.max_keys = 3
+        b.put(Foo(9))
+        assert b.get(Foo, {"key": 9}) == Foo(9)
+        assert b.stores[0].get(Foo, {"key": 9}) == Foo(9)
+        bus.sent.clear()
+        channel.publish([f"k{i}" for i in range(10)])
+        assert len(bus.sent) == 1 and unpack(bus.sent[0])[1] is None
+        assert len(b.stores[0]) == 0  # type: ignore[arg-type]
+    finally:
+        stop_all(bus)
+
+
+# -- the chain hook -------------------------------------------------------------------------------
+
+
+def test_put_and_delete_evict_the_other_process_memory(bus: Bus) -> None:
+    """A put or delete through one chain evicts the object from the other chain's memory layer,
+    by identity and by the alternate key value it used to have."""
+    a, b, _ = two_processes(bus)
+    try:
+        a.put(Foo(1, 2, 3, "old"))
+        assert b.get(Foo, {"zap": 2, "bar": 3}).name == "old"
+        a.put(Foo(1, 4, 5, "new"))
+        assert b.stores[0].get(Foo, {"key": 1}) is None
+        assert b.get(Foo, {"zap": 2, "bar": 3}) is None
+        assert b.get(Foo, {"key": 1}).name == "new"
+        a.delete(Foo(1))
+        assert b.get(Foo, {"key": 1}) is None
+    finally:
+        stop_all(bus)
+
+
+def test_own_messages_are_skipped_and_delivered_locally(bus: Bus) -> None:
+    """The publisher evicts its own process's guarded stores at once and skips its own
+    message when it comes back."""
+    a, _, _ = two_processes(bus)
+    try:
+        channel = a.invalidation
+        assert channel is not None
+        a.put(Foo(1))
+        assert channel.stats["own_messages_skipped"] == 1
+        assert channel.stats["received_keys"] == 0
+        assert a.stores[0].get(Foo, {"key": 1}) is None  # dropped here too: refilled on read
+        assert a.get(Foo, {"key": 1}) == Foo(1)
+    finally:
+        stop_all(bus)
+
+
+def test_not_listening_bypasses_guarded_layers(bus: Bus) -> None:
+    """Before start and after stop, guarded layers are empty and take no writes, so reads go
+    below them; once listening, they are used again."""
+    channel = LoopbackChannel(bus)
+    memory, shared = ProcessMemoryStore(), ProcessMemoryStore()
+    memory.put(Foo(1, name="filled before"))
+    chain = ChainedStore([memory, shared], invalidation=channel)
+    assert memory.suspended and len(memory) == 0
+    shared.put(Foo(1, name="below"))
+    assert chain.get(Foo, {"key": 1}).name == "below"
+    chain.put(Foo(2))
+    assert len(memory) == 0
+    channel.start()
+    assert channel.wait_listening(5)
+    assert chain.get(Foo, {"key": 1}).name == "below"
+    assert memory.get(Foo, {"key": 1}) is not None
+    channel.stop()
+    assert memory.suspended and len(memory) == 0
+    assert chain.get(Foo, {"key": 1}).name == "below"
+
+
+class HeldStore(ProcessMemoryStore):
+    """A last layer whose reads can be held after reading (to force a race)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.read_done = threading.Event()
+        self.release = threading.Event()
+        self.hold = False
+
+    def batch_get_entries(self, cls: type, key_dicts: Sequence[KeyDict]) -> list[Any]:
+        found = super().batch_get_entries(cls, key_dicts)
+        if self.hold:
+            self.read_done.set()
+            assert self.release.wait(5)
+        return found
+
+
+def test_backfill_that_raced_an_eviction_is_evicted_again(bus: Bus) -> None:
+    """A read that fetched the old value below, then lost the race to an eviction of its key,
+    does not leave its backfill in the guarded layer (the fill is settled after it lands)."""
+    channel = LoopbackChannel(bus).start()
+    assert channel.wait_listening(5)
+    memory, below = ProcessMemoryStore(), HeldStore()
+    chain = ChainedStore([memory, below], invalidation=channel)
+    below.put(Foo(1, name="old"))
+    below.hold = True
+    result: list[Any] = []
+    reader = threading.Thread(target=lambda: result.append(chain.get(Foo, {"key": 1})))
+    reader.start()
+    try:
+        assert below.read_done.wait(5)
+        below.hold = False
+        below.put(Foo(1, name="new"))  # another process's write ...
+        channel.received(pack("elsewhere", keys_of([Foo(1)])))  # ... and its message
+    finally:
+        below.release.set()
+        reader.join(5)
+    assert result[0].name == "old"  # what the racing read returned, as of its start
+    assert memory.get(Foo, {"key": 1}) is None  # but it was not left behind
+    assert chain.get(Foo, {"key": 1}).name == "new"
+    channel.stop()
+
+
+def test_backfill_while_down_is_not_kept_after_reconnect(bus: Bus) -> None:
+    """A read begun while the channel was down, landing after it listens again, is evicted
+    (it may predate a write whose message was missed)."""
+    channel = LoopbackChannel(bus)
+    memory, below = ProcessMemoryStore(), HeldStore()
+    chain = ChainedStore([memory, below], invalidation=channel)
+    below.put(Foo(1, name="old"))
+    below.hold = True
+    reader = threading.Thread(target=lambda: chain.get(Foo, {"key": 1}))
+    reader.start()
+    try:
+        assert below.read_done.wait(5)
+        channel.start()
+        assert channel.wait_listening(5)
+    finally:
+        below.release.set()
+        reader.join(5)
+    assert memory.get(Foo, {"key": 1}) is None
+    channel.stop()
+
+
+def test_warning_for_memory_above_shared_layer_without_lifetime_or_channel(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A chain with an in-process layer above a shared one, no lifetime and no channel logs a
+    WARNING once; a lifetime or a channel silences it."""
+
+    class Shared(ProcessMemoryStore):
+        shared = True
+
+        def describe(self) -> str:
+            return "SharedForTest"
+
+    _WARNED.clear()
+    with caplog.at_level(logging.WARNING, logger="stockpyle.chain"):
+        ChainedStore([ProcessMemoryStore(), Shared()])
+        ChainedStore([ProcessMemoryStore(), Shared()])
+        ChainedStore([ProcessMemoryStore(lifetime_cb=lambda o: 60), Shared()])
+        ChainedStore([ProcessMemoryStore(), Shared()], invalidation=LoopbackChannel(Bus()))
+    warnings = [r for r in caplog.records if "SharedForTest" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
+
+
+def test_guarding_requires_the_eviction_methods() -> None:
+    """Guarding a store that cannot evict by key is refused."""
+    with pytest.raises(TypeError, match="cannot be guarded"):
+        LoopbackChannel(Bus()).guard(object())  # type: ignore[arg-type]
+
+
+def test_subscribers_hear_batches_and_flushes(bus: Bus) -> None:
+    """subscribe() callbacks get every evicted batch (None for a flush) until unsubscribed."""
+    channel = LoopbackChannel(bus).start()
+    heard: list[Any] = []
+    unsubscribe = channel.subscribe(heard.append)
+    channel.received([pack("x", ["a", "b"])[0], pack("y", ["b", "c"])[0]])
+    channel.deliver(None)
+    unsubscribe()
+    channel.deliver(["d"])
+    assert heard == [["a", "b", "c"], None]
+    channel.stop()
+
+
+def test_guarded_stores_are_held_weakly(bus: Bus) -> None:
+    """A chain built and dropped per request does not keep its memory layer alive in the
+    channel."""
+    channel = LoopbackChannel(bus)
+    memory = ProcessMemoryStore()
+    ChainedStore([memory, ProcessMemoryStore()], invalidation=channel)
+    assert channel.guards(memory)
+    del memory
+    gc.collect()
+    assert len(channel._guarded) == 0
+
+
+def test_listener_backs_off_exponentially_while_it_cannot_connect() -> None:
+    """A listener that cannot connect keeps its stores suspended and waits backoff(attempt)
+    between attempts, attempt 0, 1, 2, ... (the waits are injected: nothing sleeps)."""
+    from stockpyle.invalidation import PostgresChannel, exponential_backoff
+
+    waits: list[float] = []
+    enough = threading.Event()
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) >= 4:
+            enough.set()
+            channel._stopping.wait(5)
+
+    channel = PostgresChannel(
+        "postgresql://127.0.0.1:1/nowhere",
+        connect_timeout=1,
+        backoff=exponential_backoff(first=0.1, factor=2.0, limit=0.5),
+        sleep=sleep,
+    )
+    memory = ProcessMemoryStore()
+    channel.guard(memory)
+    channel.start()
+    try:
+        assert enough.wait(20)
+        assert waits[:4] == [0.1, 0.2, 0.4, 0.5]
+        assert not channel.listening and memory.suspended
+    finally:
+        channel.stop()
