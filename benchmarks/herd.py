@@ -87,7 +87,7 @@ def contender(
         return database.get(BenchRow, {"id": row_id})
 
     if name == "stockpyle":
-        layers: list[Any] = [ProcessMemoryStore()]
+        layers: list[Any] = [ProcessMemoryStore(lifetime_cb=lambda obj: 60)]
         if memcached:
             layers.append(MemcacheStore(servers=[memcached], prefix=prefix))
         repo = stockpyle.Repo(BenchRow, ChainedStore([*layers, database]))

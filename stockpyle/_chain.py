@@ -145,8 +145,9 @@ class ChainedStore(WriteThrough, BaseStore):
     # -- reads ---------------------------------------------------------------------------------
 
     def get_entry(self, cls: type[T], key_dict: KeyDict) -> tuple[T, Deadline] | None:
-        # Warm path: the first layer answers and nothing is suspect there.
-        if self._last and not self._suspect[0]:
+        # Warm path: the first layer answers and nothing is suspect there. (A shared first
+        # layer is read under leases, in the flight, below.)
+        if self._last and not self._suspect[0] and not self.stores[0].shared:
             begun = self._writes.now
             try:
                 found = self.stores[0].get_entry(cls, key_dict)
@@ -205,7 +206,8 @@ class ChainedStore(WriteThrough, BaseStore):
         found: dict[str, Found | None] = {}
         upper = list(asked)
         if where:
-            if start == 0 and self._last:  # the first layer is read by everyone, in no flight
+            if start == 0 and self._last and not self.stores[0].shared:
+                # an in-process first layer is read by everyone, in no flight
                 found = self._read_layers(cls, key_dicts, where, 0, 1, begun, upper, fill=False)
                 start = 1
             pending = {k: v for k, v in where.items() if found.get(k) is None}
@@ -356,7 +358,7 @@ class ChainedStore(WriteThrough, BaseStore):
         interval = self.poll_interval
         while keys and time.monotonic() < deadline:
             self.sleep(interval)
-            interval = min(interval * 2, 0.02)
+            interval = min(interval * 2, 0.005)
             found = store.batch_get_entries(cls, wanted)
             left_keys, left_wanted = [], []
             for key, key_dict, hit in zip(keys, wanted, found, strict=True):

@@ -30,7 +30,7 @@ from stockpyle.exceptions import StockpyleError
 if TYPE_CHECKING:
     from stockpyle.bytes import BytesStore, Item
 
-__all__ = ["FillToken", "fill", "invalidate", "lease_entries"]
+__all__ = ["FillToken", "fill", "invalidate", "lease_entries", "release"]
 
 T = TypeVar("T")
 
@@ -185,6 +185,18 @@ def fill(
         with contextlib.suppress(StockpyleError):  # the entry is stored; pointers may miss
             self.call("fill", add, pointers)
     return [self.backend_key(p.identity) in stored for p in plans]
+
+
+def release(self: BytesStore, tokens: Sequence[Any]) -> None:
+    """Delete the placeholders of unused leases (compare-and-delete: only while they are still
+    the ones leased), so that other callers do not wait for a fill that will not come."""
+    held = {
+        self.backend_key(t.key): t.cas
+        for t in tokens
+        if isinstance(t, FillToken) and t.mode in ("cas", "alt") and t.cas is not None
+    }
+    if held and hasattr(self.backend, "delete_if_many"):
+        self.call("release", self.backend.delete_if_many, held)
 
 
 def invalidate(self: BytesStore, objs: Sequence[Any]) -> None:

@@ -369,6 +369,10 @@ class BytesStore(KeyValueStore):
         (with leases; with add only: if it is absent); say which were stored."""
         return _leases.fill(self, objs, tokens, expires_at=expires_at)
 
+    def batch_release(self, tokens: Sequence[Any]) -> None:
+        """Give back leases no fill will use (the key was found nowhere), if still held."""
+        _leases.release(self, tokens)
+
     def batch_invalidate(self, objs: Sequence[Any]) -> None:
         """Delete (``serve_stale``: mark stale) each object's entries, by the keys derived from
         it and those its stored entry lists, so that every fill in flight for them fails."""

@@ -1,0 +1,196 @@
+"""Coherence of chains that share a real memcached (SPEC section 11): one load per miss across
+"processes" (here two chains, each with its own MemcacheStore, over one memcached and one
+database), no stale fill after another process's put or delete, unused leases given back,
+opt-in serve-stale and early refresh.
+
+Each race is forced by holding the reader inside the database read (an Event), as user code
+subclassing a store can; real processes run the same protocol in test_coherence.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from stockpyle.stores import ChainedStore, MemcacheStore, ProcessMemoryStore
+from stockpyle.testing.models import Foo
+
+WAIT = 10  # seconds: a bound on waiting for another thread, never a duration under test
+
+
+class Database(ProcessMemoryStore):
+    """The shared last layer; reads are counted and can be held at an Event."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+        self.go = threading.Event()
+        self.go.set()
+        self.reading = threading.Event()
+
+    def batch_get_entries(self, cls: type[Any], key_dicts: Sequence[Any]) -> list[Any]:
+        self.reads += 1
+        found = super().batch_get_entries(cls, key_dicts)
+        self.reading.set()
+        assert self.go.wait(WAIT)
+        return found
+
+    def get_entry(self, cls: type[Any], key_dict: Any) -> Any:
+        return self.batch_get_entries(cls, [key_dict])[0]
+
+
+@pytest.fixture
+def world(memcached_server: str) -> Iterator[tuple[Database, Any]]:
+    """A database and a factory of chains ("processes") over it and one memcached prefix."""
+    database = Database()
+    prefix = f"lease{uuid.uuid4().hex[:10]}"
+    made: list[ChainedStore] = []
+
+    def process(*, memory: bool = False, **kw: Any) -> ChainedStore:
+        cache = MemcacheStore(
+            servers=[memcached_server], prefix=prefix, serve_stale=kw.pop("stale", False)
+        )
+        layers = [ProcessMemoryStore(), cache, database] if memory else [cache, database]
+        chain = ChainedStore(layers, **kw)
+        made.append(chain)
+        return chain
+
+    yield database, process
+    for chain in made:
+        chain.release()
+
+
+def in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()))
+    thread.start()
+    return thread, out
+
+
+def test_two_processes_missing_one_key_read_the_database_once(world: Any) -> None:
+    """Process A wins the lease and is held in its database read; process B, missing the same
+    key, waits for A's fill instead of reading the database."""
+    database, process = world
+    a, b = process(), process()
+    database.put(Foo(1, name="db"))
+    database.reads = 0
+    database.go.clear()
+    thread, got_a = in_thread(lambda: a.get(Foo, {"key": 1}))
+    assert database.reading.wait(WAIT)
+    database.reading.clear()
+    b.lease_wait = WAIT  # the bound, generous: B must see A's fill long before it
+    b.sleep = lambda s: database.go.set()  # A may fill as soon as B polls
+    got_b = b.get(Foo, {"key": 1})
+    thread.join(WAIT)
+    assert got_b is not None and got_b.name == "db" and got_a[0].name == "db"
+    assert database.reads == 1
+    assert b.stores[0].stats().lease_waits == 1
+
+
+def test_a_lease_loser_reads_below_after_the_bound_and_fills_nothing(world: Any) -> None:
+    """When the lease winner never fills, the loser waits at most lease_wait, then reads the
+    database itself, and does not fill memcached."""
+    database, process = world
+    a, b = process(), process()
+    database.put(Foo(1, name="db"))
+    lease = a.stores[0].batch_lease_entries(Foo, [{"key": 1}], lease_seconds=30)[0]
+    assert lease.token is not None  # A holds the lease and never fills
+    b.lease_wait = 0.05
+    b.sleep = lambda s: None
+    assert b.get(Foo, {"key": 1}).name == "db"  # type: ignore[union-attr]
+    assert b.stores[0].get(Foo, {"key": 1}) is None  # not filled by the loser
+
+
+@pytest.mark.parametrize("write", ["put", "delete"])
+def test_a_slow_fill_never_overwrites_another_process_write(world: Any, write: str) -> None:
+    """A reads version 1 from the database and is held before its fill; B puts version 2 (or
+    deletes the object) through its own chain. A's fill is refused: memcached never holds
+    version 1 afterwards, and the next read sees what the database holds."""
+    database, process = world
+    a, b = process(), process()
+    database.put(Foo(1, 2, 3, name="v1"))
+    database.go.clear()
+    thread, got = in_thread(lambda: a.get(Foo, {"zap": 2, "bar": 3}))
+    assert database.reading.wait(WAIT)
+    if write == "put":
+        b.put(Foo(1, 2, 3, name="v2"))
+    else:
+        b.delete(Foo(1, 2, 3))
+    database.go.set()
+    thread.join(WAIT)
+    assert got[0].name == "v1"  # A read before the write, and returns what it read
+    cached = a.stores[0].get(Foo, {"key": 1})
+    assert cached is None  # the fill was refused
+    expected = None if write == "delete" else "v2"
+    for chain in (a, b):
+        found = chain.get(Foo, {"key": 1})
+        assert (found and found.name) == expected
+        found = chain.get(Foo, {"zap": 2, "bar": 3})
+        assert (found and found.name) == expected
+
+
+def test_a_miss_everywhere_gives_its_lease_back(world: Any) -> None:
+    """A key found in no layer does not leave a lease behind that would make others wait."""
+    _, process = world
+    a, b = process(), process()
+    assert a.get(Foo, {"key": 404}) is None
+    lease = b.stores[0].batch_lease_entries(Foo, [{"key": 404}], lease_seconds=30)[0]
+    assert lease.token is not None and not lease.busy
+
+
+def test_serve_stale_answers_the_old_value_while_one_caller_refreshes(world: Any) -> None:
+    """With serve_stale, a write marks the memcached entry stale; the first reader refreshes
+    it from the database while another reader is served the old value at once."""
+    database, process = world
+    a = process(stale=True, serve_stale=True)
+    b = process(stale=True, serve_stale=True)
+    a.put(Foo(1, name="v1"))
+    assert a.get(Foo, {"key": 1}).name == "v1"  # type: ignore[union-attr]  # filled
+    database.put(Foo(1, name="v2"))  # the database changes...
+    a.stores[0].batch_invalidate([Foo(1)])  # ...and a write marks the cached copy stale
+    database.go.clear()
+    thread, got = in_thread(lambda: a.get(Foo, {"key": 1}))  # refreshes (holds the lease)
+    assert database.reading.wait(WAIT)
+    served = b.get(Foo, {"key": 1})
+    assert served is not None and served.name == "v1"  # stale, served without waiting
+    assert b.stats().chain.stale_served == 1
+    database.go.set()
+    thread.join(WAIT)
+    assert got[0].name == "v2"
+    assert b.get(Foo, {"key": 1}).name == "v2"  # type: ignore[union-attr]
+
+
+def test_a_failed_cache_invalidation_heals_for_every_process(memcached_server: str) -> None:
+    """A put whose memcached invalidation fails leaves the old version readable by other
+    processes only until the writer's healer reaches memcached again."""
+    database = ProcessMemoryStore()
+    prefix = f"heal{uuid.uuid4().hex[:10]}"
+
+    class Failing(MemcacheStore):
+        down = False
+
+        def batch_invalidate(self, objs: Sequence[Any]) -> None:
+            if self.down:
+                from stockpyle import StoreError
+
+                raise StoreError(self, "timed out (injected)")
+            super().batch_invalidate(objs)
+
+    writer_cache = Failing(servers=[memcached_server], prefix=prefix)
+    writer = ChainedStore([writer_cache, database], heal_interval=3600)
+    reader = ChainedStore([MemcacheStore(servers=[memcached_server], prefix=prefix), database])
+    writer.put(Foo(1, name="v1"))
+    assert reader.get(Foo, {"key": 1}).name == "v1"  # type: ignore[union-attr]  # cached
+    writer_cache.down = True
+    writer.put(Foo(1, name="v2"))
+    assert writer.get(Foo, {"key": 1}).name == "v2"  # type: ignore[union-attr]  # skips it
+    assert reader.get(Foo, {"key": 1}).name == "v1"  # type: ignore[union-attr]  # the window
+    writer_cache.down = False
+    assert writer.heal()  # what the healer thread does every heal_interval
+    assert reader.get(Foo, {"key": 1}).name == "v2"  # type: ignore[union-attr]
+    writer.release()
+    reader.release()
