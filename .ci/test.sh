@@ -42,5 +42,7 @@ if [ -f mkdocs.yml ]; then
 fi
 if [ -f benchmarks/run.py ]; then
   echo "== benchmarks (quick smoke run)"; .venv/bin/python benchmarks/run.py --quick --out /tmp/stockpyle-bench
+  echo "== herd benchmark (threads and processes missing one key)"
+  .venv/bin/python benchmarks/herd.py --quick --out /tmp/stockpyle-bench
 fi
 echo "== all green"
