@@ -126,11 +126,16 @@ class ChainedStore(WriteThrough, BaseStore):
     # -- failure bookkeeping -------------------------------------------------------------------
 
     def stats(self) -> ChainStats:  # type: ignore[override]  # a richer snapshot
-        """Counters per layer and of the chain itself (SPEC section 12); ``str()`` is a table."""
-        return ChainStats(
-            StoreStats(self.describe(), self.counters.snapshot()),
-            [store.stats() for store in self.stores],
-        )
+        """Counters per layer and of the chain itself (SPEC section 12); ``str()`` is a table.
+
+        The chain's hits are its layers' hits, its misses the last layer's misses (a miss of
+        the chain is a miss there); its loads count the reads below the first layer it led.
+        """
+        layers = [store.stats() for store in self.stores]
+        own = self.counters.snapshot()
+        own["hits"] = sum(layer.hits for layer in layers)
+        own["misses"] = layers[-1].misses
+        return ChainStats(StoreStats(self.describe(), own), layers)
 
     def _failed(self, layer: int, action: str, exc: StockpyleError) -> None:
         self.failures[layer] += 1

@@ -143,3 +143,6 @@ def _walk(chain: ChainedStore, layers: _Layers, foo_cls: type[Any], out: Out) ->
     failed = {n: f for n, f in zip(names, chain.failures, strict=True) if f}
     if failed:
         out(f"cache-layer failures tolerated and counted (chain.failures): {failed}")
+    out("what each layer did (chain.stats()):")
+    for line in str(chain.stats()).splitlines():
+        out("  " + line)

@@ -108,20 +108,19 @@ class ChainStats:
         return f"ChainStats({self.chain!r}, layers={self.layers!r})"
 
     def __str__(self) -> str:
-        short = {
-            "invalidations_sent": "inval_sent",
-            "invalidations_received": "inval_recv",
-            "stale_served": "stale",
-        }
-        heads = [short.get(n, n) for n in NAMES]
-        rows = [(f"{i}: {s.store}", [s[n] for n in NAMES]) for i, s in enumerate(self.layers)]
-        rows.append(("chain", [self.chain[n] for n in NAMES]))
+        """A table: one row per layer and one for the chain; counters that are zero in every
+        row are left out (hits and misses always show)."""
+        rows = [(f"{i}: {s.store}", s) for i, s in enumerate(self.layers)]
+        rows.append(("chain", self.chain))
+        names = [n for n in NAMES if n in ("hits", "misses") or any(r[n] for _, r in rows)]
         width = max(len(label) for label, _ in rows)
-        lines = [" " * width + "".join(f"{h:>12}" for h in heads)]
-        lines += [
-            label.ljust(width) + "".join(f"{v:>12}" for v in values) for label, values in rows
+        cols = [max(len(n), *(len(str(r[n])) for _, r in rows)) + 2 for n in names]
+        head = " " * width + "".join(f"{n:>{c}}" for n, c in zip(names, cols, strict=True))
+        body = [
+            label.ljust(width) + "".join(f"{r[n]:>{c}}" for n, c in zip(names, cols, strict=True))
+            for label, r in rows
         ]
-        return "\n".join(lines)
+        return "\n".join([head, *body])
 
 
 def stats_sources(store: Any) -> Iterator[tuple[str, str, Counters]]:
