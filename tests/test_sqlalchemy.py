@@ -653,3 +653,132 @@ def test_unhashable_mapped_dataclasses_are_stored() -> None:
     assert store.get(DemoFoo, {"zap": 2, "bar": 3}) == DemoFoo(key=1, zap=2, bar=3)
     store.delete(DemoFoo(key=1, zap=2, bar=3))
     assert store.get(DemoFoo, {"key": 1}) is None
+
+
+# -- races with other sessions (PostgreSQL, real threads, forced interleavings) ------------------
+
+
+@contextmanager
+def held_at(
+    engine: sa.Engine, worker: Callable[[], None], *, when: Callable[[str], bool]
+) -> Iterator[Callable[[], BaseException | None]]:
+    """Run ``worker`` in a thread and hold it just before the first statement ``when`` accepts
+    (after everything it ran before, such as its reads). Inside the block the worker waits;
+    the block gets ``finish()``, which lets it go and returns what it raised (or ``None``)."""
+    reached, go = threading.Event(), threading.Event()
+    outcome: list[BaseException | None] = []
+    thread: threading.Thread
+
+    def before(conn: Any, cursor: Any, text: str, params: Any, ctx: Any, many: bool) -> None:
+        if threading.current_thread() is thread and not reached.is_set() and when(text):
+            reached.set()
+            assert go.wait(30), "the test never let the held session go"
+
+    def run() -> None:
+        try:
+            worker()
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    def finish() -> BaseException | None:
+        go.set()
+        thread.join(30)
+        assert outcome, "the held session did not finish"
+        return outcome[0]
+
+    event.listen(engine, "before_cursor_execute", before)
+    thread = threading.Thread(target=run)
+    try:
+        thread.start()
+        assert reached.wait(30), "the worker never reached the statement to hold"
+        yield finish
+    finally:
+        go.set()
+        thread.join(30)
+        event.remove(engine, "before_cursor_execute", before)
+
+
+def _writes(text: str) -> bool:
+    return text.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))
+
+
+@pytest.fixture
+def pg_pair(pg_url: str, pg_engine: sa.Engine) -> Iterator[tuple[SqlAlchemyStore, SqlAlchemyStore]]:
+    """Two stores with engines (and sessions) of their own on one empty PostgreSQL database."""
+    clear_tables(pg_engine)
+    stores = (SqlAlchemyStore(pg_url), SqlAlchemyStore(pg_url))
+    yield stores
+    for store in stores:
+        store.release()
+
+
+@pytest.mark.postgres
+def test_put_racing_a_delete_of_its_row_succeeds(
+    pg_pair: tuple[SqlAlchemyStore, SqlAlchemyStore],
+) -> None:
+    """A put of an existing row that another session deletes between the put's read and its
+    write still succeeds (a put inserts or updates) and the row is there afterwards."""
+    ours, theirs = pg_pair
+    ours.put(SqlUser(id=1, email="a@x", name="v1"))
+    update = SqlUser(id=1, email="a@x", name="v2")
+    with held_at(ours.engine, lambda: ours.put(update), when=_writes) as finish:
+        theirs.delete(SqlUser(id=1, email="a@x"))
+        error = finish()
+    assert error is None, error
+    found = theirs.get(SqlUser, {"id": 1})
+    assert found is not None and found.name == "v2"
+    assert update.status == "new"  # the re-inserted row's server default, on the object
+
+
+@pytest.mark.postgres
+def test_batch_put_racing_an_insert_of_its_rows(
+    pg_pair: tuple[SqlAlchemyStore, SqlAlchemyStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch_put of new rows that another session inserts first updates them, in one attempt:
+    no error, and nothing logged or printed by the driver (no aborted pipeline)."""
+    ours, theirs = pg_pair
+    batch = [SqlPair(a=1, b=b, name="ours") for b in range(3)]
+    with held_at(ours.engine, lambda: ours.batch_put(batch), when=_writes) as finish:
+        theirs.batch_put([SqlPair(a=1, b=b, name="theirs") for b in range(3)])
+        error = finish()
+    assert error is None, error
+    found = theirs.batch_get(SqlPair, [{"a": 1, "b": b} for b in range(3)])
+    assert [f.name if f else None for f in found] == ["ours"] * 3
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+
+
+@pytest.mark.postgres
+def test_concurrent_deletes_warn_nothing(
+    pg_pair: tuple[SqlAlchemyStore, SqlAlchemyStore], recwarn: pytest.WarningsRecorder
+) -> None:
+    """batch_delete of rows that another session deletes meanwhile removes what is left and
+    emits no SQLAlchemy warning about the rows it expected to delete."""
+    import warnings
+
+    warnings.simplefilter("always")
+    ours, theirs = pg_pair
+    rows = [SqlPair(a=2, b=b) for b in range(3)]
+    ours.batch_put(rows)
+    with held_at(ours.engine, lambda: ours.batch_delete(rows), when=_writes) as finish:
+        theirs.batch_delete(rows[:2])
+        error = finish()
+    assert error is None, error
+    assert theirs.batch_get(SqlPair, [{"a": 2, "b": b} for b in range(3)]) == [None] * 3
+    assert [str(w.message) for w in recwarn if issubclass(w.category, sa.exc.SAWarning)] == []
+
+
+@pytest.mark.postgres
+def test_failed_batch_prints_nothing_on_stderr(
+    pg_pair: tuple[SqlAlchemyStore, SqlAlchemyStore], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A batch_put that the database refuses raises StoreError, writes nothing, and makes the
+    driver log nothing (an unconfigured process would print psycopg's warnings on stderr, such
+    as 'error ignored terminating <psycopg.Pipeline ...>: pipeline aborted')."""
+    ours, _ = pg_pair
+    ours.batch_put([SqlUser(id=i, email=f"{i}@x") for i in range(5)])
+    with pytest.raises(StoreError):  # each row takes the next row's (unique) email
+        ours.batch_put([SqlUser(id=i, email=f"{i + 1}@x", name="new") for i in range(5)])
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+    found = ours.batch_get(SqlUser, [{"id": i} for i in range(5)])
+    assert [(f.email, f.name) if f else None for f in found] == [(f"{i}@x", "") for i in range(5)]

@@ -27,13 +27,18 @@ __all__ = ["Request", "fetch", "parse_requests"]
 Request = tuple[tuple[str, ...], tuple[Any, ...], Any]
 
 
-def parse_requests(info: MappedInfo, key_dicts: Sequence[KeyDict]) -> list[Request | None]:
+def parse_requests(
+    info: MappedInfo,
+    key_dicts: Sequence[KeyDict],
+    bounds: Mapping[str, tuple[int, int]] | None = None,
+) -> list[Request | None]:
     """Validate every key dict before any I/O; ``None`` marks a request that cannot match.
 
     A key dict names a declared key of the class or, failing that, any combination of its
     mapped columns; anything else raises :class:`UnknownKeyError`. A ``None`` value, or a value
-    whose type the column can never hold, is a miss.
+    the column can never hold (another type; an int outside the column's ``bounds``), is a miss.
     """
+    bounds = bounds or {}
     layout = info.layout
     parsed: list[Request | None] = []
     singles = {spec.single: spec.names for spec in layout.specs if spec.single is not None}
@@ -49,37 +54,56 @@ def parse_requests(info: MappedInfo, key_dicts: Sequence[KeyDict]) -> list[Reque
                     parsed.append(None)
                     continue
                 # _match_single, inlined; InvalidKeyError before any I/O
-                match = value if type(value) is int else encode_value(value)
+                match: Any
+                if type(value) is int:
+                    match = value
+                    if name in bounds and not _fits(value, bounds[name]):
+                        parsed.append(None)
+                        continue
+                else:
+                    match = encode_value(value)
                 test = accepts.get(name)
                 parsed.append((single, (value,), match) if test is None or test(value) else None)
                 continue
         try:
             names = layout.spec_for(key).names
         except UnknownKeyError:
-            names = tuple(sorted(key))
-            if not names or not all(n in info.column_keys for n in names):
+            if not key or not all(type(n) is str and n in info.column_keys for n in key):
                 declared = ", ".join(
                     n[0] if len(n) == 1 else "(" + ", ".join(n) + ")" for n in layout.names
                 )
+                named = sorted(map(repr, key))
                 msg = (
-                    f"{layout.path} has no key or mapped columns named by {sorted(key)!r};"
+                    f"{layout.path} has no key or mapped columns named by [{', '.join(named)}];"
                     f" declared keys: {declared}"
                 )
                 raise UnknownKeyError(msg) from None
+            names = tuple(sorted(key))
         values = tuple(key[n] for n in names)
         if any(v is None for v in values):
             parsed.append(None)
             continue
         # InvalidKeyError for unsupported values, before I/O
         encoded = _match_single(values[0]) if len(values) == 1 else encode_value(values)
-        if all(_accepted(info, n, v) for n, v in zip(names, values, strict=True)):
+        if all(_accepted(info, bounds, n, v) for n, v in zip(names, values, strict=True)):
             parsed.append((names, values, encoded))
         else:
             parsed.append(None)
     return parsed
 
 
-def _accepted(info: MappedInfo, name: str, value: Any) -> bool:
+def _fits(value: int, bounds: tuple[int, int]) -> bool:
+    if bounds[0] <= value <= bounds[1]:
+        return True
+    encode_value(value)  # InvalidKeyError if it is no key value at all (too many digits)
+    return False
+
+
+def _accepted(
+    info: MappedInfo, bounds: Mapping[str, tuple[int, int]], name: str, value: Any
+) -> bool:
+    if type(value) is int and name in bounds and not _fits(value, bounds[name]):
+        return False
     test = info.accepts.get(name)
     return test is None or test(value)
 
