@@ -16,7 +16,7 @@ between.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -34,6 +34,7 @@ __all__ = [
     "copy_back",
     "delete_by_pk",
     "int_bounds",
+    "key_checker",
     "native_upsert",
     "orm_upsert",
     "write_plan",
@@ -82,10 +83,52 @@ def check_int_range(info: MappedInfo, obj: Any, bounds: dict[str, tuple[int, int
                     raise InvalidKeyError(msg)
 
 
+_MISSING = object()
+
+
+def key_checker(info: MappedInfo, bounds: dict[str, tuple[int, int]]) -> Callable[[Any], None]:
+    """A check of one object's key attributes before any write: :meth:`MappedInfo.check_keys`
+    and :func:`check_int_range`, with the common cases (an int in range, ASCII text, ``None``)
+    decided by a lookup in the instance dict."""
+    names = tuple(dict.fromkeys(n for spec in info.layout.specs for n in spec.names))
+    checks = []
+    for name in names:
+        low, high = bounds.get(name, (0, -1))  # an empty range: ints take the full check
+        test = info.accepts.get(name)
+        text_ok = test is not None and test("")
+        checks.append((name, low, high, text_ok))
+
+    def check(obj: Any) -> None:
+        values = _instance_dict(obj)
+        for name, low, high, text_ok in checks:
+            value = values.get(name, _MISSING)
+            kind = type(value)
+            if value is None or (
+                (kind is int and low <= value <= high)
+                or (kind is str and text_ok and value.isascii())
+            ):
+                continue
+            info.check_keys(obj)
+            check_int_range(info, obj, bounds)
+            return
+
+    return check
+
+
 class WritePlan:
     """How objects of one mapped class are written on one dialect, with its statements."""
 
-    __slots__ = ("_lock", "_statements", "columns", "info", "insert", "native", "pk_columns")
+    __slots__ = (
+        "_lock",
+        "_statements",
+        "columns",
+        "info",
+        "insert",
+        "native",
+        "pk_columns",
+        "returns_keys",
+        "same_keys",
+    )
 
     #: Statements kept per class (one per shape of row: columns set, columns set to None).
     MAX_STATEMENTS = 256
@@ -101,6 +144,12 @@ class WritePlan:
         self.pk_columns: tuple[sa.Column[Any], ...] = ()
         self.insert: Any = None
         self.native = False
+        #: Whether every column's key is its attribute's key (the values are the parameters).
+        self.same_keys = False
+        #: Whether an upsert returns the primary key even when nothing else must come back:
+        #: on PostgreSQL, so that psycopg does not run it in pipeline mode (whose failures print
+        #: "error ignored terminating <psycopg.Pipeline>" on stderr).
+        self.returns_keys = dialect.name == "postgresql"
         if dialect.name == "postgresql":
             self.insert = postgresql.insert
         elif dialect.name == "sqlite" and getattr(
@@ -128,6 +177,7 @@ class WritePlan:
                 return  # a Python function: the unit of work calls it
             self.columns[key] = column
         self.pk_columns = tuple(self.columns[k] for k in info.pk_keys)
+        self.same_keys = all(c.key == k for k, c in self.columns.items())
         self.native = True
 
     def statement(self, present: frozenset[str], nulls: frozenset[str], pk_missing: bool) -> Any:
@@ -175,9 +225,10 @@ class WritePlan:
             first = self.pk_columns[0]
             values[first] = excluded[first.key]
         stmt = stmt.on_conflict_do_update(index_elements=list(self.pk_columns), set_=values)
+        if not returned and not self.returns_keys:
+            return stmt, returned  # nothing to read back: a plain executemany
         # Rows are matched to objects by primary key (RETURNING's order is not promised, and
-        # asking for it costs one statement per row); RETURNING also keeps psycopg out of its
-        # pipeline mode, whose failures print to stderr.
+        # asking for it costs one statement per row).
         pk_names = tuple(k for k in info.pk_keys if k not in returned)
         returned = (*returned, *pk_names)
         stmt = stmt.returning(*(self.columns[k] for k in returned))
@@ -215,13 +266,21 @@ def native_upsert(
     # Versions of one primary key merge in order, as successive puts would (the later wins).
     rows: dict[Any, _Row] = {}
     fresh: list[_Row] = []
+    names = tuple(columns)
+    single_pk = pk_keys[0] if len(pk_keys) == 1 else None
     for obj in objs:
         state_dict = _instance_dict(obj)
-        values = {k: state_dict[k] for k in columns if k in state_dict}
-        pk = tuple(values.get(k) for k in pk_keys)
-        if None in pk:
-            fresh.append((values, [obj]))
-            continue
+        values = {k: state_dict[k] for k in names if k in state_dict}
+        if single_pk is not None:
+            pk: Any = values.get(single_pk)
+            if pk is None:
+                fresh.append((values, [obj]))
+                continue
+        else:
+            pk = tuple(values.get(k) for k in pk_keys)
+            if None in pk:
+                fresh.append((values, [obj]))
+                continue
         row = rows.get(pk)
         if row is None:
             rows[pk] = (values, [obj])
@@ -229,23 +288,43 @@ def native_upsert(
             row[0].update(values)
             row[1].append(obj)
     groups: dict[tuple[frozenset[str], frozenset[str], bool], list[_Row]] = {}
+    shapes: dict[tuple[tuple[str, ...], bool], tuple[frozenset[str], frozenset[str], bool]] = {}
     for pk_missing, batch in ((False, rows.values()), (True, fresh)):
         for row in batch:
             values = row[0]
-            nulls = frozenset(k for k, v in values.items() if v is None)
-            present = frozenset(values) - nulls
-            groups.setdefault((present, nulls, pk_missing), []).append(row)
+            for value in values.values():
+                if value is None:
+                    nulls = frozenset(k for k, v in values.items() if v is None)
+                    shape = (frozenset(values) - nulls, nulls, pk_missing)
+                    break
+            else:  # the common case: one shape per set of attribute names
+                seen = (tuple(values), pk_missing)
+                known = shapes.get(seen)
+                if known is None:
+                    known = shapes[seen] = (frozenset(values), frozenset(), pk_missing)
+                shape = known
+            members = groups.get(shape)
+            if members is None:
+                groups[shape] = [row]
+            else:
+                members.append(row)
     out: list[tuple[Any, dict[str, Any]]] = []
     for (present, nulls, pk_missing), group in groups.items():
         stmt, returned = plan.statement(present, nulls, pk_missing)
-        if not pk_missing:
+        if not pk_missing and len(group) > 1:
             # One order for every writer, so that two batches never wait on each other in a
             # cycle (a deadlock the database would break by failing one of them).
             try:
-                group.sort(key=lambda r: tuple(r[0][k] for k in pk_keys))
+                if single_pk is not None:
+                    group.sort(key=lambda r: r[0][single_pk])
+                else:
+                    group.sort(key=lambda r: tuple(r[0][k] for k in pk_keys))
             except TypeError:
                 pass
-        params = [{columns[k].key: v for k, v in r[0].items() if k in present} for r in group]
+        if plan.same_keys and not nulls:
+            params = [r[0] for r in group]  # attribute keys are the column keys
+        else:
+            params = [{columns[k].key: v for k, v in r[0].items() if k in present} for r in group]
         if not returned:
             conn.execute(stmt, params)
             out.extend((obj, {}) for r in group for obj in r[1])

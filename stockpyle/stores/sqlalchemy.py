@@ -31,10 +31,10 @@ from stockpyle.stores._sql_objects import MappedInfo, load_columns, mapped_info,
 from stockpyle.stores._sql_write import (
     VersionConflict,
     WritePlan,
-    check_int_range,
     copy_back,
     delete_by_pk,
     int_bounds,
+    key_checker,
     native_upsert,
     orm_upsert,
     write_plan,
@@ -118,6 +118,7 @@ class SqlAlchemyStore(BaseStore):
         self._lock = threading.RLock()
         self._serialize_writes = dialect == "sqlite"
         self._int_bounds: dict[type, dict[str, tuple[int, int]]] = {}
+        self._checkers: dict[type, Callable[[Any], None]] = {}
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)})"
@@ -181,19 +182,27 @@ class SqlAlchemyStore(BaseStore):
         native: dict[type, tuple[WritePlan, list[Any]]] = {}
         other: list[tuple[Any, MappedInfo]] = []
         dialect = self.engine.dialect
+        checkers = self._checkers
+        last: type | None = None
+        check: Callable[[Any], None] | None = None
         for obj in objs:
             cls = type(obj)
+            if cls is not last:
+                check = checkers.get(cls)
+                if check is None:
+                    info = mapped_info(cls)
+                    if info is None:
+                        continue
+                    check = checkers[cls] = key_checker(info, self._bounds(info))
+                last = cls
+            assert check is not None
+            check(obj)  # every object is valid before the database is touched
             group = native.get(cls)
             if group is not None:
-                group[0].info.check_keys(obj)
-                check_int_range(group[0].info, obj, self._bounds(group[0].info))
                 group[1].append(obj)
                 continue
             info = mapped_info(cls)
-            if info is None:
-                continue
-            info.check_keys(obj)  # every object is valid before the database is touched
-            check_int_range(info, obj, self._bounds(info))
+            assert info is not None
             plan = write_plan(info, dialect)
             if plan.native:
                 native[cls] = (plan, [obj])
