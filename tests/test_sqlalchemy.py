@@ -782,3 +782,59 @@ def test_failed_batch_prints_nothing_on_stderr(
     assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
     found = ours.batch_get(SqlUser, [{"id": i} for i in range(5)])
     assert [(f.email, f.name) if f else None for f in found] == [(f"{i}@x", "") for i in range(5)]
+
+
+# -- no garbage per call ---------------------------------------------------------------------------
+
+
+def test_calls_leave_no_reference_cycles(sql: SqlAlchemyStore) -> None:
+    """Thousands of gets, batch_gets (by several keys), puts, batch_puts and deletes leave
+    nothing in reference cycles for the garbage collector (statements are built once, not
+    per call), so a busy process does not pause to collect them."""
+    import gc
+
+    rows = [SqlFoo(key=i, zap=i, bar=i, name="r") for i in range(1, 6)]
+    calls: list[Callable[[], object]] = [
+        lambda: sql.get(SqlFoo, {"key": 1}),
+        lambda: sql.batch_get(SqlFoo, [{"key": 2}, {"zap": 3, "bar": 3}, {"key": 99}]),
+        lambda: sql.put(rows[0]),
+        lambda: sql.batch_put(rows),
+        lambda: sql.delete(SqlFoo(key=500)),
+        lambda: sql.batch_delete([SqlFoo(key=501), SqlFoo(key=502)]),
+    ]
+    for call in calls:
+        call()  # warm: statements and plans are built here, once
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(400):
+            for call in calls:
+                call()
+        found = gc.collect()
+    finally:
+        gc.enable()
+    assert found < 24, f"{found} objects in reference cycles after 2,400 calls"
+
+
+def test_lookup_and_write_statements_are_built_once(sql: SqlAlchemyStore) -> None:
+    """The SELECT of a lookup shape and the upsert of a row shape are built once per class and
+    reused by later calls, whatever the number of keys or rows."""
+    from stockpyle.stores import _sql_lookup
+    from stockpyle.stores._sql_objects import mapped_info
+    from stockpyle.stores._sql_write import write_plan
+
+    sql.batch_get(SqlFoo, [{"key": 1}, {"zap": 1, "bar": 2}])
+    shape = (SqlFoo, (("key",), ("bar", "zap")))
+    first = _sql_lookup._STATEMENTS[shape]
+    sql.batch_get(SqlFoo, [{"key": k} for k in range(3, 30)] + [{"zap": 1, "bar": 1}])
+    assert _sql_lookup._STATEMENTS[shape] is first
+    info = mapped_info(SqlFoo)
+    assert info is not None
+    plan = write_plan(info, sql.engine.dialect)
+    if not plan.native:
+        pytest.skip("this database writes through the unit of work")
+    sql.batch_put([SqlFoo(key=1, zap=1, bar=1, name="a")])
+    built = dict(plan._statements)
+    sql.batch_put([SqlFoo(key=k, zap=k, bar=k, name="b") for k in range(2, 40)])
+    assert {k: v for k, v in plan._statements.items() if k in built} == built
+    assert all(plan._statements[k] is v for k, v in built.items())

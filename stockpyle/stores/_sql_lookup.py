@@ -57,7 +57,10 @@ def parse_requests(
                 match: Any
                 if type(value) is int:
                     match = value
-                    if name in bounds and not _fits(value, bounds[name]):
+                    limits = bounds.get(name)
+                    if limits is not None and not (
+                        limits[0] <= value <= limits[1] or _fits(value, limits)
+                    ):
                         parsed.append(None)
                         continue
                 else:
@@ -151,6 +154,31 @@ def _term(cls: type, names: tuple[str, ...], values: list[tuple[Any, ...]], dial
     return sa.tuple_(*attrs).in_(values)
 
 
+#: Lookup statements by class and the keys they look up by, built once and reused: the key
+#: values are bound as expanding parameters (``IN (...)`` of any length), so a call builds no
+#: SQL expression objects (and leaves no reference cycles behind for the garbage collector).
+_STATEMENTS: dict[tuple[type, tuple[tuple[str, ...], ...]], Any] = {}
+_MAX_STATEMENTS = 1024
+
+
+def _statement(cls: type, keys: tuple[tuple[str, ...], ...]) -> Any:
+    stmt = _STATEMENTS.get((cls, keys))
+    if stmt is None:
+        terms = []
+        for i, names in enumerate(keys):
+            param: Any = sa.bindparam(f"k{i}", expanding=True)
+            if len(names) == 1:
+                terms.append(getattr(cls, names[0]).in_(param))
+            else:
+                terms.append(sa.tuple_(*(getattr(cls, n) for n in names)).in_(param))
+        where = terms[0] if len(terms) == 1 else sa.or_(*terms)
+        stmt = sa.select(cls).where(where).options(orm.undefer("*"))
+        if len(_STATEMENTS) >= _MAX_STATEMENTS:
+            _STATEMENTS.clear()
+        _STATEMENTS[(cls, keys)] = stmt
+    return stmt
+
+
 def fetch(
     session: orm.Session,
     info: MappedInfo,
@@ -181,9 +209,18 @@ def fetch(
     used = 0
 
     def run() -> None:
-        terms = [_term(cls, names, vals, dialect) for names, vals in chunk.items()]
-        stmt: sa.Select[Any] = sa.select(cls).where(sa.or_(*terms)).options(orm.undefer("*"))
-        for row in session.scalars(stmt):
+        if dialect == "mssql":  # no row-value IN there: the values go into the statement
+            terms = [_term(cls, names, vals, dialect) for names, vals in chunk.items()]
+            stmt: Any = sa.select(cls).where(sa.or_(*terms)).options(orm.undefer("*"))
+            found = session.scalars(stmt)
+        else:
+            stmt = _statement(cls, tuple(chunk))
+            params = {
+                f"k{i}": [v[0] for v in vals] if len(names) == 1 else vals
+                for i, (names, vals) in enumerate(chunk.items())
+            }
+            found = session.scalars(stmt, params)
+        for row in found:
             rows[id(row)] = row
 
     for names, group in groups.items():

@@ -136,7 +136,7 @@ class WritePlan:
     def __init__(self, info: MappedInfo, dialect: sa.Dialect) -> None:
         self.info = info
         self._lock = threading.Lock()
-        self._statements: dict[Any, tuple[Any, tuple[str, ...]]] = {}
+        self._statements: dict[Any, Any] = {}
         mapper = info.mapper
         table = mapper.local_table
         #: attribute key -> its column, for writable attributes
@@ -179,6 +179,17 @@ class WritePlan:
         self.pk_columns = tuple(self.columns[k] for k in info.pk_keys)
         self.same_keys = all(c.key == k for k, c in self.columns.items())
         self.native = True
+
+    def delete_statement(self) -> Any:
+        """``DELETE ... WHERE pk IN (:pks)`` with an expanding parameter, built once."""
+        stmt = self._statements.get("delete")
+        if stmt is None:
+            cols = self.pk_columns
+            param: Any = sa.bindparam("pks", expanding=True)
+            where = cols[0].in_(param) if len(cols) == 1 else sa.tuple_(*cols).in_(param)
+            table: Any = self.info.mapper.local_table
+            stmt = self._statements["delete"] = sa.delete(table).where(where)
+        return stmt
 
     def statement(self, present: frozenset[str], nulls: frozenset[str], pk_missing: bool) -> Any:
         """``(statement, returned attribute keys)`` for rows setting ``present`` (to values)
@@ -381,19 +392,17 @@ def delete_by_pk(
     that another session deleted first raise nothing and warn nothing."""
     if not pks:
         return
-    table: Any = plan.info.mapper.local_table
-    cols = plan.pk_columns
-    per = len(cols)
+    per = len(plan.pk_columns)
     step = max(1, max_params // per)
     unique = list(dict.fromkeys(pks))
     try:
         unique.sort()  # one lock order for every writer (see native_upsert)
     except TypeError:
         pass
+    stmt = plan.delete_statement()
     for start in range(0, len(unique), step):
         chunk = unique[start : start + step]
-        where = cols[0].in_([p[0] for p in chunk]) if per == 1 else sa.tuple_(*cols).in_(chunk)
-        conn.execute(sa.delete(table).where(where))
+        conn.execute(stmt, {"pks": [p[0] for p in chunk] if per == 1 else chunk})
 
 
 # -- the unit of work, for everything else ---------------------------------------------------------
