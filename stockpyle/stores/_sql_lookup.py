@@ -43,6 +43,7 @@ def parse_requests(
     parsed: list[Request | None] = []
     singles = {spec.single: spec.names for spec in layout.specs if spec.single is not None}
     accepts = info.accepts
+    ints = info.accepts_int
     for key in key_dicts:
         if len(key) == 1:
             # The common case, a key of one attribute: no tuples, no generators.
@@ -56,13 +57,14 @@ def parse_requests(
                 # _match_single, inlined; InvalidKeyError before any I/O
                 match: Any
                 if type(value) is int:
-                    match = value
                     limits = bounds.get(name)
-                    if limits is not None and not (
-                        limits[0] <= value <= limits[1] or _fits(value, limits)
-                    ):
+                    if (limits is None or limits[0] <= value <= limits[1]) and name in ints:
+                        parsed.append((single, (value,), value))
+                        continue
+                    if limits is not None and not _fits(value, limits):
                         parsed.append(None)
                         continue
+                    match = value
                 else:
                     match = encode_value(value)
                 test = accepts.get(name)
@@ -198,46 +200,81 @@ def fetch(
             group = groups.get(req[0])
             if group is None:
                 group = groups[req[0]] = {}
-            if req[2] not in group:
-                group[req[2]] = req[1]
+            group[req[2]] = req[1]  # equal matches are equal key values: either will do
     if not groups:
         return [None] * len(requests)
     cls = info.cls
     dialect = session.get_bind().dialect.name
     rows: dict[int, Any] = {}
-    chunk: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    used = 0
 
-    def run() -> None:
+    def run(chunk: dict[tuple[str, ...], list[Any]]) -> None:
         if dialect == "mssql":  # no row-value IN there: the values go into the statement
-            terms = [_term(cls, names, vals, dialect) for names, vals in chunk.items()]
+            terms = [
+                _term(cls, names, [(v,) for v in vals] if len(names) == 1 else vals, dialect)
+                for names, vals in chunk.items()
+            ]
             stmt: Any = sa.select(cls).where(sa.or_(*terms)).options(orm.undefer("*"))
             found = session.scalars(stmt)
         else:
-            stmt = _statement(cls, tuple(chunk))
-            params = {
-                f"k{i}": [v[0] for v in vals] if len(names) == 1 else vals
-                for i, (names, vals) in enumerate(chunk.items())
-            }
-            found = session.scalars(stmt, params)
+            params = {f"k{i}": vals for i, vals in enumerate(chunk.values())}
+            found = session.scalars(_statement(cls, tuple(chunk)), params)
         for row in found:
             rows[id(row)] = row
 
+    # Chunks of at most max_params bound values (a key wider than that alone in its chunk).
+    chunk: dict[tuple[str, ...], list[Any]] = {}
+    used = 0
     for names, group in groups.items():
         width = len(names)
-        for values in group.values():
-            if used + width > max_params and chunk:
-                run()
+        values = [v[0] for v in group.values()] if width == 1 else list(group.values())
+        start = 0
+        while start < len(values):
+            room = (max_params - used) // width
+            if room <= 0:
+                if chunk:
+                    run(chunk)
+                    chunk, used = {}, 0
+                    continue
+                room = 1
+            part = values[start : start + room]
+            chunk[names] = part
+            used += len(part) * width
+            start += room
+            if start < len(values):
+                run(chunk)
                 chunk, used = {}, 0
-            chunk.setdefault(names, []).append(values)
-            used += width
-    run()
+    if chunk:
+        run(chunk)
 
     # per key: match -> the rows that match it
     index: dict[tuple[str, ...], dict[Any, list[Any]]] = {}
     for names, group in groups.items():
         matches: dict[Any, list[Any]] = {}
         index[names] = matches
+        if len(names) == 1:
+            name = names[0]
+            for row in rows.values():
+                # Rows come from ``select(cls).options(undefer("*"))``: their columns are
+                # loaded, and reading the instance dict skips the instrumented descriptor.
+                value = instance_dict(row).get(name, _ABSENT)
+                if value is _ABSENT:
+                    value = getattr(row, name)
+                if type(value) is int:
+                    match: Any = value
+                elif value is None:
+                    continue
+                else:
+                    try:
+                        match = encode_value(value)
+                    except InvalidKeyError:
+                        continue  # a stored value no key can name: never a match
+                if match in group:
+                    found = matches.get(match)
+                    if found is None:
+                        matches[match] = [row]
+                    else:
+                        found.append(row)
+            continue
         for row in rows.values():
             match = _row_key(row, names)
             if match is not None and match in group:

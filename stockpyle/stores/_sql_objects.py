@@ -33,6 +33,7 @@ class MappedInfo:
 
     __slots__ = (
         "accepts",
+        "accepts_int",
         "always_refetch",
         "cls",
         "column_keys",
@@ -79,6 +80,10 @@ class MappedInfo:
             test = _type_test(prop)
             if test is not None:
                 self.accepts[prop.key] = test
+        #: Column attributes whose type test accepts every int (the tests go by type).
+        self.accepts_int: frozenset[str] = frozenset(
+            k for k in self.column_keys if k not in self.accepts or self.accepts[k](0)
+        )
 
     def __repr__(self) -> str:
         return f"<MappedInfo {self.layout.path}>"
