@@ -838,3 +838,57 @@ def test_lookup_and_write_statements_are_built_once(sql: SqlAlchemyStore) -> Non
     sql.batch_put([SqlFoo(key=k, zap=k, bar=k, name="b") for k in range(2, 40)])
     assert {k: v for k, v in plan._statements.items() if k in built} == built
     assert all(plan._statements[k] is v for k, v in built.items())
+
+
+class _VehicleBase(DeclarativeBase):
+    pass
+
+
+class Vehicle(_VehicleBase):
+    """Single-table inheritance with a discriminator: written by the unit of work."""
+
+    __tablename__ = "stockpyle_test_vehicle"
+    __mapper_args__ = {"polymorphic_on": "kind", "polymorphic_identity": "vehicle"}  # noqa: RUF012 - SQLAlchemy's own protocol
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    kind: Mapped[str] = mapped_column(sa.String(20))
+    name: Mapped[str] = mapped_column(sa.String(20), default="")
+
+
+class Car(Vehicle):
+    __mapper_args__ = {"polymorphic_identity": "car"}  # noqa: RUF012 - SQLAlchemy's own protocol
+
+
+@pytest.mark.postgres
+def test_unit_of_work_writes_survive_the_same_races(
+    pg_pair: tuple[SqlAlchemyStore, SqlAlchemyStore],
+    pg_engine: sa.Engine,
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    """Classes written through the unit of work (here a polymorphic discriminator) also put a
+    row that another session deletes between the put's SELECT and its UPDATE (the transaction
+    is retried), and delete rows that another session deleted meanwhile without a warning."""
+    import warnings
+
+    warnings.simplefilter("always")
+    _VehicleBase.metadata.drop_all(pg_engine)
+    _VehicleBase.metadata.create_all(pg_engine)
+    try:
+        ours, theirs = pg_pair
+        ours.put(Car(id=1, name="v1"))
+        update = Car(id=1, name="v2")
+        with held_at(ours.engine, lambda: ours.put(update), when=_writes) as finish:
+            theirs.delete(Car(id=1))
+            error = finish()
+        assert error is None, error
+        found = theirs.get(Vehicle, {"id": 1})
+        assert type(found) is Car and found.name == "v2"
+        rows = [Car(id=i) for i in range(2, 5)]
+        ours.batch_put(rows)
+        with held_at(ours.engine, lambda: ours.batch_delete(rows), when=_writes) as finish:
+            theirs.batch_delete(rows[:2])
+            error = finish()
+        assert error is None, error
+        assert theirs.batch_get(Vehicle, [{"id": i} for i in range(2, 5)]) == [None] * 3
+        assert [str(w.message) for w in recwarn if issubclass(w.category, sa.exc.SAWarning)] == []
+    finally:
+        _VehicleBase.metadata.drop_all(pg_engine)

@@ -122,6 +122,8 @@ class WritePlan:
         "_lock",
         "_statements",
         "columns",
+        "core_delete",
+        "delete_by_identity",
         "info",
         "insert",
         "native",
@@ -150,13 +152,31 @@ class WritePlan:
         #: on PostgreSQL, so that psycopg does not run it in pipeline mode (whose failures print
         #: "error ignored terminating <psycopg.Pipeline>" on stderr).
         self.returns_keys = dialect.name == "postgresql"
+        #: Whether rows are deleted with a Core ``DELETE ... WHERE pk IN``: one table holds
+        #: the class (no joined inheritance), so nothing else must go with the row.
+        self.core_delete = False
+        #: Whether a delete by primary key needs no lookup first: no polymorphic subclass
+        #: mapper, whose rows a lookup filters by their discriminator.
+        self.delete_by_identity = False
+        if (
+            isinstance(table, sa.Table)
+            and len(mapper.tables) == 1
+            and mapper.persist_selectable is table
+        ):
+            pk_columns = [mapper.get_property(k).columns[0] for k in info.pk_keys]
+            if all(isinstance(c, sa.Column) and c.table is table for c in pk_columns):
+                self.pk_columns = tuple(pk_columns)
+                self.core_delete = True
+                self.delete_by_identity = mapper.inherits is None and (
+                    info.layout.identity.names == tuple(sorted(info.pk_keys))
+                )
         if dialect.name == "postgresql":
             self.insert = postgresql.insert
         elif dialect.name == "sqlite" and getattr(
             dialect.dbapi, "sqlite_version_info", (0,)
         ) >= (3, 35):
             self.insert = sqlite.insert
-        if self.insert is None or not isinstance(table, sa.Table):
+        if self.insert is None or not self.core_delete or not isinstance(table, sa.Table):
             return
         if (
             mapper.inherits is not None
@@ -176,7 +196,6 @@ class WritePlan:
             if update is not None and not (update.is_scalar or update.is_clause_element):
                 return  # a Python function: the unit of work calls it
             self.columns[key] = column
-        self.pk_columns = tuple(self.columns[k] for k in info.pk_keys)
         self.same_keys = all(c.key == k for k, c in self.columns.items())
         self.native = True
 

@@ -247,7 +247,7 @@ class SqlAlchemyStore(BaseStore):
         def work(session: orm.Session) -> None:
             for info, requests in plans:
                 plan = write_plan(info, dialect)
-                if plan.native and info.layout.identity.names == tuple(sorted(info.pk_keys)):
+                if plan.delete_by_identity:
                     # By primary key: one DELETE, whatever another session deleted meanwhile.
                     pks = [
                         tuple(dict(zip(r[0], r[1], strict=True))[k] for k in info.pk_keys)
@@ -257,7 +257,7 @@ class SqlAlchemyStore(BaseStore):
                     delete_by_pk(session.connection(), plan, pks, self.max_params)
                     continue
                 rows = [r for r in fetch(session, info, requests, max_params=self.max_params) if r]
-                if plan.native:
+                if plan.core_delete:
                     pks = [info.pk_of(r) for r in rows]
                     delete_by_pk(session.connection(), plan, pks, self.max_params)
                 else:
