@@ -130,6 +130,7 @@ class WritePlan:
         "pk_columns",
         "returns_keys",
         "same_keys",
+        "stores_none",
     )
 
     #: Statements kept per class (one per shape of row: columns set, columns set to None).
@@ -148,6 +149,8 @@ class WritePlan:
         self.native = False
         #: Whether every column's key is its attribute's key (the values are the parameters).
         self.same_keys = False
+        #: Attributes whose column type writes ``None`` as a value (``JSON``: ``null``).
+        self.stores_none: frozenset[str] = frozenset()
         #: Whether an upsert returns the primary key even when nothing else must come back:
         #: on PostgreSQL, so that psycopg does not run it in pipeline mode (whose failures print
         #: "error ignored terminating <psycopg.Pipeline>" on stderr).
@@ -197,6 +200,9 @@ class WritePlan:
                 return  # a Python function: the unit of work calls it
             self.columns[key] = column
         self.same_keys = all(c.key == k for k, c in self.columns.items())
+        self.stores_none = frozenset(
+            k for k, c in self.columns.items() if c.type.should_evaluate_none
+        )
         self.native = True
 
     def delete_statement(self) -> Any:
@@ -297,6 +303,7 @@ def native_upsert(
     rows: dict[Any, _Row] = {}
     fresh: list[_Row] = []
     names = tuple(columns)
+    stores_none = plan.stores_none
     single_pk = pk_keys[0] if len(pk_keys) == 1 else None
     for obj in objs:
         state_dict = _instance_dict(obj)
@@ -324,7 +331,11 @@ def native_upsert(
             values = row[0]
             for value in values.values():
                 if value is None:
-                    nulls = frozenset(k for k, v in values.items() if v is None)
+                    # None means "no value" (a default on insert, NULL on update), except for
+                    # types that store None as a value of their own (JSON's null).
+                    nulls = frozenset(
+                        k for k, v in values.items() if v is None and k not in stores_none
+                    )
                     shape = (frozenset(values) - nulls, nulls, pk_missing)
                     break
             else:  # the common case: one shape per set of attribute names

@@ -221,7 +221,7 @@ class SqlAlchemyStore(BaseStore):
                 written.extend(orm_upsert(session, other, self.max_params))
             return written
 
-        written = self._run_write("put", work)
+        written = self._run_write("put", work, unit_of_work=bool(other))
         for obj, values in written:
             info = mapped_info(type(obj))
             assert info is not None
@@ -265,17 +265,19 @@ class SqlAlchemyStore(BaseStore):
                         session.delete(row)
             session.flush()
 
-        self._run_write("delete", work)
+        self._run_write("delete", work, unit_of_work=False)
 
-    def _run_write(self, action: str, work: Callable[[orm.Session], R]) -> R:
+    def _run_write(
+        self, action: str, work: Callable[[orm.Session], R], *, unit_of_work: bool
+    ) -> R:
         """:meth:`_run` for writes, retried (twice at most) when only concurrency made the
-        transaction fail: another session changed the rows between a read and a write of the
-        unit of work, or the database broke a deadlock by failing this transaction."""
+        transaction fail: another session changed the rows between the unit of work's read
+        and its write, or the database broke a deadlock by failing this transaction."""
         for attempt in range(3):
             try:
                 return self._run(action, work, write=True)
             except StoreError as exc:
-                if attempt == 2 or not _retryable(exc.cause):
+                if attempt == 2 or not _retryable(exc.cause, unit_of_work=unit_of_work):
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -319,11 +321,11 @@ def _create_engine(uri: str | sa.URL, options: dict[str, Any]) -> sa.Engine:
 
 
 
-def _retryable(cause: BaseException | None) -> bool:
+def _retryable(cause: BaseException | None, *, unit_of_work: bool) -> bool:
     """Whether a failed write may succeed when simply tried again."""
     if isinstance(cause, orm.exc.StaleDataError):
         return not isinstance(cause, VersionConflict)
-    if isinstance(cause, sa.exc.IntegrityError):
+    if isinstance(cause, sa.exc.IntegrityError) and unit_of_work:
         # The unit of work inserted a row that another session inserted after our SELECT; the
         # next attempt updates it (a genuine constraint violation fails again).
         return True
