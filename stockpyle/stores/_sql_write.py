@@ -8,7 +8,7 @@ updated (the database decides atomically, so a put never fails from concurrency 
 without a primary key value are plain ``INSERT ... RETURNING`` so that the generated key comes
 back. The statements are built once per class and shape of row and reused.
 
-Everything else goes through the unit of work (``_orm_upsert``): a ``SELECT`` of the existing
+Everything else goes through the unit of work (:func:`orm_upsert`): a ``SELECT`` of the existing
 rows, then a flush; the store retries such a batch when another session changed the rows in
 between.
 """
