@@ -261,8 +261,10 @@ class WritePlan:
             first = self.pk_columns[0]
             values[first] = excluded[first.key]
         stmt = stmt.on_conflict_do_update(index_elements=list(self.pk_columns), set_=values)
-        if not returned and not self.returns_keys:
-            return stmt, returned  # nothing to read back: a plain executemany
+        if not returned:
+            if self.returns_keys:  # returned rows are ignored (see returns_keys)
+                stmt = stmt.returning(*self.pk_columns)
+            return stmt, returned  # nothing to read back
         # Rows are matched to objects by primary key (RETURNING's order is not promised, and
         # asking for it costs one statement per row).
         pk_names = tuple(k for k in info.pk_keys if k not in returned)
