@@ -267,12 +267,16 @@ OPS = st.one_of(
     st.tuples(st.just("put"), OBJECTS),
     st.tuples(st.just("batch_put"), st.lists(OBJECTS, max_size=4)),
     st.tuples(st.just("repo_put_many"), st.lists(OBJECTS, max_size=3)),
+    st.tuples(st.just("repo_put"), OBJECTS),
+    st.tuples(st.just("repo_put_foreign"), st.none()),
     st.tuples(st.just("put_unkeyed"), st.none()),
     st.tuples(st.just("get"), KEY_DICTS),
     st.tuples(st.just("batch_get"), st.lists(KEY_DICTS, max_size=4)),
+    st.tuples(st.just("repo_get_many"), st.lists(KEY_DICTS, max_size=4)),
     st.tuples(st.just("repo_get"), KEY_DICTS),
     st.tuples(st.just("delete"), OBJECTS),
     st.tuples(st.just("batch_delete"), st.lists(OBJECTS, max_size=3)),
+    st.tuples(st.just("repo_delete_many"), st.lists(OBJECTS, max_size=3)),
 )
 
 #: What each call may raise (docs/errors.md); StoreError only from a backend that fails.
@@ -281,7 +285,7 @@ WRITE_ERRORS = (InvalidKeyError, NotKeyedError, StoreError)
 
 #: A fixed budget for CI; STOCKPYLE_FUZZ_EXAMPLES raises it for a longer hunt.
 FUZZ = settings(
-    max_examples=int(os.environ.get("STOCKPYLE_FUZZ_EXAMPLES", "30")),
+    max_examples=int(os.environ.get("STOCKPYLE_FUZZ_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -335,29 +339,39 @@ class _Model:
 
 def _run(target: Target, store: BaseStore, model: _Model, op: str, payload: Any) -> None:
     cls = target.cls
-    if op in ("put", "batch_put", "repo_put_many", "delete", "batch_delete"):
+    writes = ("put", "batch_put", "repo_put", "repo_put_many")
+    if op in (*writes, "delete", "batch_delete", "repo_delete_many"):
         objs = [target.make(*t) for t in (payload if isinstance(payload, list) else [payload])]
         try:
             if op == "put":
                 store.put(objs[0])
             elif op == "batch_put":
                 store.batch_put(objs)
+            elif op == "repo_put":
+                Repo(cls, store).put(objs[0])
             elif op == "repo_put_many":
                 Repo(cls, store).put_many(objs)
             elif op == "delete":
                 store.delete(objs[0])
-            else:
+            elif op == "batch_delete":
                 store.batch_delete(objs)
+            else:
+                Repo(cls, store).delete_many(objs)
         except WRITE_ERRORS:
-            model.check(store, also=objs if "put" in op else [])
+            model.check(store, also=objs if op in writes else [])
             return
-        if "put" in op:
+        if op in writes:
             if target.sql:
                 # Versions of one row merge in a batch: the last one's name wins, as in a loop.
                 pass
             model.wrote(objs)
         else:
             model.deleted(objs)
+        model.check(store)
+    elif op == "repo_put_foreign":
+        repo: Repo[Any] = Repo(target.cls, store)
+        with pytest.raises(TypeError):  # Repo refuses objects of another class
+            repo.put(Unkeyed(1))
         model.check(store)
     elif op == "put_unkeyed":
         try:
@@ -378,9 +392,12 @@ def _run(target: Target, store: BaseStore, model: _Model, op: str, payload: Any)
         except READ_ERRORS:
             return
         _check_answer(model, cls, payload, found)
-    else:  # batch_get
+    else:  # batch_get, repo_get_many
         try:
-            answers = store.batch_get(cls, payload)
+            if op == "batch_get":
+                answers = store.batch_get(cls, payload)
+            else:
+                answers = Repo(cls, store).get_many(payload)
         except READ_ERRORS:
             return
         assert len(answers) == len(payload)
