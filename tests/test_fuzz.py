@@ -299,18 +299,29 @@ def _identity(cls: type, value: Any) -> str | None:
         return None
 
 
+def _alternate(cls: type, zap: Any, bar: Any) -> str | None:
+    """The encoded alternate key ``(zap, bar)``, or ``None`` (a ``None`` part, a bad value)."""
+    try:
+        return layout_of(cls).encode({"zap": zap, "bar": bar})
+    except InvalidKeyError:
+        return None
+
+
 class _Model:
-    """What the store must answer by identity: the name of the last version put."""
+    """What the store must answer: by identity, the name of the last version put; and which
+    alternate keys the stored versions hold."""
 
     def __init__(self, target: Target) -> None:
         self.target = target
-        self.names: dict[str, tuple[Any, str]] = {}
+        #: identity slot -> (identity value, name, alternate slot)
+        self.names: dict[str, tuple[Any, str, str | None]] = {}
 
     def wrote(self, objs: list[Any]) -> None:
         for obj in objs:
             slot = _identity(self.target.cls, obj.key)
             assert slot is not None
-            self.names[slot] = (obj.key, obj.name)
+            alternate = _alternate(self.target.cls, obj.zap, obj.bar)
+            self.names[slot] = (obj.key, obj.name, alternate)
             self.target.stored.append(obj)
 
     def deleted(self, objs: list[Any]) -> None:
@@ -320,14 +331,15 @@ class _Model:
                 self.names.pop(slot, None)
 
     def check(self, store: BaseStore, also: list[Any] = ()) -> None:  # type: ignore[assignment]
-        """Every stored version answers by its identity; ``also`` (objects of a failed write
-        that were not stored before) do not answer."""
+        """Every stored version answers by its identity; ``also`` (objects of a failed write)
+        answer neither by an identity nor by an alternate key that no stored version has."""
         cls = self.target.cls
-        keys = [key for key, _ in self.names.values()]
+        keys = [key for key, _, _ in self.names.values()]
         found = store.batch_get(cls, [{"key": k} for k in keys])
         assert [f.name if f is not None else None for f in found] == [
-            name for _, name in self.names.values()
+            name for _, name, _ in self.names.values()
         ]
+        held = {alternate for _, _, alternate in self.names.values()}
         for obj in also:
             slot = _identity(cls, obj.key)
             if slot is not None and slot not in self.names:
@@ -335,6 +347,12 @@ class _Model:
                     assert store.get(cls, {"key": obj.key}) is None, obj
                 except InvalidKeyError:
                     pass  # a value this store can never hold: nothing could answer
+            alternate = _alternate(cls, obj.zap, obj.bar)
+            if alternate is not None and alternate not in held:
+                try:
+                    assert store.get(cls, {"zap": obj.zap, "bar": obj.bar}) is None, obj
+                except InvalidKeyError:
+                    pass
 
 
 def _run(target: Target, store: BaseStore, model: _Model, op: str, payload: Any) -> None:
@@ -410,7 +428,7 @@ def _check_answer(model: _Model, cls: type, key_dict: Any, found: Any) -> None:
         return  # alternates and column lookups: the state machines check those
     slot = _identity(cls, key_dict["key"])
     expected = model.names.get(slot) if slot is not None else None
-    assert (found.name if found is not None else None) == (expected and expected[1])
+    assert (found.name if found is not None else None) == (expected[1] if expected else None)
 
 
 @FUZZ
