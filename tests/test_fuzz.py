@@ -122,16 +122,17 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
                         store.delete(obj)
                     except StockpyleError:
                         pass
+                store.release()  # one connection at a time: the server is shared
             stored.clear()
             current.clear()
 
         def fresh() -> BaseStore:
             forget()
-            memcached = keep(_memcache(server))
+            memcached = _memcache(server)
             current.append(memcached)
             if kind == "memcached":
                 return memcached
-            return keep(ChainedStore([ProcessMemoryStore(), memcached]))
+            return ChainedStore([ProcessMemoryStore(), memcached])
 
         result = Target(kind, fresh(), Foo, False, fresh, close=forget, stored=stored)
     else:
