@@ -4,7 +4,10 @@
   ``select(BenchRow).where(BenchRow.id.in_(ids))`` in a fresh session;
 * ``batch_get(1000)`` against 1000 single ``store.get`` calls (the cost batching saves) and,
   for reference, 1000 ``session.get`` calls in one raw session;
-* ``batch_put`` of 1000 new rows against a raw session's ``add_all`` and ``commit``.
+* ``batch_put`` of 1000 new rows against a raw session's ``add_all`` and ``commit``;
+* ``batch_put`` of 1000 existing rows (an update of each) against the upsert a user would
+  write by hand: one executemany ``INSERT ... ON CONFLICT (id) DO UPDATE`` of the same objects'
+  columns, in one transaction.
 
 Every sample of the writes inserts rows never seen before (built untimed), so both sides do
 the same INSERTs. The benchmark table is dropped when the cases finish.
@@ -20,6 +23,7 @@ import sqlalchemy as sa
 from harness import Case, Context
 from models import BenchBase, BenchRow, make_rows
 from sqlalchemy import orm
+from sqlalchemy.dialects import postgresql, sqlite
 
 from stockpyle.stores.sqlalchemy import SqlAlchemyStore
 
@@ -171,6 +175,61 @@ def _backend_cases(ctx: Context, backend: str, url: str) -> list[Case]:
             },
             rounds=ctx.rounds(20),
             check=check_put,
+        )
+    )
+
+    # -- updates of existing rows --------------------------------------------------------------
+
+    table = BenchRow.__table__
+    dialect_insert = postgresql.insert if backend == "postgresql" else sqlite.insert
+    insert = dialect_insert(table)
+    upsert = insert.on_conflict_do_update(
+        index_elements=[table.c.id],
+        set_={c: insert.excluded[c.key] for c in table.c if c.key != "id"},
+    )
+    columns = [c.key for c in table.c]
+    version = itertools.count(1)
+
+    def changed(label: str) -> None:
+        # The rows of the table, each with a new name: every sample really updates them.
+        n = next(version)
+        batch = make_rows(PUT_SIZE)
+        for row in batch:
+            row.name = f"v{n}-{row.id}"
+        pending[label] = batch
+
+    def store_update() -> int:
+        batch = pending.pop("stockpyle")
+        store.batch_put(batch)
+        return len(batch)
+
+    def raw_upsert() -> int:
+        batch = pending.pop("upsert")
+        params = [{c: getattr(row, c) for c in columns} for row in batch]
+        with engine.begin() as conn:
+            conn.execute(upsert, params)
+        return len(batch)
+
+    def check_update() -> None:
+        for label, work in (("stockpyle", store_update), ("upsert", raw_upsert)):
+            changed(label)
+            expected = pending[label][-1].name
+            work()
+            found = store.get(BenchRow, {"id": PUT_SIZE - 1})
+            assert found is not None and found.name == expected, (label, found)
+
+    cases.append(
+        Case(
+            f"sql {backend} batch_put({PUT_SIZE}) of existing rows",
+            f"sql-upsert-{backend}",
+            PUT_SIZE,
+            {"stockpyle": store_update, "executemany upsert": raw_upsert},
+            prepare={
+                "stockpyle": lambda: changed("stockpyle"),
+                "executemany upsert": lambda: changed("upsert"),
+            },
+            rounds=ctx.rounds(20),
+            check=check_update,
         )
     )
     return cases

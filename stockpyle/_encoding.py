@@ -14,22 +14,44 @@ import datetime as dt
 import decimal
 import enum
 import math
+import sys
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 from stockpyle.exceptions import InvalidKeyError
 
-__all__ = ["FAST_ENCODERS", "SUPPORTED_TYPES", "encode_value"]
+__all__ = ["FAST_ENCODERS", "MAX_NESTING", "SUPPORTED_TYPES", "encode_value"]
 
 _UTC = dt.UTC
 
 
+#: How deeply tuples may nest inside a key value (deeper ones raise InvalidKeyError).
+MAX_NESTING = 32
+
+
 def _enc_str(v: str) -> str:
+    if not v.isascii():
+        try:
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (from surrogateescape-decoded bytes, or a broken string) is no
+            # text: no backend could store it the same way, so no store accepts it.
+            msg = f"str key values must be valid Unicode text, not {v!r} (a lone surrogate)"
+            raise InvalidKeyError(msg) from None
     # Quoting (with \\ and \" escaped) makes strings self-delimiting inside composite keys.
     if "\\" in v or '"' in v:
         v = v.replace("\\", "\\\\").replace('"', '\\"')
     return f'"{v}"'
+
+
+def _enc_int(v: int) -> str:
+    try:
+        return str(v)  # str() of an exact int is its repr, and the fastest way there
+    except ValueError:
+        # More digits than sys.get_int_max_str_digits() (4,300 by default) allows.
+        msg = f"int key values are limited to {sys.get_int_max_str_digits()} digits"
+        raise InvalidKeyError(msg) from None
 
 
 def _enc_bool(v: bool) -> str:
@@ -76,9 +98,16 @@ def _enc_date(v: dt.date) -> str:
 
 
 def _enc_datetime(v: dt.datetime) -> str:
-    if v.utcoffset() is not None:
+    offset = v.utcoffset()
+    if offset is not None:
         # Aware datetimes are equal when they are the same instant: encode the instant.
-        return f"datetime({v.astimezone(_UTC).replace(fold=0).isoformat()})"
+        try:
+            return f"datetime({v.astimezone(_UTC).replace(fold=0).isoformat()})"
+        except OverflowError:
+            # An instant before year 1 or after 9999 in UTC: count from year 1 instead (each
+            # instant still has exactly one encoding).
+            since = v.replace(tzinfo=None, fold=0) - dt.datetime.min - offset
+            return f"datetime(min+{since.days}d{since.seconds}s{since.microseconds}us+00:00)"
     return f"datetime({v.replace(fold=0).isoformat()})"
 
 
@@ -95,13 +124,17 @@ def _enc_enum(v: enum.Enum) -> str:
     return f"{cls.__module__}.{cls.__qualname__}.{v.name}"
 
 
-def _enc_tuple(v: tuple[Any, ...]) -> str:
-    return "(" + ",".join([encode_value(x) for x in v]) + ("," if len(v) == 1 else "") + ")"
+def _enc_tuple(v: tuple[Any, ...], depth: int = 1) -> str:
+    if depth > MAX_NESTING:
+        msg = f"tuple key values may nest at most {MAX_NESTING} deep"
+        raise InvalidKeyError(msg)
+    parts = [_enc_tuple(x, depth + 1) if type(x) is tuple else encode_value(x) for x in v]
+    return "(" + ",".join(parts) + ("," if len(v) == 1 else "") + ")"
 
 
 _ENCODERS: dict[type, Callable[[Any], str]] = {
     str: _enc_str,
-    int: str,  # str() of an exact int is its repr, and the fastest way there
+    int: _enc_int,
     bool: _enc_bool,
     float: _enc_float,
     bytes: _enc_bytes,
@@ -116,7 +149,7 @@ _ENCODERS: dict[type, Callable[[Any], str]] = {
 #: Encoders of the types a hot path may encode without further checks (no NaN, no recursion).
 FAST_ENCODERS: dict[type, Callable[[Any], str]] = {
     str: _enc_str,
-    int: str,  # str() of an exact int is its repr, and the fastest way there
+    int: _enc_int,
     bool: _enc_bool,
     bytes: _enc_bytes,
     uuid.UUID: _enc_uuid,

@@ -270,7 +270,8 @@ class KeyLayout:
             declared = ", ".join(
                 n[0] if len(n) == 1 else "(" + ", ".join(n) + ")" for n in self.names
             )
-            msg = f"{self.path} has no key named by {sorted(names)!r}; declared keys: {declared}"
+            named = ", ".join(sorted(map(repr, names)))  # names of any type, never compared
+            msg = f"{self.path} has no key named by [{named}]; declared keys: {declared}"
             raise UnknownKeyError(msg)
         self.specs_by_names[names] = spec  # remember this order of names: next time one lookup
         return spec

@@ -71,7 +71,7 @@ class StoreError(StockpyleError):
         name = store if isinstance(store, str) else describe_store(store)
         text = f"{name}: {message}"
         if cause is not None:
-            text = f"{text} ({type(cause).__name__}: {cause})"
+            text = f"{text} ({type(cause).__name__}: {_describe_cause(cause)})"
         super().__init__(text)
         self.store = store
         self.cause = cause
@@ -85,3 +85,12 @@ def describe_store(store: Any) -> str:
     if callable(describe):
         return str(describe())
     return type(store).__name__
+
+
+def _describe_cause(cause: BaseException) -> str:
+    """``str(cause)``, which may itself fail: a driver error quoting an int too long to print
+    (``ValueError``), or an exception class with a broken ``__str__``."""
+    try:
+        return str(cause)
+    except Exception as exc:  # any failure here would hide the real error
+        return f"<unprintable: {type(exc).__name__}>"

@@ -349,7 +349,7 @@ AWKWARD = [
     "tab\tnewline\ncr\r",
     "\x00\x01\x7f",
     "ünïcødé ✓ 键",
-    "\ud800 lone surrogate",
+    # (a str with a lone surrogate is no key value in any store: tests/test_fuzz.py)
     "x" * 10_000,
     b"\x00\xff raw bytes",
     ("tuple", 1, b"\n"),

@@ -358,9 +358,11 @@ def test_chain_survives_a_dead_cache_layer_and_recovers(
     chain.stores[0].delete(Foo(1))  # force reads down to the memcached layer and below
     assert chain.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v2")
     private.start()
-    chain.put(Foo(1, 2, 3, name="v3"))
-    assert memcache.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v3")
+    chain.put(Foo(1, 2, 3, name="v3"))  # invalidates memcached (a shared layer)...
     assert chain.suspect_keys(1) == frozenset()
+    chain.stores[0].delete(Foo(1))
+    assert chain.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v3")  # ...the read refills it
+    assert memcache.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v3")
 
 
 def test_chain_never_serves_a_stale_cache_value_after_a_failed_write(
@@ -368,12 +370,13 @@ def test_chain_never_serves_a_stale_cache_value_after_a_failed_write(
 ) -> None:
     """[memcache, database]: while memcached is cut off (it keeps its data), a put reaches the
     database only; once memcached is reachable again its old copy is never served, until a
-    later write there succeeds."""
+    later write invalidates it there."""
     proxy = CountingProxy(memcached_server)
     try:
         memcache = meta_memcache(proxy.address)
-        chain = ChainedStore([memcache, _database()])
+        chain = ChainedStore([memcache, _database()], heal_interval=3600)  # healed by hand
         chain.put(Foo(1, 2, 3, name="v1"))
+        assert chain.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v1")  # filled into memcached
         proxy.block()
         chain.put(Foo(1, 2, 3, name="v2"))
         assert chain.failures[0] == 1
@@ -381,8 +384,12 @@ def test_chain_never_serves_a_stale_cache_value_after_a_failed_write(
         assert memcache.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v1")  # stale in memcached
         assert chain.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v2")
         assert chain.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, name="v2")
-        chain.put(Foo(1, 2, 3, name="v3"))
+        assert chain.heal()  # what the healer thread does every heal_interval
+        assert memcache.get(Foo, {"key": 1}) is None  # healed for every process
+        chain.put(Foo(1, 2, 3, name="v3"))  # invalidates memcached, so reads refill it
         assert chain.suspect_keys(0) == frozenset()
+        assert memcache.get(Foo, {"key": 1}) is None
+        assert chain.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v3")
         assert memcache.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v3")
     finally:
         proxy.unblock()

@@ -27,17 +27,23 @@ __all__ = ["Request", "fetch", "parse_requests"]
 Request = tuple[tuple[str, ...], tuple[Any, ...], Any]
 
 
-def parse_requests(info: MappedInfo, key_dicts: Sequence[KeyDict]) -> list[Request | None]:
+def parse_requests(
+    info: MappedInfo,
+    key_dicts: Sequence[KeyDict],
+    bounds: Mapping[str, tuple[int, int]] | None = None,
+) -> list[Request | None]:
     """Validate every key dict before any I/O; ``None`` marks a request that cannot match.
 
     A key dict names a declared key of the class or, failing that, any combination of its
     mapped columns; anything else raises :class:`UnknownKeyError`. A ``None`` value, or a value
-    whose type the column can never hold, is a miss.
+    the column can never hold (another type; an int outside the column's ``bounds``), is a miss.
     """
+    bounds = bounds or {}
     layout = info.layout
     parsed: list[Request | None] = []
     singles = {spec.single: spec.names for spec in layout.specs if spec.single is not None}
     accepts = info.accepts
+    ints = info.accepts_int
     for key in key_dicts:
         if len(key) == 1:
             # The common case, a key of one attribute: no tuples, no generators.
@@ -49,37 +55,60 @@ def parse_requests(info: MappedInfo, key_dicts: Sequence[KeyDict]) -> list[Reque
                     parsed.append(None)
                     continue
                 # _match_single, inlined; InvalidKeyError before any I/O
-                match = value if type(value) is int else encode_value(value)
+                match: Any
+                if type(value) is int:
+                    limits = bounds.get(name)
+                    if (limits is None or limits[0] <= value <= limits[1]) and name in ints:
+                        parsed.append((single, (value,), value))
+                        continue
+                    if limits is not None and not _fits(value, limits):
+                        parsed.append(None)
+                        continue
+                    match = value
+                else:
+                    match = encode_value(value)
                 test = accepts.get(name)
                 parsed.append((single, (value,), match) if test is None or test(value) else None)
                 continue
         try:
             names = layout.spec_for(key).names
         except UnknownKeyError:
-            names = tuple(sorted(key))
-            if not names or not all(n in info.column_keys for n in names):
+            if not key or not all(type(n) is str and n in info.column_keys for n in key):
                 declared = ", ".join(
                     n[0] if len(n) == 1 else "(" + ", ".join(n) + ")" for n in layout.names
                 )
+                named = sorted(map(repr, key))
                 msg = (
-                    f"{layout.path} has no key or mapped columns named by {sorted(key)!r};"
+                    f"{layout.path} has no key or mapped columns named by [{', '.join(named)}];"
                     f" declared keys: {declared}"
                 )
                 raise UnknownKeyError(msg) from None
+            names = tuple(sorted(key))
         values = tuple(key[n] for n in names)
         if any(v is None for v in values):
             parsed.append(None)
             continue
         # InvalidKeyError for unsupported values, before I/O
         encoded = _match_single(values[0]) if len(values) == 1 else encode_value(values)
-        if all(_accepted(info, n, v) for n, v in zip(names, values, strict=True)):
+        if all(_accepted(info, bounds, n, v) for n, v in zip(names, values, strict=True)):
             parsed.append((names, values, encoded))
         else:
             parsed.append(None)
     return parsed
 
 
-def _accepted(info: MappedInfo, name: str, value: Any) -> bool:
+def _fits(value: int, bounds: tuple[int, int]) -> bool:
+    if bounds[0] <= value <= bounds[1]:
+        return True
+    encode_value(value)  # InvalidKeyError if it is no key value at all (too many digits)
+    return False
+
+
+def _accepted(
+    info: MappedInfo, bounds: Mapping[str, tuple[int, int]], name: str, value: Any
+) -> bool:
+    if type(value) is int and name in bounds and not _fits(value, bounds[name]):
+        return False
     test = info.accepts.get(name)
     return test is None or test(value)
 
@@ -127,6 +156,31 @@ def _term(cls: type, names: tuple[str, ...], values: list[tuple[Any, ...]], dial
     return sa.tuple_(*attrs).in_(values)
 
 
+#: Lookup statements by class and the keys they look up by, built once and reused: the key
+#: values are bound as expanding parameters (``IN (...)`` of any length), so a call builds no
+#: SQL expression objects (and leaves no reference cycles behind for the garbage collector).
+_STATEMENTS: dict[tuple[type, tuple[tuple[str, ...], ...]], Any] = {}
+_MAX_STATEMENTS = 1024
+
+
+def _statement(cls: type, keys: tuple[tuple[str, ...], ...]) -> Any:
+    stmt = _STATEMENTS.get((cls, keys))
+    if stmt is None:
+        terms = []
+        for i, names in enumerate(keys):
+            param: Any = sa.bindparam(f"k{i}", expanding=True)
+            if len(names) == 1:
+                terms.append(getattr(cls, names[0]).in_(param))
+            else:
+                terms.append(sa.tuple_(*(getattr(cls, n) for n in names)).in_(param))
+        where = terms[0] if len(terms) == 1 else sa.or_(*terms)
+        stmt = sa.select(cls).where(where).options(orm.undefer("*"))
+        if len(_STATEMENTS) >= _MAX_STATEMENTS:
+            _STATEMENTS.clear()
+        _STATEMENTS[(cls, keys)] = stmt
+    return stmt
+
+
 def fetch(
     session: orm.Session,
     info: MappedInfo,
@@ -146,37 +200,81 @@ def fetch(
             group = groups.get(req[0])
             if group is None:
                 group = groups[req[0]] = {}
-            if req[2] not in group:
-                group[req[2]] = req[1]
+            group[req[2]] = req[1]  # equal matches are equal key values: either will do
     if not groups:
         return [None] * len(requests)
     cls = info.cls
     dialect = session.get_bind().dialect.name
     rows: dict[int, Any] = {}
-    chunk: dict[tuple[str, ...], list[tuple[Any, ...]]] = {}
-    used = 0
 
-    def run() -> None:
-        terms = [_term(cls, names, vals, dialect) for names, vals in chunk.items()]
-        stmt: sa.Select[Any] = sa.select(cls).where(sa.or_(*terms)).options(orm.undefer("*"))
-        for row in session.scalars(stmt):
+    def run(chunk: dict[tuple[str, ...], list[Any]]) -> None:
+        if dialect == "mssql":  # no row-value IN there: the values go into the statement
+            terms = [
+                _term(cls, names, [(v,) for v in vals] if len(names) == 1 else vals, dialect)
+                for names, vals in chunk.items()
+            ]
+            stmt: Any = sa.select(cls).where(sa.or_(*terms)).options(orm.undefer("*"))
+            found = session.scalars(stmt)
+        else:
+            params = {f"k{i}": vals for i, vals in enumerate(chunk.values())}
+            found = session.scalars(_statement(cls, tuple(chunk)), params)
+        for row in found:
             rows[id(row)] = row
 
+    # Chunks of at most max_params bound values (a key wider than that alone in its chunk).
+    chunk: dict[tuple[str, ...], list[Any]] = {}
+    used = 0
     for names, group in groups.items():
         width = len(names)
-        for values in group.values():
-            if used + width > max_params and chunk:
-                run()
+        values = [v[0] for v in group.values()] if width == 1 else list(group.values())
+        start = 0
+        while start < len(values):
+            room = (max_params - used) // width
+            if room <= 0:
+                if chunk:
+                    run(chunk)
+                    chunk, used = {}, 0
+                    continue
+                room = 1
+            part = values[start : start + room]
+            chunk[names] = part
+            used += len(part) * width
+            start += room
+            if start < len(values):
+                run(chunk)
                 chunk, used = {}, 0
-            chunk.setdefault(names, []).append(values)
-            used += width
-    run()
+    if chunk:
+        run(chunk)
 
     # per key: match -> the rows that match it
     index: dict[tuple[str, ...], dict[Any, list[Any]]] = {}
     for names, group in groups.items():
         matches: dict[Any, list[Any]] = {}
         index[names] = matches
+        if len(names) == 1:
+            name = names[0]
+            for row in rows.values():
+                # Rows come from ``select(cls).options(undefer("*"))``: their columns are
+                # loaded, and reading the instance dict skips the instrumented descriptor.
+                value = instance_dict(row).get(name, _ABSENT)
+                if value is _ABSENT:
+                    value = getattr(row, name)
+                if type(value) is int:
+                    match: Any = value
+                elif value is None:
+                    continue
+                else:
+                    try:
+                        match = encode_value(value)
+                    except InvalidKeyError:
+                        continue  # a stored value no key can name: never a match
+                if match in group:
+                    found = matches.get(match)
+                    if found is None:
+                        matches[match] = [row]
+                    else:
+                        found.append(row)
+            continue
         for row in rows.values():
             match = _row_key(row, names)
             if match is not None and match in group:

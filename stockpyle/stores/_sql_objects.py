@@ -33,6 +33,7 @@ class MappedInfo:
 
     __slots__ = (
         "accepts",
+        "accepts_int",
         "always_refetch",
         "cls",
         "column_keys",
@@ -79,6 +80,10 @@ class MappedInfo:
             test = _type_test(prop)
             if test is not None:
                 self.accepts[prop.key] = test
+        #: Column attributes whose type test accepts every int (the tests go by type).
+        self.accepts_int: frozenset[str] = frozenset(
+            k for k in self.column_keys if k not in self.accepts or self.accepts[k](0)
+        )
 
     def __repr__(self) -> str:
         return f"<MappedInfo {self.layout.path}>"
@@ -88,7 +93,8 @@ class MappedInfo:
         return tuple(read_attr(obj, k) for k in self.pk_keys)
 
     def check_keys(self, obj: Any) -> None:
-        """Raise :class:`InvalidKeyError` for an unusable key value or a deleted key attribute.
+        """Raise :class:`InvalidKeyError` for an unusable key value (not a key value at all, or
+        of a type the column cannot hold) or a deleted key attribute.
 
         ``None`` is accepted everywhere (the database may generate it; alternates with ``None``
         simply do not match). A key attribute removed with ``del obj.attr`` counts as missing.
@@ -105,6 +111,15 @@ class MappedInfo:
                 value = read_attr(obj, name)
                 if value is not None:
                     encode_value(value)
+                    test = self.accepts.get(name)
+                    if test is not None and not test(value):
+                        # The database would convert it (SQLite: True stored as 1) or refuse
+                        # it; either way no get by this key value could find the row.
+                        msg = (
+                            f"{self.layout.path}.{name}: a {type(value).__qualname__} key value"
+                            " cannot be stored in this column"
+                        )
+                        raise InvalidKeyError(msg)
 
 
 def read_attr(obj: Any, name: str) -> Any:

@@ -26,14 +26,19 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 
 from stockpyle._expiry import Deadline
 from stockpyle._store import BaseStore, KeyDict
-from stockpyle.exceptions import StoreError
+from stockpyle.exceptions import StockpyleError, StoreError
 from stockpyle.stores._sql_lookup import Request, fetch, parse_requests
-from stockpyle.stores._sql_objects import (
-    MappedInfo,
-    load_columns,
-    mapped_info,
-    read_attr,
-    select_by_pk,
+from stockpyle.stores._sql_objects import MappedInfo, load_columns, mapped_info, read_attr
+from stockpyle.stores._sql_write import (
+    VersionConflict,
+    WritePlan,
+    copy_back,
+    delete_by_pk,
+    int_bounds,
+    key_checker,
+    native_upsert,
+    orm_upsert,
+    write_plan,
 )
 
 __all__ = ["SQLAlchemyStore", "SqlAlchemyStore"]
@@ -114,6 +119,8 @@ class SqlAlchemyStore(BaseStore):
         self._lock = threading.RLock()
         self._serialize_writes = dialect == "sqlite"
         self._warned: set[type] = set()  # unmapped classes already warned about
+        self._int_bounds: dict[type, dict[str, tuple[int, int]]] = {}
+        self._checkers: dict[type, Callable[[Any], None]] = {}
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)})"
@@ -136,7 +143,11 @@ class SqlAlchemyStore(BaseStore):
         try:
             with self._guard(write=write), self._session() as session, session.begin():
                 return work(session)
-        except sa.exc.SQLAlchemyError as exc:
+        except StockpyleError:
+            raise
+        except (sa.exc.SQLAlchemyError, ValueError, OverflowError) as exc:
+            # ValueError, OverflowError: a value the driver cannot send (an int SQLite cannot
+            # hold, a str it cannot encode) raised without the driver's own error class.
             raise StoreError(self, f"{action} failed", exc) from exc
 
     # -- reads ---------------------------------------------------------------------------------
@@ -148,10 +159,17 @@ class SqlAlchemyStore(BaseStore):
 
     def batch_get(self, cls: type[T], key_dicts: Sequence[KeyDict]) -> list[T | None]:
         # Entries never expire here: the rows themselves, without (row, deadline) pairs.
+        rows = self._rows(cls, key_dicts)
+        hits = sum(row is not None for row in rows)
+        self.counters.add("hits", hits)
+        self.counters.add("misses", len(rows) - hits)
+        return rows
+
+    def _rows(self, cls: type[T], key_dicts: Sequence[KeyDict]) -> list[T | None]:
         info = mapped_info(cls)
         if info is None:
             return [None] * len(key_dicts)
-        requests = parse_requests(info, key_dicts)
+        requests = parse_requests(info, key_dicts, self._bounds(info))
         if all(r is None for r in requests):
             return [None] * len(requests)
 
@@ -171,25 +189,53 @@ class SqlAlchemyStore(BaseStore):
         self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
     ) -> None:
         self._warn_unmapped(objs)  # never silent (SPEC section 5); see can_hold below
-        items: list[tuple[Any, MappedInfo]] = []
+        native: dict[type, tuple[WritePlan, list[Any]]] = {}
+        other: list[tuple[Any, MappedInfo]] = []
+        dialect = self.engine.dialect
+        checkers = self._checkers
+        last: type | None = None
+        check: Callable[[Any], None] | None = None
         for obj in objs:
-            info = mapped_info(type(obj))
-            if info is not None:
-                info.check_keys(obj)  # every object is valid before the database is touched
-                items.append((obj, info))
-        if not items:
+            cls = type(obj)
+            if cls is not last:
+                check = checkers.get(cls)
+                if check is None:
+                    info = mapped_info(cls)
+                    if info is None:
+                        continue
+                    check = checkers[cls] = key_checker(info, self._bounds(info))
+                last = cls
+            assert check is not None
+            check(obj)  # every object is valid before the database is touched
+            group = native.get(cls)
+            if group is not None:
+                group[1].append(obj)
+                continue
+            info = mapped_info(cls)
+            assert info is not None
+            plan = write_plan(info, dialect)
+            if plan.native:
+                native[cls] = (plan, [obj])
+            else:
+                other.append((obj, info))
+        if not native and not other:
             return
-        try:
-            targets = self._run("put", lambda s: _upsert(s, items, self.max_params), write=True)
-        except StoreError as exc:
-            if not isinstance(exc.cause, sa.exc.IntegrityError):
-                raise
-            # Another writer may have inserted one of our new primary keys between our lookup
-            # and our INSERT; the rows exist now, so a second attempt updates them. A genuine
-            # constraint violation fails again and raises.
-            targets = self._run("put", lambda s: _upsert(s, items, self.max_params), write=True)
-        for (obj, info), target in zip(items, targets, strict=True):
-            _copy_back(info, target, obj)
+
+        def work(session: orm.Session) -> list[tuple[Any, dict[str, Any]]]:
+            written: list[tuple[Any, dict[str, Any]]] = []
+            if native:
+                conn = session.connection()
+                for plan, group in native.values():
+                    written.extend(native_upsert(conn, plan, group))
+            if other:
+                written.extend(orm_upsert(session, other, self.max_params))
+            return written
+
+        written = self._run_write("put", work, unit_of_work=bool(other))
+        for obj, values in written:
+            info = mapped_info(type(obj))
+            assert info is not None
+            copy_back(info, obj, values)
 
     def batch_delete(self, objs: Sequence[Any]) -> None:
         by_class: dict[type, tuple[MappedInfo, list[Any]]] = {}
@@ -201,20 +247,55 @@ class SqlAlchemyStore(BaseStore):
         for info, group in by_class.values():
             names = info.layout.identity.names
             keys = [{n: read_attr(o, n) for n in names} for o in group]
-            requests = parse_requests(info, keys)  # validates before any I/O
+            requests = parse_requests(info, keys, self._bounds(info))  # validates before I/O
             if any(r is not None for r in requests):
                 plans.append((info, requests))
         if not plans:
             return
+        dialect = self.engine.dialect
 
         def work(session: orm.Session) -> None:
             for info, requests in plans:
-                for row in fetch(session, info, requests, max_params=self.max_params):
-                    if row is not None:
+                plan = write_plan(info, dialect)
+                if plan.delete_by_identity:
+                    # By primary key: one DELETE, whatever another session deleted meanwhile.
+                    pks = [
+                        tuple(dict(zip(r[0], r[1], strict=True))[k] for k in info.pk_keys)
+                        for r in requests
+                        if r is not None
+                    ]
+                    delete_by_pk(session.connection(), plan, pks, self.max_params)
+                    continue
+                rows = [r for r in fetch(session, info, requests, max_params=self.max_params) if r]
+                if plan.core_delete:
+                    pks = [info.pk_of(r) for r in rows]
+                    delete_by_pk(session.connection(), plan, pks, self.max_params)
+                else:
+                    for row in rows:
                         session.delete(row)
             session.flush()
 
-        self._run("delete", work, write=True)
+        self._run_write("delete", work, unit_of_work=False)
+
+    def _run_write(
+        self, action: str, work: Callable[[orm.Session], R], *, unit_of_work: bool
+    ) -> R:
+        """:meth:`_run` for writes, retried (twice at most) when only concurrency made the
+        transaction fail: another session changed the rows between the unit of work's read
+        and its write, or the database broke a deadlock by failing this transaction."""
+        for attempt in range(3):
+            try:
+                return self._run(action, work, write=True)
+            except StoreError as exc:
+                if attempt == 2 or not _retryable(exc.cause, unit_of_work=unit_of_work):
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _bounds(self, info: MappedInfo) -> dict[str, tuple[int, int]]:
+        bounds = self._int_bounds.get(info.cls)
+        if bounds is None:
+            bounds = self._int_bounds[info.cls] = int_bounds(info, self.engine.dialect.name)
+        return bounds
 
     # -- classes this store cannot hold (SPEC section 5: never silent) -------------------------
 
@@ -270,70 +351,16 @@ def _create_engine(uri: str | sa.URL, options: dict[str, Any]) -> sa.Engine:
         raise
 
 
-def _upsert(
-    session: orm.Session, items: Sequence[tuple[Any, MappedInfo]], max_params: int
-) -> list[Any]:
-    """Insert or update each object's row in ``session``; return the persistent instance
-    written for each object, in order, with every column loaded after the flush."""
-    # One SELECT per class for the rows that already exist (by primary key).
-    existing: dict[tuple[type, tuple[Any, ...]], Any] = {}
-    by_class: dict[type, tuple[MappedInfo, list[tuple[Any, ...]]]] = {}
-    for obj, info in items:
-        pk = info.pk_of(obj)
-        if None not in pk:
-            by_class.setdefault(info.cls, (info, []))[1].append(pk)
-    for cls, (info, pks) in by_class.items():
-        for row in select_by_pk(session, info, list(dict.fromkeys(pks)), max_params=max_params):
-            existing[(cls, info.pk_of(row))] = row
-    targets: list[Any] = []
-    for obj, info in items:
-        pk = info.pk_of(obj)
-        target = None if None in pk else existing.get((info.cls, pk))
-        if target is None:
-            target = info.mapper.class_manager.new_instance()
-            session.add(target)
-            if None not in pk:  # a later version in this batch updates this new row
-                existing[(info.cls, pk)] = target
-        _copy_columns(info, obj, target)
-        targets.append(target)
-    session.flush()
-    # Deduplicated by identity: mapped dataclasses with eq=True are unhashable.
-    load_columns(session, list({id(t): t for t in targets}.values()))
-    return targets
 
-
-def _copy_columns(info: MappedInfo, obj: Any, target: Any) -> None:
-    """Copy the column values set on ``obj`` onto ``target`` (what ``session.merge`` copies)."""
-    values = sa.inspect(obj).dict
-    version = info.version_key
-    for key in info.writable_keys:
-        if key not in values:
-            continue
-        value = values[key]
-        if key == version:
-            current = getattr(target, key)
-            if sa.inspect(target).persistent and current != value:
-                msg = (
-                    f"{info.layout.path}: version {value!r} is stale (the row is at"
-                    f" version {current!r})"
-                )
-                raise orm.exc.StaleDataError(msg)
-            continue  # the mapper increments it
-        setattr(target, key, value)
-
-
-def _copy_back(info: MappedInfo, target: Any, obj: Any) -> None:
-    """Leave what the database generated on ``obj``: values ``obj`` did not set (or set to
-    ``None``), and columns the database changes on every write (onupdate, computed, version)."""
-    written = sa.inspect(target).dict
-    mine = sa.inspect(obj).dict
-    refetch = info.always_refetch
-    for key in info.writable_keys:
-        if key not in written:
-            continue
-        value = written[key]
-        if key in mine and key not in refetch and (mine[key] is not None or value is None):
-            continue
-        if key in mine and mine[key] is value:
-            continue
-        setattr(obj, key, value)
+def _retryable(cause: BaseException | None, *, unit_of_work: bool) -> bool:
+    """Whether a failed write may succeed when simply tried again."""
+    if isinstance(cause, orm.exc.StaleDataError):
+        return not isinstance(cause, VersionConflict)
+    if isinstance(cause, sa.exc.IntegrityError) and unit_of_work:
+        # The unit of work inserted a row that another session inserted after our SELECT; the
+        # next attempt updates it (a genuine constraint violation fails again).
+        return True
+    if isinstance(cause, sa.exc.DBAPIError):
+        code = getattr(cause.orig, "sqlstate", None) or getattr(cause.orig, "pgcode", None)
+        return code in ("40001", "40P01")  # serialization failure, deadlock detected
+    return False
