@@ -29,8 +29,11 @@ __all__ = ["READ_BUFFER", "MetaMemcacheBackend", "meta_client"]
 READ_BUFFER = 256 * 1024
 
 
-def meta_client(servers: Sequence[str], *, timeout: float, dead_retry: float) -> Any:
-    """A meta-memcache ``CacheClient`` over ``servers`` (``host:port``), values as raw bytes."""
+def meta_client(
+    servers: Sequence[str], *, timeout: float, dead_retry: float, pools: list[Any] | None = None
+) -> Any:
+    """A meta-memcache ``CacheClient`` over ``servers`` (``host:port``), values as raw bytes;
+    the connection pools it creates are appended to ``pools``."""
     from meta_memcache import (
         CacheClient,
         ServerAddress,
@@ -52,15 +55,21 @@ def meta_client(servers: Sequence[str], *, timeout: float, dead_retry: float) ->
             msg = f"a memcached server is 'host:port', not {server!r}"
             raise ValueError(msg)
         addresses.append(ServerAddress(host, int(port)))
-    pools = connection_pool_factory_builder(
+    build_pool = connection_pool_factory_builder(
         initial_pool_size=0,  # connect on first use, not when the store is created
         read_buffer_size=READ_BUFFER,  # see READ_BUFFER
         connection_timeout=timeout,
         recv_timeout=timeout,
         mark_down_period_s=dead_retry,
     )
+    made = [] if pools is None else pools
+
+    def pool_for(address: Any) -> Any:
+        made.append(build_pool(address))
+        return made[-1]
+
     return CacheClient.cache_client_from_servers(
-        addresses, connection_pool_factory_fn=pools, serializer=RawBytes()
+        addresses, connection_pool_factory_fn=pool_for, serializer=RawBytes()
     )
 
 
@@ -72,7 +81,11 @@ class MetaMemcacheBackend(BytesBackend):
     supports_add = True
     supports_leases = True
 
-    def __init__(self, client: Any, *, recache_seconds: int = 0) -> None:
+    def __init__(
+        self, client: Any, *, recache_seconds: int = 0, pools: Sequence[Any] = ()
+    ) -> None:
+        """``pools``: the client's connection pools, if this backend may close their idle
+        connections on :meth:`release` (those of a client built by :func:`meta_client`)."""
         import meta_memcache as mm
         import meta_memcache_socket as sock
 
@@ -81,6 +94,7 @@ class MetaMemcacheBackend(BytesBackend):
         self._mm = mm
         self._sock = sock
         self._one_server = len(client.router.get_counters()) == 1
+        self._pools = list(pools)
 
     def describe(self) -> str:
         return ", ".join(str(s) for s in self.client.router.get_counters())
@@ -98,9 +112,11 @@ class MetaMemcacheBackend(BytesBackend):
 
     @staticmethod
     def _retryable(error: BaseException) -> bool:
-        """A connection found closed (a restarted server), not a timeout or a refusal."""
+        """A pooled connection found closed (a restarted server: the library reports "Socket
+        might have closed" or an empty reply, "Unknown response code: None"), not a timeout.
+        Every request is safe to send again: a repeated compare-and-set or add fails."""
         cause = error.__cause__
-        return isinstance(cause, ConnectionError) and "closed" in str(cause)
+        return isinstance(cause, ConnectionError) and not isinstance(cause, TimeoutError)
 
     def _get(self, keys: Sequence[str], flags: Any) -> dict[str, Any]:
         return self._pipeline(self._mm.MetaCommand.META_GET, [(k, None, flags) for k in keys])
@@ -249,4 +265,8 @@ class MetaMemcacheBackend(BytesBackend):
         self._pipeline(self._mm.MetaCommand.META_DELETE, [(k, None, flags) for k in keys])
 
     def release(self) -> None:
-        """Nothing to do: connections are pooled by meta-memcache and reused."""
+        """Close the idle pooled connections of a client built from ``servers=`` (they reopen
+        on next use); a client passed in is left as it is."""
+        for pool in self._pools:
+            for _ in range(pool.get_counters().available):
+                pool.pop_connection().close()
