@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import abc
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, NamedTuple, TypeVar
 
 from stockpyle._expiry import (
@@ -33,7 +34,7 @@ from stockpyle._keys import KeySpec, keyed_bases, layout_of
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
 
-__all__ = ["Entry", "KeyValueStore", "Plan", "Pointer", "Record"]
+__all__ = ["Entry", "KeyValueStore", "Plan", "Pointer", "Record", "new_entry", "new_pointer"]
 
 T = TypeVar("T")
 
@@ -58,7 +59,8 @@ Record = Entry | Pointer
 
 
 class Plan(NamedTuple):
-    """One object of a write, validated: where it goes and until when."""
+    """One object of a write, validated: where it goes and until when. (The hot write path
+    handles the same fields as a plain tuple, unpacked by name: see _plan_objects.)"""
 
     identity: str
     slots: tuple[str, ...]
@@ -172,8 +174,9 @@ class KeyValueStore(BaseStore):
 
     def _plan_objects(
         self, objs: Sequence[Any], expires_at: Sequence[Deadline] | None, now: float
-    ) -> list[Plan]:
-        """Validate every object and compute (identity, slots, deadline, obj) before any I/O."""
+    ) -> list[tuple[str, tuple[str, ...], Deadline, Any]]:
+        """Validate every object and compute its :class:`Plan` fields ``(identity, slots,
+        deadline, obj)`` before any I/O; plain tuples, cheaper to build on the hot path."""
         if expires_at is not None and len(expires_at) != len(objs):
             msg = "expires_at must give one deadline per object"
             raise ValueError(msg)
@@ -190,7 +193,7 @@ class KeyValueStore(BaseStore):
             deadline = None if lifetime_cb is None else lifetime_to_deadline(lifetime_cb(obj), now)
             if expires_at is not None:
                 deadline = earliest(deadline, expires_at[i])
-            plans.append(Plan(identity, tuple(slots), deadline, obj))
+            plans.append((identity, tuple(slots), deadline, obj))
         return plans
 
     def batch_put(
@@ -205,7 +208,7 @@ class KeyValueStore(BaseStore):
             return
         with self._lock:
             view = _View(self)
-            view.fetch([p.identity for p in plans])
+            view.fetch([identity for identity, _, _, _ in plans])
             # Slots the stored versions occupy but the new versions will not: they must be read
             # to learn whether they still point to the object.
             stale: list[str] = []
@@ -217,8 +220,8 @@ class KeyValueStore(BaseStore):
             for identity, slots, deadline, obj in plans:
                 view.unlink(identity, keep=() if _is_dead(deadline, now) else slots)
                 if not _is_dead(deadline, now):
-                    view.set(identity, Entry(deadline, slots, obj))
-                    pointer = Pointer(deadline, identity)
+                    view.set(identity, new_entry((deadline, slots, obj)))
+                    pointer = new_pointer((deadline, identity))
                     for slot in slots[1:]:
                         view.set(slot, pointer)
             view.commit()
@@ -241,6 +244,14 @@ class KeyValueStore(BaseStore):
             for identity in identities:
                 view.unlink(identity, keep=())
             view.commit()
+
+
+# Hot-path constructors: tuple.__new__ skips the generated __new__ (a Python-level call),
+# which made a ProcessMemoryStore put about 10% slower than with plain tuples.
+new_entry: Callable[[tuple[Deadline, tuple[str, ...], Any]], Entry] = partial(
+    tuple.__new__, Entry
+)
+new_pointer: Callable[[tuple[Deadline, str]], Pointer] = partial(tuple.__new__, Pointer)
 
 
 def _is_dead(deadline: Deadline, now: float) -> bool:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from stockpyle._expiry import Deadline
 from stockpyle._keys import layout_of
-from stockpyle._kv import Entry, Pointer, Record, _is_dead
+from stockpyle._kv import Entry, Plan, Pointer, Record, _is_dead
 from stockpyle._store import KeyDict, Lease
 from stockpyle.exceptions import StockpyleError
 
@@ -128,7 +128,7 @@ def fill(
     the pointers, compare-and-set leased alternate pointers)."""
     now = self.clock()
     try:
-        plans = self._plan_objects(objs, expires_at, now)
+        plans = [Plan._make(p) for p in self._plan_objects(objs, expires_at, now)]
     except StockpyleError as exc:
         raise self._naming_store(exc) from None
     backend = self.backend
@@ -205,7 +205,8 @@ def invalidate(self: BytesStore, objs: Sequence[Any]) -> None:
     slots: list[str] = []
     for obj in objs:
         try:
-            slots.extend(self._plan_objects([obj], None, 0.0)[0].slots)
+            (plan,) = self._plan_objects([obj], None, 0.0)
+            slots.extend(Plan._make(plan).slots)
         except StockpyleError as exc:
             raise self._naming_store(exc) from None
     identities = [layout_of(type(o)).identity.from_obj(o) for o in objs]

@@ -33,7 +33,7 @@ from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from stockpyle import _leases
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
-from stockpyle._kv import Entry, KeyValueStore, Pointer, Record
+from stockpyle._kv import Entry, KeyValueStore, Record, new_entry, new_pointer
 from stockpyle._serializer import (
     _HEADER,
     _UNSIGNED,
@@ -289,10 +289,12 @@ class BytesStore(KeyValueStore):
                 return None
         try:
             if wire[0] == _ENTRY:
-                return Entry(wire[1], tuple(wire[2]), wire[3])
+                _, deadline, slots, obj = wire
+                return new_entry((deadline, slots if type(slots) is tuple else tuple(slots), obj))
             if wire[0] == _POINTER:
-                return Pointer(wire[1], wire[2])
-        except (TypeError, IndexError, KeyError):
+                _, deadline, identity = wire
+                return new_pointer((deadline, identity))
+        except (TypeError, ValueError, IndexError, KeyError):
             pass
         _log.warning("%s: ignoring the value at %r: not a record", self.describe(), key)
         return None

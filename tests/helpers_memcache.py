@@ -277,7 +277,10 @@ class CountingProxy:
         for line in stream.feed(data):
             parts = line.split()
             verb = parts[0].decode()
-            new_trip = not state["pending"]
+            # A client still in the middle of one send (its last chunk ended inside a command
+            # or a data block) has not read any reply yet: that is the same round trip, even
+            # when the server already answered everything before it.
+            new_trip = not state["pending"] and not state.get("mid_send")
             if new_trip:
                 self.round_trips += 1
             if verb == "mn":  # the meta protocol's end of a pipelined batch: not a command
@@ -298,6 +301,7 @@ class CountingProxy:
                 stream.skip = int(parts[2]) + 2
             if b"noreply" not in parts and b"q" not in parts[2:]:
                 state["pending"].append(verb)
+        state["mid_send"] = bool(stream.buf or stream.skip)
 
     def _responses(self, state: dict, data: bytes) -> None:
         stream: _Stream = state["down"]

@@ -796,3 +796,18 @@ def test_one_store_shared_by_threads(memcached_servers: list[str], build: Builde
     for thread in threads:
         thread.join()
     assert errors == []
+
+
+def test_release_closes_pooled_connections_and_they_reopen(memcached_server: str) -> None:
+    """release() closes the idle connections of a client built from servers= (so that many
+    short-lived stores do not exhaust memcached's connection limit); the store then reconnects."""
+    store = meta_memcache([memcached_server])
+    store.put(Foo(1))
+    (counters,) = store.client.router.get_counters().values()
+    assert counters.available >= 1  # an idle, open connection
+    store.release()
+    (counters,) = store.client.router.get_counters().values()
+    assert counters.available == 0
+    assert store.get(Foo, {"key": 1}) == Foo(1)
+    (counters,) = store.client.router.get_counters().values()
+    assert counters.available == 1 and counters.total_created == 2  # a new one

@@ -4,12 +4,13 @@ clients. Each race is forced: a second store over the same server plays the othe
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import memcache
 import pytest
-from helpers_memcache import PurgingStore, purge_created, unique_prefix
+from helpers_memcache import CountingProxy, PurgingStore, purge_created, unique_prefix
 from pymemcache.client.base import Client as PyClient
 
 from stockpyle.stores.memcache import MemcacheStore
@@ -165,3 +166,31 @@ def test_without_recache_a_hit_has_no_token(memcached_server: str) -> None:
     a.put(Foo(1))
     (lease,) = a.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
     assert lease == (lease.found, None, False, False) and lease.found is not None
+
+
+def test_leased_batches_are_one_round_trip_per_server_per_step(
+    memcached_servers: list[str],
+) -> None:
+    """A leased batch_get of 50 missing keys is one multi-get per server, its fill one
+    compare-and-set round trip plus one for the pointers, and an invalidation one read and one
+    delete round trip: never one per key."""
+    proxies = [CountingProxy(s) for s in memcached_servers]
+    try:
+        store = PurgingStore(servers=[p.address for p in proxies], prefix=unique_prefix())
+        objs = [Foo(i, i, i) for i in range(50)]
+        leases = store.batch_lease_entries(Foo, [{"key": o.key} for o in objs], lease_seconds=5)
+        for proxy in proxies:
+            assert proxy.commands == Counter({"get": 1}) and proxy.round_trips == 1
+            proxy.reset()
+        assert store.batch_fill(objs, [lease.token for lease in leases]) == [True] * 50
+        for proxy in proxies:
+            assert set(proxy.commands) == {"set"} and proxy.round_trips <= 2
+            proxy.reset()
+        store.batch_invalidate(objs)
+        for proxy in proxies:
+            assert set(proxy.commands) <= {"get", "delete"} and proxy.round_trips <= 2
+        assert store.batch_get(Foo, [{"zap": i, "bar": i} for i in range(50)]) == [None] * 50
+    finally:
+        purge_created()
+        for proxy in proxies:
+            proxy.close()

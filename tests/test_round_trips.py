@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import memcache
 import pytest
 import sqlalchemy as sa
 from helpers_memcache import CountingProxy, PurgingStore, purge_created, unique_prefix
@@ -37,9 +38,15 @@ TIMEOUT = 2.0
 # -- memcached: builders and a proxy per server ---------------------------------------------------
 
 
-def python_memcached(servers: list[str]) -> MemcacheStore:
-    """The default client (python-memcached), built from ``servers=``."""
+def meta_memcache(servers: list[str]) -> MemcacheStore:
+    """The default engine (meta-memcache), built from ``servers=``."""
     return PurgingStore(servers=servers, prefix=unique_prefix())
+
+
+def python_memcached(servers: list[str]) -> MemcacheStore:
+    """A python-memcached ``Client`` passed as ``client=``."""
+    client = memcache.Client(servers, socket_timeout=TIMEOUT)
+    return PurgingStore(client=client, prefix=unique_prefix())
 
 
 def pymemcache(servers: list[str]) -> MemcacheStore:
@@ -52,7 +59,11 @@ def pymemcache(servers: list[str]) -> MemcacheStore:
 
 
 Builder = Callable[[list[str]], MemcacheStore]
-CLIENTS: dict[str, Builder] = {"python-memcached": python_memcached, "pymemcache": pymemcache}
+CLIENTS: dict[str, Builder] = {
+    "meta-memcache": meta_memcache,
+    "python-memcached": python_memcached,
+    "pymemcache": pymemcache,
+}
 
 
 @pytest.fixture(params=[1, 2], ids=["one-server", "two-servers"])

@@ -168,12 +168,18 @@ class MemcacheStore(BytesStore):
             _import("meta_memcache", "meta-memcache")
             from stockpyle.stores.memcache_meta import meta_client
 
-            client = meta_client(server_list, timeout=timeout, dead_retry=dead_retry)
+            pools: list[Any] = []
+            client = meta_client(
+                server_list, timeout=timeout, dead_retry=dead_retry, pools=pools
+            )
+            from stockpyle.stores.memcache_meta import MetaMemcacheBackend
+
+            backend: BytesBackend = MetaMemcacheBackend(client, pools=pools)
         else:
             root = type(client).__module__.partition(".")[0]
             if root in ("memcache", "pymemcache", "meta_memcache"):
                 _import(root, {"memcache": "python-memcached"}.get(root, root.replace("_", "-")))
-        backend = _backend_for(client)
+            backend = _backend_for(client)
         backend.max_value_size = max_item_size - ITEM_OVERHEAD
         if recache_seconds:
             # memcached's TTL runs NATIVE_EXPIRY_MARGIN past the entry's own deadline.

@@ -96,7 +96,7 @@ class PyMemcacheBackend(BytesBackend):
     def get_many(self, keys: Sequence[str]) -> Mapping[str, bytes]:
         found: dict[str, bytes] = {}
         for part in self._each(keys, lambda base, ks: base.get_many(ks)):
-            found.update({k if isinstance(k, str) else k.decode(): v for k, v in part.items()})
+            found.update(part)  # pymemcache answers at the keys it was given (str here)
         return found
 
     def set_many(self, items: Mapping[str, Item]) -> None:
