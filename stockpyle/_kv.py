@@ -34,7 +34,18 @@ from stockpyle._keys import KeySpec, keyed_bases, layout_of
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
 
-__all__ = ["Entry", "KeyValueStore", "Plan", "Pointer", "Record", "new_entry", "new_pointer"]
+__all__ = [
+    "Entry",
+    "KeyValueStore",
+    "Plan",
+    "Pointer",
+    "Record",
+    "View",
+    "is_dead",
+    "new_entry",
+    "new_pointer",
+    "resolve",
+]
 
 T = TypeVar("T")
 
@@ -123,7 +134,7 @@ class KeyValueStore(BaseStore):
         if targets:
             records.update(self._load(list(dict.fromkeys(targets))))
         now = self.clock()
-        found = [None if s is None else _resolve(s, records, now) for s in slots]
+        found = [None if s is None else resolve(s, records, now) for s in slots]
         self._count(found)
         return found
 
@@ -148,7 +159,7 @@ class KeyValueStore(BaseStore):
             return None
         if type(record) is Pointer:
             records.update(self._load([record.identity]))
-        found = _resolve(slot, records, self.clock())
+        found = resolve(slot, records, self.clock())
         next(self.counters.misses if found is None else self.counters.hits)
         return found
 
@@ -207,7 +218,7 @@ class KeyValueStore(BaseStore):
         if not plans:
             return
         with self._lock:
-            view = _View(self)
+            view = View(self)
             view.fetch([identity for identity, _, _, _ in plans])
             # Slots the stored versions occupy but the new versions will not: they must be read
             # to learn whether they still point to the object.
@@ -218,8 +229,8 @@ class KeyValueStore(BaseStore):
                     stale.extend(s for s in old.slots if s not in slots)
             view.fetch(stale)
             for identity, slots, deadline, obj in plans:
-                view.unlink(identity, keep=() if _is_dead(deadline, now) else slots)
-                if not _is_dead(deadline, now):
+                view.unlink(identity, keep=() if is_dead(deadline, now) else slots)
+                if not is_dead(deadline, now):
                     view.set(identity, new_entry((deadline, slots, obj)))
                     pointer = new_pointer((deadline, identity))
                     for slot in slots[1:]:
@@ -238,7 +249,7 @@ class KeyValueStore(BaseStore):
         if not identities:
             return
         with self._lock:
-            view = _View(self)
+            view = View(self)
             view.fetch(identities)
             view.fetch([s for i in identities if (e := view.entry(i)) for s in e.slots[1:]])
             for identity in identities:
@@ -248,32 +259,30 @@ class KeyValueStore(BaseStore):
 
 # Hot-path constructors: tuple.__new__ skips the generated __new__ (a Python-level call),
 # which made a ProcessMemoryStore put about 10% slower than with plain tuples.
-new_entry: Callable[[tuple[Deadline, tuple[str, ...], Any]], Entry] = partial(
-    tuple.__new__, Entry
-)
+new_entry: Callable[[tuple[Deadline, tuple[str, ...], Any]], Entry] = partial(tuple.__new__, Entry)
 new_pointer: Callable[[tuple[Deadline, str]], Pointer] = partial(tuple.__new__, Pointer)
 
 
-def _is_dead(deadline: Deadline, now: float) -> bool:
+def is_dead(deadline: Deadline, now: float) -> bool:
     return deadline is not None and deadline <= now
 
 
-def _resolve(slot: str, records: dict[str, Record], now: float) -> tuple[Any, Deadline] | None:
+def resolve(slot: str, records: dict[str, Record], now: float) -> tuple[Any, Deadline] | None:
     record = records.get(slot)
     if record is None:
         return None
     if type(record) is Pointer:
-        if _is_dead(record.deadline, now):
+        if is_dead(record.deadline, now):
             return None
         record = records.get(record.identity)
         if type(record) is not Entry or slot not in record.slots:
             return None  # a stale pointer: the object no longer has this key value
-    if type(record) is not Entry or _is_dead(record.deadline, now):
+    if type(record) is not Entry or is_dead(record.deadline, now):
         return None
     return record.obj, record.deadline
 
 
-class _View:
+class View:
     """Current records plus planned changes, so a batch behaves like the loop of its singles."""
 
     def __init__(self, store: KeyValueStore) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from stockpyle._expiry import Deadline
 from stockpyle._keys import layout_of
-from stockpyle._kv import Entry, Plan, Pointer, Record, _is_dead
+from stockpyle._kv import Entry, Plan, Pointer, Record, is_dead
 from stockpyle._store import KeyDict, Lease
 from stockpyle.exceptions import StockpyleError
 
@@ -85,7 +85,7 @@ def lease_entries(
             if type(record) is Entry and slot not in record.slots:
                 results.append(Lease(None, token=_ADD))  # a stale pointer
                 continue
-        if type(record) is Entry and not _is_dead(record.deadline, now):
+        if type(record) is Entry and not is_dead(record.deadline, now):
             token = None if leased.token is None else FillToken("cas", at, leased.token)
             hit = (record.obj, record.deadline)
             results.append(Lease(hit, token=token, busy=leased.busy, stale=leased.stale))
@@ -136,7 +136,7 @@ def fill(
     adds: dict[str, Item] = {}
     alts: dict[str, tuple[Item, Any]] = {}
     for plan, token in zip(plans, tokens, strict=True):
-        if _is_dead(plan.deadline, now):
+        if is_dead(plan.deadline, now):
             continue
         bkey = self.backend_key(plan.identity)
         item = self.item(bkey, Entry(plan.deadline, plan.slots, plan.obj), now)

@@ -19,11 +19,19 @@ import hmac
 import pickle
 from typing import Any, Protocol, runtime_checkable
 
-__all__ = ["BadValueError", "Envelope", "PickleSerializer", "Serializer"]
+__all__ = [
+    "HEADER",
+    "SIGNED",
+    "UNSIGNED",
+    "BadValueError",
+    "Envelope",
+    "PickleSerializer",
+    "Serializer",
+]
 
-_UNSIGNED = b"sp\x00"
-_SIGNED = b"sp\x01"
-_HEADER = len(_UNSIGNED)
+UNSIGNED = b"sp\x00"
+SIGNED = b"sp\x01"
+HEADER = len(UNSIGNED)
 _TAG = hashlib.sha256().digest_size
 
 
@@ -98,29 +106,29 @@ class Envelope:
         """Serialize ``obj`` into a frame for ``key`` (signed when there is a secret)."""
         payload = self.serializer.dumps(obj)
         if self._secret is None:
-            return _UNSIGNED + payload
-        return _SIGNED + self._tag(key, payload) + payload
+            return UNSIGNED + payload
+        return SIGNED + self._tag(key, payload) + payload
 
     def unpack(self, key: bytes, data: bytes) -> Any:
         """Verify and deserialize a frame read at ``key``; :class:`BadValueError` if refused.
 
         Errors raised by the serializer itself propagate unchanged.
         """
-        header = data[:_HEADER]
+        header = data[:HEADER]
         if self._secret is None:
-            if header == _UNSIGNED:
-                return self.serializer.loads(data[_HEADER:])
-            if header == _SIGNED:
+            if header == UNSIGNED:
+                return self.serializer.loads(data[HEADER:])
+            if header == SIGNED:
                 msg = "the value is signed but this store has no secret to verify it"
                 raise BadValueError(msg)
-        elif header == _SIGNED:
-            tag = data[_HEADER : _HEADER + _TAG]
-            payload = data[_HEADER + _TAG :]
+        elif header == SIGNED:
+            tag = data[HEADER : HEADER + _TAG]
+            payload = data[HEADER + _TAG :]
             if not hmac.compare_digest(tag, self._tag(key, payload)):
                 msg = "the signature does not verify (tampered, forged or moved value)"
                 raise BadValueError(msg)
             return self.serializer.loads(payload)
-        elif header == _UNSIGNED:
+        elif header == UNSIGNED:
             msg = "the value is not signed but this store requires signatures"
             raise BadValueError(msg)
         msg = "not a stockpyle value (unknown header)"

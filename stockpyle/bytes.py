@@ -35,8 +35,8 @@ from stockpyle import _leases
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._kv import Entry, KeyValueStore, Record, new_entry, new_pointer
 from stockpyle._serializer import (
-    _HEADER,
-    _UNSIGNED,
+    HEADER,
+    UNSIGNED,
     BadValueError,
     Envelope,
     PickleSerializer,
@@ -275,9 +275,9 @@ class BytesStore(KeyValueStore):
         """The record framed in ``data`` at the backend key ``key``, or ``None`` (logged) when
         it is not one this store accepts."""
         wire: Any = None
-        if self._fast_loads is not None and data[:_HEADER] == _UNSIGNED:
+        if self._fast_loads is not None and data[:HEADER] == UNSIGNED:
             try:
-                wire = self._fast_loads(memoryview(data)[_HEADER:])
+                wire = self._fast_loads(memoryview(data)[HEADER:])
             except Exception:
                 wire = None  # the general path below says why
         if wire is None:

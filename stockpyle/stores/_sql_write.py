@@ -175,9 +175,10 @@ class WritePlan:
                 )
         if dialect.name == "postgresql":
             self.insert = postgresql.insert
-        elif dialect.name == "sqlite" and getattr(
-            dialect.dbapi, "sqlite_version_info", (0,)
-        ) >= (3, 35):
+        elif dialect.name == "sqlite" and getattr(dialect.dbapi, "sqlite_version_info", (0,)) >= (
+            3,
+            35,
+        ):
             self.insert = sqlite.insert
         if self.insert is None or not self.core_delete or not isinstance(table, sa.Table):
             return
@@ -236,9 +237,7 @@ class WritePlan:
         pk_keys = set(info.pk_keys)
         # Everything the object did not give comes back: keys, defaults, the stored values of
         # an updated row, and what the database changes on every write.
-        returned = tuple(
-            k for k in self.columns if k not in present or k in info.always_refetch
-        )
+        returned = tuple(k for k in self.columns if k not in present or k in info.always_refetch)
         if pk_missing:
             stmt: Any = self.insert(table)
             returned_cols = [self.columns[k] for k in returned]
@@ -409,9 +408,7 @@ def copy_back(info: MappedInfo, obj: Any, written: dict[str, Any]) -> None:
     for key, value in written.items():
         if key in mine:
             current = mine[key]
-            if current is value or (
-                key not in refetch and (current is not None or value is None)
-            ):
+            if current is value or (key not in refetch and (current is not None or value is None)):
                 continue
         setattr(obj, key, value)
 

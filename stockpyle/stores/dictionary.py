@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 from stockpyle._encoding import FAST_ENCODERS
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._keys import layout_of
-from stockpyle._kv import Entry, KeyValueStore, Record, _resolve, _View
+from stockpyle._kv import Entry, KeyValueStore, Record, View, resolve
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
 
@@ -85,7 +85,7 @@ class BaseDictionaryStore(KeyValueStore):
                 for key, record in list(mapping.items())
                 if type(record) is Entry and record.deadline is not None and record.deadline <= now
             ]
-            view = _View(self)
+            view = View(self)
             view.fetch(dead)
             view.fetch([slot for key in dead for slot in mapping[key].slots[1:]])
             for key in dead:
@@ -113,7 +113,7 @@ class BaseDictionaryStore(KeyValueStore):
         if type(record) is not Entry:
             target = mapping.get(record.identity)
             records = {slot: record} if target is None else {slot: record, record.identity: target}
-            return _resolve(slot, records, self.clock())
+            return resolve(slot, records, self.clock())
         deadline = record.deadline
         if deadline is not None and deadline <= self.clock():
             return None

@@ -169,9 +169,7 @@ class MemcacheStore(BytesStore):
             from stockpyle.stores.memcache_meta import meta_client
 
             pools: list[Any] = []
-            client = meta_client(
-                server_list, timeout=timeout, dead_retry=dead_retry, pools=pools
-            )
+            client = meta_client(server_list, timeout=timeout, dead_retry=dead_retry, pools=pools)
             from stockpyle.stores.memcache_meta import MetaMemcacheBackend
 
             backend: BytesBackend = MetaMemcacheBackend(client, pools=pools)

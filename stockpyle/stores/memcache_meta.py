@@ -81,9 +81,7 @@ class MetaMemcacheBackend(BytesBackend):
     supports_add = True
     supports_leases = True
 
-    def __init__(
-        self, client: Any, *, recache_seconds: int = 0, pools: Sequence[Any] = ()
-    ) -> None:
+    def __init__(self, client: Any, *, recache_seconds: int = 0, pools: Sequence[Any] = ()) -> None:
         """``pools``: the client's connection pools, if this backend may close their idle
         connections on :meth:`release` (those of a client built by :func:`meta_client`)."""
         import meta_memcache as mm

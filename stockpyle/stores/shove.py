@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from stockpyle._expiry import Clock, LifetimeCallback
-from stockpyle._kv import Entry, Pointer, Record, _View
+from stockpyle._kv import Entry, Pointer, Record, View
 from stockpyle.bytes import backend_key
 from stockpyle.exceptions import StockpyleError, StoreError
 from stockpyle.stores._shove_compat import import_shove
@@ -140,10 +140,13 @@ class ShoveStore(BaseDictionaryStore):
         return None
 
     def _load(self, keys: Sequence[str]) -> dict[str, Record]:
+        return self._read({self._key(key): key for key in keys})
+
+    def _read(self, wanted: dict[str, str]) -> dict[str, Record]:
+        """The records at the shove keys of ``wanted`` (shove key -> store key), by store key."""
         mapping = self.mapping
         found: dict[str, Record] = {}
-        for key in keys:
-            mapped = self._key(key)
+        for mapped, key in wanted.items():
             try:
                 value = mapping[mapped]
             except KeyError:
@@ -182,12 +185,12 @@ class ShoveStore(BaseDictionaryStore):
         now = self.clock()
         with self._lock:
             keys = [k for k in self._call("read", list, self.mapping) if isinstance(k, str)]
-            dead = [
+            dead = [  # shove keys as they are: mapping them again would change long ones
                 record.slots[0]  # the identity slot, as the object's other records name it
-                for record in self._load(keys).values()
+                for record in self._read({k: k for k in keys}).values()
                 if type(record) is Entry and record.deadline is not None and record.deadline <= now
             ]
-            view = _View(self)
+            view = View(self)
             view.fetch(dead)
             view.fetch([s for i in dead if (e := view.entry(i)) is not None for s in e.slots[1:]])
             for identity in dead:

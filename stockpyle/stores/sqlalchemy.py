@@ -277,9 +277,7 @@ class SqlAlchemyStore(BaseStore):
 
         self._run_write("delete", work, unit_of_work=False)
 
-    def _run_write(
-        self, action: str, work: Callable[[orm.Session], R], *, unit_of_work: bool
-    ) -> R:
+    def _run_write(self, action: str, work: Callable[[orm.Session], R], *, unit_of_work: bool) -> R:
         """:meth:`_run` for writes, retried (twice at most) when only concurrency made the
         transaction fail: another session changed the rows between the unit of work's read
         and its write, or the database broke a deadlock by failing this transaction."""
@@ -349,7 +347,6 @@ def _create_engine(uri: str | sa.URL, options: dict[str, Any]) -> sa.Engine:
                 exc.name or "psycopg", "postgres", store="SqlAlchemyStore"
             ) from exc
         raise
-
 
 
 def _retryable(cause: BaseException | None, *, unit_of_work: bool) -> bool:
