@@ -11,6 +11,7 @@ from stockpyle._expiry import Deadline
 from stockpyle._flight import FlightTable, FollowTimeout
 from stockpyle._heal import Healer
 from stockpyle._keys import layout_of
+from stockpyle._leased_reads import LeasedReads
 from stockpyle._stats import ChainStats, StoreStats
 from stockpyle._store import BaseStore, Found, KeyDict
 from stockpyle._writes import WriteTracker
@@ -25,7 +26,7 @@ T = TypeVar("T")
 log = logging.getLogger("stockpyle.chain")
 
 
-class ChainedStore(WriteThrough, BaseStore):
+class ChainedStore(LeasedReads, WriteThrough, BaseStore):
     """Stores layered fastest first, most persistent last, kept in step as one store.
 
     * ``get``/``batch_get`` try the layers in order; a hit is backfilled into every earlier
@@ -322,58 +323,6 @@ class ChainedStore(WriteThrough, BaseStore):
                 except StoreError as exc:
                     self._failed(layer, "release", exc)
         return found
-
-    def _leased_read(
-        self,
-        cls: type[Any],
-        layer: int,
-        keys: list[str],
-        wanted: list[KeyDict],
-        tokens: dict[int, dict[str, Any]],
-    ) -> dict[str, Found | None]:
-        """Read a shared layer, taking a lease on each miss (one caller per key fills)."""
-        store = self.stores[layer]
-        leases = store.batch_lease_entries(cls, wanted, lease_seconds=self.lease_seconds)
-        hits: dict[str, Found | None] = {}
-        busy: list[int] = []
-        mine = tokens.setdefault(layer, {})
-        for i, (key, lease) in enumerate(zip(keys, leases, strict=True)):
-            if lease.token is not None:  # a miss, a stale value or one due for refresh: ours
-                mine[key] = lease.token
-            elif lease.found is not None and (not lease.stale or self.serve_stale):
-                hits[key] = lease.found  # (while another caller refreshes it, if busy)
-                if lease.stale:
-                    store.counters.add("stale_served")
-                    next(self.counters.stale_served)
-            elif lease.busy:
-                busy.append(i)
-        if busy and self.lease_wait > 0:
-            hits.update(
-                self._await_fill(cls, store, [keys[i] for i in busy], [wanted[i] for i in busy])
-            )
-        return hits
-
-    def _await_fill(
-        self, cls: type[Any], store: BaseStore, keys: list[str], wanted: list[KeyDict]
-    ) -> dict[str, Found | None]:
-        """Poll ``store`` for fills another caller is making, for at most ``lease_wait``."""
-        store.counters.add("lease_waits", len(keys))
-        hits: dict[str, Found | None] = {}
-        deadline = time.monotonic() + self.lease_wait
-        interval = self.poll_interval
-        while keys and time.monotonic() < deadline:
-            self.sleep(interval)
-            interval = min(interval * 2, 0.005)
-            found = store.batch_get_entries(cls, wanted)
-            left_keys, left_wanted = [], []
-            for key, key_dict, hit in zip(keys, wanted, found, strict=True):
-                if hit is None:
-                    left_keys.append(key)
-                    left_wanted.append(key_dict)
-                else:
-                    hits[key] = hit
-            keys, wanted = left_keys, left_wanted
-        return hits
 
     def _backfill(
         self, layer: int, items: dict[str, tuple[Any, Deadline, Any]], begun: int, mark: int

@@ -1,0 +1,81 @@
+"""How a ChainedStore reads a shared layer (memcached): under leases, waiting for others' fills.
+
+A miss takes a lease, so that one caller per key (across processes) reads the layers below and
+fills; a caller that finds the lease taken polls the layer for that fill for at most
+``lease_wait`` seconds, then reads below without filling. A value the layer kept after an
+invalidation or expiry is served, with ``serve_stale``, while one caller refreshes it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from stockpyle._store import BaseStore, Found, KeyDict
+
+__all__ = ["LeasedReads"]
+
+
+class LeasedReads:
+    """The leased read path of :class:`~stockpyle.stores.ChainedStore`."""
+
+    stores: tuple[BaseStore, ...]
+    counters: Any
+    lease_seconds: float
+    lease_wait: float
+    serve_stale: bool
+    poll_interval: float
+    sleep: Callable[[float], None]
+
+    def _leased_read(
+        self,
+        cls: type[Any],
+        layer: int,
+        keys: list[str],
+        wanted: list[KeyDict],
+        tokens: dict[int, dict[str, Any]],
+    ) -> dict[str, Found | None]:
+        """Read a shared layer, taking a lease on each miss (one caller per key fills)."""
+        store = self.stores[layer]
+        leases = store.batch_lease_entries(cls, wanted, lease_seconds=self.lease_seconds)
+        hits: dict[str, Found | None] = {}
+        busy: list[int] = []
+        mine = tokens.setdefault(layer, {})
+        for i, (key, lease) in enumerate(zip(keys, leases, strict=True)):
+            if lease.token is not None:  # a miss, a stale value or one due for refresh: ours
+                mine[key] = lease.token
+            elif lease.found is not None and (not lease.stale or self.serve_stale):
+                hits[key] = lease.found  # (while another caller refreshes it, if busy)
+                if lease.stale:
+                    store.counters.add("stale_served")
+                    next(self.counters.stale_served)
+            elif lease.busy:
+                busy.append(i)
+        if busy and self.lease_wait > 0:
+            hits.update(
+                self._await_fill(cls, store, [keys[i] for i in busy], [wanted[i] for i in busy])
+            )
+        return hits
+
+    def _await_fill(
+        self, cls: type[Any], store: BaseStore, keys: list[str], wanted: list[KeyDict]
+    ) -> dict[str, Found | None]:
+        """Poll ``store`` for fills another caller is making, for at most ``lease_wait``."""
+        store.counters.add("lease_waits", len(keys))
+        hits: dict[str, Found | None] = {}
+        deadline = time.monotonic() + self.lease_wait
+        interval = self.poll_interval
+        while keys and time.monotonic() < deadline:
+            self.sleep(interval)
+            interval = min(interval * 2, 0.005)
+            found = store.batch_get_entries(cls, wanted)
+            left_keys, left_wanted = [], []
+            for key, key_dict, hit in zip(keys, wanted, found, strict=True):
+                if hit is None:
+                    left_keys.append(key)
+                    left_wanted.append(key_dict)
+                else:
+                    hits[key] = hit
+            keys, wanted = left_keys, left_wanted
+        return hits
