@@ -44,7 +44,7 @@ start() {
   cd /  # the postgres user cannot read root's working directory
   for port in "${MC_PORTS[@]}"; do
     if ! (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-      memcached -u root -l 127.0.0.1 -p "$port" -U 0 -m 64 -d -P "$STATE/memcached-$port.pid"
+      memcached -u root -l 127.0.0.1 -p "$port" -U 0 -m 64 -c 4096 -d -P "$STATE/memcached-$port.pid"
     fi
     wait_port "$port"
   done

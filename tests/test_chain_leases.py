@@ -153,6 +153,7 @@ def test_serve_stale_answers_the_old_value_while_one_caller_refreshes(world: Any
     database.put(Foo(1, name="v2"))  # the database changes...
     a.stores[0].batch_invalidate([Foo(1)])  # ...and a write marks the cached copy stale
     database.go.clear()
+    database.reading.clear()  # set by the read above: wait for the refresh's own read
     thread, got = in_thread(lambda: a.get(Foo, {"key": 1}))  # refreshes (holds the lease)
     assert database.reading.wait(WAIT)
     served = b.get(Foo, {"key": 1})
