@@ -28,7 +28,7 @@ echo "== pytest"; .venv/bin/python -m pytest -q "$@"
 echo "== shove with setuptools>=82 (no pkg_resources)"
 [ -x .venv-new-setuptools/bin/python ] || "$PY" -m venv .venv-new-setuptools
 .venv-new-setuptools/bin/python -m pip install -q --disable-pip-version-check \
-  'setuptools>=82' -e '.[shove]' pytest hypothesis
+  'setuptools>=82' -e '.[shove,testing]'
 .venv-new-setuptools/bin/python -c \
   "import importlib.util, sys; sys.exit(importlib.util.find_spec('pkg_resources') is not None)" \
   || { echo "setuptools>=82 still ships pkg_resources: this leg would prove nothing"; exit 1; }
