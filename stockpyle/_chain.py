@@ -142,7 +142,10 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         self.failures[layer] += 1
         self.stores[layer].counters.add("failures")
         next(self.counters.failures)
-        log.warning("%s: %s failed in cache layer %d (%s)", self.describe(), action, layer, exc)
+        # str(exc), not exc: a log record must not keep the traceback (and this chain) alive
+        log.warning(
+            "%s: %s failed in cache layer %d (%s)", self.describe(), action, layer, str(exc)
+        )
 
     def _is_suspect(self, layer: int, obj: Any) -> bool:
         keys = self._suspect[layer]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -37,7 +38,9 @@ class Healer:
         self._stores = stores
         self.interval = interval
         self._identity_of = identity_of
-        self._on_healed = on_healed
+        # Weakly: the chain owns this healer, and a chain nobody uses any more must not be kept
+        # alive (nor keep retrying against its servers) by its healer's thread.
+        self._on_healed = None if on_healed is None else weakref.WeakMethod(on_healed)
         self._lock = threading.Lock()
         #: per layer: identity key -> the object to invalidate. The key sets double as the
         #: chain's *suspect* sets (reads skip a layer for these keys).
@@ -84,8 +87,9 @@ class Healer:
                 if pending.get(identity) is obj:  # not failed again meanwhile
                     del pending[identity]
         log.info("layer %d answered again: %d keys invalidated", layer, len(batch))
-        if self._on_healed is not None:
-            self._on_healed(layer, len(batch))
+        on_healed = None if self._on_healed is None else self._on_healed()
+        if on_healed is not None:
+            on_healed(layer, len(batch))
         return True
 
     def heal_all(self) -> bool:
@@ -102,16 +106,13 @@ class Healer:
         if self._thread is not None and self._thread.is_alive():
             return
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="stockpyle-healer", daemon=True)
+        self._thread = threading.Thread(
+            target=_retry,
+            args=(weakref.ref(self), self._stop),
+            name="stockpyle-healer",
+            daemon=True,
+        )
         self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            if self.heal_all():
-                with self._lock:
-                    if not any(self.pending):
-                        self._thread = None
-                        return
 
     def stop(self) -> None:
         """Stop retrying (pending keys stay suspect; a later failure restarts the thread)."""
@@ -120,3 +121,25 @@ class Healer:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
         self._thread = None
+
+
+def _retry(ref: weakref.ref[Healer], stop: threading.Event) -> None:
+    """The healer thread: one round every ``interval`` until nothing is pending, the healer is
+    stopped, or it is gone (its chain was dropped: nobody reads through it any more)."""
+    while True:
+        healer = ref()
+        if healer is None:
+            return
+        interval = healer.interval
+        del healer  # hold no reference while waiting
+        if stop.wait(interval):
+            return
+        healer = ref()
+        if healer is None:
+            return
+        if healer.heal_all():
+            with healer._lock:
+                if not any(healer.pending):
+                    healer._thread = None
+                    return
+        del healer

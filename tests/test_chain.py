@@ -342,3 +342,19 @@ def test_backfill_refreshes_an_older_copy_in_an_upper_layer() -> None:
     bottom.put(Foo(1, 5, 3, name="v2"))  # another process changed it in the database
     assert chain.get(Foo, {"zap": 5, "bar": 3}).name == "v2"  # type: ignore[union-attr]
     assert top.get(Foo, {"key": 1}).name == "v2"  # type: ignore[union-attr]
+
+
+def test_a_dropped_chain_stops_its_healer_thread() -> None:
+    """The healer thread does not keep a chain nobody uses alive, nor keep retrying against
+    its servers: once the chain is gone, the thread ends."""
+    import gc
+
+    chain, (_top, mid, _bottom), _ = make_chain(heal_interval=0.001)
+    mid.failing.update({"put", "delete"})  # down for good: the healer would retry forever
+    chain.put(Foo(1))
+    thread = chain._healer._thread
+    assert thread is not None and thread.is_alive()
+    del chain
+    gc.collect()
+    thread.join(10)  # a bound on waiting for the other thread, not a duration under test
+    assert not thread.is_alive()
