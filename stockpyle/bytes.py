@@ -22,16 +22,24 @@ full store; everything else lives there, once:
 from __future__ import annotations
 
 import abc
-import hashlib
 import logging
 import math
 import pickle
-import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from stockpyle import _leases
+from stockpyle._bytes_keys import backend_key
+from stockpyle._bytes_types import (
+    NATIVE_EXPIRY_MARGIN,
+    BackendError,
+    Item,
+    Leased,
+    Unsupported,
+    ValueNotStoredError,
+    ValueTooLargeError,
+)
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._kv import Entry, KeyValueStore, Record, new_entry, new_pointer
 from stockpyle._serializer import (
@@ -62,81 +70,9 @@ __all__ = [
     "backend_key",
 ]
 
-#: Native expiry is set this much after the store's own deadline, so that a backend never drops
-#: an entry the store still considers alive (one-second granularity, a store clock that is not
-#: wall time). The store's deadline decides what is returned; the native one reclaims space.
-NATIVE_EXPIRY_MARGIN = 60
-
-_PRINTABLE = re.compile(r"[\x21-\x7e]*\Z")  # printable ASCII: no space, control or non-ASCII
-_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
 _ENTRY, _POINTER = 0, 1  # the first field of a serialized record (the wire format)
 _log = logging.getLogger("stockpyle.bytes")
 T = TypeVar("T")
-
-
-class Item(NamedTuple):
-    """One value to write: the bytes and how many seconds the backend keeps them (``None``:
-    until deleted). The store adds :data:`NATIVE_EXPIRY_MARGIN` before handing it over."""
-
-    value: bytes
-    expire_in: int | None
-
-
-class Leased(NamedTuple):
-    """What :meth:`BytesBackend.lease_many` found at one key.
-
-    ``value`` is the stored bytes or ``None``. ``token`` is set when this caller may fill (it
-    won the lease on a miss, or is asked to refresh a stale or expiring value), ``busy`` when
-    another caller holds the lease, ``stale`` when ``value`` was invalidated.
-    """
-
-    value: bytes | None
-    token: Any = None
-    busy: bool = False
-    stale: bool = False
-
-
-class BackendError(Exception):
-    """A backend failure; ``server`` (optional) names where it happened."""
-
-    def __init__(self, message: str, *, server: str | None = None) -> None:
-        super().__init__(message)
-        self.server = server
-
-
-class Unsupported(NotImplementedError):
-    """The backend does not have this conditional operation (see its ``supports_*``)."""
-
-
-class ValueNotStoredError(StoreError):
-    """A batch was refused before anything was sent (a value too large, or unserializable).
-
-    The previous versions of the batch's objects were removed, so no stale copy survives.
-    """
-
-
-class ValueTooLargeError(ValueNotStoredError, ValueError):
-    """A serialized object is larger than the backend accepts (``max_value_size``)."""
-
-
-def backend_key(
-    key: str, limit: int, *, printable: bool = False, measure: Callable[[str], int] = len
-) -> str:
-    """``key`` itself when it fits (``measure(key) <= limit``, no ``#``, printable ASCII if
-    ``printable``), else a readable head of it, ``#`` and the SHA-256 of the whole key.
-
-    Keys kept as they are never hold ``#`` and mapped ones always do, so two keys never map to
-    one (barring a SHA-256 collision).
-    """
-    if measure(key) <= limit and "#" not in key and (not printable or _PRINTABLE.match(key)):
-        return key
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-    head = key[: max(0, limit - len(digest) - 1)].replace("#", "_")
-    if printable:
-        head = _UNPRINTABLE.sub("_", head)
-    while head and measure(head) + len(digest) + 1 > limit:
-        head = head[: len(head) * 3 // 4]
-    return f"{head}#{digest}"
 
 
 class BytesBackend(abc.ABC):

@@ -17,7 +17,7 @@ import pytest
 import stockpyle
 from stockpyle._store import KeyDict
 from stockpyle.invalidation import InvalidationChannel, keys_of
-from stockpyle.invalidation._channel import _WARNED
+from stockpyle.invalidation._guarding import _WARNED
 from stockpyle.invalidation._messages import MAX_PAYLOAD, pack, unpack
 from stockpyle.stores import ChainedStore, ProcessMemoryStore, ThreadLocalStore
 

@@ -34,12 +34,12 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 
 from stockpyle._store import BaseStore
 from stockpyle.exceptions import StockpyleError
+from stockpyle.ext._sqlalchemy_rows import load_missing, old_versions, touched_rows
 from stockpyle.invalidation._messages import keys_of
 from stockpyle.stores._sql_objects import (
     MappedInfo,
     detached_copy,
     mapped_info,
-    select_by_pk,
     unloaded_columns,
 )
 
@@ -169,11 +169,11 @@ class StockpyleSessionExtension:
         for obj in session.dirty:
             info = self._info(obj)
             if info is not None and session.is_modified(obj):
-                flushing.append((PUT, obj, _old_versions(info, obj)))
+                flushing.append((PUT, obj, old_versions(info, obj)))
         for obj in session.deleted:
             info = self._info(obj)
             if info is not None:
-                flushing.append((DELETE, obj, _old_versions(info, obj)))
+                flushing.append((DELETE, obj, old_versions(info, obj)))
 
     def _after_flush_postexec(self, session: orm.Session, flush_context: Any) -> None:
         state = self._state(session)
@@ -181,7 +181,7 @@ class StockpyleSessionExtension:
         ops = self._current_ops(session)
         if ops is None or not flushing:
             return
-        _load_missing(session, [obj for kind, obj, _ in flushing if kind == PUT])
+        load_missing(session, [obj for kind, obj, _ in flushing if kind == PUT])
         copies = []
         for kind, obj, olds in flushing:
             copy = detached_copy(obj)
@@ -292,7 +292,7 @@ class StockpyleSessionExtension:
         if info is None or (self.classes is not None and not issubclass(info.cls, self.classes)):
             return
         session = execute_state.session
-        touched = _touched_rows(session, info, execute_state)  # begins the transaction if needed
+        touched = touched_rows(session, info, execute_state)  # begins the transaction if needed
         ops = self._current_ops(session)
         if ops is None:  # pragma: no cover - the select above always begins one
             return
@@ -336,76 +336,3 @@ def _merge(parent: Ops, child: Ops) -> None:
     for identity, (kind, copy, olds) in child.items():
         previous = parent.get(identity)
         parent[identity] = (kind, copy, (previous[2] if previous else []) + olds)
-
-
-def _old_versions(info: MappedInfo, obj: Any) -> list[Any]:
-    """Copies of ``obj`` as it was before this flush, when one of its keys changed (as far as
-    SQLAlchemy knows the old values)."""
-    state = sa.inspect(obj)
-    if state.key is None:  # pending: no previous version in the database
-        return []
-    old: dict[str, Any] = {}
-    names = {n for spec in info.layout.specs for n in spec.names if n in info.column_keys}
-    for name in names:
-        deleted = state.attrs[name].history.deleted
-        if deleted:
-            old[name] = deleted[0]
-    # The identity map key holds the primary key the row was loaded with.
-    for name, value in zip(info.pk_keys, state.key[1], strict=True):
-        if name in names and value != state.dict.get(name, value):
-            old[name] = value
-    if not old:
-        return []
-    copy = info.mapper.class_manager.new_instance()
-    for name, value in state.dict.items():
-        if name in info.column_keys:
-            orm.attributes.set_committed_value(copy, name, value)
-    for name, value in old.items():
-        orm.attributes.set_committed_value(copy, name, value)
-    return [copy]
-
-
-def _load_missing(session: orm.Session, objs: Sequence[Any]) -> None:
-    """Load unloaded columns of flushed objects, one ``SELECT`` per class (loaded attributes
-    are left alone)."""
-    by_class: dict[type, list[Any]] = {}
-    for obj in objs:
-        state = sa.inspect(obj)
-        if state.persistent and unloaded_columns(obj):
-            by_class.setdefault(type(obj), []).append(obj)
-    for cls, group in by_class.items():
-        info = mapped_info(cls)
-        assert info is not None
-        select_by_pk(session, info, [info.pk_of(o) for o in group])
-
-
-def _touched_rows(
-    session: orm.Session, info: MappedInfo, execute_state: orm.ORMExecuteState
-) -> list[Any]:
-    """Stand-ins (carrying their key columns) for the rows a bulk statement will touch,
-    selected with the statement's own criteria before it runs."""
-    cls = info.cls
-    names = sorted({n for spec in info.layout.specs for n in spec.names} & info.column_keys)
-    columns = [getattr(cls, n) for n in names]
-    params = execute_state.parameters
-    if execute_state.is_executemany and isinstance(params, list):
-        # "bulk UPDATE by primary key": one parameter set per row, primary keys included
-        pks = [tuple(p[k] for k in info.pk_keys) for p in params]
-        attrs = [getattr(cls, k) for k in info.pk_keys]
-        where: Any = (
-            attrs[0].in_([p[0] for p in pks]) if len(attrs) == 1 else sa.tuple_(*attrs).in_(pks)
-        )
-    else:
-        where = getattr(execute_state.statement, "whereclause", None)
-    stmt = sa.select(*columns)
-    if where is not None:
-        stmt = stmt.where(where)
-    stand_ins = []
-    with session.no_autoflush:
-        rows = session.execute(stmt).all()
-    for row in rows:
-        stand_in = info.mapper.class_manager.new_instance()
-        for name, value in zip(names, row, strict=True):
-            orm.attributes.set_committed_value(stand_in, name, value)
-        stand_ins.append(stand_in)
-    return stand_ins

@@ -18,12 +18,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from stockpyle.invalidation._channel import (
-    Guardable,
-    InvalidationChannel,
-    exponential_backoff,
-    warn_if_unguarded,
-)
+from stockpyle.invalidation._channel import InvalidationChannel, exponential_backoff
+from stockpyle.invalidation._guarding import Guardable, warn_if_unguarded
 from stockpyle.invalidation._messages import MAX_PAYLOAD, keys_of
 
 if TYPE_CHECKING:

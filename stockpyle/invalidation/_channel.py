@@ -1,4 +1,6 @@
-"""The invalidation channel: what every implementation shares (guarding, fencing, batching).
+"""The invalidation channel: what every implementation shares (batching, publishing, the
+listener thread; guarding and fencing come from
+:class:`~stockpyle.invalidation._guarding.GuardedStores`).
 
 A channel carries *encoded store keys* (the strings the key-value stores index objects by)
 between processes. Publishing a write evicts the keys from the guarded in-process stores of this
@@ -15,11 +17,11 @@ import logging
 import os
 import threading
 import uuid
-import weakref
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
+from typing import Any, Self
 
+from stockpyle.invalidation._guarding import Guardable, GuardedStores
 from stockpyle.invalidation._messages import (
     MAX_PAYLOAD,
     flush_message,
@@ -27,9 +29,6 @@ from stockpyle.invalidation._messages import (
     pack,
     unpack,
 )
-
-if TYPE_CHECKING:
-    from stockpyle._store import BaseStore
 
 __all__ = [
     "MAX_PAYLOAD",
@@ -40,22 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("stockpyle.invalidation")
-
-#: Evictions remembered per key for fencing fills (beyond this, every older fill is refused).
-_EVICTIONS_REMEMBERED = 50_000
-
-
-@runtime_checkable
-class Guardable(Protocol):
-    """An in-process store a channel can guard (``ProcessMemoryStore``, ``ThreadLocalStore``)."""
-
-    def evict_keys(self, keys: Iterable[str]) -> int: ...
-
-    def evict_all(self) -> None: ...
-
-    def suspend(self) -> None: ...
-
-    def resume(self) -> None: ...
 
 
 def exponential_backoff(
@@ -69,7 +52,7 @@ def exponential_backoff(
     return delay
 
 
-class InvalidationChannel(abc.ABC):
+class InvalidationChannel(GuardedStores, abc.ABC):
     """Tells the in-process stores of every process about writes made anywhere.
 
     * :meth:`guard` registers in-process stores of this process; ``ChainedStore(...,
@@ -92,26 +75,12 @@ class InvalidationChannel(abc.ABC):
         backoff: Callable[[int], float] | None = None,
         sleep: Callable[[float], Any] | None = None,
     ) -> None:
-        if max_keys < 1:
-            msg = "max_keys must be a positive number"
-            raise ValueError(msg)
-        self.max_keys = max_keys
+        super().__init__(max_keys=max_keys)
         self.skip_own = skip_own
         self.backoff = backoff if backoff is not None else exponential_backoff()
         self._stopping = threading.Event()
         self.sleep: Callable[[float], Any] = sleep if sleep is not None else self._stopping.wait
         self._token = uuid.uuid4().hex[:12]
-        self._lock = threading.RLock()
-        # Held weakly: a chain built per request must not keep its memory layer alive here.
-        self._guarded: weakref.WeakValueDictionary[int, Guardable] = weakref.WeakValueDictionary()
-        self._subscribers: list[Callable[[Sequence[str] | None], Any]] = []
-        self._listening = False
-        # Fencing (see settle): a sequence number per eviction; a fill that read below before
-        # an eviction of its key (or before the channel last changed state) is evicted again.
-        self._seq = 0
-        self._epoch = 0
-        self._evicted: dict[str, int] = {}
-        self._forgotten = 0
         self._thread: threading.Thread | None = None
         #: Counters: messages and keys published and received, flushes, failures.
         self.stats: dict[str, int] = dict.fromkeys(
@@ -135,127 +104,10 @@ class InvalidationChannel(abc.ABC):
         """This channel in this process (a forked child gets another origin)."""
         return f"{os.getpid()}:{self._token}"
 
-    def describe(self) -> str:
-        """A short name for messages and logs."""
-        return type(self).__name__
-
     def __repr__(self) -> str:
         return f"<{self.describe()} listening={self._listening}>"
 
-    # -- guarded stores -------------------------------------------------------------------------
-
-    def guard(self, *stores: Guardable) -> None:
-        """Evict what this channel hears from ``stores`` (in-process stores of this process).
-        Until the channel listens, they are suspended (empty, ignoring writes)."""
-        for store in stores:
-            if not isinstance(store, Guardable):
-                msg = f"{store!r} cannot be guarded: it has no evict_keys/evict_all/suspend"
-                raise TypeError(msg)
-        with self._lock:
-            for store in stores:
-                if self.guards(store):
-                    continue
-                self._guarded[id(store)] = store
-                if self._listening:
-                    store.evict_all()  # filled while nobody listened for it
-                else:
-                    store.suspend()
-
-    def unguard(self, *stores: Guardable) -> None:
-        """Stop guarding ``stores`` (they are flushed and resumed: the caller owns them again)."""
-        with self._lock:
-            for store in stores:
-                if self.guards(store):
-                    del self._guarded[id(store)]
-                    store.evict_all()
-                    store.resume()
-
-    def guards(self, store: object) -> bool:
-        """Whether ``store`` is guarded by this channel."""
-        return self._guarded.get(id(store)) is store
-
-    def attach(self, chain: Any) -> None:
-        """Guard the in-process layers of ``chain`` (a ``ChainedStore``): every layer above
-        the last that implements :class:`Guardable` and is not shared with other processes."""
-        for store in chain.stores[:-1]:
-            if isinstance(store, Guardable) and not getattr(store, "shared", False):
-                self.guard(store)
-
-    def subscribe(self, callback: Callable[[Sequence[str] | None], Any]) -> Callable[[], None]:
-        """Call ``callback(keys)`` for every batch of keys evicted in this process (published
-        here or heard), ``callback(None)`` when everything is flushed. Returns a function that
-        unsubscribes. Callbacks run on the publishing or listening thread: keep them short."""
-        with self._lock:
-            self._subscribers.append(callback)
-
-        def unsubscribe() -> None:
-            with self._lock:
-                if callback in self._subscribers:
-                    self._subscribers.remove(callback)
-
-        return unsubscribe
-
-    @property
-    def listening(self) -> bool:
-        """Whether the listener is connected and listening (guarded stores are in use)."""
-        return self._listening
-
-    # -- fencing fills --------------------------------------------------------------------------
-
-    def mark(self) -> int:
-        """Take before reading the layers below a guarded store; pass to :meth:`settle`."""
-        return self._seq
-
-    def settle(self, store: Guardable, keys: Collection[str], mark: int) -> bool:
-        """Call right after writing ``keys`` into guarded ``store`` from a read (or write)
-        begun at ``mark``: if any of them was evicted since, or the channel was not listening
-        throughout, they are evicted again (the copy may predate a write it missed). Checking
-        after the write closes the race: an eviction either sees the copy or is seen here.
-        Returns whether the copy stays."""
-        if (
-            self._listening
-            and mark >= self._epoch
-            and mark >= self._forgotten
-            and not any(self._evicted.get(k, 0) > mark for k in keys)
-        ):
-            return True
-        store.evict_keys(keys)
-        return False
-
-    # -- delivering -----------------------------------------------------------------------------
-
-    def deliver(self, keys: Sequence[str] | None) -> None:
-        """Evict ``keys`` (``None``: everything) from this process's guarded stores now."""
-        if keys is not None and len(keys) > self.max_keys:
-            keys = None
-        with self._lock:
-            self._seq += 1
-            seq = self._seq
-            if keys is None:
-                self._forgotten = seq
-                self._evicted.clear()
-            else:
-                evicted = self._evicted
-                if len(evicted) + len(keys) > _EVICTIONS_REMEMBERED:
-                    evicted.clear()
-                    self._forgotten = seq
-                for key in keys:
-                    evicted[key] = seq
-            guarded = list(self._guarded.values())
-            subscribers = list(self._subscribers)
-        # Stores are evicted after the fence is raised (see settle), outside the channel lock.
-        for store in guarded:
-            if keys is None:
-                store.evict_all()
-            else:
-                store.evict_keys(keys)
-        if keys is None:
-            self.stats["flushes"] += 1
-        for callback in subscribers:
-            try:
-                callback(keys)
-            except Exception:
-                log.exception("%s: an invalidation subscriber failed", self.describe())
+    # -- receiving ------------------------------------------------------------------------------
 
     def received(self, payloads: Iterable[str]) -> None:
         """Handle messages heard from the channel (one batch: keys are coalesced)."""
@@ -335,36 +187,6 @@ class InvalidationChannel(abc.ABC):
     def _send(self, messages: Sequence[str]) -> None:
         """Send messages to every listener (of every process, this one included)."""
 
-    # -- the listener ---------------------------------------------------------------------------
-
-    def came_up(self) -> None:
-        """The listener listens (again): flush what it may have missed, then use the stores."""
-        with self._lock:
-            self._seq += 1
-            self._epoch = self._seq
-            for store in list(self._guarded.values()):
-                store.evict_all()
-                store.resume()
-            self._listening = True
-        log.info("%s: listening", self.describe())
-
-    def went_down(self, reason: object = None) -> None:
-        """The listener stopped listening: suspend the guarded stores until it is back."""
-        with self._lock:
-            was = self._listening
-            self._listening = False
-            self._seq += 1
-            self._epoch = self._seq
-            for store in list(self._guarded.values()):
-                store.suspend()
-        if was and reason is not None:
-            self.stats["disconnects"] += 1
-            log.warning(
-                "%s: not listening (%s): in-process layers bypassed until it reconnects",
-                self.describe(),
-                reason,
-            )
-
     @abc.abstractmethod
     def _listen(self) -> None:
         """Run the listener until :attr:`_stopping` is set (reconnecting as needed)."""
@@ -404,7 +226,7 @@ class InvalidationChannel(abc.ABC):
         self.went_down()
         self._close()
 
-    def _close(self) -> None:  # noqa: B027 - channels without connections have nothing to free
+    def _close(self) -> None:
         """Free the publishing connection (reopened lazily)."""
 
     def __enter__(self) -> Self:
@@ -423,33 +245,3 @@ def _now() -> float:
     import time
 
     return time.monotonic()
-
-
-_WARNED: set[str] = set()
-
-
-def warn_if_unguarded(stores: Sequence[BaseStore], logger: logging.Logger) -> None:
-    """Log :func:`unguarded_warning` at WARNING level, once per process for each kind of chain
-    (chains are often built per request: the log must not repeat)."""
-    message = unguarded_warning(stores)
-    if message is not None and message not in _WARNED:
-        _WARNED.add(message)
-        logger.warning("%s", message)
-
-
-def unguarded_warning(stores: Sequence[BaseStore]) -> str | None:
-    """Why a chain of ``stores`` without a channel may serve old copies from memory, or
-    ``None``: an in-process layer without a lifetime above a layer other processes share."""
-    for i, store in enumerate(stores):
-        if not isinstance(store, Guardable) or getattr(store, "shared", False):
-            continue
-        if getattr(store, "lifetime_cb", None) is not None:
-            continue
-        below = [s for s in stores[i + 1 :] if getattr(s, "shared", False)]
-        if below:
-            return (
-                f"{store.describe()} above shared {below[0].describe()} has no lifetime_cb and"
-                " the chain no invalidation channel: it keeps serving what it holds after"
-                " other processes change it (give it a lifetime, or pass invalidation=)"
-            )
-    return None

@@ -1,0 +1,93 @@
+"""What a session changed, for :class:`~stockpyle.ext.sqlalchemy.StockpyleSessionExtension`:
+old versions of flushed objects whose keys changed, their unloaded columns, and the rows a bulk
+``update()``/``delete()`` touches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import orm
+
+from stockpyle.stores._sql_objects import (
+    MappedInfo,
+    mapped_info,
+    select_by_pk,
+    unloaded_columns,
+)
+
+__all__ = ["load_missing", "old_versions", "touched_rows"]
+
+
+def old_versions(info: MappedInfo, obj: Any) -> list[Any]:
+    """Copies of ``obj`` as it was before this flush, when one of its keys changed (as far as
+    SQLAlchemy knows the old values)."""
+    state = sa.inspect(obj)
+    if state.key is None:  # pending: no previous version in the database
+        return []
+    old: dict[str, Any] = {}
+    names = {n for spec in info.layout.specs for n in spec.names if n in info.column_keys}
+    for name in names:
+        deleted = state.attrs[name].history.deleted
+        if deleted:
+            old[name] = deleted[0]
+    # The identity map key holds the primary key the row was loaded with.
+    for name, value in zip(info.pk_keys, state.key[1], strict=True):
+        if name in names and value != state.dict.get(name, value):
+            old[name] = value
+    if not old:
+        return []
+    copy = info.mapper.class_manager.new_instance()
+    for name, value in state.dict.items():
+        if name in info.column_keys:
+            orm.attributes.set_committed_value(copy, name, value)
+    for name, value in old.items():
+        orm.attributes.set_committed_value(copy, name, value)
+    return [copy]
+
+
+def load_missing(session: orm.Session, objs: Sequence[Any]) -> None:
+    """Load unloaded columns of flushed objects, one ``SELECT`` per class (loaded attributes
+    are left alone)."""
+    by_class: dict[type, list[Any]] = {}
+    for obj in objs:
+        state = sa.inspect(obj)
+        if state.persistent and unloaded_columns(obj):
+            by_class.setdefault(type(obj), []).append(obj)
+    for cls, group in by_class.items():
+        info = mapped_info(cls)
+        assert info is not None
+        select_by_pk(session, info, [info.pk_of(o) for o in group])
+
+
+def touched_rows(
+    session: orm.Session, info: MappedInfo, execute_state: orm.ORMExecuteState
+) -> list[Any]:
+    """Stand-ins (carrying their key columns) for the rows a bulk statement will touch,
+    selected with the statement's own criteria before it runs."""
+    cls = info.cls
+    names = sorted({n for spec in info.layout.specs for n in spec.names} & info.column_keys)
+    columns = [getattr(cls, n) for n in names]
+    params = execute_state.parameters
+    if execute_state.is_executemany and isinstance(params, list):
+        # "bulk UPDATE by primary key": one parameter set per row, primary keys included
+        pks = [tuple(p[k] for k in info.pk_keys) for p in params]
+        attrs = [getattr(cls, k) for k in info.pk_keys]
+        where: Any = (
+            attrs[0].in_([p[0] for p in pks]) if len(attrs) == 1 else sa.tuple_(*attrs).in_(pks)
+        )
+    else:
+        where = getattr(execute_state.statement, "whereclause", None)
+    stmt = sa.select(*columns)
+    if where is not None:
+        stmt = stmt.where(where)
+    stand_ins = []
+    with session.no_autoflush:
+        rows = session.execute(stmt).all()
+    for row in rows:
+        stand_in = info.mapper.class_manager.new_instance()
+        for name, value in zip(names, row, strict=True):
+            orm.attributes.set_committed_value(stand_in, name, value)
+        stand_ins.append(stand_in)
+    return stand_ins

@@ -1,0 +1,188 @@
+"""Write plans for SqlAlchemyStore: how objects of one mapped class are written on one dialect
+(native ``INSERT ... ON CONFLICT`` or the unit of work), with the statements built once per class
+and shape of row."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from stockpyle.stores._sql_objects import MappedInfo
+
+__all__ = ["WritePlan", "write_plan"]
+
+
+class WritePlan:
+    """How objects of one mapped class are written on one dialect, with its statements."""
+
+    __slots__ = (
+        "_lock",
+        "_statements",
+        "columns",
+        "core_delete",
+        "delete_by_identity",
+        "info",
+        "insert",
+        "native",
+        "pk_columns",
+        "returns_keys",
+        "same_keys",
+        "stores_none",
+    )
+
+    #: Statements kept per class (one per shape of row: columns set, columns set to None).
+    MAX_STATEMENTS = 256
+
+    def __init__(self, info: MappedInfo, dialect: sa.Dialect) -> None:
+        self.info = info
+        self._lock = threading.Lock()
+        self._statements: dict[Any, Any] = {}
+        mapper = info.mapper
+        table = mapper.local_table
+        #: attribute key -> its column, for writable attributes
+        self.columns: dict[str, sa.Column[Any]] = {}
+        self.pk_columns: tuple[sa.Column[Any], ...] = ()
+        self.insert: Any = None
+        self.native = False
+        #: Whether every column's key is its attribute's key (the values are the parameters).
+        self.same_keys = False
+        #: Attributes whose column type writes ``None`` as a value (``JSON``: ``null``).
+        self.stores_none: frozenset[str] = frozenset()
+        #: Whether an upsert returns the primary key even when nothing else must come back:
+        #: on PostgreSQL, so that psycopg does not run it in pipeline mode (whose failures print
+        #: "error ignored terminating <psycopg.Pipeline>" on stderr).
+        self.returns_keys = dialect.name == "postgresql"
+        #: Whether rows are deleted with a Core ``DELETE ... WHERE pk IN``: one table holds
+        #: the class (no joined inheritance), so nothing else must go with the row.
+        self.core_delete = False
+        #: Whether a delete by primary key needs no lookup first: no polymorphic subclass
+        #: mapper, whose rows a lookup filters by their discriminator.
+        self.delete_by_identity = False
+        if (
+            isinstance(table, sa.Table)
+            and len(mapper.tables) == 1
+            and mapper.persist_selectable is table
+        ):
+            pk_columns = [mapper.get_property(k).columns[0] for k in info.pk_keys]
+            if all(isinstance(c, sa.Column) and c.table is table for c in pk_columns):
+                self.pk_columns = tuple(pk_columns)
+                self.core_delete = True
+                self.delete_by_identity = mapper.inherits is None and (
+                    info.layout.identity.names == tuple(sorted(info.pk_keys))
+                )
+        if dialect.name == "postgresql":
+            self.insert = postgresql.insert
+        elif dialect.name == "sqlite" and getattr(dialect.dbapi, "sqlite_version_info", (0,)) >= (
+            3,
+            35,
+        ):
+            self.insert = sqlite.insert
+        if self.insert is None or not self.core_delete or not isinstance(table, sa.Table):
+            return
+        if (
+            mapper.inherits is not None
+            or mapper.polymorphic_on is not None
+            or mapper.version_id_col is not None
+            or len(mapper.tables) != 1
+            or mapper.persist_selectable is not table
+            or set(mapper.primary_key) != set(table.primary_key.columns)
+        ):
+            return
+        for key in info.writable_keys:
+            prop = mapper.get_property(key)
+            (column,) = prop.columns
+            if column.table is not table:
+                return
+            update = column.onupdate
+            if update is not None and not (update.is_scalar or update.is_clause_element):
+                return  # a Python function: the unit of work calls it
+            self.columns[key] = column
+        self.same_keys = all(c.key == k for k, c in self.columns.items())
+        self.stores_none = frozenset(
+            k for k, c in self.columns.items() if c.type.should_evaluate_none
+        )
+        self.native = True
+
+    def delete_statement(self) -> Any:
+        """``DELETE ... WHERE pk IN (:pks)`` with an expanding parameter, built once."""
+        stmt = self._statements.get("delete")
+        if stmt is None:
+            cols = self.pk_columns
+            param: Any = sa.bindparam("pks", expanding=True)
+            where = cols[0].in_(param) if len(cols) == 1 else sa.tuple_(*cols).in_(param)
+            table: Any = self.info.mapper.local_table
+            stmt = self._statements["delete"] = sa.delete(table).where(where)
+        return stmt
+
+    def statement(self, present: frozenset[str], nulls: frozenset[str], pk_missing: bool) -> Any:
+        """``(statement, returned attribute keys)`` for rows setting ``present`` (to values)
+        and ``nulls`` (to ``None``)."""
+        shape = (present, nulls, pk_missing)
+        found = self._statements.get(shape)
+        if found is None:
+            with self._lock:
+                if len(self._statements) >= self.MAX_STATEMENTS:
+                    self._statements.clear()
+                found = self._statements[shape] = self._build(present, nulls, pk_missing)
+        return found
+
+    def _build(
+        self, present: frozenset[str], nulls: frozenset[str], pk_missing: bool
+    ) -> tuple[Any, tuple[str, ...]]:
+        info = self.info
+        table = info.mapper.local_table
+        pk_keys = set(info.pk_keys)
+        # Everything the object did not give comes back: keys, defaults, the stored values of
+        # an updated row, and what the database changes on every write.
+        returned = tuple(k for k in self.columns if k not in present or k in info.always_refetch)
+        if pk_missing:
+            stmt: Any = self.insert(table)
+            returned_cols = [self.columns[k] for k in returned]
+            if returned_cols:
+                stmt = stmt.returning(*returned_cols, sort_by_parameter_order=True)
+            return stmt, returned
+        stmt = self.insert(table)
+        excluded = stmt.excluded
+        values: dict[Any, Any] = {}
+        for key, column in self.columns.items():
+            if key in pk_keys:
+                continue
+            if key in present:
+                values[column] = excluded[column.key]
+            elif key in nulls:
+                values[column] = None
+            elif column.onupdate is not None:
+                values[column] = column.onupdate.arg  # type: ignore[attr-defined]
+        if not values:  # only the key given: a no-op update still returns the row
+            first = self.pk_columns[0]
+            values[first] = excluded[first.key]
+        stmt = stmt.on_conflict_do_update(index_elements=list(self.pk_columns), set_=values)
+        if not returned:
+            if self.returns_keys:  # returned rows are ignored (see returns_keys)
+                stmt = stmt.returning(*self.pk_columns)
+            return stmt, returned  # nothing to read back
+        # Rows are matched to objects by primary key (RETURNING's order is not promised, and
+        # asking for it costs one statement per row).
+        pk_names = tuple(k for k in info.pk_keys if k not in returned)
+        returned = (*returned, *pk_names)
+        stmt = stmt.returning(*(self.columns[k] for k in returned))
+        return stmt, returned
+
+
+_PLANS: dict[tuple[type, str], WritePlan] = {}
+_PLANS_LOCK = threading.Lock()
+
+
+def write_plan(info: MappedInfo, dialect: sa.Dialect) -> WritePlan:
+    """The cached :class:`WritePlan` of a class on a dialect."""
+    key = (info.cls, dialect.name)
+    plan = _PLANS.get(key)
+    if plan is None:
+        with _PLANS_LOCK:
+            plan = _PLANS.get(key)
+            if plan is None:
+                plan = _PLANS[key] = WritePlan(info, dialect)
+    return plan
