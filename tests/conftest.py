@@ -2,12 +2,23 @@
 
 A test that needs a server skips when its environment variable is unset on a developer's
 machine, but *fails* under CI (``CI`` set), so a missing server can never pass as green.
+
+The suite leaves nothing in the temporary directory: the session runs with its own
+``stockpyle-suite-*`` directory as the temporary directory (``tempfile`` and ``TMPDIR``, so
+subprocesses too), and when the session finishes, anything a test left there, or any new
+``stockpyle-*`` entry in the temporary directory the session started with, is reported, and
+fails the run under CI. The session's directory is then removed.
 """
 
 from __future__ import annotations
 
+import gc
 import os
+import shutil
 import socket
+import tempfile
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -19,6 +30,74 @@ settings.register_profile("stockpyle", deadline=None, print_blob=True)
 settings.load_profile("stockpyle")
 
 pytest_plugins = ["helpers_sql"]
+
+
+_SUITE_PREFIX = "stockpyle-suite-"
+_TEMP: dict[str, Any] = {}
+
+
+def _stockpyle_entries(where: Path) -> set[str]:
+    """``stockpyle-*`` entries in ``where``, other than (concurrent) sessions' own directories."""
+    return {
+        p.name for p in where.glob("stockpyle-*") if not p.name.startswith(_SUITE_PREFIX)
+    }
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Give the session a temporary directory of its own (removed at the end), after noting
+    which ``stockpyle-*`` entries the original one already holds."""
+    original = Path(tempfile.gettempdir())
+    suite = Path(tempfile.mkdtemp(prefix=_SUITE_PREFIX, dir=original))
+    _TEMP.update(
+        original=original,
+        before=_stockpyle_entries(original),
+        suite=suite,
+        tempdir=tempfile.tempdir,
+        env=os.environ.get("TMPDIR"),
+    )
+    tempfile.tempdir = str(suite)
+    os.environ["TMPDIR"] = str(suite)
+
+
+def leftovers() -> list[str]:
+    """What the session has left so far: anything in its temporary directory but pytest's own
+    ``pytest-of-*`` (its ``tmp_path`` retention, ``none`` in pyproject.toml, removes that), and
+    new ``stockpyle-*`` entries in the original temporary directory."""
+    if not _TEMP:
+        return []
+    gc.collect()  # unreferenced stores close their files: what a test leaves is what remains
+    suite: Path = _TEMP["suite"]
+    inside = [str(p) for p in sorted(suite.iterdir()) if not p.name.startswith("pytest-of-")]
+    new = sorted(_stockpyle_entries(_TEMP["original"]) - _TEMP["before"])
+    return inside + [str(_TEMP["original"] / name) for name in new]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Report what the suite left in the temporary directory; under CI, fail the run."""
+    left = leftovers()
+    if not left:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("")
+        reporter.write_line(f"the test suite left {len(left)} temporary entries:", red=True)
+        for path in left:
+            reporter.write_line(f"  {path}", red=True)
+    if os.environ.get("CI") and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Restore the temporary directory and remove the session's own."""
+    if not _TEMP:
+        return
+    tempfile.tempdir = _TEMP["tempdir"]
+    if _TEMP["env"] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = _TEMP["env"]
+    shutil.rmtree(_TEMP["suite"], ignore_errors=True)
+    _TEMP.clear()
 
 
 def _require(var: str) -> str:
