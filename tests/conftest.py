@@ -5,9 +5,10 @@ machine, but *fails* under CI (``CI`` set), so a missing server can never pass a
 
 The suite leaves nothing in the temporary directory: the session runs with its own
 ``stockpyle-suite-*`` directory as the temporary directory (``tempfile`` and ``TMPDIR``, so
-subprocesses too), and when the session finishes, anything a test left there, or any new
-``stockpyle-*`` entry in the temporary directory the session started with, is reported, and
-fails the run under CI. The session's directory is then removed.
+subprocesses too). When the session finishes, anything a test left there is reported and fails
+the run under CI; new ``stockpyle-*`` entries in the temporary directory the session started with
+are reported too (they can come from another session running at the same time, so they do not
+fail the run). The session's directory is then removed.
 """
 
 from __future__ import annotations
@@ -60,30 +61,43 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def leftovers() -> list[str]:
-    """What the session has left so far: anything in its temporary directory but pytest's own
-    ``pytest-of-*`` (its ``tmp_path`` retention, ``none`` in pyproject.toml, removes that), and
-    new ``stockpyle-*`` entries in the original temporary directory."""
+    """What the session has left so far in its temporary directory: anything but pytest's own
+    ``pytest-of-*`` (its ``tmp_path`` retention, ``none`` in pyproject.toml, removes that)."""
     if not _TEMP:
         return []
     gc.collect()  # unreferenced stores close their files: what a test leaves is what remains
     suite: Path = _TEMP["suite"]
-    inside = [str(p) for p in sorted(suite.iterdir()) if not p.name.startswith("pytest-of-")]
+    return [str(p) for p in sorted(suite.iterdir()) if not p.name.startswith("pytest-of-")]
+
+
+def new_in_original() -> list[str]:
+    """New ``stockpyle-*`` entries in the temporary directory the session started with (a path
+    written out in full, not taken from ``tempfile``); a concurrent session may have made them."""
+    if not _TEMP:
+        return []
     new = sorted(_stockpyle_entries(_TEMP["original"]) - _TEMP["before"])
-    return inside + [str(_TEMP["original"] / name) for name in new]
+    return [str(_TEMP["original"] / name) for name in new]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Report what the suite left in the temporary directory; under CI, fail the run."""
-    left = leftovers()
-    if not left:
-        return
+    left, elsewhere = leftovers(), new_in_original()
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
+    if reporter is not None and left:
         reporter.write_line("")
         reporter.write_line(f"the test suite left {len(left)} temporary entries:", red=True)
         for path in left:
             reporter.write_line(f"  {path}", red=True)
-    if os.environ.get("CI") and exitstatus == pytest.ExitCode.OK:
+    if reporter is not None and elsewhere:
+        reporter.write_line("")
+        reporter.write_line(
+            f"{len(elsewhere)} new stockpyle-* entries in {_TEMP['original']} (this session's, "
+            "if none other ran at the same time):",
+            yellow=True,
+        )
+        for path in elsewhere[:20]:
+            reporter.write_line(f"  {path}", yellow=True)
+    if left and os.environ.get("CI") and exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
