@@ -92,3 +92,18 @@ def test_leftovers_names_an_entry_a_test_leaves_in_the_temp_dir() -> None:
     finally:
         where.rmdir()
     assert str(where) not in leftovers()
+
+
+def test_register_state_machines_binds_exactly_the_given_names() -> None:
+    """register_state_machines adds one test case per entry, under its name and module, with
+    its settings, and refuses a name already bound (pytest would collect a case twice)."""
+    namespace: dict[str, Any] = {"__name__": "tests.example", "TestTaken": object()}
+    register_state_machines(
+        namespace, {"TestA": FACTORIES["memory"], "TestB": FACTORIES}, settings=settings()
+    )
+    assert set(namespace) == {"__name__", "TestTaken", "TestA", "TestB"}
+    case = namespace["TestA"]
+    assert (case.__name__, case.__module__) == ("TestA", "tests.example")
+    assert isinstance(case.settings, settings)
+    with pytest.raises(ValueError, match="TestTaken"):
+        register_state_machines(namespace, {"TestTaken": FACTORIES["memory"]})

@@ -35,7 +35,7 @@ _MACHINE_ARGUMENTS = frozenset({"clock", "lifetime_cb", "polymorphic"})
 _DEFAULT_SETTINGS = Settings(deadline=None, suppress_health_check=list(HealthCheck))
 
 
-def fixtures_of(factory: Callable[..., Any]) -> tuple[str, ...]:
+def _fixtures_of(factory: Callable[..., Any]) -> tuple[str, ...]:
     """The pytest fixtures ``factory`` asks for: its named parameters other than the ones
     :func:`make_state_machine` passes."""
     return tuple(
@@ -46,7 +46,7 @@ def fixtures_of(factory: Callable[..., Any]) -> tuple[str, ...]:
 
 
 def _bind(factory: StoreFactory, values: Mapping[str, Any]) -> StoreFactory:
-    wanted = {name: values[name] for name in fixtures_of(factory)}
+    wanted = {name: values[name] for name in _fixtures_of(factory)}
     if not wanted:
         return factory
     return lambda **kw: factory(**wanted, **kw)
@@ -60,7 +60,7 @@ def _test_case(
     options: Mapping[str, Any],
 ) -> type[unittest.TestCase]:
     factories = dict(factory) if isinstance(factory, Mapping) else {"": factory}
-    needed = sorted({f for make in factories.values() for f in fixtures_of(make)})
+    needed = sorted({f for make in factories.values() for f in _fixtures_of(make)})
 
     class Case(unittest.TestCase):
         __doc__ = f"The stores of {name} checked against the reference model, step by step."
