@@ -7,9 +7,11 @@ socket that accepts and never answers. No sleeping makes anything expire.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import pickle
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -168,53 +170,69 @@ def test_one_of_two_servers_down(memcached_server: str, private: MemcachedProces
 
 
 def test_user_client_dead_retry_fails_fast(private: MemcachedProcess) -> None:
-    """With dead_retry, a failed server keeps failing fast (StoreError, no waiting) until the
-    retry period is over."""
+    """With dead_retry, a failed server keeps failing fast until the retry period is over: a
+    StoreError saying it is skipped, not a connection attempt that could time out."""
     store = meta_memcache(private.address, dead_retry=30)
     store.put(Foo(1))
     private.kill()
     with pytest.raises(StoreError):
         store.get(Foo, {"key": 1})
     private.start()
-    started = time.monotonic()
-    with pytest.raises(StoreError, match="dead_retry"):
+    with pytest.raises(StoreError, match="dead_retry") as info:
         store.get(Foo, {"key": 1})
-    assert time.monotonic() - started < 0.25  # far below the 1 s timeout: no waiting
+    assert not _timed_out(info.value)  # skipped without trying the server: nothing to wait for
 
 
 # -- a server that accepts and never answers -------------------------------------------------------
 
 
+#: A timeout small enough that every test on a hung server takes its timeout path at once.
+TINY = 0.05
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a ``TimeoutError`` is among the causes of ``exc``."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 @pytest.mark.parametrize(
     "build",
     [
-        lambda address: meta_memcache(address, timeout=0.3),
-        lambda address: pymemcache(address, timeout=0.3),
+        lambda address: meta_memcache(address, timeout=TINY),
+        lambda address: pymemcache(address, timeout=TINY),
     ],
     ids=CLIENTS.keys(),
 )
-def test_hung_server_costs_at_most_the_timeout(hung: HungServer, build: Builder) -> None:
-    """Each call on a server that never answers raises StoreError after about the configured
-    timeout (not minutes, not forever)."""
+def test_hung_server_raises_after_the_timeout(hung: HungServer, build: Builder) -> None:
+    """Each call on a server that never answers raises StoreError naming the server, caused by
+    the configured timeout expiring (not waiting forever, not a silent miss)."""
     store = build(hung.address)
     for call in (
         lambda: store.get(Foo, {"key": 1}),
         lambda: store.put(Foo(1, 2, 3)),
         lambda: store.delete(Foo(1)),
     ):
-        started = time.monotonic()
-        with pytest.raises(StoreError, match=hung.address):
+        with pytest.raises(StoreError, match=hung.address) as info:
             call()
-        assert time.monotonic() - started < 0.3 + 0.4
+        assert _timed_out(info.value)
 
 
-def test_default_timeout_is_at_most_one_second(hung: HungServer) -> None:
-    """The default timeout bounds a hung server to about one second per call."""
+def test_default_timeout_is_one_second(hung: HungServer) -> None:
+    """The default timeout is one second, and it bounds a call on a hung server."""
+    assert inspect.signature(MemcacheStore).parameters["timeout"].default == 1.0
     store = MemcacheStore(servers=[hung.address])
     started = time.monotonic()
-    with pytest.raises(StoreError):
+    with pytest.raises(StoreError) as info:
         store.get(Foo, {"key": 1})
-    assert time.monotonic() - started < 1.4
+    assert _timed_out(info.value)
+    # The one duration bound of this file, kept because a bound is what the default promises;
+    # ten times the default, so that a loaded machine cannot fail it, only a missing timeout.
+    assert time.monotonic() - started < 10
 
 
 # -- values too large ------------------------------------------------------------------------------
@@ -277,7 +295,7 @@ def test_value_refused_by_the_server_is_an_error_and_no_stale_value_survives(
 
 # -- tampered values -------------------------------------------------------------------------------
 
-_MARK = f"/tmp/stockpyle-unpickled-{os.getpid()}"
+_MARK = os.path.join(tempfile.gettempdir(), f"stockpyle-unpickled-{os.getpid()}")
 
 
 class _Evil:
@@ -397,13 +415,13 @@ def test_chain_never_serves_a_stale_cache_value_after_a_failed_write(
         proxy.close()
 
 
-def test_chain_with_hung_cache_layer_is_bounded(hung: HungServer) -> None:
-    """[memcache(hung), database]: calls succeed from the database within about the timeout."""
-    chain = ChainedStore([meta_memcache(hung.address, timeout=0.3), _database()])
-    started = time.monotonic()
+def test_chain_with_hung_cache_layer_falls_through(hung: HungServer) -> None:
+    """[memcache(hung), database]: once the cache layer's timeout expires, calls succeed from
+    the database, each cache failure counted."""
+    chain = ChainedStore([meta_memcache(hung.address, timeout=TINY), _database()])
     chain.put(Foo(1))
+    assert chain.failures[0] == 1
     assert chain.get(Foo, {"key": 1}) == Foo(1)
-    assert time.monotonic() - started < 3 * 0.3 + 0.5
     assert chain.failures[0] >= 2
 
 
