@@ -12,11 +12,11 @@ import shelve
 import shutil
 import tempfile
 import threading
-from urllib.parse import quote_plus
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import TestCase
+from urllib.parse import quote_plus
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -293,6 +293,10 @@ FOREIGN: dict[str, Callable[[Path | None], Any]] = {
     # framed as stockpyle frames its records, but not one
     "framed non-record": lambda _: _framed({"a": 1}),
     "framed short tuple": lambda _: _framed((0, None)),
+    "framed entry, bad deadline": lambda _: _framed((0, "soon", (KEY,), Foo(1))),
+    "framed entry without slots": lambda _: _framed((0, None, (), Foo(1))),
+    "framed entry, slots not strings": lambda _: _framed((0, None, (1, 2), Foo(1))),
+    "framed pointer to a non-string": lambda _: _framed((1, None, 5)),
     "framed record of a missing class": lambda _: _framed((0, None, (KEY,), Foo(1))).replace(
         b"stockpyle.testing.models", b"stockpyle.testing.gone__"
     ),
@@ -357,4 +361,62 @@ def test_purge_expired_removes_expired_objects_and_their_alternate_entries(
     assert store.purge_expired() == 2
     assert list(store.mapping) == ["stockpyle:stockpyle.testing.models.Foo|key=2"]
     assert store.get(Foo, {"key": 2}) == Foo(2)
+    store.close()
+
+
+# -- signing (secret=) and sharing ----------------------------------------------------------------
+
+RAN: list[str] = []
+
+
+class _Exploit:
+    """Unpickling this runs code: it appends to RAN."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return exec, (f"import sys; sys.modules[{__name__!r}].RAN.append('ran')",)
+
+
+def test_secret_signs_values_and_a_forged_value_is_a_miss_never_unpickled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With secret=, values are signed: another store with the secret reads them, one with
+    another secret or none does not, and a value written without the secret (a forged pickle
+    that runs code when unpickled) is a logged miss and is never unpickled; without a secret
+    the same bytes do run code in the reader."""
+    uri = f"file://{_tmp()}"
+    signed = ShoveStore(shoveuri=uri, secret="s3cret")
+    signed.put(Foo(1, 2, 3, "signed"))
+    assert ShoveStore(shoveuri=uri, secret=b"s3cret").get(Foo, {"zap": 2, "bar": 3}) == Foo(
+        1, 2, 3, "signed"
+    )
+    assert ShoveStore(shoveuri=uri, secret="other").get(Foo, {"key": 1}) is None
+    plain = ShoveStore(shoveuri=uri)
+    assert plain.get(Foo, {"key": 1}) is None
+    plain.put(Foo(1, 2, 3, "forged"))  # written without the secret
+    assert signed.get(Foo, {"key": 1}) is None
+    bkey = signed.backend_key("stockpyle.testing.models.Foo|key=1")
+    signed.mapping[bkey] = Envelope(PickleSerializer()).pack(bkey.encode(), _Exploit())
+    with caplog.at_level(logging.WARNING):
+        assert signed.batch_get(Foo, [{"key": 1}, {"zap": 2, "bar": 3}]) == [None, None]
+    assert RAN == []
+    assert "requires signatures" in caplog.text
+    assert plain.get(Foo, {"key": 1}) is None  # not a record, but unpickling it ran the code
+    assert "ran" in RAN
+    RAN.clear()
+    signed.put(Foo(1, 2, 3, "again"))
+    assert signed.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, "again")
+
+
+@pytest.mark.parametrize(
+    ("backend", "shared"),
+    [("simple", False), ("memory", False), ("lite-memory", False), ("file", True),
+     ("dbm", True), ("lite-file", True)],
+)
+def test_only_stores_other_processes_can_see_are_shared(backend: str, shared: bool) -> None:
+    """shared (which makes chains fill conditionally and invalidate) is false for the shoves
+    that live in this process only, true for those in files; a shove passed in counts as
+    shared, since the store cannot tell."""
+    store = shove_factory(backend)()
+    assert store.shared is shared
+    assert ShoveStore(shove={}).shared is True
     store.close()

@@ -51,6 +51,15 @@ def _in_process(uri: str) -> bool:
     return uri.startswith(("simple:", "memory:")) or uri.endswith(":memory:")
 
 
+def _well_typed(record: Record) -> bool:
+    """Whether a decoded record's fields have the types stockpyle writes."""
+    if record.deadline is not None and type(record.deadline) not in (int, float):
+        return False
+    if isinstance(record, Entry):
+        return len(record.slots) > 0 and all(type(s) is str for s in record.slots)
+    return type(record.identity) is str
+
+
 class _WriteThroughShove(_Shove):  # type: ignore[misc]
     """A ``Shove`` that drops a write the store refused instead of retrying it on every later
     call (plain shove keeps it in its buffer, and every read that misses the cache retries)."""
@@ -216,6 +225,16 @@ class ShoveStore(BytesStore):
             what = type(record.obj).__qualname__ if type(record) is Entry else "record"
             msg = f"cannot pickle a {what} object for {key[:200]!r}; nothing was stored"
             raise StoreError(self, msg, exc.__cause__) from exc.__cause__
+
+    def decode(self, key: str, data: bytes) -> Record | None:
+        """The record in ``data``, or ``None`` (logged) when it is not one, including a framed
+        value whose fields have the wrong types (a deadline that is no number, no slots, an
+        identity that is no string), which the bytes layer does not check."""
+        record = super().decode(key, data)
+        if record is None or _well_typed(record):
+            return record
+        log.warning("%s: ignoring the value at %r: not a record", self.describe(), key[:200])
+        return None
 
     def purge_expired(self) -> int:
         """Remove every expired object and its index entries; return how many objects.
