@@ -380,9 +380,9 @@ def test_secret_signs_values_and_a_forged_value_is_a_miss_never_unpickled(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """With secret=, values are signed: another store with the secret reads them, one with
-    another secret or none does not, and a value written without the secret (a forged pickle
-    that runs code when unpickled) is a logged miss and is never unpickled; without a secret
-    the same bytes do run code in the reader."""
+    another secret or none does not, and a value written through shove without the secret (a
+    framed pickle that runs code when unpickled) is a logged miss and is never unpickled;
+    without a secret the same value does run code in the reader."""
     uri = f"file://{_tmp()}"
     signed = ShoveStore(shoveuri=uri, secret="s3cret")
     signed.put(Foo(1, 2, 3, "signed"))
@@ -405,6 +405,20 @@ def test_secret_signs_values_and_a_forged_value_is_a_miss_never_unpickled(
     RAN.clear()
     signed.put(Foo(1, 2, 3, "again"))
     assert signed.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, "again")
+
+
+def test_signing_does_not_stop_code_in_shoves_own_pickle_layer() -> None:
+    """The documented limit of signing: shove's file store pickles every value itself, so a
+    file written by someone who can write the directory is unpickled by shove (running its
+    code) before the signature is checked; the store then reads a logged miss."""
+    directory = _tmp()
+    signed = ShoveStore(shoveuri=f"file://{directory}", secret="s3cret")
+    signed.put(Foo(1, name="signed"))
+    (name,) = os.listdir(directory)
+    (directory / name).write_bytes(pickle.dumps(_Exploit()))
+    assert signed.get(Foo, {"key": 1}) is None
+    assert RAN == ["ran"]
+    RAN.clear()
 
 
 @pytest.mark.parametrize(

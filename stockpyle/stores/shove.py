@@ -170,11 +170,13 @@ class ShoveStore(BytesStore):
     every read goes to it; an unknown scheme raises ``ValueError`` here. Or pass an open
     ``shove=`` (or any mapping) you configured yourself. Entries live at human-readable keys
     (``prefix:`` + the store key); values are framed by :class:`~stockpyle.bytes.BytesStore`,
-    pickled, and with a ``secret`` signed (HMAC-SHA256): without one, whoever can write to the
-    storage can run code in the reader. A value that is not such a record is a logged miss. An
-    object that cannot be pickled raises :class:`~stockpyle.exceptions.StoreError` and nothing
-    is written: its previous version stays. ``shared`` is false for ``simple://``,
-    ``memory://`` and ``lite://:memory:`` (one process). See ``docs/stores/shove.md``.
+    pickled, and with a ``secret`` signed (HMAC-SHA256: a value tampered with, forged or moved
+    is a miss). Without a secret, whoever can write to the storage can run code in the reader;
+    with one too on shove's ``file://``, ``dbm://`` and ``lite://`` stores, which pickle every
+    value again themselves. A value that is not a record is a logged miss. An object that
+    cannot be pickled raises :class:`~stockpyle.exceptions.StoreError` and nothing is written:
+    its previous version stays. ``shared`` is false for ``simple://``, ``memory://`` and
+    ``lite://:memory:`` (one process). See ``docs/stores/shove.md``.
     """
 
     backend: ShoveBackend
