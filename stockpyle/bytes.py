@@ -150,7 +150,7 @@ class BytesBackend(abc.ABC):
     ``supports_*`` attribute and overrides the method; the defaults raise :class:`Unsupported`.
     """
 
-    #: Longest key the backend accepts (in characters; ``None``: no limit).
+    #: Longest key the backend accepts (as :meth:`key_length` counts; ``None``: no limit).
     max_key_length: ClassVar[int | None] = None
     #: Whether keys must be printable ASCII (no spaces, control or non-ASCII characters).
     printable_keys: ClassVar[bool] = False
