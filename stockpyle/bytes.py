@@ -86,7 +86,7 @@ class BytesBackend(abc.ABC):
     ``supports_*`` attribute and overrides the method; the defaults raise :class:`Unsupported`.
     """
 
-    #: Longest key the backend accepts (in characters; ``None``: no limit).
+    #: Longest key the backend accepts (as :meth:`key_length` counts; ``None``: no limit).
     max_key_length: ClassVar[int | None] = None
     #: Whether keys must be printable ASCII (no spaces, control or non-ASCII characters).
     printable_keys: ClassVar[bool] = False
@@ -126,6 +126,10 @@ class BytesBackend(abc.ABC):
         """Delete ``keys`` (``stale``: mark them stale instead) and fail every fill in flight
         for them."""
         raise Unsupported(f"{type(self).__name__} has no leases")
+
+    def key_length(self, key: str) -> int:
+        """How long ``key`` counts against :attr:`max_key_length` (default: in characters)."""
+        return len(key)
 
     def describe(self) -> str:
         """A short name for messages (``127.0.0.1:11211``, a file name)."""
@@ -170,7 +174,7 @@ class BytesStore(KeyValueStore):
         self.prefix = prefix
         self.envelope = Envelope(serializer or PickleSerializer(), secret)
         limit = backend.max_key_length
-        self._key_limit = 10**9 if limit is None else limit - len(prefix) - 1
+        self._key_limit = 10**9 if limit is None else limit - backend.key_length(f"{prefix}:")
         #: store key -> backend key, for keys used recently (bounded, cleared when full)
         self._bkeys: dict[str, str] = {}
         serial = self.envelope.serializer
@@ -193,7 +197,8 @@ class BytesStore(KeyValueStore):
         if bkey is None:
             if len(self._bkeys) >= 4096:
                 self._bkeys.clear()
-            mapped = backend_key(key, self._key_limit, printable=self.backend.printable_keys)
+            limit, b = self._key_limit, self.backend
+            mapped = backend_key(key, limit, printable=b.printable_keys, measure=b.key_length)
             bkey = self._bkeys[key] = f"{self.prefix}:{mapped}"
         return bkey
 

@@ -16,10 +16,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from unittest import TestCase
+from urllib.parse import quote_plus
 
 import pytest
 from hypothesis import HealthCheck, settings
 
+from stockpyle.bytes import Envelope, PickleSerializer
 from stockpyle.exceptions import StoreError
 from stockpyle.stores import BaseDictionaryStore, ChainedStore, ProcessMemoryStore
 from stockpyle.stores.shove import ShoveStore
@@ -174,14 +176,20 @@ def test_persistent_backends_survive_reopening(kind: str) -> None:
 
 
 def test_entries_are_stored_at_readable_keys() -> None:
-    """Entries live at human-readable keys; over-long ones keep a readable head + a hash."""
+    """Entries live at human-readable keys (prefix, ":", store key); over-long ones keep a
+    readable head + a hash, at most 240 characters once quoted as shove's file store does."""
     mapping: dict[str, Any] = {}
     store = ShoveStore(shove=mapping)
-    store.batch_put([Foo(42, "a b", 7), Foo("x" * 400)])
-    assert "stockpyle.testing.models.Foo|key=42" in mapping
-    assert 'stockpyle.testing.models.Foo|bar,zap=7,"a b"' in mapping
-    long_keys = [k for k in mapping if k.startswith('stockpyle.testing.models.Foo|key="xxx')]
-    assert len(long_keys) == 1 and len(long_keys[0]) <= 240 and "#" in long_keys[0]
+    store.batch_put([Foo(42, "a b", 7), Foo("x" * 400), Foo("é" * 100)])
+    assert "stockpyle:stockpyle.testing.models.Foo|key=42" in mapping
+    assert 'stockpyle:stockpyle.testing.models.Foo|bar,zap=7,"a b"' in mapping
+    head = 'stockpyle:stockpyle.testing.models.Foo|key="'
+    long_keys = [k for k in mapping if k.startswith((head + "xxx", head + "éé"))]
+    assert len(long_keys) == 2 and all("#" in k for k in long_keys)
+    assert max(len(quote_plus(k)) for k in long_keys) <= 240 < len(quote_plus(head + "é" * 100))
+    ShoveStore(shove=mapping, prefix="other").put(Foo(42, name="other"))
+    assert "other:stockpyle.testing.models.Foo|key=42" in mapping
+    assert store.get(Foo, {"key": 42}) == Foo(42, "a b", 7)
 
 
 def test_constructor_needs_exactly_one_source() -> None:
@@ -256,19 +264,19 @@ def test_a_write_the_store_refused_is_not_retried_later() -> None:
     store.put(Foo(1, name="v1"))
     shutil.rmtree(directory)
     directory.write_text("not a directory")
-    with pytest.raises(StoreError, match="write failed"):
+    with pytest.raises(StoreError, match="put failed"):
         store.put(Foo(2, name="refused"))
     directory.unlink()
     directory.mkdir()
     assert store.get(Foo, {"key": 2}) is None
     store.put(Foo(3, name="v3"))
     assert store.batch_get(Foo, [{"key": 2}, {"key": 3}]) == [None, Foo(3, name="v3")]
-    assert os.listdir(directory) == ["stockpyle.testing.models.Foo%7Ckey%3D3"]
+    assert os.listdir(directory) == ["stockpyle%3Astockpyle.testing.models.Foo%7Ckey%3D3"]
 
 
 # -- values that are not stockpyle records (issue 15, item 4) -------------------------------------
 
-KEY = "stockpyle.testing.models.Foo|key=1"
+KEY = "stockpyle:stockpyle.testing.models.Foo|key=1"
 FOREIGN: dict[str, Callable[[Path | None], Any]] = {
     "int": lambda _: 42,
     "str": lambda _: "hello",
@@ -282,7 +290,21 @@ FOREIGN: dict[str, Callable[[Path | None], Any]] = {
     "pickle of a missing class": lambda _: pickle.dumps((0, None, (KEY,), Foo(1))).replace(
         b"stockpyle.testing.models", b"stockpyle.testing.gone__"
     ),
+    # framed as stockpyle frames its records, but not one
+    "framed non-record": lambda _: _framed({"a": 1}),
+    "framed short tuple": lambda _: _framed((0, None)),
+    "framed entry, bad deadline": lambda _: _framed((0, "soon", (KEY,), Foo(1))),
+    "framed entry without slots": lambda _: _framed((0, None, (), Foo(1))),
+    "framed entry, slots not strings": lambda _: _framed((0, None, (1, 2), Foo(1))),
+    "framed pointer to a non-string": lambda _: _framed((1, None, 5)),
+    "framed record of a missing class": lambda _: _framed((0, None, (KEY,), Foo(1))).replace(
+        b"stockpyle.testing.models", b"stockpyle.testing.gone__"
+    ),
 }
+
+
+def _framed(value: Any) -> bytes:
+    return Envelope(PickleSerializer()).pack(KEY.encode(), value)
 
 
 @pytest.mark.parametrize("backend", ["simple", "memory", "file", "lite-file"])
@@ -294,7 +316,7 @@ def test_a_value_that_is_not_a_record_is_a_logged_miss(
     logged, on get and batch_get; put replaces it and delete works."""
     store = shove_factory(backend)()
     store.mapping[KEY] = FOREIGN[foreign](None)
-    store.mapping["stockpyle.testing.models.Foo|bar,zap=3,2"] = 7  # an alternate slot
+    store.mapping["stockpyle:stockpyle.testing.models.Foo|bar,zap=3,2"] = 7  # an alternate slot
     with caplog.at_level(logging.WARNING, logger="stockpyle.shove"):
         assert store.get(Foo, {"key": 1}) is None
         assert store.get(Foo, {"zap": 2, "bar": 3}) is None
@@ -315,7 +337,7 @@ def test_an_empty_file_is_a_logged_miss_and_the_next_put_replaces_it(
     """An empty or truncated file (as older versions left after a refused put) is a logged
     miss, not an error on every call, and a put writes over it."""
     directory = _tmp()
-    (directory / "stockpyle.testing.models.Foo%7Ckey%3D1").write_bytes(b"")
+    (directory / "stockpyle%3Astockpyle.testing.models.Foo%7Ckey%3D1").write_bytes(b"")
     store = ShoveStore(shoveuri=f"file://{directory}")
     with caplog.at_level(logging.WARNING, logger="stockpyle.shove"):
         assert store.batch_get(Foo, [{"key": 1}, {"key": 2}]) == [None, None]
@@ -337,6 +359,78 @@ def test_purge_expired_removes_expired_objects_and_their_alternate_entries(
     store.batch_put([Foo(1, 2, 3, "short-lived"), Foo("k" * 400, 5, 6, "long key"), Foo(2)])
     clock.advance(11)
     assert store.purge_expired() == 2
-    assert list(store.mapping) == ["stockpyle.testing.models.Foo|key=2"]
+    assert list(store.mapping) == ["stockpyle:stockpyle.testing.models.Foo|key=2"]
     assert store.get(Foo, {"key": 2}) == Foo(2)
+    store.close()
+
+
+# -- signing (secret=) and sharing ----------------------------------------------------------------
+
+RAN: list[str] = []
+
+
+class _Exploit:
+    """Unpickling this runs code: it appends to RAN."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return exec, (f"import sys; sys.modules[{__name__!r}].RAN.append('ran')",)
+
+
+def test_secret_signs_values_and_a_forged_value_is_a_miss_never_unpickled(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With secret=, values are signed: another store with the secret reads them, one with
+    another secret or none does not, and a value written through shove without the secret (a
+    framed pickle that runs code when unpickled) is a logged miss and is never unpickled;
+    without a secret the same value does run code in the reader."""
+    uri = f"file://{_tmp()}"
+    signed = ShoveStore(shoveuri=uri, secret="s3cret")
+    signed.put(Foo(1, 2, 3, "signed"))
+    assert ShoveStore(shoveuri=uri, secret=b"s3cret").get(Foo, {"zap": 2, "bar": 3}) == Foo(
+        1, 2, 3, "signed"
+    )
+    assert ShoveStore(shoveuri=uri, secret="other").get(Foo, {"key": 1}) is None
+    plain = ShoveStore(shoveuri=uri)
+    assert plain.get(Foo, {"key": 1}) is None
+    plain.put(Foo(1, 2, 3, "forged"))  # written without the secret
+    assert signed.get(Foo, {"key": 1}) is None
+    bkey = signed.backend_key("stockpyle.testing.models.Foo|key=1")
+    signed.mapping[bkey] = Envelope(PickleSerializer()).pack(bkey.encode(), _Exploit())
+    with caplog.at_level(logging.WARNING):
+        assert signed.batch_get(Foo, [{"key": 1}, {"zap": 2, "bar": 3}]) == [None, None]
+    assert RAN == []
+    assert "requires signatures" in caplog.text
+    assert plain.get(Foo, {"key": 1}) is None  # not a record, but unpickling it ran the code
+    assert "ran" in RAN
+    RAN.clear()
+    signed.put(Foo(1, 2, 3, "again"))
+    assert signed.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, "again")
+
+
+def test_signing_does_not_stop_code_in_shoves_own_pickle_layer() -> None:
+    """The documented limit of signing: shove's file store pickles every value itself, so a
+    file written by someone who can write the directory is unpickled by shove (running its
+    code) before the signature is checked; the store then reads a logged miss."""
+    directory = _tmp()
+    signed = ShoveStore(shoveuri=f"file://{directory}", secret="s3cret")
+    signed.put(Foo(1, name="signed"))
+    (name,) = os.listdir(directory)
+    (directory / name).write_bytes(pickle.dumps(_Exploit()))
+    assert signed.get(Foo, {"key": 1}) is None
+    assert RAN == ["ran"]
+    RAN.clear()
+
+
+@pytest.mark.parametrize(
+    ("backend", "shared"),
+    [("simple", False), ("memory", False), ("lite-memory", False), ("file", True),
+     ("dbm", True), ("lite-file", True)],
+)
+def test_only_stores_other_processes_can_see_are_shared(backend: str, shared: bool) -> None:
+    """shared (which makes chains fill conditionally and invalidate) is false for the shoves
+    that live in this process only, true for those in files; a shove passed in counts as
+    shared, since the store cannot tell."""
+    store = shove_factory(backend)()
+    assert store.shared is shared
+    assert ShoveStore(shove={}).shared is True
     store.close()

@@ -1,5 +1,9 @@
 """ShoveStore: any `shove <https://pypi.org/project/shove/>`_ backend as a store.
 
+:class:`ShoveBackend` is a :class:`~stockpyle.bytes.BytesBackend` over a shove (or any mutable
+mapping); :class:`ShoveStore` is the :class:`~stockpyle.bytes.BytesStore` over it, so keys,
+framing, signing (``secret=``), expiry and error translation are the bytes layer's.
+
 Importing this module makes ``import shove`` work on today's Python (see ``_shove_compat``).
 shove's behaviour and how this store configures it are described in ``docs/stores/shove.md``.
 """
@@ -14,16 +18,15 @@ from typing import Any
 from urllib.parse import quote_plus
 
 from stockpyle._expiry import Clock, LifetimeCallback
-from stockpyle._kv import Entry, Pointer, Record, View
-from stockpyle.bytes import backend_key
-from stockpyle.exceptions import StockpyleError, StoreError
+from stockpyle._kv import Entry, Record, View
+from stockpyle.bytes import BytesBackend, BytesStore, Item, ValueNotStoredError
+from stockpyle.exceptions import StoreError
 from stockpyle.stores._shove_compat import import_shove
-from stockpyle.stores.dictionary import BaseDictionaryStore
 
 _Shove: Any = import_shove().Shove  # before anything imports from shove
 from shove._imports import cache_backend, caches, stores  # noqa: E402
 
-__all__ = ["ShoveStore"]
+__all__ = ["ShoveBackend", "ShoveStore"]
 
 log = logging.getLogger("stockpyle.shove")
 
@@ -31,10 +34,6 @@ log = logging.getLogger("stockpyle.shove")
 _MAX_QUOTED = 240
 #: What shove raises when the bytes it stored cannot be unpickled (a truncated file, ...).
 _UNREADABLE = (EOFError, pickle.UnpicklingError)
-
-
-def _quoted_length(key: str) -> int:
-    return len(quote_plus(key))
 
 
 def _check_scheme(kind: str, uri: str, known: Mapping[str, Any]) -> None:
@@ -45,6 +44,20 @@ def _check_scheme(kind: str, uri: str, known: Mapping[str, Any]) -> None:
         shown = repr(scheme[:40]) if scheme is not None else f"a {type(uri).__name__}"
         msg = f"no shove {kind} backend for {shown}; the known schemes are {names}"
         raise ValueError(msg)
+
+
+def _in_process(uri: str) -> bool:
+    """Whether the shove at ``uri`` lives in this process only (closing it loses the data)."""
+    return uri.startswith(("simple:", "memory:")) or uri.endswith(":memory:")
+
+
+def _well_typed(record: Record) -> bool:
+    """Whether a decoded record's fields have the types stockpyle writes."""
+    if record.deadline is not None and type(record.deadline) not in (int, float):
+        return False
+    if isinstance(record, Entry):
+        return len(record.slots) > 0 and all(type(s) is str for s in record.slots)
+    return type(record.identity) is str
 
 
 class _WriteThroughShove(_Shove):  # type: ignore[misc]
@@ -58,18 +71,115 @@ class _WriteThroughShove(_Shove):  # type: ignore[misc]
             self._buffer.clear()
 
 
-class ShoveStore(BaseDictionaryStore):
+class ShoveBackend(BytesBackend):
+    """Bytes in a shove: an open ``shove`` (or any mutable mapping), or one opened from
+    ``uri`` (and ``cacheuri``) on first use, configured to write and read through.
+
+    shove has no native expiry and no conditional operations. Keys count by their
+    ``quote_plus()`` length (shove's ``file://`` store names each file so), at most 240. A value
+    that is not bytes, or that shove cannot unpickle, is logged and left out of the reads.
+    """
+
+    max_key_length = _MAX_QUOTED
+
+    def __init__(
+        self,
+        shove: MutableMapping[Any, Any] | None = None,
+        uri: str | None = None,
+        cacheuri: str = "simple://",
+    ) -> None:
+        self.uri = uri
+        self.cacheuri = cacheuri
+        self._shove = shove
+
+    def key_length(self, key: str) -> int:
+        """The length of ``key`` as shove's ``file://`` store names its file."""
+        return len(quote_plus(key))
+
+    @property
+    def mapping(self) -> MutableMapping[Any, Any]:
+        """The shove, opened now if it is not open."""
+        if self._shove is None:
+            assert self.uri is not None
+            # Writes reach the store at once (sync=1); the cache never answers (every entry
+            # is born expired) and holds nothing, so every read goes to the store.
+            cache = cache_backend(self.cacheuri, timeout=-1, max_entries=0)
+            self._shove = _WriteThroughShove(self.uri, cache, sync=1)
+        return self._shove
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """The bytes at ``keys``; absent, unreadable and non-bytes values are left out."""
+        mapping = self.mapping
+        found: dict[str, bytes] = {}
+        for key in keys:
+            try:
+                value = mapping[key]
+            except KeyError:
+                continue
+            except _UNREADABLE as exc:  # shove could not unpickle what it stored
+                self._ignore(key, f"shove cannot read it ({type(exc).__name__}: {exc})")
+                continue
+            if type(value) is bytes:
+                found[key] = value
+            else:  # another writer's object, stockpyle 0.1's (obj, expiredate) tuple, ...
+                self._ignore(key, f"not a stockpyle record (a {type(value).__qualname__})")
+        return found
+
+    def _ignore(self, key: str, why: str) -> None:
+        log.warning("%s: ignoring the value at %r: %s", self.describe(), key[:200], why)
+
+    def set_many(self, items: Mapping[str, Item]) -> None:
+        """Write each value (shove has no expiry: ``expire_in`` is ignored)."""
+        mapping = self.mapping
+        for key, item in items.items():
+            mapping[key] = item.value
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete each key; absent ones are skipped (most shove stores raise KeyError)."""
+        mapping = self.mapping
+        for key in keys:
+            try:
+                del mapping[key]
+            except KeyError:
+                pass
+
+    def describe(self) -> str:
+        """The URI (credentials masked), or the type of the shove passed in."""
+        if self.uri is None:
+            return type(self._shove).__name__
+        # Never put credentials (s3://key:secret@bucket) into messages and logs.
+        return re.sub(r"//[^/@]*@", "//***@", self.uri)
+
+    def release(self) -> None:
+        """Close the shove when it was opened from ``uri`` (it reopens on next use), unless it
+        lives in this process only (``simple://``, ``memory://``, ``lite://:memory:``)."""
+        if self.uri is None or self._shove is None or _in_process(self.uri):
+            return
+        shove, self._shove = self._shove, None
+        close = getattr(shove, "close", None)
+        if close is not None:
+            close()
+
+
+class ShoveStore(BytesStore):
     """A store over a shove object store (``simple://``, ``memory://``, ``file://DIR``,
     ``dbm://PATH``, ``lite://PATH`` or ``lite://:memory:``, and third-party backends).
 
     Pass ``shoveuri=`` (and optionally ``cacheuri=``, default ``"simple://"``) to let stockpyle
     open the shove, so that every write reaches the backing store before ``put`` returns and
     every read goes to it; an unknown scheme raises ``ValueError`` here. Or pass an open
-    ``shove=`` (or any mapping) you configured yourself. Entries live at human-readable keys;
-    each value is a record pickled by the store, so objects must be picklable. A value that is
-    not such a record is logged and read as a miss. shove backends are not signed: whoever
-    can write to their storage can run code in the reader. See ``docs/stores/shove.md``.
+    ``shove=`` (or any mapping) you configured yourself. Entries live at human-readable keys
+    (``prefix:`` + the store key); values are framed by :class:`~stockpyle.bytes.BytesStore`,
+    pickled, and with a ``secret`` signed (HMAC-SHA256: a value tampered with, forged or moved
+    is a miss). Without a secret, whoever can write to the storage can run code in the reader;
+    with one too on shove's ``file://``, ``dbm://`` and ``lite://`` stores, which pickle every
+    value again themselves. A value that is not a record is a logged miss. An object that
+    cannot be pickled raises :class:`~stockpyle.exceptions.StoreError` and nothing is written:
+    its previous version stays. ``shared`` is false for ``simple://``, ``memory://`` and
+    ``lite://:memory:`` (one process). See ``docs/stores/shove.md``.
     """
+
+    backend: ShoveBackend
 
     def __init__(
         self,
@@ -80,6 +190,8 @@ class ShoveStore(BaseDictionaryStore):
         *,
         cacheuri: str = "simple://",
         clock: Clock | None = None,
+        prefix: str = "stockpyle",
+        secret: bytes | str | None = None,
     ) -> None:
         if (shove is None) == (shoveuri is None):
             msg = "ShoveStore needs exactly one of shove= or shoveuri="
@@ -87,109 +199,60 @@ class ShoveStore(BaseDictionaryStore):
         if shoveuri is not None:
             _check_scheme("store", shoveuri, stores)
             _check_scheme("cache", cacheuri, caches)
+        super().__init__(
+            ShoveBackend(shove, shoveuri, cacheuri),
+            prefix=prefix,
+            polymorphic=polymorphic,
+            lifetime_cb=lifetime_cb,
+            clock=clock,
+            secret=secret,
+        )
         self.shoveuri = shoveuri
         self.cacheuri = cacheuri
-        self._shove = shove
-        super().__init__({}, polymorphic=polymorphic, lifetime_cb=lifetime_cb, clock=clock)
+        #: Other processes may see this store's entries (not so for in-process shoves).
+        self.shared = shoveuri is None or not _in_process(shoveuri)
 
     @property
-    def mapping(self) -> MutableMapping[str, Any]:
-        if self._shove is None:
-            assert self.shoveuri is not None
-            # Writes reach the store at once (sync=1); the cache never answers (every entry
-            # is born expired) and holds nothing, so every read goes to the store.
-            cache = self._call("open", cache_backend, self.cacheuri, timeout=-1, max_entries=0)
-            self._shove = self._call("open", _WriteThroughShove, self.shoveuri, cache, sync=1)
-        return self._shove
+    def mapping(self) -> MutableMapping[Any, Any]:
+        """The shove (opened now if stockpyle opens it and it is not open)."""
+        return self.call("open", lambda: self.backend.mapping)  # type: ignore[no-any-return]
 
-    def describe(self) -> str:
-        if self.shoveuri is None:
-            return f"ShoveStore({type(self._shove).__name__})"
-        # Never put credentials (s3://key:secret@bucket) into messages and logs.
-        return f"ShoveStore({re.sub(r'//[^/@]*@', '//***@', self.shoveuri)})"
-
-    def _call(self, action: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def encode(self, key: str, record: Record) -> bytes:
+        """The framed bytes for ``record``; an object that cannot be pickled raises StoreError
+        and, unlike :class:`~stockpyle.bytes.BytesStore`, leaves its previous version: a
+        persistent store keeps what it had rather than lose it."""
         try:
-            return fn(*args, **kwargs)
-        except StockpyleError:  # StoreError, MissingDependencyError: already say it all
-            raise
-        except Exception as exc:  # shove backends raise their own types (sqlite3.Error, ...)
-            raise StoreError(self, f"{action} failed", exc) from exc
+            return super().encode(key, record)
+        except ValueNotStoredError as exc:
+            what = type(record.obj).__qualname__ if type(record) is Entry else "record"
+            msg = f"cannot pickle a {what} object for {key[:200]!r}; nothing was stored"
+            raise StoreError(self, msg, exc.__cause__) from exc.__cause__
 
-    @staticmethod
-    def _key(key: str) -> str:
-        return backend_key(key, _MAX_QUOTED, measure=_quoted_length)
-
-    def _decode(self, key: str, value: Any) -> Record | None:
-        """The record in ``value``, or ``None`` (logged) if it holds none."""
-        if type(value) is not bytes:
-            why = f"not a stockpyle record (a {type(value).__qualname__})"
-        else:
-            try:
-                record = pickle.loads(value)
-            except Exception as exc:  # another writer's bytes, a class that no longer exists
-                why = f"cannot unpickle it ({type(exc).__name__}: {exc})"
-            else:
-                if (
-                    (type(record) is Entry and type(record.slots) is tuple and record.slots)
-                    or (type(record) is Pointer and type(record.identity) is str)
-                ) and (record.deadline is None or type(record.deadline) in (int, float)):
-                    return record
-                why = "not a stockpyle record"
-        log.warning("%s: ignoring the value at %r: %s", self.describe(), key[:200], why)
+    def decode(self, key: str, data: bytes) -> Record | None:
+        """The record in ``data``, or ``None`` (logged) when it is not one, including a framed
+        value whose fields have the wrong types (a deadline that is no number, no slots, an
+        identity that is no string), which the bytes layer does not check."""
+        record = super().decode(key, data)
+        if record is None or _well_typed(record):
+            return record
+        log.warning("%s: ignoring the value at %r: not a record", self.describe(), key[:200])
         return None
 
-    def _load(self, keys: Sequence[str]) -> dict[str, Record]:
-        return self._read({self._key(key): key for key in keys})
-
-    def _read(self, wanted: dict[str, str]) -> dict[str, Record]:
-        """The records at the shove keys of ``wanted`` (shove key -> store key), by store key."""
-        mapping = self.mapping
-        found: dict[str, Record] = {}
-        for mapped, key in wanted.items():
-            try:
-                value = mapping[mapped]
-            except KeyError:
-                continue
-            except _UNREADABLE as exc:  # shove could not unpickle what it stored
-                why = f"shove cannot read it ({type(exc).__name__}: {exc})"
-                log.warning("%s: ignoring the value at %r: %s", self.describe(), mapped, why)
-                continue
-            except Exception as exc:
-                raise StoreError(self, "read failed", exc) from exc
-            record = self._decode(mapped, value)
-            if record is not None:
-                found[key] = record
-        return found
-
-    def _save(self, records: dict[str, Record]) -> None:
-        # Pickle every record before the first write: shove's file:// store truncates the file
-        # before it pickles, so a refused object would otherwise leave an empty entry behind.
-        data = {}
-        for key, record in records.items():
-            try:
-                data[self._key(key)] = pickle.dumps(record, pickle.HIGHEST_PROTOCOL)
-            except Exception as exc:  # PicklingError, TypeError, AttributeError, ...
-                what = type(record.obj).__qualname__ if type(record) is Entry else "record"
-                msg = f"cannot pickle a {what} object for {key[:200]!r}; nothing was stored"
-                raise StoreError(self, msg, exc) from exc
-        mapping = self.mapping
-        for mapped, value in data.items():
-            self._call("write", mapping.__setitem__, mapped, value)
-
-    def _remove(self, keys: Sequence[str]) -> None:
-        self._call("delete", super()._remove, [self._key(k) for k in keys])
-
     def purge_expired(self) -> int:
-        """Remove every expired object and its index entries; return how many objects."""
+        """Remove every expired object and its index entries; return how many objects.
+
+        Reads every entry under this store's prefix (shove has no expiry of its own)."""
         now = self.clock()
+        head = f"{self.prefix}:"
         with self._lock:
-            keys = [k for k in self._call("read", list, self.mapping) if isinstance(k, str)]
-            dead = [  # shove keys as they are: mapping them again would change long ones
-                record.slots[0]  # the identity slot, as the object's other records name it
-                for record in self._read({k: k for k in keys}).values()
-                if type(record) is Entry and record.deadline is not None and record.deadline <= now
-            ]
+            listed = self.call("purge", list, self.mapping)
+            keys = [k for k in listed if isinstance(k, str) and k.startswith(head)]
+            raw = self.call("purge", self.backend.get_many, keys)
+            dead = []
+            for bkey, data in raw.items():
+                record = self.decode(bkey, data)
+                if type(record) is Entry and record.deadline is not None and record.deadline <= now:
+                    dead.append(record.slots[0])  # the identity (a store key)
             view = View(self)
             view.fetch(dead)
             view.fetch([s for i in dead if (e := view.entry(i)) is not None for s in e.slots[1:]])
@@ -197,23 +260,3 @@ class ShoveStore(BaseDictionaryStore):
                 view.unlink(identity, keep=())
             view.commit()
         return len(dead)
-
-    def get_entry(self, cls: type[Any], key_dict: Any) -> Any:
-        # The dictionary fast path reads raw keys; shove keys are mapped, so use the batch path.
-        return self.batch_get_entries(cls, [key_dict])[0]
-
-    def fast_getter(self, cls: type[Any], **kw: Any) -> None:
-        """None: shove keys are mapped (shortened), so the dictionary fast path does not apply."""
-        return None
-
-    def release(self) -> None:
-        """Close the shove when stockpyle opened it (it reopens on next use)."""
-        uri = self.shoveuri
-        if uri is None or self._shove is None:
-            return
-        if uri.startswith(("simple:", "memory:")) or uri.endswith(":memory:"):
-            return  # closing would drop the only copy of the data
-        shove, self._shove = self._shove, None
-        close = getattr(shove, "close", None)
-        if close is not None:
-            close()
