@@ -68,7 +68,7 @@ class StoreError(StockpyleError):
     """
 
     def __init__(self, store: Any, message: str, cause: BaseException | None = None) -> None:
-        name = store if isinstance(store, str) else describe_store(store)
+        name = store if isinstance(store, str) else _describe_store(store)
         text = f"{name}: {message}"
         if cause is not None:
             text = f"{text} ({type(cause).__name__}: {_describe_cause(cause)})"
@@ -79,7 +79,7 @@ class StoreError(StockpyleError):
             self.__cause__ = cause
 
 
-def describe_store(store: Any) -> str:
+def _describe_store(store: Any) -> str:
     """Return a short, human-readable name for ``store`` used in error messages."""
     describe = getattr(store, "describe", None)
     if callable(describe):

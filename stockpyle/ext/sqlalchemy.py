@@ -48,15 +48,15 @@ if TYPE_CHECKING:
 
 __all__ = ["StockpyleSessionExtension"]
 
-log = logging.getLogger("stockpyle.ext.sqlalchemy")
+_log = logging.getLogger("stockpyle.ext.sqlalchemy")
 
 Target = TypeVar("Target")
 
-PUT = "put"
-DELETE = "delete"
+_PUT = "put"
+_DELETE = "delete"
 
-#: identity -> (PUT or DELETE, copy, old versions to delete before any put)
-Ops = dict[str, tuple[str, Any, list[Any]]]
+#: identity -> (_PUT or _DELETE, copy, old versions to delete before any put)
+_Ops = dict[str, tuple[str, Any, list[Any]]]
 
 
 class _SessionState:
@@ -67,7 +67,7 @@ class _SessionState:
     def __init__(self) -> None:
         #: Whether invalidation messages were sent inside the transaction (else: after commit).
         self.notified = True
-        self.ops: dict[orm.SessionTransaction, Ops] = {}
+        self.ops: dict[orm.SessionTransaction, _Ops] = {}
         self.released: set[orm.SessionTransaction] = set()
         #: Objects of the flush in progress: (kind, obj, old versions), between the two events.
         self.flushing: list[tuple[str, Any, list[Any]]] = []
@@ -147,7 +147,7 @@ class StockpyleSessionExtension:
             state = session.info[self] = _SessionState()
         return state
 
-    def _current_ops(self, session: orm.Session) -> Ops | None:
+    def _current_ops(self, session: orm.Session) -> _Ops | None:
         tx = session.get_nested_transaction() or session.get_transaction()
         if tx is None:
             return None
@@ -165,15 +165,15 @@ class StockpyleSessionExtension:
         flushing = self._state(session).flushing
         for obj in session.new:
             if self._info(obj) is not None:
-                flushing.append((PUT, obj, []))
+                flushing.append((_PUT, obj, []))
         for obj in session.dirty:
             info = self._info(obj)
             if info is not None and session.is_modified(obj):
-                flushing.append((PUT, obj, old_versions(info, obj)))
+                flushing.append((_PUT, obj, old_versions(info, obj)))
         for obj in session.deleted:
             info = self._info(obj)
             if info is not None:
-                flushing.append((DELETE, obj, old_versions(info, obj)))
+                flushing.append((_DELETE, obj, old_versions(info, obj)))
 
     def _after_flush_postexec(self, session: orm.Session, flush_context: Any) -> None:
         state = self._state(session)
@@ -181,7 +181,7 @@ class StockpyleSessionExtension:
         ops = self._current_ops(session)
         if ops is None or not flushing:
             return
-        load_missing(session, [obj for kind, obj, _ in flushing if kind == PUT])
+        load_missing(session, [obj for kind, obj, _ in flushing if kind == _PUT])
         copies = []
         for kind, obj, olds in flushing:
             copy = detached_copy(obj)
@@ -191,12 +191,12 @@ class StockpyleSessionExtension:
             for old in olds:  # a changed identity: the entry under the old one goes
                 old_identity = layout.identity.from_obj(old)
                 if old_identity is not None and old_identity != identity:
-                    ops[old_identity] = (DELETE, old, [])
+                    ops[old_identity] = (_DELETE, old, [])
         for kind, copy, identity, olds in copies:
             if identity is None:
                 continue  # cannot be cached under a None identity: nothing to keep in step
-            if kind == PUT and unloaded_columns(copy):
-                kind = DELETE  # could not load everything: invalidate rather than cache
+            if kind == _PUT and unloaded_columns(copy):
+                kind = _DELETE  # could not load everything: invalidate rather than cache
             previous = ops.get(identity)
             ops[identity] = (kind, copy, (previous[2] if previous else []) + olds)
         if self.invalidation is not None:
@@ -251,7 +251,7 @@ class StockpyleSessionExtension:
             )
         return rides
 
-    def _publish_committed(self, ops: Ops, notified: bool) -> None:
+    def _publish_committed(self, ops: _Ops, notified: bool) -> None:
         channel = self.invalidation
         assert channel is not None
         store = self.store
@@ -299,18 +299,18 @@ class StockpyleSessionExtension:
         for stand_in in touched:
             identity = info.layout.identity.from_obj(stand_in)
             if identity is not None:
-                ops[identity] = (DELETE, stand_in, [])
+                ops[identity] = (_DELETE, stand_in, [])
         if self.invalidation is not None and touched:
             self._notify(session, touched)
 
     # -- applying ------------------------------------------------------------------------------
 
-    def _apply(self, ops: Ops) -> None:
+    def _apply(self, ops: _Ops) -> None:
         deletes: list[Any] = []
         puts: list[Any] = []
         for kind, copy, olds in ops.values():
             deletes.extend(olds)
-            (puts if kind == PUT else deletes).append(copy)
+            (puts if kind == _PUT else deletes).append(copy)
         try:
             if deletes:
                 self.store.batch_delete(deletes)
@@ -318,7 +318,7 @@ class StockpyleSessionExtension:
                 self.store.batch_put(puts)
         except StockpyleError as exc:
             self.failures += 1
-            log.error(
+            _log.error(
                 "%r: applying a commit to the cache failed (%s); evicting %d objects",
                 self,
                 exc,
@@ -327,12 +327,12 @@ class StockpyleSessionExtension:
             try:
                 self.store.batch_delete(deletes + puts)
             except StockpyleError as again:
-                log.error("%r: eviction failed too (%s): the cache may be stale", self, again)
+                _log.error("%r: eviction failed too (%s): the cache may be stale", self, again)
             if self.strict:
                 raise
 
 
-def _merge(parent: Ops, child: Ops) -> None:
+def _merge(parent: _Ops, child: _Ops) -> None:
     for identity, (kind, copy, olds) in child.items():
         previous = parent.get(identity)
         parent[identity] = (kind, copy, (previous[2] if previous else []) + olds)
