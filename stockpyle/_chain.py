@@ -239,7 +239,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         asked: list[int],
     ) -> dict[str, Found | None]:
         """Load ``pending`` below ``start``, leading or following the loads in flight."""
-        claim = self._flights.claim(pending)
+        claim = self._flights.claim(pending, begun)
         found: dict[str, Found | None] = {}
         stop = len(self.stores)
         mine = {k: pending[k] for k in (*claim.led, *claim.own)}
@@ -255,12 +255,22 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             self._flights.land(claim.led, found)
         late: dict[str, list[int]] = {}
         self.counters.add("lease_waits", len(claim.followed))
+        writes = self._writes
         for key, flight in claim.followed.items():
             try:
-                found[key] = self._flights.wait(flight, self.follow_timeout)
+                hit = self._flights.wait(flight, self.follow_timeout)
             except FollowTimeout:
                 late[key] = pending[key]
-        if late:  # the leader is stuck: read for ourselves, fill nothing
+                continue
+            if writes.now != flight.begun and (  # a write since that load began: of this?
+                hit is None or not writes.quiet_since(identity_or_none(hit[0]) or "", flight.begun)
+            ):
+                # A write of it began while that load was in flight: what the load read may be
+                # older than a write this caller already saw return. Read for ourselves.
+                late[key] = pending[key]
+                continue
+            found[key] = hit
+        if late:  # the leader is stuck, or its read may be stale: read ourselves, fill nothing
             found.update(
                 self._read_layers(cls, key_dicts, late, start, stop, begun, [], fill=False)
             )

@@ -28,11 +28,13 @@ class FollowTimeout(Exception):
 
 
 class _Flight(Future[Any]):
-    __slots__ = ("leader",)
+    __slots__ = ("begun", "leader")
 
-    def __init__(self, leader: int) -> None:
+    def __init__(self, leader: int, begun: int) -> None:
         super().__init__()
         self.leader = leader
+        #: what the leader noted when it started (a chain: its write sequence number)
+        self.begun = begun
 
 
 class Claim(Generic[K]):
@@ -60,8 +62,9 @@ class FlightTable(Generic[K]):
     def __len__(self) -> int:
         return len(self._flights)
 
-    def claim(self, keys: Iterable[K]) -> Claim[K]:
-        """Lead every key nobody is loading; follow the others."""
+    def claim(self, keys: Iterable[K], begun: int = 0) -> Claim[K]:
+        """Lead every key nobody is loading (noting ``begun`` on the new flights); follow the
+        others."""
         me = threading.get_ident()
         claim: Claim[K] = Claim()
         with self._lock:
@@ -69,7 +72,7 @@ class FlightTable(Generic[K]):
             for key in keys:
                 flight = flights.get(key)
                 if flight is None:
-                    flight = flights[key] = _Flight(me)
+                    flight = flights[key] = _Flight(me, begun)
                     claim.led[key] = flight
                 elif flight.leader == me:
                     claim.own.append(key)

@@ -66,8 +66,8 @@ class CountingFlights(FlightTable[str]):
         self.followers = 0
         self.lock = threading.Lock()
 
-    def claim(self, keys: Any) -> Any:
-        claim = super().claim(keys)
+    def claim(self, keys: Any, begun: int = 0) -> Any:
+        claim = super().claim(keys, begun)
         with self.lock:
             self.followers += len(claim.followed)
         return claim
@@ -296,3 +296,21 @@ def test_two_overlapping_puts_leave_no_older_version_in_the_caches() -> None:
     found = top.get(Foo, {"key": 1})
     assert found is None or found.name == bottom.get(Foo, {"key": 1}).name  # type: ignore[union-attr]
     assert chain.get(Foo, {"key": 1}).name == bottom.get(Foo, {"key": 1}).name  # type: ignore[union-attr]
+
+
+def test_a_caller_arriving_after_a_write_never_gets_the_older_load_in_flight() -> None:
+    """A load of the key began before a put; the put returns; a caller asking afterwards joins
+    that load in flight but is not handed what it read: it reads for itself."""
+    chain, bottom, flights = herd_chain()  # the database holds "db"
+    bottom.hold_reads.clear()
+    leader, got, _ = run_threads(1, lambda: chain.get(Foo, {"key": 1}))
+    wait_for(bottom.reading.is_set)  # the leader read "db" and is held
+    chain.put(Foo(1, 2, 3, name="new"))  # returns before the follower asks
+    chain.stores[0].delete(Foo(1))  # so that the follower misses the top layer
+    follower, after, errors = run_threads(1, lambda: chain.get(Foo, {"key": 1}))
+    wait_for(lambda: flights.followers == 1)  # it joined the leader's load
+    bottom.hold_reads.set()
+    join([*leader, *follower])
+    assert not errors
+    assert got[0].name == "db"  # the leader returns what it read, before the put
+    assert after[0].name == "new"  # the follower does not
