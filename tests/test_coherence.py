@@ -89,6 +89,12 @@ def test_no_unexpected_application_error(report: Report) -> None:
     assert report.unexpected_errors == 0, report.summary()
 
 
+def test_unexpected_errors_are_only_the_known_defect(report: Report) -> None:
+    """Whatever the xfail-marked assertions tolerate today is issue 15's put-racing-delete
+    defect and nothing else: no other cause of error hides behind the mark."""
+    assert set(report.error_causes) <= {"StoreError(StaleDataError)"}, report.summary()
+
+
 def test_no_acknowledged_write_is_lost(report: Report) -> None:
     """The database ends with the effect of a write that could have been the last one."""
     assert report.lost_writes == 0, report.summary()

@@ -3,6 +3,10 @@
 * :class:`StoreConformance` and its companion mixins: the example-based conformance suite.
 * :func:`make_state_machine`: a hypothesis state machine checking stores against a model.
 * :class:`FakeClock`: the injectable clock expiry tests use instead of sleeping.
+* :class:`MemcachedProcess`, :class:`PostgresCluster`: private servers that fault tests may
+  pause, kill and restart (:mod:`stockpyle.testing.servers`).
+* :mod:`stockpyle.testing.coherence`: the coherence checker (real processes, real servers,
+  faults; needs SQLAlchemy, so it is imported on its own).
 
 Needs ``pytest`` and ``hypothesis`` (``pip install 'stockpyle[test]'``).
 """
@@ -17,6 +21,7 @@ from stockpyle.testing.conformance import (
     StoreConformance,
 )
 from stockpyle.testing.kit import DEFAULT_KIT, ModelKit
+from stockpyle.testing.servers import MemcachedProcess, PostgresCluster
 from stockpyle.testing.stateful import LIFETIMES, ReferenceModel, make_state_machine
 
 __all__ = [
@@ -26,8 +31,10 @@ __all__ = [
     "FakeClock",
     "KeyValueConformance",
     "MakeStore",
+    "MemcachedProcess",
     "ModelKit",
     "PolymorphismConformance",
+    "PostgresCluster",
     "ReferenceConformance",
     "ReferenceModel",
     "StoreConformance",

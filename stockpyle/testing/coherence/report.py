@@ -26,7 +26,8 @@ Definitions (all times from ``time.monotonic()``, one clock for every process of
 
 from __future__ import annotations
 
-from collections import defaultdict
+import re
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,6 +64,8 @@ class Report:
     warnings: int = 0
     faults: list[str] = field(default_factory=list)
     operation_counts: dict[str, int] = field(default_factory=dict)
+    #: unexpected errors counted by cause (``"StoreError(StaleDataError)"``, ``"KeyError"``...)
+    error_causes: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -100,6 +103,9 @@ class Report:
             "  operations: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.operation_counts.items())),
         ]
+        lines += [
+            f"  unexpected error cause: {k} x{v}" for k, v in sorted(self.error_causes.items())
+        ]
         lines += [f"  fault: {f}" for f in self.faults]
         for kind, texts in sorted(self.examples.items()):
             lines.append(f"  examples of {kind}:")
@@ -117,7 +123,21 @@ def _item_of(label: str) -> int:
     return int(value[1:] if name == "code" else value)
 
 
+_CAUSE = re.compile(r"\((\w+): ")
+
+
+def _cause(kind: str, message: str) -> str:
+    """``StoreError("... put failed (StaleDataError: ...)")`` -> ``StoreError(StaleDataError)``."""
+    if kind == "store":
+        inner = _CAUSE.search(message)
+        return f"StoreError({inner[1]})" if inner else "StoreError"
+    if kind == "wrong":
+        return "wrong object"
+    return message.partition(":")[0]
+
+
 def _errors(report: Report, ops: Iterable[list[Any]], down: Sequence[tuple[float, float]]) -> None:
+    causes: Counter[str] = Counter()
     for slot, op, keys, by, _result, start, end, kind, message in ops:
         if kind is None:
             continue
@@ -125,9 +145,11 @@ def _errors(report: Report, ops: Iterable[list[Any]], down: Sequence[tuple[float
             report.expected_errors += 1
             continue
         report.unexpected_errors += 1
+        causes[_cause(kind, message)] += 1
         report.example("unexpected errors", f"thread {slot} {op} {keys} by {by}: {message}")
         if kind == "store" and op in _WRITES:
             report.failed_writes += 1
+    report.error_causes = dict(causes)
 
 
 def _lost_writes(report: Report, ops: Iterable[list[Any]], database: Mapping[int, int]) -> None:

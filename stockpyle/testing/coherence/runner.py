@@ -169,7 +169,7 @@ def run_checker(config: CheckerConfig) -> Report:
         closing_at=mp.Value("d", 0.0),
         closed=mp.Value("i", 0),
     )
-    engine = sa.create_engine(config.database_url)
+    engine = sa.create_engine(config.database_url, pool_pre_ping=True)  # it may be restarted
     report = Report(processes=config.processes, threads=config.threads)
     try:
         with _servers(config) as (private, addresses), tempfile.TemporaryDirectory() as tmp:
