@@ -43,8 +43,9 @@ class CheckerConfig:
 
     * ``factory`` (``"package.module:function"``) builds each worker's store from a
       :class:`~stockpyle.testing.coherence.WorkerContext` and ``factory_kwargs``.
-    * ``processes`` x ``threads`` run ``operations`` operations in all, over ``keys`` keys,
-      stopping early after ``seconds``.
+    * ``processes`` x ``threads`` run ``operations`` operations in all (more if the faults are
+      not all over by then: operations go on until they are), over ``keys`` keys, stopping
+      early after ``seconds``.
     * ``memcached``: how many private memcached servers to start (the faults act on them), or
       the addresses of servers you run (then no memcached fault may be given).
     * ``faults``: what to inject (:mod:`~stockpyle.testing.coherence.faults`);
@@ -122,6 +123,7 @@ class _Schedule:
         self.log = log
         self.t0 = t0
         self.active: tuple[float, str, Callable[[], None]] | None = None
+        self.last_undone = t0
 
     def tick(self, fraction: float) -> None:
         now = time.monotonic()
@@ -133,11 +135,18 @@ class _Schedule:
             self.log.append(f"{what} at {now - self.t0:.2f} s for {hold:g} s")
             self.active = (time.monotonic() + hold, what, undo)
 
+    def over(self, tail: float) -> bool:
+        """Whether every fault was undone at least ``tail`` seconds ago (so that operations
+        run on healthy servers for a while, and the chain can heal, before they stop)."""
+        idle = not self.pending and self.active is None
+        return idle and time.monotonic() - self.last_undone >= tail
+
     def finish(self) -> None:
         if self.active is not None:
             undo = self.active[2]
             self.active = None
             undo()
+            self.last_undone = time.monotonic()
 
 
 def _wait_for(counter: Any, target: int, procs: Sequence[Any], timeout: float) -> None:
@@ -165,6 +174,7 @@ def run_checker(config: CheckerConfig) -> Report:
         ready=mp.Value("i", 0),
         done=mp.Value("i", 0),
         progress=mp.Value("q", 0),
+        faults_done=mp.Event(),
         closing=mp.Event(),
         closing_at=mp.Value("d", 0.0),
         closed=mp.Value("i", 0),
@@ -219,6 +229,8 @@ def run_checker(config: CheckerConfig) -> Report:
                         fraction = max(signals.progress.value / max(config.operations, 1),
                                        elapsed / config.seconds)  # fmt: skip
                         schedule.tick(fraction)
+                        if schedule.over(tail=1.0):
+                            signals.faults_done.set()
                         time.sleep(0.01)
                 finally:
                     schedule.finish()

@@ -106,6 +106,7 @@ class Signals:
     ready: Any  # Value: workers whose chain is built
     done: Any  # Value: workers whose operations are over
     progress: Any  # Value: operations completed by all workers
+    faults_done: Any  # Event: every fault has been injected and undone
     closing: Any  # Event: run the closing races from ``closing_at`` on
     closing_at: Any  # Value: when (time.monotonic()) the closing races begin
     closed: Any  # Value: workers whose closing races are over
@@ -143,10 +144,13 @@ class _Thread:
 
     def run(self, quota: int) -> None:
         ops, weights = list(self.plan.mix), list(self.plan.mix.values())
-        for _ in range(quota):
-            if self.signals.stop.is_set():
+        done = 0
+        # The quota is a minimum: operations go on until every fault has been injected.
+        while not self.signals.stop.is_set():
+            if done >= quota and self.signals.faults_done.is_set():
                 break
             self.one(self.rng.choices(ops, weights)[0])
+            done += 1
             _bump(self.signals.progress)
 
     def closing_races(self, at: float, recorder: Recorder) -> None:
