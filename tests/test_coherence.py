@@ -113,13 +113,15 @@ def test_duplicate_loads_are_reported(report: Report) -> None:
 
 def test_checker_reports_an_incoherent_chain(pg_url: str) -> None:
     """A chain whose memcached layer ignores deletes must come out not ok, with the deleted
-    objects reported as resurrected: the checker can fail."""
+    objects reported as resurrected: the checker can fail. (The run is cut by its time
+    budget, long before its operation budget.)"""
     result = run_checker(
         CheckerConfig(
             database_url=pg_url,
             factory="stockpyle.testing.coherence.chains:forgetful_chain",
             processes=2,
-            operations=1_000,
+            operations=10**7,
+            seconds=3,
             faults=(),
             closing_races=0,
             pause_probability=0.0,
@@ -127,6 +129,7 @@ def test_checker_reports_an_incoherent_chain(pg_url: str) -> None:
             seed=1,
         )
     )
+    assert 0 < result.operations < 10**7
     assert not result.ok
     assert result.resurrected > 0
     assert result.examples["resurrected deletes"]

@@ -160,6 +160,15 @@ def _wait_for(counter: Any, target: int, procs: Sequence[Any], timeout: float) -
         time.sleep(0.02)
 
 
+def _output(plan: WorkerPlan, proc: Any) -> dict[str, Any]:
+    path = Path(plan.output)
+    if not path.exists():
+        msg = f"checker worker {plan.context.index} exited ({proc.exitcode}) without a record"
+        raise RuntimeError(msg)
+    output: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return output
+
+
 def run_checker(config: CheckerConfig) -> Report:
     """Run the checker as ``config`` says and return what it found (see :class:`Report`).
 
@@ -170,6 +179,7 @@ def run_checker(config: CheckerConfig) -> Report:
     signals = Signals(
         start=mp.Event(),
         stop=mp.Event(),
+        abort=mp.Event(),
         audit=mp.Event(),
         ready=mp.Value("i", 0),
         done=mp.Value("i", 0),
@@ -221,7 +231,7 @@ def run_checker(config: CheckerConfig) -> Report:
                 try:
                     while signals.done.value < config.processes:
                         if any(p.exitcode is not None for p in procs):
-                            signals.stop.set()
+                            signals.abort.set()
                             break
                         elapsed = time.monotonic() - t0
                         if elapsed > config.seconds:
@@ -249,13 +259,12 @@ def run_checker(config: CheckerConfig) -> Report:
                     proc.join(timeout=120)
             finally:
                 signals.stop.set()
-                signals.closing.set()
-                signals.audit.set()
+                signals.abort.set()
                 for proc in procs:
                     if proc.is_alive():
                         proc.terminate()
                         proc.join()
-            outputs = [json.loads(Path(p.output).read_text(encoding="utf-8")) for p in plans]
+            outputs = [_output(plan, proc) for plan, proc in zip(plans, procs, strict=True)]
         fatal = [o["fatal"] for o in outputs if o["fatal"]]
         if fatal:
             msg = f"a checker worker failed:\n{fatal[0]}"

@@ -101,7 +101,8 @@ class Signals:
     """Shared between the parent and its workers (multiprocessing primitives)."""
 
     start: Any  # Event: begin the operations
-    stop: Any  # Event: stop early (time budget spent, or a worker failed)
+    stop: Any  # Event: stop the operations early (time budget spent)
+    abort: Any  # Event: give up (a worker failed): nothing more to wait for
     audit: Any  # Event: the system has settled: audit now
     ready: Any  # Value: workers whose chain is built
     done: Any  # Value: workers whose operations are over
@@ -267,9 +268,9 @@ def _sleep_until(moment: float) -> None:
         time.sleep(delay)
 
 
-def _wait(event: Any, stop: Any) -> None:
+def _wait(event: Any, abort: Any) -> None:
     while not event.wait(0.05):
-        if stop.is_set() and event is not stop:
+        if abort.is_set():
             return
 
 
@@ -286,7 +287,8 @@ def worker_main(plan: WorkerPlan, signals: Signals) -> None:
     logging.getLogger("stockpyle").addHandler(logging.NullHandler())
     logging.getLogger("stockpyle").propagate = False
     caught: list[str] = []
-    warnings.simplefilter("always")
+    warnings.simplefilter("always")  # count every warning the application would see
+    warnings.filterwarnings("ignore", category=ResourceWarning)  # ignored by default too
     warnings.showwarning = lambda message, category, *_args, **_kw: caught.append(
         f"{category.__name__}: {message}"
     )
@@ -294,7 +296,7 @@ def worker_main(plan: WorkerPlan, signals: Signals) -> None:
     try:
         store = resolve_factory(plan.factory)(plan.context, **plan.factory_kwargs)
         _bump(signals.ready)
-        _wait(signals.start, signals.stop)
+        _wait(signals.start, signals.abort)
         threads = [
             _Thread(plan, plan.context.index * plan.threads + t, store, signals)
             for t in range(plan.threads)
@@ -309,12 +311,12 @@ def worker_main(plan: WorkerPlan, signals: Signals) -> None:
         for r in runners:
             r.join()
         _bump(signals.done)
-        _wait(signals.closing, signals.stop)
-        if plan.processes > 1 and not signals.stop.is_set():
+        _wait(signals.closing, signals.abort)
+        if plan.processes > 1 and not signals.abort.is_set():
             threads[0].closing_races(signals.closing_at.value, recorder)
         recorder.enabled = False
         _bump(signals.closed)
-        _wait(signals.audit, signals.stop)
+        _wait(signals.audit, signals.abort)
         out["audit"] = _audit(store, plan.keys)
         out["ops"] = [rec for t in threads for rec in t.records]
         out["loads"] = recorder.loads
