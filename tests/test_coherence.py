@@ -192,6 +192,23 @@ def test_stale_and_resurrected_entries_are_told_apart() -> None:
     assert not result.ok
 
 
+def test_superseded_reads_measure_the_stale_window() -> None:
+    """A read of a version that an acknowledged later write had replaced before the read
+    began is counted, with how long after that write returned; overlapping reads are not."""
+    ops = [
+        _op("put", 1, [101], 0.0, 1.0),
+        _op("put", 1, [102], 2.0, 3.0),
+        _op("get", 1, [101], 2.5, 2.6),  # the newer write had not returned: fine
+        _op("get", 1, [101], 3.25, 3.3),  # 0.25 s after it returned: superseded
+        _op("delete", 1, [], 4.0, 5.0),
+        _op("get", 1, [102], 5.5, 5.6),  # deleted 0.5 s before: superseded
+    ]
+    result = analyse(Report(), [_worker(ops)], {}, [])
+    assert result.superseded_reads == 2
+    assert result.longest_superseded == pytest.approx(0.5)
+    assert result.ok  # reported, not held against ok
+
+
 def test_command_line_help() -> None:
     """``python -m stockpyle.testing.coherence --help`` documents the budget options."""
     out = subprocess.run(

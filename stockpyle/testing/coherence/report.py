@@ -16,6 +16,11 @@ Definitions (all times from ``time.monotonic()``, one clock for every process of
 * **duplicate load**: a database read of a key that began while another read of the same key
   (any process) was in flight, with no write of that key begun in between: the reads a lease
   window should have folded into one. Reported, not held against ``ok``.
+* **superseded read**: during the run, a read answered version *v* although an acknowledged
+  write of that key (a put or delete) began after *v*'s write ended and returned before the
+  read began. ``longest_superseded`` is the longest such delay (read start minus that write's
+  end): the window in which a process could still read an old value. Reported, not held
+  against ``ok`` (the contract bounds this window; it does not forbid it).
 * **warnings**: warnings issued in the workers (stray warnings from ordinary concurrency are a
   defect too). Reported, not held against ``ok``.
 * **unexpected error**: an operation that raised anything but a ``StoreError``, a
@@ -26,6 +31,7 @@ Definitions (all times from ``time.monotonic()``, one clock for every process of
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -61,6 +67,8 @@ class Report:
     loads: int = 0
     duplicate_loads: int = 0
     held_readers: int = 0
+    superseded_reads: int = 0
+    longest_superseded: float = 0.0
     warnings: int = 0
     faults: list[str] = field(default_factory=list)
     operation_counts: dict[str, int] = field(default_factory=dict)
@@ -99,6 +107,8 @@ class Report:
             f"  expected errors (database down): {self.expected_errors}",
             f"  database loads: {self.loads}, duplicate loads: {self.duplicate_loads}, "
             f"readers held: {self.held_readers}",
+            f"  reads of superseded versions during the run: {self.superseded_reads} "
+            f"(at most {self.longest_superseded:.3f} s after the newer write returned)",
             f"  warnings: {self.warnings}",
             "  operations: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.operation_counts.items())),
@@ -203,6 +213,42 @@ def _duplicates(report: Report, loads: Iterable[list[Any]], ops: Iterable[list[A
                 first_start, first_end = start, end
 
 
+def _superseded(report: Report, ops: Sequence[list[Any]]) -> None:
+    written: dict[int, float] = {}  # version -> end of the put that wrote it
+    acked: dict[int, list[tuple[float, float]]] = defaultdict(list)  # key -> (start, end)
+    for _slot, op, keys, _by, result, start, end, kind, _message in ops:
+        if op in ("put", "batch_put"):
+            written.update((version, end) for version in result)
+        if op in _WRITES and kind is None:
+            for key in keys:
+                acked[key].append((start, end))
+    # per key: acknowledged writes by start, and the earliest end among those from i on
+    starts: dict[int, list[float]] = {}
+    earliest_end: dict[int, list[float]] = {}
+    for key, spans in acked.items():
+        spans.sort()
+        starts[key] = [a for a, _ in spans]
+        suffix = [b for _, b in spans]
+        for i in range(len(suffix) - 2, -1, -1):
+            suffix[i] = min(suffix[i], suffix[i + 1])
+        earliest_end[key] = suffix
+    for _slot, op, keys, _by, result, start, _end, kind, _message in ops:
+        if op not in ("get", "get_code", "batch_get") or kind is not None:
+            continue
+        for key, version in zip(keys, result, strict=True):
+            if version is None or version not in written or key not in starts:
+                continue
+            i = bisect.bisect_right(starts[key], written[version])
+            if i < len(starts[key]) and earliest_end[key][i] < start:
+                report.superseded_reads += 1
+                delay = start - earliest_end[key][i]
+                report.longest_superseded = max(report.longest_superseded, delay)
+                report.example(
+                    "superseded reads", f"key {key} read at version {version}, superseded "
+                    f"by a write that returned {delay:.3f} s before"
+                )  # fmt: skip
+
+
 def _audit(
     report: Report, workers: Sequence[Mapping[str, Any]], database: Mapping[int, int]
 ) -> None:
@@ -271,5 +317,6 @@ def analyse(
     _errors(report, ops, down)
     _lost_writes(report, ops, database)
     _duplicates(report, [load for w in workers for load in w["loads"]], ops)
+    _superseded(report, ops)
     _audit(report, workers, database)
     return report
