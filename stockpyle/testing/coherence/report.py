@@ -21,8 +21,10 @@ Definitions (all times from ``time.monotonic()``, one clock for every process of
   read began. ``longest_superseded`` is the longest such delay (read start minus that write's
   end): the window in which a process could still read an old value. Reported, not held
   against ``ok`` (the contract bounds this window; it does not forbid it).
-* **warnings**: warnings issued in the workers (stray warnings from ordinary concurrency are a
-  defect too). Reported, not held against ``ok``.
+* **warnings**: warnings issued in the workers, and records other libraries logged at
+  ``WARNING`` or above (what would reach an application's stderr: stray output from ordinary
+  concurrency is a defect too), except while the database was down. Reported, not held
+  against ``ok``.
 * **unexpected error**: an operation that raised anything but a ``StoreError``, a
   ``StoreError`` outside the windows in which the database was down (plus a grace period),
   or an answer naming the wrong object. **Failed writes** are the puts and deletes among them
@@ -74,6 +76,8 @@ class Report:
     operation_counts: dict[str, int] = field(default_factory=dict)
     #: unexpected errors counted by cause (``"StoreError(StaleDataError)"``, ``"KeyError"``...)
     error_causes: dict[str, int] = field(default_factory=dict)
+    #: warnings counted by category (``"SAWarning"``) or logger (``"psycopg logged"``)
+    warning_causes: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
 
     @property
@@ -116,6 +120,7 @@ class Report:
         lines += [
             f"  unexpected error cause: {k} x{v}" for k, v in sorted(self.error_causes.items())
         ]
+        lines += [f"  warning cause: {k} x{v}" for k, v in sorted(self.warning_causes.items())]
         lines += [f"  fault: {f}" for f in self.faults]
         for kind, texts in sorted(self.examples.items()):
             lines.append(f"  examples of {kind}:")
@@ -311,9 +316,12 @@ def analyse(
     report.operation_counts = dict(counts)
     report.held_readers = sum(w.get("pauses", 0) for w in workers)
     for worker in workers:
-        for text in worker.get("warnings", []):
-            report.warnings += 1
-            report.example("warnings", f"process {worker['worker']}: {text}")
+        for moment, text in worker.get("warnings", []):
+            if not _overlaps(moment, moment, down):
+                report.warnings += 1
+                cause = text.partition(":")[0]
+                report.warning_causes[cause] = report.warning_causes.get(cause, 0) + 1
+                report.example("warnings", f"process {worker['worker']}: {text}")
     _errors(report, ops, down)
     _lost_writes(report, ops, database)
     _duplicates(report, [load for w in workers for load in w["loads"]], ops)

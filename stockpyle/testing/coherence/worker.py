@@ -274,6 +274,17 @@ def _wait(event: Any, abort: Any) -> None:
             return
 
 
+class _Collect(logging.Handler):
+    """Keeps log records (WARNING and above) as text, to be reported like warnings."""
+
+    def __init__(self, into: list[tuple[float, str]]) -> None:
+        super().__init__(logging.WARNING)
+        self.into = into
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.into.append((time.monotonic(), f"{record.name} logged: {record.getMessage()[:300]}"))
+
+
 def worker_main(plan: WorkerPlan, signals: Signals) -> None:
     """The body of a worker process (the target the parent spawns)."""
     out: dict[str, Any] = {"worker": plan.context.index, "fatal": None, "ops": [], "loads": []}
@@ -286,12 +297,14 @@ def worker_main(plan: WorkerPlan, signals: Signals) -> None:
     # A chain logs every tolerated cache failure; the report counts what matters instead.
     logging.getLogger("stockpyle").addHandler(logging.NullHandler())
     logging.getLogger("stockpyle").propagate = False
-    caught: list[str] = []
+    caught: list[tuple[float, str]] = []
     warnings.simplefilter("always")  # count every warning the application would see
     warnings.filterwarnings("ignore", category=ResourceWarning)  # ignored by default too
     warnings.showwarning = lambda message, category, *_args, **_kw: caught.append(
-        f"{category.__name__}: {message}"
+        (time.monotonic(), f"{category.__name__}: {message}")
     )
+    # What other libraries log at WARNING or above would reach the application's stderr.
+    logging.getLogger().addHandler(_Collect(caught))
     store: BaseStore | None = None
     try:
         store = resolve_factory(plan.factory)(plan.context, **plan.factory_kwargs)
