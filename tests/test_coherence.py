@@ -209,6 +209,34 @@ def test_superseded_reads_measure_the_stale_window() -> None:
     assert result.ok  # reported, not held against ok
 
 
+def test_load_observer_counts_each_read_once_and_holds_on_demand() -> None:
+    """An observed store counts a read once per key however its read methods call each other,
+    holds the next read of a thread when asked to, and only passes calls through when no
+    recorder is installed (or it is disabled)."""
+    from stockpyle.testing.coherence import CoherenceBase, Item, ObservedSqlAlchemyStore
+    from stockpyle.testing.coherence.observe import Recorder, install
+
+    store = ObservedSqlAlchemyStore(uri="sqlite://")
+    CoherenceBase.metadata.create_all(store.engine)
+    store.put(Item(id=1, code="c1", version=7, writer=0))
+    recorder = Recorder()
+    install(recorder)
+    try:
+        assert store.get(Item, {"code": "c1"}).version == 7  # get -> get_entry -> batch_get...
+        store.batch_get(Item, [{"id": 1}, {"id": 2}])
+        assert [label for label, _, _ in recorder.loads] == ["code=c1", "id=1", "id=2"]
+        recorder.hold_next(0.001)
+        store.get(Item, {"id": 1})
+        assert recorder.pauses == 1
+        recorder.enabled = False
+        store.get(Item, {"id": 1})
+        assert len(recorder.loads) == 4
+    finally:
+        install(None)
+    store.get(Item, {"id": 1})
+    assert len(recorder.loads) == 4
+
+
 def test_command_line_help() -> None:
     """``python -m stockpyle.testing.coherence --help`` documents the budget options."""
     out = subprocess.run(

@@ -17,6 +17,7 @@ From a shell: ``python -m stockpyle.testing.coherence --help``.
 """
 
 from stockpyle.testing.coherence.chains import DeafMemcacheStore, forgetful_chain, memcache_chain
+from stockpyle.testing.coherence.context import WorkerContext
 from stockpyle.testing.coherence.faults import (
     DEFAULT_FAULTS,
     DatabaseControl,
@@ -29,7 +30,7 @@ from stockpyle.testing.coherence.model import CoherenceBase, Item, code_of
 from stockpyle.testing.coherence.observe import LoadObserver, ObservedSqlAlchemyStore
 from stockpyle.testing.coherence.report import Report
 from stockpyle.testing.coherence.runner import CheckerConfig, run_checker
-from stockpyle.testing.coherence.worker import OPERATIONS, WorkerContext
+from stockpyle.testing.coherence.worker import OPERATIONS
 
 __all__ = [
     "DEFAULT_FAULTS",

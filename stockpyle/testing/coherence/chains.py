@@ -12,7 +12,7 @@ from typing import Any
 
 from stockpyle.stores import BaseStore, ChainedStore, ProcessMemoryStore
 from stockpyle.stores.memcache import MemcacheStore
-from stockpyle.testing.coherence.worker import WorkerContext
+from stockpyle.testing.coherence.context import WorkerContext
 
 __all__ = ["DeafMemcacheStore", "forgetful_chain", "memcache_chain"]
 

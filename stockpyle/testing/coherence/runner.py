@@ -15,6 +15,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from stockpyle.testing.coherence.context import WorkerContext
 from stockpyle.testing.coherence.faults import (
     DEFAULT_FAULTS,
     DatabaseControl,
@@ -25,13 +26,7 @@ from stockpyle.testing.coherence.faults import (
 )
 from stockpyle.testing.coherence.model import CoherenceBase, Item
 from stockpyle.testing.coherence.report import Report, analyse
-from stockpyle.testing.coherence.worker import (
-    OPERATIONS,
-    Signals,
-    WorkerContext,
-    WorkerPlan,
-    worker_main,
-)
+from stockpyle.testing.coherence.worker import OPERATIONS, Signals, WorkerPlan, worker_main
 from stockpyle.testing.servers import MemcachedProcess
 
 __all__ = ["CheckerConfig", "run_checker"]
