@@ -118,7 +118,7 @@ class _Schedule:
         self.log = log
         self.t0 = t0
         self.active: tuple[float, str, Callable[[], None]] | None = None
-        self.last_undone = t0
+        self.last_undone = float("-inf")  # no fault undone yet: no tail owed
 
     def tick(self, fraction: float) -> None:
         now = time.monotonic()
@@ -222,6 +222,8 @@ def run_checker(config: CheckerConfig) -> Report:
                     report.faults,
                     t0,
                 )
+                if not config.faults:
+                    signals.faults_done.set()
                 signals.start.set()
                 try:
                     while signals.done.value < config.processes:
