@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import enum
-import hashlib
 import math
 import uuid
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from typing import Any
 
 from stockpyle.exceptions import InvalidKeyError
 
-__all__ = ["FAST_ENCODERS", "SUPPORTED_TYPES", "encode_value", "shorten"]
+__all__ = ["FAST_ENCODERS", "SUPPORTED_TYPES", "encode_value"]
 
 _UTC = dt.UTC
 
@@ -142,15 +141,3 @@ def encode_value(value: Any) -> str:
         " bytes, Decimal, UUID, date, datetime, time, Enum members or tuples of these"
     )
     raise InvalidKeyError(msg)
-
-
-def shorten(key: str, limit: int, *, measure: Callable[[str], int] = len) -> str:
-    """``key`` itself when ``measure(key) <= limit``, else a readable head of it followed by
-    ``#`` and the SHA-256 of the whole key (collision-resistant, so still one entry per key)."""
-    if measure(key) <= limit:
-        return key
-    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
-    head = key[: max(0, limit - len(digest) - 1)]
-    while head and measure(head) + len(digest) + 1 > limit:
-        head = head[: len(head) * 3 // 4]
-    return f"{head}#{digest}"

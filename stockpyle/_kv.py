@@ -6,8 +6,8 @@ natively batched. Everything else lives here, once.
 
 Storage layout. Every object occupies *slots*, one per key it can be found by: its identity key,
 each alternate key whose value has no ``None``, and (``polymorphic=True``) every key of every
-keyed base class. The identity slot holds an *entry* ``(ENTRY, deadline, slots, obj)`` listing
-all the object's slots; every other slot holds a *pointer* ``(POINTER, deadline, identity)``.
+keyed base class. The identity slot holds an :class:`Entry` ``(deadline, slots, obj)`` listing
+all the object's slots; every other slot holds a :class:`Pointer` ``(deadline, identity)``.
 A pointer counts only while the entry it points to still lists it, so a key value an object
 *used to have* can never answer, even if a stale pointer survives somewhere (another process, a
 backend that lost a delete). Writes of one batch are planned against the current records and
@@ -16,9 +16,10 @@ sent as one save and one remove.
 
 from __future__ import annotations
 
+import abc
 import threading
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from stockpyle._expiry import (
     Clock,
@@ -32,14 +33,37 @@ from stockpyle._keys import KeySpec, keyed_bases, layout_of
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
 
-__all__ = ["ENTRY", "POINTER", "KeyValueStore", "Record"]
+__all__ = ["Entry", "KeyValueStore", "Plan", "Pointer", "Record"]
 
 T = TypeVar("T")
 
-ENTRY = 0
-POINTER = 1
-#: ``(ENTRY, deadline, slots, obj)`` or ``(POINTER, deadline, identity_slot)``.
-Record = tuple[Any, ...]
+
+class Entry(NamedTuple):
+    """The record at an object's identity slot: the object and every slot it occupies."""
+
+    deadline: Deadline
+    slots: tuple[str, ...]
+    obj: Any
+
+
+class Pointer(NamedTuple):
+    """The record at any other slot: the identity slot of the object it stands for."""
+
+    deadline: Deadline
+    identity: str
+
+
+#: What a slot holds.
+Record = Entry | Pointer
+
+
+class Plan(NamedTuple):
+    """One object of a write, validated: where it goes and until when."""
+
+    identity: str
+    slots: tuple[str, ...]
+    deadline: Deadline
+    obj: Any
 
 
 class KeyValueStore(BaseStore):
@@ -64,17 +88,17 @@ class KeyValueStore(BaseStore):
 
     # -- raw operations (natively batched) -------------------------------------------------------
 
+    @abc.abstractmethod
     def _load(self, keys: Sequence[str]) -> dict[str, Record]:
         """Fetch the records stored at ``keys`` (absent keys are left out)."""
-        raise NotImplementedError(f"{type(self).__qualname__} must implement _load")
 
+    @abc.abstractmethod
     def _save(self, records: dict[str, Record]) -> None:
-        """Store records; ``record[1]`` is its deadline, for backends with native expiry."""
-        raise NotImplementedError(f"{type(self).__qualname__} must implement _save")
+        """Store records (``record.deadline`` is for backends with native expiry)."""
 
+    @abc.abstractmethod
     def _remove(self, keys: Sequence[str]) -> None:
         """Remove the records at ``keys``; absent keys are not an error."""
-        raise NotImplementedError(f"{type(self).__qualname__} must implement _remove")
 
     # -- reads ---------------------------------------------------------------------------------
 
@@ -91,7 +115,9 @@ class KeyValueStore(BaseStore):
             return [None] * len(slots)
         records = self._load(wanted)
         targets = [
-            r[2] for r in records.values() if r[0] == POINTER and r[2] not in records
+            r.identity
+            for r in records.values()
+            if type(r) is Pointer and r.identity not in records
         ]
         if targets:
             records.update(self._load(list(dict.fromkeys(targets))))
@@ -109,8 +135,8 @@ class KeyValueStore(BaseStore):
         record = records.get(slot)
         if record is None:
             return None
-        if record[0] == POINTER:
-            records.update(self._load([record[2]]))
+        if type(record) is Pointer:
+            records.update(self._load([record.identity]))
         return _resolve(slot, records, self.clock())
 
     def _naming_store(self, exc: StockpyleError) -> StockpyleError:
@@ -135,7 +161,7 @@ class KeyValueStore(BaseStore):
 
     def _plan_objects(
         self, objs: Sequence[Any], expires_at: Sequence[Deadline] | None, now: float
-    ) -> list[tuple[str, tuple[str, ...], Deadline, Any]]:
+    ) -> list[Plan]:
         """Validate every object and compute (identity, slots, deadline, obj) before any I/O."""
         if expires_at is not None and len(expires_at) != len(objs):
             msg = "expires_at must give one deadline per object"
@@ -153,7 +179,7 @@ class KeyValueStore(BaseStore):
             deadline = None if lifetime_cb is None else lifetime_to_deadline(lifetime_cb(obj), now)
             if expires_at is not None:
                 deadline = earliest(deadline, expires_at[i])
-            plans.append((identity, tuple(slots), deadline, obj))
+            plans.append(Plan(identity, tuple(slots), deadline, obj))
         return plans
 
     def batch_put(
@@ -168,21 +194,22 @@ class KeyValueStore(BaseStore):
             return
         with self._lock:
             view = _View(self)
-            view.fetch([p[0] for p in plans])
+            view.fetch([p.identity for p in plans])
             # Slots the stored versions occupy but the new versions will not: they must be read
             # to learn whether they still point to the object.
             stale: list[str] = []
             for identity, slots, _, _ in plans:
                 old = view.entry(identity)
                 if old is not None:
-                    stale.extend(s for s in old[2] if s not in slots)
+                    stale.extend(s for s in old.slots if s not in slots)
             view.fetch(stale)
             for identity, slots, deadline, obj in plans:
                 view.unlink(identity, keep=() if _is_dead(deadline, now) else slots)
                 if not _is_dead(deadline, now):
-                    view.set(identity, (ENTRY, deadline, slots, obj))
+                    view.set(identity, Entry(deadline, slots, obj))
+                    pointer = Pointer(deadline, identity)
                     for slot in slots[1:]:
-                        view.set(slot, (POINTER, deadline, identity))
+                        view.set(slot, pointer)
             view.commit()
 
     def batch_delete(self, objs: Sequence[Any]) -> None:
@@ -199,7 +226,7 @@ class KeyValueStore(BaseStore):
         with self._lock:
             view = _View(self)
             view.fetch(identities)
-            view.fetch([s for i in identities if (e := view.entry(i)) for s in e[2][1:]])
+            view.fetch([s for i in identities if (e := view.entry(i)) for s in e.slots[1:]])
             for identity in identities:
                 view.unlink(identity, keep=())
             view.commit()
@@ -213,15 +240,15 @@ def _resolve(slot: str, records: dict[str, Record], now: float) -> tuple[Any, De
     record = records.get(slot)
     if record is None:
         return None
-    if record[0] == POINTER:
-        if _is_dead(record[1], now):
+    if type(record) is Pointer:
+        if _is_dead(record.deadline, now):
             return None
-        record = records.get(record[2])
-        if record is None or record[0] != ENTRY or slot not in record[2]:
+        record = records.get(record.identity)
+        if type(record) is not Entry or slot not in record.slots:
             return None  # a stale pointer: the object no longer has this key value
-    if _is_dead(record[1], now):
+    if type(record) is not Entry or _is_dead(record.deadline, now):
         return None
-    return record[3], record[1]
+    return record.obj, record.deadline
 
 
 class _View:
@@ -244,9 +271,9 @@ class _View:
             return self._changes[key]
         return self._known.get(key)
 
-    def entry(self, identity: str) -> Record | None:
+    def entry(self, identity: str) -> Entry | None:
         record = self.get(identity)
-        return record if record is not None and record[0] == ENTRY else None
+        return record if type(record) is Entry else None
 
     def set(self, key: str, record: Record | None) -> None:
         self._changes[key] = record
@@ -256,11 +283,11 @@ class _View:
         old = self.entry(identity)
         if old is None:
             return
-        for slot in old[2][1:]:
+        for slot in old.slots[1:]:
             if slot in keep:
                 continue
             record = self.get(slot)
-            if record is not None and record[0] == POINTER and record[2] == identity:
+            if type(record) is Pointer and record.identity == identity:
                 self.set(slot, None)
         if identity not in keep:
             self.set(identity, None)

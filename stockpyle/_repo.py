@@ -7,6 +7,7 @@ from typing import Any, Generic, TypeVar, overload
 
 import wrapt
 
+from stockpyle._flight import FlightTable, FollowTimeout
 from stockpyle._keys import layout_of
 from stockpyle._store import BaseStore, KeyDict
 
@@ -28,7 +29,16 @@ class Repo(Generic[T]):
     ``put`` of an object that is not a ``cls`` raises ``TypeError``.
     """
 
-    __slots__ = ("_batch_loader", "_get", "_layout", "_loader", "cls", "store")
+    __slots__ = (
+        "_batch_loader",
+        "_flights",
+        "_get",
+        "_layout",
+        "_loader",
+        "cls",
+        "follow_timeout",
+        "store",
+    )
 
     def __init__(self, cls: type[T], store: BaseStore) -> None:
         self.cls = cls
@@ -37,6 +47,9 @@ class Repo(Generic[T]):
         self._get = store.getter(cls)  # the store's fastest path for this class
         self._loader: Callable[..., Any] | None = None
         self._batch_loader = False
+        self._flights: FlightTable[str] = FlightTable()
+        #: How long a caller waits for the same key's load by another thread (then loads).
+        self.follow_timeout = 30.0
 
     def __repr__(self) -> str:
         return f"Repo({self._layout.path}, {self.store.describe()})"
@@ -129,6 +142,47 @@ class Repo(Generic[T]):
         return register if func is None else register(func)
 
     def _load(self, key_dicts: Sequence[Mapping[str, Any]]) -> list[T | None]:
+        """Run the loader for ``key_dicts``, once per key across threads (single flight):
+        keys another thread is loading wait for its result (or its error); a key the calling
+        thread is itself loading (a loader that reads through this repo) is a miss."""
+        encode = self._layout.encode
+        keys = [encode(key) for key in key_dicts]
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key is not None:
+                first.setdefault(key, i)
+        claim = self._flights.claim(first)
+        # Keys this very thread is loading further up its stack (a loader reading through
+        # the repo) are misses here: loading them again would recurse.
+        mine = [
+            i for i, key in enumerate(keys) if key is None or (first[key] == i and key in claim.led)
+        ]
+        try:
+            loaded = self._call_loader([key_dicts[i] for i in mine])
+        except BaseException as exc:
+            self._flights.land(claim.led, error=exc)
+            raise
+        results: list[T | None] = [None] * len(keys)
+        by_key: dict[str, T | None] = {}
+        for i, obj in zip(mine, loaded, strict=True):
+            results[i] = obj
+            if keys[i] is not None:
+                by_key[keys[i]] = obj  # type: ignore[index]  # checked just above
+        self._flights.land(claim.led, by_key)
+        for key, flight in claim.followed.items():
+            try:
+                by_key[key] = self._flights.wait(flight, self.follow_timeout)
+            except FollowTimeout:  # the leader is stuck: load it ourselves
+                by_key[key] = self._call_loader([key_dicts[first[key]]])[0]
+        done = set(mine)
+        for i, key in enumerate(keys):
+            if key is not None and i not in done:
+                results[i] = by_key.get(key)
+        return results
+
+    def _call_loader(self, key_dicts: Sequence[Mapping[str, Any]]) -> list[T | None]:
+        if not key_dicts:
+            return []
         loader = self._loader
         assert loader is not None
         if self._batch_loader:

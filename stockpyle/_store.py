@@ -9,7 +9,7 @@ it backfills.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
@@ -126,6 +126,25 @@ class BaseStore(abc.ABC):
 
         return get_declared
 
+    def fast_getter(
+        self,
+        cls: type[T],
+        *,
+        miss: Callable[[KeyDict], T | None] | None = None,
+        other: Callable[[KeyDict], T | None] | None = None,
+        bypass: Sized = (),
+    ) -> Callable[[KeyDict], T | None] | None:
+        """A getter for ``cls`` that a :class:`~stockpyle.stores.ChainedStore` may use as its
+        own when this store is its first layer, or ``None`` (the default) if there is none.
+
+        The returned function answers ``key_dict -> obj | None`` from this store alone and
+        calls ``miss(key)`` on a miss (the chain then reads the layers below), ``other(key)``
+        for keys it does not handle itself (including when this store fails), and sends every
+        key to ``other`` while ``bypass`` is non-empty (keys the chain holds suspect here).
+        The in-process stores implement it, so that a chain's warm path costs nothing extra.
+        """
+        return None
+
     # -- coherence (SPEC section 11); stores without leases keep these defaults ------------------
 
     def batch_lease_entries(
@@ -152,6 +171,10 @@ class BaseStore(abc.ABC):
         """
         self.batch_put(objs, expires_at=expires_at)
         return [True] * len(objs)
+
+    def batch_release(self, tokens: Sequence[Any]) -> None:  # noqa: B027 - nothing to give back
+        """Give back leases that no fill will use (the key was found nowhere), so that other
+        callers do not wait for them. The default has no leases."""
 
     def batch_invalidate(self, objs: Sequence[Any]) -> None:
         """Remove each object so that no fill in flight for it can land afterwards.

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-from stockpyle.stores._memcache_clients import ServerTrouble
+from stockpyle.bytes import BackendError
 from stockpyle.stores.memcache import MemcacheStore
 from stockpyle.testing.servers import (  # noqa: F401 - re-exported for the test modules
     MemcachedProcess,
@@ -41,16 +41,16 @@ class PurgingStore(MemcacheStore):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.written: set[bytes] = set()
+        self.written: set[str] = set()
         _CREATED.append(self)
 
     def _save(self, records: dict[str, Any]) -> None:
         super()._save(records)
-        self.written.update(self.memcache_key(k) for k in records)
+        self.written.update(self.backend_key(k) for k in records)
 
     def purge(self) -> None:
         if self.written:
-            self._adapter.delete_many(sorted(self.written))
+            self.backend.delete_many(sorted(self.written))
             self.written.clear()
 
 
@@ -58,7 +58,7 @@ def purge_created() -> None:
     """Delete what every PurgingStore made since the last call wrote (servers still up)."""
     while _CREATED:
         store = _CREATED.pop()
-        with contextlib.suppress(ServerTrouble):  # a server the test killed
+        with contextlib.suppress(BackendError):  # a server the test killed
             store.purge()
         store.release()
 
@@ -124,10 +124,11 @@ class _Stream:
 class CountingProxy:
     """A TCP proxy in front of a real memcached that counts what clients ask of it.
 
-    ``commands`` counts command lines by verb (``get``, ``set``, ``delete``...) and ``get_keys``
-    the keys asked for. ``round_trips`` counts requests that a client sent while nothing it
-    had sent before was still unanswered: a batch sent as one pipeline is one round trip, however
-    many commands it holds.
+    ``commands`` counts command lines by verb (``get``, ``set``, ``delete``...; the meta
+    protocol's ``ms``/``md`` count as ``set``/``delete`` and a pipelined run of ``mg`` as one
+    ``get``) and ``get_keys`` the keys asked for. ``round_trips`` counts requests that a client
+    sent while nothing it had sent before was still unanswered: a batch sent as one pipeline is
+    one round trip, however many commands it holds.
     """
 
     STORAGE = (b"set", b"add", b"replace", b"append", b"prepend", b"cas")
@@ -210,14 +211,26 @@ class CountingProxy:
         for line in stream.feed(data):
             parts = line.split()
             verb = parts[0].decode()
-            if not state["pending"]:
+            new_trip = not state["pending"]
+            if new_trip:
                 self.round_trips += 1
-            self.commands[verb] += 1
+            if verb == "mn":  # the meta protocol's end of a pipelined batch: not a command
+                state["pending"].append(verb)
+                continue
+            if verb == "mg":  # a run of meta gets in one round trip is one multi-get
+                self.get_keys += 1
+                if new_trip or state.get("last") != "mg":
+                    self.commands["get"] += 1
+            else:
+                self.commands[{"ms": "set", "md": "delete"}.get(verb, verb)] += 1
+            state["last"] = verb
             if verb in ("get", "gets"):
                 self.get_keys += len(parts) - 1
             if parts[0] in self.STORAGE:
                 stream.skip = int(parts[4]) + 2
-            if b"noreply" not in parts:
+            elif verb == "ms":
+                stream.skip = int(parts[2]) + 2
+            if b"noreply" not in parts and b"q" not in parts[2:]:
                 state["pending"].append(verb)
 
     def _responses(self, state: dict, data: bytes) -> None:
@@ -226,6 +239,8 @@ class CountingProxy:
             if line.startswith(b"VALUE "):
                 stream.skip = int(line.split()[3]) + 2
                 continue
+            if line.startswith(b"VA "):
+                stream.skip = int(line.split()[1]) + 2
             if line.startswith(b"STAT "):
                 continue
             if state["pending"]:

@@ -12,12 +12,13 @@ from typing import Any
 import pytest
 
 
-@pytest.fixture(scope="module")
-def pg_url(postgres_url: str) -> str:
-    """The PostgreSQL URL, with a schema of its own per test process."""
-    from stockpyle.testing.sqlmodels import isolated_postgres_url
+@pytest.fixture(scope="session")
+def pg_url(postgres_url: str) -> Iterator[str]:
+    """The PostgreSQL URL, with a schema of its own per test process (dropped at the end)."""
+    from stockpyle.testing.sqlmodels import drop_isolated_schema, isolated_postgres_url
 
-    return isolated_postgres_url(postgres_url)
+    yield isolated_postgres_url(postgres_url)
+    drop_isolated_schema(postgres_url)
 
 
 @pytest.fixture(scope="module")

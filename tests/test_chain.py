@@ -8,6 +8,7 @@ StoreError on demand; failures of a real memcached are covered in test_memcache_
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from typing import Any
 
@@ -73,9 +74,7 @@ def test_batch_get_asks_each_layer_once_for_what_is_missing() -> None:
     top.put(a)
     mid.batch_put([a, b])
     bottom.batch_put([a, b, c])
-    found = chain.batch_get(
-        Foo, [{"key": 1}, {"key": 2}, {"key": 3}, {"key": 4}, {"key": 2}]
-    )
+    found = chain.batch_get(Foo, [{"key": 1}, {"key": 2}, {"key": 3}, {"key": 4}, {"key": 2}])
     assert [f.name if f else None for f in found] == ["a", "b", "c", None, "b"]
     assert top.asked == [[{"key": 1}, {"key": 2}, {"key": 3}, {"key": 4}]]
     assert mid.asked == [[{"key": 2}, {"key": 3}, {"key": 4}]]
@@ -145,7 +144,7 @@ def test_failed_cache_write_is_tolerated_logged_counted_and_suspect(
     reads skip that layer for the key (it may hold a stale version) until a write succeeds."""
     chain, (top, mid, _bottom), _ = make_chain()
     chain.put(Foo(1, name="old"))
-    mid.failing.add("put")
+    mid.failing.update({"put", "delete"})  # the layer is down: the healer cannot fix it yet
     top.clear()  # force reads past the top layer
     with caplog.at_level(logging.WARNING, logger="stockpyle.chain"):
         chain.put(Foo(1, name="new"))
@@ -162,6 +161,42 @@ def test_failed_cache_write_is_tolerated_logged_counted_and_suspect(
     mid.failing.clear()
     chain.put(Foo(1, name="newer"))
     assert not chain.suspect_keys(1)
+
+
+def test_a_failed_cache_write_is_healed_by_invalidation_once_the_layer_answers() -> None:
+    """After a failed cache write the key stays suspect while the layer keeps failing; once
+    it answers, the pending invalidation removes the old version there (for every process
+    that shares the layer) and the key is no longer suspect."""
+    chain, (_top, mid, _bottom), _ = make_chain(heal_interval=3600)  # healed by hand below
+    chain.put(Foo(1, name="old"))
+    mid.failing.update({"put", "delete"})
+    chain.put(Foo(1, name="new"))
+    assert not chain.heal()  # still failing: still pending
+    assert chain.suspect_keys(1) and mid.get(Foo, {"key": 1}).name == "old"  # type: ignore[union-attr]
+    mid.failing.clear()
+    assert chain.heal()
+    assert mid.get(Foo, {"key": 1}) is None  # invalidated
+    assert not chain.suspect_keys(1)
+    assert chain.get(Foo, {"key": 1}).name == "new"  # type: ignore[union-attr]
+
+
+def test_a_failed_delete_is_healed_by_the_background_thread() -> None:
+    """A delete that failed in a cache layer is retried by the chain's healer thread as soon
+    as the layer answers: the deleted object does not stay there."""
+    chain, (_top, mid, _bottom), _ = make_chain(heal_interval=0.001)
+    obj = Foo(1, 2, 3)
+    chain.put(obj)
+    mid.failing.add("delete")
+    chain.delete(obj)
+    assert mid.get(Foo, {"key": 1}) is not None
+    mid.failing.clear()
+    for _ in range(10_000):  # bounded wait for the other thread, not a duration under test
+        if not chain.suspect_keys(1):
+            break
+        threading.Event().wait(0.001)
+    assert not chain.suspect_keys(1)
+    assert mid.get(Foo, {"key": 1}) is None and mid.get(Foo, {"zap": 2, "bar": 3}) is None
+    chain.release()
 
 
 def test_failed_cache_read_is_a_miss_and_not_backfilled() -> None:
@@ -203,7 +238,7 @@ def test_delete_leaves_no_layer_answering_even_when_a_cache_fails() -> None:
     chain, (_top, mid, _bottom), _ = make_chain()
     obj = Foo(1, 2, 3)
     chain.put(obj)
-    mid.failing.add("delete")
+    mid.failing.update({"delete", "put"})
     chain.delete(obj)
     assert mid.get(Foo, {"key": 1}) is not None  # the failed layer still holds it...
     assert chain.get(Foo, {"key": 1}) is None  # ...but the chain never answers with it

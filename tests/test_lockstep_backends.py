@@ -1,5 +1,5 @@
 """Every key-value backend driven in lockstep by one state machine: memory, thread-local,
-dictionary, shove (three backends), memcached (both clients) and chains across them must all
+dictionary, shove (three backends), memcached (all three clients) and chains across them must all
 answer exactly what the reference model answers, after every operation."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from helpers_memcache import purge_created
 from hypothesis import HealthCheck, settings
-from test_memcache import pymemcache, python_memcached
+from test_memcache import meta_memcache, pymemcache, python_memcached
 
 from stockpyle.stores import (
     BaseDictionaryStore,
@@ -44,10 +44,11 @@ FACTORIES: dict[str, Any] = {
     "shove-simple": _shove("simple"),
     "shove-file": _shove("file"),
     "shove-lite": _shove("lite"),
+    "memcache-meta-memcache": lambda **kw: meta_memcache(list(_SERVERS), **kw),
     "memcache-python-memcached": lambda **kw: python_memcached(list(_SERVERS), **kw),
     "memcache-pymemcache": lambda **kw: pymemcache(list(_SERVERS), **kw),
     "chain[memory,memcache,shove-file]": lambda **kw: ChainedStore(
-        [ProcessMemoryStore(**kw), python_memcached(list(_SERVERS), **kw), _shove("file")(**kw)]
+        [ProcessMemoryStore(**kw), meta_memcache(list(_SERVERS), **kw), _shove("file")(**kw)]
     ),
     "chain[shove-simple,memory]": lambda **kw: ChainedStore(
         [_shove("simple")(**kw), ProcessMemoryStore(**kw)]

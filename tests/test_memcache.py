@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import memcache
 import pytest
 from helpers_memcache import (
     CountingProxy,
@@ -34,15 +35,16 @@ from pymemcache.client.base import PooledClient
 from pymemcache.client.hash import HashClient
 
 import stockpyle
+from stockpyle._kv import Entry
+from stockpyle.bytes import NATIVE_EXPIRY_MARGIN, BytesBackend, BytesStore
 from stockpyle.exceptions import MissingDependencyError, StoreError
 from stockpyle.stores import ChainedStore, ProcessMemoryStore, ThreadLocalStore
 from stockpyle.stores.memcache import (
-    NATIVE_EXPIRY_MARGIN,
     THIRTY_DAYS,
     MemcachedStore,
     MemcacheStore,
     ValueNotStoredError,
-    native_exptime,
+    exptime,
 )
 from stockpyle.testing import (
     ExpiryConformance,
@@ -69,9 +71,15 @@ TIMEOUT = 1.0
 # -- how a store is built, per client ----------------------------------------------------------
 
 
+def meta_memcache(servers: list[str], **kw: Any) -> MemcacheStore:
+    """The default: ``servers=`` builds a meta-memcache client."""
+    return PurgingStore(servers=servers, prefix=unique_prefix(), timeout=TIMEOUT, **kw)
+
+
 def python_memcached(servers: list[str], **kw: Any) -> MemcacheStore:
-    """The default: ``servers=`` builds a python-memcached client."""
-    return PurgingStore(servers=servers, prefix=unique_prefix(), **kw)
+    """A python-memcached ``Client``, passed as ``client=``."""
+    client = memcache.Client(servers, socket_timeout=TIMEOUT, dead_retry=0)
+    return PurgingStore(client=client, prefix=unique_prefix(), **kw)
 
 
 def pymemcache(servers: list[str], **kw: Any) -> MemcacheStore:
@@ -84,7 +92,11 @@ def pymemcache(servers: list[str], **kw: Any) -> MemcacheStore:
 
 
 Builder = Callable[..., MemcacheStore]
-CLIENTS: dict[str, Builder] = {"python-memcached": python_memcached, "pymemcache": pymemcache}
+CLIENTS: dict[str, Builder] = {
+    "meta-memcache": meta_memcache,
+    "python-memcached": python_memcached,
+    "pymemcache": pymemcache,
+}
 
 
 def chain2(build: Builder, servers: list[str], **kw: Any) -> ChainedStore:
@@ -101,7 +113,7 @@ def chain3(build: Builder, servers: list[str], **kw: Any) -> ChainedStore:
 class _Conformance(
     StoreConformance, ExpiryConformance, PolymorphismConformance, KeyValueConformance
 ):
-    build: Builder = staticmethod(python_memcached)
+    build: Builder = staticmethod(meta_memcache)
     layout: Callable[..., Any] | None = None  # a chain around the store, or the store alone
     two_servers = False
 
@@ -126,15 +138,24 @@ class _Conformance(
             store.release()
 
 
-class TestPythonMemcached(_Conformance):
+class TestMetaMemcache(_Conformance):
     pass
+
+
+class TestPythonMemcached(_Conformance):
+    build = staticmethod(python_memcached)
 
 
 class TestPymemcacheClient(_Conformance):
     build = staticmethod(pymemcache)
 
 
+class TestMetaMemcacheTwoServers(_Conformance):
+    two_servers = True
+
+
 class TestPythonMemcachedTwoServers(_Conformance):
+    build = staticmethod(python_memcached)
     two_servers = True
 
 
@@ -154,6 +175,11 @@ class TestChainMemoryPymemcache(_Conformance):
 
 class TestChainThreeMemcache(_Conformance):
     layout = staticmethod(chain3)
+
+
+class TestChainMemoryPythonMemcached(_Conformance):
+    build = staticmethod(python_memcached)
+    layout = staticmethod(chain2)
 
 
 class TestChainThreePymemcache(_Conformance):
@@ -202,6 +228,9 @@ def _chained(layout: Callable[..., Any], build: Builder) -> Callable[..., Any]:
     return lambda **kw: layout(build, list(_MACHINE_SERVERS), **kw)
 
 
+TestMetaMemcacheMachine = _machine(_alone(meta_memcache), "machine_one_server")
+TestMetaMemcacheTwoServersMachine = _machine(_alone(meta_memcache), "machine_two_servers")
+TestChainMemoryMetaMachine = _machine(_chained(chain2, meta_memcache), "machine_one_server")
 TestPythonMemcachedMachine = _machine(_alone(python_memcached), "machine_one_server")
 TestPymemcacheMachine = _machine(_alone(pymemcache), "machine_one_server")
 TestPythonMemcachedTwoServersMachine = _machine(_alone(python_memcached), "machine_two_servers")
@@ -263,11 +292,11 @@ def test_pymemcache_client_that_ignores_errors_is_refused(memcached_server: str)
 
 
 def test_missing_library_raises_missing_dependency_error() -> None:
-    """Without python-memcached the module imports, but the store names the extra to install."""
+    """Without meta-memcache the module imports, but the store names the extra to install."""
     code = textwrap.dedent(
         """
         import sys
-        sys.modules["memcache"] = None  # as if python-memcached were not installed
+        sys.modules["meta_memcache"] = None  # as if meta-memcache were not installed
         import stockpyle.stores.memcache as m
         try:
             m.MemcacheStore(servers=["127.0.0.1:11211"])
@@ -344,20 +373,22 @@ def test_every_memcached_key_is_legal(memcached_server: str, build: Builder) -> 
 
 
 def test_readable_keys_stay_readable_and_unsafe_ones_are_hashed(memcached_server: str) -> None:
-    """A safe, short key is stored as prefix:key; an unsafe or long one as prefix#readable#sha256
-    of the full key, keeping a readable start."""
+    """A safe, short key is stored as prefix:key; an unsafe or long one (or one holding '#') as
+    prefix:readable#sha256 of the full key, keeping a readable start."""
     store = MemcacheStore(servers=[memcached_server], prefix="app")
     assert store.memcache_key("m.Foo|key=1") == b"app:m.Foo|key=1"
     hashed = store.memcache_key('m.Foo|key="a b"').decode()
-    assert hashed.startswith('app#m.Foo|key="a_b"#') and len(hashed.rsplit("#", 1)[1]) == 64
+    assert hashed.startswith('app:m.Foo|key="a_b"#') and len(hashed.rsplit("#", 1)[1]) == 64
     long_key = "m.Foo|key=" + "y" * 1000
-    assert store.memcache_key(long_key).decode().startswith("app#m.Foo|key=yyy")
+    assert store.memcache_key(long_key).decode().startswith("app:m.Foo|key=yyy")
+    assert len(store.memcache_key(long_key)) == 250
+    assert store.memcache_key("m.Foo|key=a#b").decode().startswith("app:m.Foo|key=a_b#")
 
 
 def test_hashed_keys_do_not_collide(memcached_server: str) -> None:
     """Keys that look alike once made readable (space vs underscore, same long start) stay
     distinct: the hash covers the full key."""
-    store = python_memcached([memcached_server])
+    store = meta_memcache([memcached_server])
     values = ["a b", "a_b", "a\tb", "a\x00b", "z" * 5000 + "1", "z" * 5000 + "2"]
     store.batch_put([Foo(v, name=repr(v)) for v in values])
     for v in values:
@@ -411,7 +442,7 @@ def test_python_memcached_places_keys_like_python_memcached(memcached_servers: l
     clients of the same servers find the store's entries."""
     import memcache
 
-    store = PurgingStore(servers=memcached_servers, prefix=unique_prefix())
+    store = python_memcached(memcached_servers)
     store.batch_put([Foo(i) for i in range(20)])
     plain = memcache.Client(memcached_servers)
     for i in range(20):
@@ -473,14 +504,14 @@ def test_batch_get_by_alternate_key_is_at_most_two_multi_gets_per_server(
     assert sum(p.commands["get"] for p in proxies) >= 3  # both servers hold some of each
 
 
-def test_batch_put_python_memcached_is_one_pipelined_write_per_server(
+def test_batch_put_meta_memcache_is_one_pipelined_write_per_server(
     proxies: list[CountingProxy], clock: FakeClock
 ) -> None:
-    """batch_put of new objects with two lifetimes (python-memcached): one multi-get of the
+    """batch_put of new objects with two lifetimes (meta-memcache): one multi-get of the
     current records, then every set in one round trip per server, and nothing else."""
     lifetimes = {"a": 10, "b": dt.timedelta(days=40)}
     store = _counted(
-        python_memcached, proxies, lifetime_cb=lambda o: lifetimes[o.name], clock=clock
+        meta_memcache, proxies, lifetime_cb=lambda o: lifetimes[o.name], clock=clock
     )
     _reset(proxies)
     store.batch_put([Foo(i, i, "b", name="ab"[i % 2]) for i in range(40)])
@@ -533,17 +564,34 @@ def test_replacing_and_deleting_are_bounded_batches(
 # -- expiry ----------------------------------------------------------------------------------------
 
 
+class ProcessBytes(BytesBackend):
+    """A bytes backend in a dict, for the store's own arithmetic."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+
+    def get_many(self, keys: Any) -> dict[str, bytes]:
+        return {k: self.data[k] for k in keys if k in self.data}
+
+    def set_many(self, items: Any) -> None:
+        self.data.update({k: i.value for k, i in items.items()})
+
+    def delete_many(self, keys: Any) -> None:
+        for k in keys:
+            self.data.pop(k, None)
+
+
 def test_native_exptime_rules() -> None:
     """memcached's exptime: 0 for never; relative seconds plus the margin up to 30 days;
     an absolute Unix time beyond (memcached reads larger numbers as absolute times)."""
     now = 1_700_000_000.0
-    assert native_exptime(None, now) == 0
-    assert native_exptime(0.2, now) == 1 + NATIVE_EXPIRY_MARGIN
-    assert native_exptime(10.5, now) == 11 + NATIVE_EXPIRY_MARGIN
-    limit = THIRTY_DAYS - NATIVE_EXPIRY_MARGIN
-    assert native_exptime(limit, now) == THIRTY_DAYS
-    assert native_exptime(limit + 1, now) == int(now) + THIRTY_DAYS + 1
-    assert native_exptime(40 * 86400, now) == int(now) + 40 * 86400 + NATIVE_EXPIRY_MARGIN
+    item = BytesStore(ProcessBytes()).item
+    assert item("k", Entry(None, ("k",), 1), now).expire_in is None
+    assert item("k", Entry(now + 0.2, ("k",), 1), now).expire_in == 1 + NATIVE_EXPIRY_MARGIN
+    assert item("k", Entry(now + 10.5, ("k",), 1), now).expire_in == 11 + NATIVE_EXPIRY_MARGIN
+    assert exptime(None, now) == 0
+    assert exptime(THIRTY_DAYS, now) == THIRTY_DAYS
+    assert exptime(THIRTY_DAYS + 1, now) == int(now) + THIRTY_DAYS + 1
 
 
 @pytest.mark.parametrize("build", CLIENTS.values(), ids=CLIENTS.keys())
@@ -561,7 +609,7 @@ def test_long_lifetimes_survive_in_memcached_itself(memcached_server: str, build
 def test_native_expiry_is_set(memcached_server: str) -> None:
     """memcached gets an exptime a margin after the store's deadline, so memory is reclaimed:
     checked with memcached's own metadata (mg ... t: remaining seconds)."""
-    store = python_memcached([memcached_server], lifetime_cb=lambda o: None if o.name else 100)
+    store = meta_memcache([memcached_server], lifetime_cb=lambda o: None if o.name else 100)
     store.batch_put([Foo(1), Foo(2, name="forever")])
     k1 = store.memcache_key("stockpyle.testing.models.Foo|key=1")
     k2 = store.memcache_key("stockpyle.testing.models.Foo|key=2")
@@ -576,7 +624,7 @@ def test_expired_entry_is_never_returned_even_if_memcached_keeps_it(
 ) -> None:
     """The store's own deadline decides: once the clock passes it, a miss, although memcached
     (one-second granularity, a margin later) still holds the bytes."""
-    store = python_memcached([memcached_server], lifetime_cb=lambda o: 0.5, clock=clock)
+    store = meta_memcache([memcached_server], lifetime_cb=lambda o: 0.5, clock=clock)
     store.put(Foo(1, 2, 3))
     clock.advance(0.5)
     assert store.get(Foo, {"key": 1}) is None
@@ -589,7 +637,7 @@ def test_expired_entry_is_never_returned_even_if_memcached_keeps_it(
 
 def test_default_serializer_is_pickle_highest_protocol(memcached_server: str) -> None:
     """Values are pickled at the highest protocol behind a 3-byte frame header."""
-    store = python_memcached([memcached_server])
+    store = meta_memcache([memcached_server])
     store.put(Foo(1, name="x"))
     data = raw_get(memcached_server, store.memcache_key("stockpyle.testing.models.Foo|key=1"))
     assert data is not None and data[:3] == b"sp\x00"
@@ -637,7 +685,7 @@ def test_unserializable_object_is_refused_and_previous_version_removed(
 ) -> None:
     """An object the serializer cannot handle raises ValueNotStoredError (a StoreError) before
     anything is written, and its previous version no longer answers."""
-    store = python_memcached([memcached_server])
+    store = meta_memcache([memcached_server])
     store.put(Foo(1, 2, 3, name="old"))
     with pytest.raises(ValueNotStoredError, match="cannot serialize") as info:
         store.put(Foo(1, 2, 3, name=lambda: None))  # type: ignore[arg-type]
@@ -649,7 +697,7 @@ def test_unserializable_object_is_refused_and_previous_version_removed(
 def test_foreign_values_are_misses(memcached_server: str, caplog: pytest.LogCaptureFixture) -> None:
     """A value at a store key that is not a stockpyle frame (written by something else) is a
     logged miss, not an error."""
-    store = python_memcached([memcached_server])
+    store = meta_memcache([memcached_server])
     store.put(Foo(1))
     raw_set(memcached_server, store.memcache_key("stockpyle.testing.models.Foo|key=1"), b"junk")
     with caplog.at_level(logging.WARNING, logger="stockpyle.memcache"):
@@ -699,14 +747,14 @@ def test_pickled_class_must_be_importable(memcached_server: str) -> None:
         def __init__(self, key: int) -> None:
             self.key = key
 
-    store = python_memcached([memcached_server])
+    store = meta_memcache([memcached_server])
     with pytest.raises(ValueNotStoredError, match="Local"):
         store.put(Local(1))
 
 
 def test_release_reconnects_lazily(memcached_server: str) -> None:
     """After release() (and with `with store:`), the next call reconnects."""
-    with python_memcached([memcached_server]) as store:
+    with meta_memcache([memcached_server]) as store:
         store.put(Foo(1))
     started = time.monotonic()
     assert store.get(Foo, {"key": 1}) == Foo(1)
@@ -716,7 +764,7 @@ def test_release_reconnects_lazily(memcached_server: str) -> None:
 @pytest.mark.parametrize(
     "build",
     [
-        python_memcached,
+        meta_memcache,
         lambda servers, **kw: PurgingStore(
             client=HashClient(servers, connect_timeout=1, timeout=1, use_pooling=True),
             prefix=unique_prefix(),

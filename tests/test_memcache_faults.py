@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import memcache
 import pytest
 from helpers_memcache import (
     CountingProxy,
@@ -47,9 +48,17 @@ FOO_KEY = "stockpyle.testing.models.Foo|key="
 BIG = "x" * (1024 * 1024 + 1)  # more than memcached's default item size
 
 
-def python_memcached(server: str | list[str], **kw: Any) -> MemcacheStore:
+def meta_memcache(server: str | list[str], **kw: Any) -> MemcacheStore:
+    """The default engine (``servers=``: meta-memcache)."""
     servers = [server] if isinstance(server, str) else server
     return PurgingStore(servers=servers, prefix=unique_prefix(), **kw)
+
+
+def python_memcached(server: str | list[str], timeout: float = 1.0, **kw: Any) -> MemcacheStore:
+    """A python-memcached ``Client`` (it reports almost no failure: see the pinning tests)."""
+    servers = [server] if isinstance(server, str) else server
+    client = memcache.Client(servers, socket_timeout=timeout, dead_retry=0)
+    return PurgingStore(client=client, prefix=unique_prefix(), **kw)
 
 
 def pymemcache(server: str | list[str], timeout: float = 1.0, **kw: Any) -> MemcacheStore:
@@ -61,7 +70,8 @@ def pymemcache(server: str | list[str], timeout: float = 1.0, **kw: Any) -> Memc
 
 
 Builder = Callable[..., MemcacheStore]
-CLIENTS: dict[str, Builder] = {"python-memcached": python_memcached, "pymemcache": pymemcache}
+#: The clients that report failures.
+CLIENTS: dict[str, Builder] = {"meta-memcache": meta_memcache, "pymemcache": pymemcache}
 each_client = pytest.mark.parametrize("build", CLIENTS.values(), ids=CLIENTS.keys())
 
 
@@ -144,7 +154,7 @@ def test_restart_between_calls_reconnects_transparently(
 def test_one_of_two_servers_down(memcached_server: str, private: MemcachedProcess) -> None:
     """With two servers, keys on the live one keep working; calls touching the dead one raise
     (keys are never silently moved to the other server)."""
-    store = python_memcached([memcached_server, private.address])
+    store = meta_memcache([memcached_server, private.address])
     objs = [Foo(i) for i in range(40)]
     store.batch_put(objs)
     private.kill()
@@ -158,9 +168,9 @@ def test_one_of_two_servers_down(memcached_server: str, private: MemcachedProces
 
 
 def test_user_client_dead_retry_fails_fast(private: MemcachedProcess) -> None:
-    """A python-memcached client with dead_retry keeps failing fast (StoreError, no waiting)
-    until the retry period is over."""
-    store = python_memcached(private.address, dead_retry=30)
+    """With dead_retry, a failed server keeps failing fast (StoreError, no waiting) until the
+    retry period is over."""
+    store = meta_memcache(private.address, dead_retry=30)
     store.put(Foo(1))
     private.kill()
     with pytest.raises(StoreError):
@@ -178,7 +188,7 @@ def test_user_client_dead_retry_fails_fast(private: MemcachedProcess) -> None:
 @pytest.mark.parametrize(
     "build",
     [
-        lambda address: python_memcached(address, timeout=0.3),
+        lambda address: meta_memcache(address, timeout=0.3),
         lambda address: pymemcache(address, timeout=0.3),
     ],
     ids=CLIENTS.keys(),
@@ -240,7 +250,7 @@ def test_oversized_value_raises_before_sending_and_removes_previous_version(
 def test_size_limit_counts_key_and_overhead(memcached_server: str) -> None:
     """A value just under 1 MiB is stored; the limit counts the key and memcached's overhead,
     so nothing the store sends is refused by a default server."""
-    store = python_memcached(memcached_server)
+    store = meta_memcache(memcached_server)
     fits = Foo(1, name="x" * (1024 * 1024 - 1000))
     store.put(fits)
     assert store.get(Foo, {"key": 1}) == fits
@@ -361,7 +371,7 @@ def test_chain_never_serves_a_stale_cache_value_after_a_failed_write(
     later write there succeeds."""
     proxy = CountingProxy(memcached_server)
     try:
-        memcache = python_memcached(proxy.address)
+        memcache = meta_memcache(proxy.address)
         chain = ChainedStore([memcache, _database()])
         chain.put(Foo(1, 2, 3, name="v1"))
         proxy.block()
@@ -382,7 +392,7 @@ def test_chain_never_serves_a_stale_cache_value_after_a_failed_write(
 
 def test_chain_with_hung_cache_layer_is_bounded(hung: HungServer) -> None:
     """[memcache(hung), database]: calls succeed from the database within about the timeout."""
-    chain = ChainedStore([python_memcached(hung.address, timeout=0.3), _database()])
+    chain = ChainedStore([meta_memcache(hung.address, timeout=0.3), _database()])
     started = time.monotonic()
     chain.put(Foo(1))
     assert chain.get(Foo, {"key": 1}) == Foo(1)
@@ -393,7 +403,7 @@ def test_chain_with_hung_cache_layer_is_bounded(hung: HungServer) -> None:
 def test_chain_with_memcache_last_raises(private: MemcachedProcess) -> None:
     """[memory, memcache]: memcached is the last layer, so its failure raises and the memory
     layer is left unchanged."""
-    chain = ChainedStore([ProcessMemoryStore(), python_memcached(private.address)])
+    chain = ChainedStore([ProcessMemoryStore(), meta_memcache(private.address)])
     chain.put(Foo(1, name="v1"))
     private.kill()
     with pytest.raises(StoreError):
@@ -404,7 +414,7 @@ def test_chain_with_memcache_last_raises(private: MemcachedProcess) -> None:
 def test_chain_oversized_value_in_cache_layer_is_tolerated(memcached_server: str) -> None:
     """[memory, memcache, database]: an object too large for memcached is stored in the
     database and memory; memcached holds no stale copy."""
-    memcache = python_memcached(memcached_server)
+    memcache = meta_memcache(memcached_server)
     chain = ChainedStore([ProcessMemoryStore(), memcache, _database()])
     chain.put(Foo(1, name="small"))
     with pytest.raises(ValueNotStoredError):
@@ -412,3 +422,61 @@ def test_chain_oversized_value_in_cache_layer_is_tolerated(memcached_server: str
     chain.put(Foo(1, name=BIG))
     assert chain.get(Foo, {"key": 1}) == Foo(1, name=BIG)
     assert memcache.get(Foo, {"key": 1}) is None
+
+
+# -- python-memcached: what a user gets from a client that reports almost nothing ------------------
+
+
+def test_python_memcached_dead_server_reads_miss_writes_raise_deletes_pass(
+    private: MemcachedProcess,
+) -> None:
+    """python-memcached swallows failures: with its server down a read is a miss and a delete
+    reports success (nothing is raised), while a write raises, because set_multi returns the
+    keys it could not store (docs/stores/memcache.md, "What each client reports")."""
+    store = python_memcached(private.address, timeout=0.3)
+    store.put(Foo(1))
+    private.kill()
+    assert store.get(Foo, {"key": 1}) is None  # a miss, not an error
+    store.delete(Foo(1))  # no error, although nothing was deleted
+    with pytest.raises(StoreError, match="refused or did not receive"):
+        store.put(Foo(1, name="v2"))
+    private.start()
+    assert store.get(Foo, {"key": 1}) is None  # the restarted server is empty
+
+
+def test_python_memcached_oversized_value_still_refused_before_sending(
+    memcached_server: str,
+) -> None:
+    """The size check is the store's own, so python-memcached refuses too-large values with
+    ValueTooLargeError and leaves no stale previous version."""
+    store = python_memcached(memcached_server)
+    store.put(Foo(1, 2, 3, name="small"))
+    with pytest.raises(ValueTooLargeError):
+        store.put(Foo(1, 2, 3, name=BIG))
+    assert store.get(Foo, {"key": 1}) is None
+    assert store.get(Foo, {"zap": 2, "bar": 3}) is None
+
+
+@each_client
+def test_failures_say_which_call_failed(private: MemcachedProcess, build: Builder) -> None:
+    """A put or delete against a dead server says that the put (or delete) failed, and where,
+    never "get failed" (a write reads the current records first)."""
+    store = build(private.address)
+    private.kill()
+    calls = [(lambda: store.put(Foo(1)), "put"), (lambda: store.delete(Foo(1)), "delete")]
+    for call, verb in calls:
+        with pytest.raises(StoreError) as info:
+            call()
+        message = str(info.value)
+        assert f"{verb} failed" in message and private.address in message
+        assert "get failed" not in message
+    with pytest.raises(StoreError, match="get failed"):
+        store.get(Foo, {"key": 1})
+
+
+def test_neither_servers_nor_client_says_what_is_needed() -> None:
+    """MemcacheStore() names both ways to give a server; giving both says "not both"."""
+    with pytest.raises(ValueError, match=r"needs servers=\[\.\.\.\] or client=\.\.\.$"):
+        MemcacheStore()
+    with pytest.raises(ValueError, match="not both"):
+        MemcacheStore(servers=["127.0.0.1:1"], client=object())

@@ -21,7 +21,6 @@ from stockpyle.testing.sqlmodels import (
     SqlFoo,
     SqlUser,
     clear_tables,
-    isolated_postgres_url,
     loaded,
 )
 
@@ -30,7 +29,7 @@ from stockpyle.testing.sqlmodels import (
 def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
     """An engine over empty test tables (SQLite file, PostgreSQL)."""
     if request.param == "postgres":
-        engine = sa.create_engine(isolated_postgres_url(request.getfixturevalue("postgres_url")))
+        engine = sa.create_engine(request.getfixturevalue("pg_url"))
     else:
         engine = sa.create_engine(f"sqlite:///{tmp_path / 'ext.sqlite'}")
     clear_tables(engine)

@@ -9,8 +9,8 @@ from typing import Any, TypeVar
 from stockpyle._encoding import FAST_ENCODERS
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._keys import layout_of
-from stockpyle._kv import ENTRY, KeyValueStore, Record, _resolve, _View
-from stockpyle._store import KeyDict
+from stockpyle._kv import Entry, KeyValueStore, Record, _resolve, _View
+from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
 
 __all__ = ["BaseDictionaryStore"]
@@ -83,11 +83,11 @@ class BaseDictionaryStore(KeyValueStore):
             dead = [
                 key
                 for key, record in list(mapping.items())
-                if record[0] == ENTRY and record[1] is not None and record[1] <= now
+                if type(record) is Entry and record.deadline is not None and record.deadline <= now
             ]
             view = _View(self)
             view.fetch(dead)
-            view.fetch([slot for key in dead for slot in mapping[key][2][1:]])
+            view.fetch([slot for key in dead for slot in mapping[key].slots[1:]])
             for key in dead:
                 view.unlink(key, keep=())
             view.commit()
@@ -105,36 +105,37 @@ class BaseDictionaryStore(KeyValueStore):
         record = mapping.get(slot)
         if record is None:
             return None
-        if record[0] != ENTRY:
-            target = mapping.get(record[2])
-            records = {slot: record} if target is None else {slot: record, record[2]: target}
+        if type(record) is not Entry:
+            target = mapping.get(record.identity)
+            records = {slot: record} if target is None else {slot: record, record.identity: target}
             return _resolve(slot, records, self.clock())
-        deadline = record[1]
+        deadline = record.deadline
         if deadline is not None and deadline <= self.clock():
             return None
-        return record[3], deadline
+        return record.obj, deadline
 
     def get(self, cls: type[T], key_dict: KeyDict) -> T | None:
         found = self.get_entry(cls, key_dict)
         return None if found is None else found[0]
 
     def getter(self, cls: type[T]) -> Callable[[KeyDict], T | None]:
-        return self._fast_getter(cls)
+        fast = self.fast_getter(cls)
+        return BaseStore.getter(self, cls) if fast is None else fast
 
-    def _fast_getter(
+    def fast_getter(
         self,
         cls: type[T],
         *,
         miss: Callable[[KeyDict], T | None] | None = None,
         other: Callable[[KeyDict], T | None] | None = None,
         bypass: Sized = (),
-    ) -> Callable[[KeyDict], T | None]:
+    ) -> Callable[[KeyDict], T | None] | None:
         """Repo.get's hot path: one tuple of the key's names, one encode, one or two mapping
         lookups, no other calls. Keys of other types take the general path.
 
         A chain builds its own getter on its first layer's: ``miss(key)`` answers when this
         store misses, ``other(key)`` when the key needs the general path, and a non-empty
-        ``bypass`` sends every key to ``other``.
+        ``bypass`` sends every key to ``other``. Subclasses that map keys return ``None``.
         """
         layout = layout_of(cls)
         by_names = layout.specs_by_names
@@ -170,8 +171,8 @@ class BaseDictionaryStore(KeyValueStore):
             try:
                 record = mapping.get(slot)
                 pointer = None
-                if record is not None and record[0] != ENTRY:
-                    pointer, record = record, mapping.get(record[2])
+                if record is not None and type(record) is not Entry:
+                    pointer, record = record, mapping.get(record.identity)
             except StoreError:
                 if other is None:
                     raise
@@ -179,15 +180,15 @@ class BaseDictionaryStore(KeyValueStore):
             if record is None:
                 return None if miss is None else miss(key)
             if pointer is not None and (
-                record[0] != ENTRY  # the slot it names was taken over by another pointer
-                or slot not in record[2]  # a stale pointer: the object no longer has this key
-                or (pointer[1] is not None and pointer[1] <= clock())
+                type(record) is not Entry  # the slot it names was taken over by another pointer
+                or slot not in record.slots  # a stale pointer: the object no longer has this key
+                or (pointer.deadline is not None and pointer.deadline <= clock())
             ):
                 return None if miss is None else miss(key)
-            deadline = record[1]
+            deadline = record.deadline
             if deadline is not None and deadline <= clock():
                 return None if miss is None else miss(key)
-            return record[3]  # type: ignore[no-any-return]
+            return record.obj  # type: ignore[no-any-return]
 
         return get_by_key
 

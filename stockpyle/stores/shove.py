@@ -7,10 +7,9 @@ from collections.abc import MutableMapping, Sequence
 from typing import Any
 from urllib.parse import quote_plus
 
-from stockpyle._encoding import shorten
 from stockpyle._expiry import Clock, LifetimeCallback
 from stockpyle._kv import Record
-from stockpyle._store import BaseStore
+from stockpyle.bytes import backend_key
 from stockpyle.exceptions import StockpyleError, StoreError
 from stockpyle.stores.dictionary import BaseDictionaryStore
 
@@ -85,7 +84,7 @@ class ShoveStore(BaseDictionaryStore):
 
     @staticmethod
     def _key(key: str) -> str:
-        return shorten(key, _MAX_QUOTED, measure=_quoted_length)
+        return backend_key(key, _MAX_QUOTED, measure=_quoted_length)
 
     def _load(self, keys: Sequence[str]) -> dict[str, Record]:
         found = self._call("read", super()._load, [self._key(k) for k in keys])
@@ -101,9 +100,9 @@ class ShoveStore(BaseDictionaryStore):
         # The dictionary fast path reads raw keys; shove keys are mapped, so use the batch path.
         return self.batch_get_entries(cls, [key_dict])[0]
 
-    def getter(self, cls: type[Any]) -> Any:
-        # Shove keys are mapped (shortened), so the dictionary fast path does not apply.
-        return BaseStore.getter(self, cls)
+    def fast_getter(self, cls: type[Any], **kw: Any) -> None:
+        """None: shove keys are mapped (shortened), so the dictionary fast path does not apply."""
+        return None
 
     def release(self) -> None:
         """Close the shove when stockpyle opened it (it reopens on next use)."""

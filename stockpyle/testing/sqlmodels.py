@@ -139,10 +139,10 @@ def memory_engine() -> sa.Engine:
 
 
 def isolated_postgres_url(url: str) -> str:
-    """``url`` pointed at a schema of its own per pytest-xdist worker (created if needed), so
-    that parallel test processes sharing one PostgreSQL database never clear each other's
-    tables."""
-    schema = "stockpyle_test_" + os.environ.get("PYTEST_XDIST_WORKER", "main")
+    """``url`` pointed at a schema of its own per test process (created if needed), so that
+    test processes sharing one PostgreSQL database (xdist workers, or runs from several
+    checkouts) never clear each other's tables. :func:`drop_isolated_schema` removes it."""
+    schema = isolated_schema()
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
@@ -151,6 +151,21 @@ def isolated_postgres_url(url: str) -> str:
         engine.dispose()
     isolated = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
     return isolated.render_as_string(hide_password=False)
+
+
+def isolated_schema() -> str:
+    """The schema :func:`isolated_postgres_url` uses in this process."""
+    return "stockpyle_test_" + os.environ.get("PYTEST_XDIST_WORKER", f"pid{os.getpid()}")
+
+
+def drop_isolated_schema(url: str) -> None:
+    """Drop this process's test schema and everything in it."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{isolated_schema()}" CASCADE'))
+    finally:
+        engine.dispose()
 
 
 def clear_tables(engine: sa.Engine, tables: Iterable[sa.Table] | None = None) -> None:

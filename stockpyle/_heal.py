@@ -1,0 +1,122 @@
+"""Failed cache writes that heal: remembered invalidations, retried until the layer answers.
+
+When a put, delete or invalidation fails in a cache layer (server hung, killed, restarted), the
+layer may still hold the old version, for this process and for every other one. The chain
+records the object here: reads skip that layer for its key (*suspect*), and a background thread
+retries ``batch_invalidate`` for everything pending every ``interval`` seconds until it
+succeeds. The window in which another process may still read the old value is therefore the
+outage plus at most one ``interval`` (plus the call's own timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from stockpyle._store import BaseStore
+from stockpyle.exceptions import StoreError
+
+__all__ = ["Healer"]
+
+log = logging.getLogger("stockpyle.chain")
+
+
+class Healer:
+    """Pending invalidations of one chain, per layer, and the thread that retries them."""
+
+    def __init__(
+        self,
+        stores: Sequence[BaseStore],
+        *,
+        interval: float,
+        identity_of: Callable[[Any], str | None],
+        on_healed: Callable[[int, int], None] | None = None,
+    ) -> None:
+        self._stores = stores
+        self.interval = interval
+        self._identity_of = identity_of
+        self._on_healed = on_healed
+        self._lock = threading.Lock()
+        #: per layer: identity key -> the object to invalidate. The key sets double as the
+        #: chain's *suspect* sets (reads skip a layer for these keys).
+        self.pending: list[dict[str, Any]] = [{} for _ in stores]
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, layer: int, objs: Sequence[Any]) -> None:
+        """Remember that ``objs`` may be stale in ``layer``; start retrying."""
+        with self._lock:
+            pending = self.pending[layer]
+            for obj in objs:
+                identity = self._identity_of(obj)
+                if identity is not None:
+                    pending[identity] = obj
+            self._ensure_thread()
+
+    def discard(self, layer: int, objs: Sequence[Any]) -> None:
+        """A later write of ``objs`` reached ``layer``: nothing to heal for them there."""
+        pending = self.pending[layer]
+        if not pending:
+            return
+        with self._lock:
+            for obj in objs:
+                identity = self._identity_of(obj)
+                if identity is not None:
+                    pending.pop(identity, None)
+
+    def heal(self, layer: int) -> bool:
+        """Invalidate everything pending in ``layer`` now; whether it all succeeded."""
+        with self._lock:
+            batch = dict(self.pending[layer])
+        if not batch:
+            return True
+        try:
+            self._stores[layer].batch_invalidate(list(batch.values()))
+        except StoreError as exc:
+            log.debug("layer %d still failing, %d keys pending: %s", layer, len(batch), exc)
+            return False
+        with self._lock:
+            pending = self.pending[layer]
+            for identity, obj in batch.items():
+                if pending.get(identity) is obj:  # not failed again meanwhile
+                    del pending[identity]
+        log.info("layer %d answered again: %d keys invalidated", layer, len(batch))
+        if self._on_healed is not None:
+            self._on_healed(layer, len(batch))
+        return True
+
+    def heal_all(self) -> bool:
+        """One round over every layer with pending keys; whether nothing is left pending."""
+        done = True
+        for layer, pending in enumerate(self.pending):
+            if pending:
+                done = self.heal(layer) and done
+        return done
+
+    # -- the retrying thread ---------------------------------------------------------------------
+
+    def _ensure_thread(self) -> None:  # under self._lock
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="stockpyle-healer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if self.heal_all():
+                with self._lock:
+                    if not any(self.pending):
+                        self._thread = None
+                        return
+
+    def stop(self) -> None:
+        """Stop retrying (pending keys stay suspect; a later failure restarts the thread)."""
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        self._thread = None

@@ -1,0 +1,401 @@
+"""Stores over bytes key-value backends: the public interface a backend implements.
+
+A backend (memcached, SQLite, diskcache, Redis, ...) subclasses :class:`BytesBackend` and moves
+bytes: :meth:`~BytesBackend.get_many`, :meth:`~BytesBackend.set_many` (each value with the
+seconds it may live) and :meth:`~BytesBackend.delete_many`, plus the conditional forms it has
+(add, compare-and-set, leases), which are optional. :class:`BytesStore` wraps a backend into a
+full store; everything else lives there, once:
+
+* key mapping: store keys are readable (``myapp.Foo|key=42``); one that is too long for the
+  backend (:attr:`~BytesBackend.max_key_length`), not printable ASCII where the backend needs
+  that (:attr:`~BytesBackend.printable_keys`) or holding ``#`` becomes a readable head, ``#`` and
+  the SHA-256 of the whole key (:func:`backend_key`), so two keys never share an entry;
+* record framing and signing: every record is serialized (``serializer``, pickle by default)
+  inside an :class:`Envelope`, which with a ``secret`` signs it (HMAC-SHA256 over key and
+  value) and refuses what does not verify before deserializing it;
+* expiry: the store keeps its own deadline in each record; the backend's native expiry is set
+  :data:`NATIVE_EXPIRY_MARGIN` seconds later, only to reclaim space;
+* errors: whatever a backend raises becomes a :class:`~stockpyle.exceptions.StoreError` naming
+  the store, the action and (:class:`BackendError`) the server.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import logging
+import math
+import pickle
+import re
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+from stockpyle import _leases
+from stockpyle._expiry import Clock, Deadline, LifetimeCallback
+from stockpyle._kv import Entry, KeyValueStore, Pointer, Record
+from stockpyle._serializer import (
+    _HEADER,
+    _UNSIGNED,
+    BadValueError,
+    Envelope,
+    PickleSerializer,
+    Serializer,
+)
+from stockpyle._store import KeyDict, Lease
+from stockpyle.exceptions import StockpyleError, StoreError
+
+__all__ = [
+    "NATIVE_EXPIRY_MARGIN",
+    "BackendError",
+    "BadValueError",
+    "BytesBackend",
+    "BytesStore",
+    "Envelope",
+    "Item",
+    "Leased",
+    "PickleSerializer",
+    "Serializer",
+    "Unsupported",
+    "ValueNotStoredError",
+    "ValueTooLargeError",
+    "backend_key",
+]
+
+#: Native expiry is set this much after the store's own deadline, so that a backend never drops
+#: an entry the store still considers alive (one-second granularity, a store clock that is not
+#: wall time). The store's deadline decides what is returned; the native one reclaims space.
+NATIVE_EXPIRY_MARGIN = 60
+
+_PRINTABLE = re.compile(r"[\x21-\x7e]*\Z")  # printable ASCII: no space, control or non-ASCII
+_UNPRINTABLE = re.compile(r"[^\x21-\x7e]")
+_ENTRY, _POINTER = 0, 1  # the first field of a serialized record (the wire format)
+_log = logging.getLogger("stockpyle.bytes")
+T = TypeVar("T")
+
+
+class Item(NamedTuple):
+    """One value to write: the bytes and how many seconds the backend keeps them (``None``:
+    until deleted). The store adds :data:`NATIVE_EXPIRY_MARGIN` before handing it over."""
+
+    value: bytes
+    expire_in: int | None
+
+
+class Leased(NamedTuple):
+    """What :meth:`BytesBackend.lease_many` found at one key.
+
+    ``value`` is the stored bytes or ``None``. ``token`` is set when this caller may fill (it
+    won the lease on a miss, or is asked to refresh a stale or expiring value), ``busy`` when
+    another caller holds the lease, ``stale`` when ``value`` was invalidated.
+    """
+
+    value: bytes | None
+    token: Any = None
+    busy: bool = False
+    stale: bool = False
+
+
+class BackendError(Exception):
+    """A backend failure; ``server`` (optional) names where it happened."""
+
+    def __init__(self, message: str, *, server: str | None = None) -> None:
+        super().__init__(message)
+        self.server = server
+
+
+class Unsupported(NotImplementedError):
+    """The backend does not have this conditional operation (see its ``supports_*``)."""
+
+
+class ValueNotStoredError(StoreError):
+    """A batch was refused before anything was sent (a value too large, or unserializable).
+
+    The previous versions of the batch's objects were removed, so no stale copy survives.
+    """
+
+
+class ValueTooLargeError(ValueNotStoredError, ValueError):
+    """A serialized object is larger than the backend accepts (``max_value_size``)."""
+
+
+def backend_key(
+    key: str, limit: int, *, printable: bool = False, measure: Callable[[str], int] = len
+) -> str:
+    """``key`` itself when it fits (``measure(key) <= limit``, no ``#``, printable ASCII if
+    ``printable``), else a readable head of it, ``#`` and the SHA-256 of the whole key.
+
+    Keys kept as they are never hold ``#`` and mapped ones always do, so two keys never map to
+    one (barring a SHA-256 collision).
+    """
+    if measure(key) <= limit and "#" not in key and (not printable or _PRINTABLE.match(key)):
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    head = key[: max(0, limit - len(digest) - 1)].replace("#", "_")
+    if printable:
+        head = _UNPRINTABLE.sub("_", head)
+    while head and measure(head) + len(digest) + 1 > limit:
+        head = head[: len(head) * 3 // 4]
+    return f"{head}#{digest}"
+
+
+class BytesBackend(abc.ABC):
+    """A bytes key-value backend: subclass it and implement the three abstract methods.
+
+    Keys arrive already mapped to what the backend accepts (see the class attributes); values
+    are opaque bytes. Raise :class:`BackendError` (or anything: the store translates it) when
+    the backend fails; never report success for a write that did not happen.
+
+    The conditional forms are optional: a backend that has them sets the matching
+    ``supports_*`` attribute and overrides the method; the defaults raise :class:`Unsupported`.
+    """
+
+    #: Longest key the backend accepts (in characters; ``None``: no limit).
+    max_key_length: ClassVar[int | None] = None
+    #: Whether keys must be printable ASCII (no spaces, control or non-ASCII characters).
+    printable_keys: ClassVar[bool] = False
+    #: Largest key plus value the backend stores (bytes; ``None``: no limit).
+    max_value_size: int | None = None
+    #: :meth:`add_many` is implemented.
+    supports_add: ClassVar[bool] = False
+    #: :meth:`lease_many`, :meth:`fill_many` and :meth:`invalidate_many` are implemented.
+    supports_leases: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def get_many(self, keys: Sequence[str]) -> Mapping[str, bytes]:
+        """The values stored at ``keys``; absent keys are left out."""
+
+    @abc.abstractmethod
+    def set_many(self, items: Mapping[str, Item]) -> None:
+        """Store every item (replacing what is there) or raise."""
+
+    @abc.abstractmethod
+    def delete_many(self, keys: Sequence[str]) -> None:
+        """Delete every key (absent keys are not an error) or raise."""
+
+    def add_many(self, items: Mapping[str, Item]) -> set[str]:
+        """Store each item only where its key is absent; return the keys stored."""
+        raise Unsupported(f"{type(self).__name__} has no add")
+
+    def lease_many(self, keys: Sequence[str], lease_seconds: int) -> dict[str, Leased]:
+        """Read ``keys``; a missing key is leased to exactly one caller (see :class:`Leased`)."""
+        raise Unsupported(f"{type(self).__name__} has no leases")
+
+    def fill_many(self, items: Mapping[str, tuple[Item, Any]]) -> set[str]:
+        """Store each ``(item, token)`` only if nothing wrote or deleted its key since the
+        token was handed out; return the keys stored."""
+        raise Unsupported(f"{type(self).__name__} has no leases")
+
+    def invalidate_many(self, keys: Sequence[str], *, stale: bool = False) -> None:
+        """Delete ``keys`` (``stale``: mark them stale instead) and fail every fill in flight
+        for them."""
+        raise Unsupported(f"{type(self).__name__} has no leases")
+
+    def describe(self) -> str:
+        """A short name for messages (``127.0.0.1:11211``, a file name)."""
+        return type(self).__name__
+
+    def release(self) -> None:  # noqa: B027 - backends without connections have nothing to free
+        """Close connections; they reopen on next use."""
+
+
+class BytesStore(KeyValueStore):
+    """A full store over a :class:`BytesBackend` (see the module docstring).
+
+    ``prefix`` namespaces the keys (stores with different prefixes never see each other's
+    entries); ``serializer`` and ``secret`` configure the :class:`Envelope`. ``serve_stale``:
+    invalidation marks entries stale instead of deleting them where the backend can.
+
+    ``shared`` is true: other processes may use the same backend, so the coherence hooks use
+    the backend's conditional forms (leases, or add) where it has them.
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        backend: BytesBackend,
+        *,
+        prefix: str = "stockpyle",
+        polymorphic: bool = False,
+        lifetime_cb: LifetimeCallback | None = None,
+        clock: Clock | None = None,
+        serializer: Serializer | None = None,
+        secret: bytes | str | None = None,
+        serve_stale: bool = False,
+    ) -> None:
+        super().__init__(polymorphic=polymorphic, lifetime_cb=lifetime_cb, clock=clock)
+        self.serve_stale = serve_stale
+        self._doing = threading.local()  # the write in progress, for error messages
+        if not isinstance(prefix, str) or "#" in prefix or ":" in prefix:
+            msg = f"prefix must be a string without ':' or '#': {prefix!r}"
+            raise ValueError(msg)
+        self.backend = backend
+        self.prefix = prefix
+        self.envelope = Envelope(serializer or PickleSerializer(), secret)
+        limit = backend.max_key_length
+        self._key_limit = 10**9 if limit is None else limit - len(prefix) - 1
+        #: store key -> backend key, for keys used recently (bounded, cleared when full)
+        self._bkeys: dict[str, str] = {}
+        serial = self.envelope.serializer
+        self._fast_loads = (
+            pickle.loads if secret is None and type(serial) is PickleSerializer else None
+        )
+
+    def describe(self) -> str:
+        return f"{type(self).__name__}({self.backend.describe()})"
+
+    def release(self) -> None:
+        """Close the backend's connections; they reopen on next use."""
+        self.backend.release()
+
+    # -- keys, records, errors -------------------------------------------------------------------
+
+    def backend_key(self, key: str) -> str:
+        """The backend key holding the record at the store key ``key``."""
+        bkey = self._bkeys.get(key)
+        if bkey is None:
+            if len(self._bkeys) >= 4096:
+                self._bkeys.clear()
+            mapped = backend_key(key, self._key_limit, printable=self.backend.printable_keys)
+            bkey = self._bkeys[key] = f"{self.prefix}:{mapped}"
+        return bkey
+
+    def encode(self, key: str, record: Record) -> bytes:
+        """The framed (and signed) bytes for ``record`` at the backend key ``key``."""
+        if type(record) is Entry:
+            wire: tuple[Any, ...] = (_ENTRY, record.deadline, record.slots, record.obj)
+        else:
+            wire = (_POINTER, *record)
+        try:
+            return self.envelope.pack(key.encode("utf-8", "surrogatepass"), wire)
+        except Exception as exc:  # whatever the serializer raises (PicklingError, TypeError)
+            what = type(record.obj).__qualname__ if type(record) is Entry else "record"
+            msg = f"cannot serialize a {what} object for {key[:200]!r}; nothing was stored"
+            raise ValueNotStoredError(self, msg, exc) from exc
+
+    def decode(self, key: str, data: bytes) -> Record | None:
+        """The record framed in ``data`` at the backend key ``key``, or ``None`` (logged) when
+        it is not one this store accepts."""
+        wire: Any = None
+        if self._fast_loads is not None and data[:_HEADER] == _UNSIGNED:
+            try:
+                wire = self._fast_loads(memoryview(data)[_HEADER:])
+            except Exception:
+                wire = None  # the general path below says why
+        if wire is None:
+            try:
+                wire = self.envelope.unpack(key.encode("utf-8", "surrogatepass"), data)
+            except Exception as exc:  # BadValueError, or whatever the serializer raises
+                why = exc if isinstance(exc, BadValueError) else f"{type(exc).__name__}: {exc}"
+                _log.warning("%s: ignoring the value at %r: %s", self.describe(), key, why)
+                return None
+        try:
+            if wire[0] == _ENTRY:
+                return Entry(wire[1], tuple(wire[2]), wire[3])
+            if wire[0] == _POINTER:
+                return Pointer(wire[1], wire[2])
+        except (TypeError, IndexError, KeyError):
+            pass
+        _log.warning("%s: ignoring the value at %r: not a record", self.describe(), key)
+        return None
+
+    def item(self, key: str, record: Record, now: float) -> Item:
+        """The backend item for ``record`` (native expiry = deadline + margin)."""
+        data = self.encode(key, record)
+        limit = self.backend.max_value_size
+        if limit is not None and len(key) + len(data) > limit:
+            msg = (
+                f"the value for {key[:200]!r} is {len(data):,} bytes: with its key it exceeds"
+                f" the item size limit of {limit:,} bytes (max_item_size); nothing was stored and"
+                " the previous version was removed"
+            )
+            raise ValueTooLargeError(self, msg)
+        deadline = record.deadline
+        if deadline is None:
+            return Item(data, None)
+        return Item(data, max(1, math.ceil(deadline - now)) + NATIVE_EXPIRY_MARGIN)
+
+    def call(self, action: str, fn: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        """``fn(*args)``, any failure raised as a StoreError saying what failed, and where."""
+        try:
+            return fn(*args, **kw)
+        except StockpyleError:
+            raise
+        except Exception as exc:
+            doing = getattr(self._doing, "name", None)
+            if doing is not None and action == "get":
+                action = f"{doing} failed reading the current records"  # a write reads first
+            else:
+                action = f"{doing or action} failed" + (f" ({action})" if doing else "")
+            if isinstance(exc, BackendError):
+                where = f" on {exc.server}" if exc.server else ""
+                raise StoreError(self, f"{action}{where}: {exc}", exc.__cause__) from exc
+            raise StoreError(self, f"{action}: {type(exc).__name__}: {exc}", exc) from exc
+
+    # -- raw operations ----------------------------------------------------------------------------
+
+    def _load(self, keys: Sequence[str]) -> dict[str, Record]:
+        wanted = {self.backend_key(k): k for k in keys}
+        raw = self.call("get", self.backend.get_many, list(wanted))
+        found: dict[str, Record] = {}
+        for bkey, data in raw.items():
+            key = wanted.get(bkey)
+            if key is not None and (record := self.decode(bkey, data)) is not None:
+                found[key] = record
+        return found
+
+    def _save(self, records: dict[str, Record]) -> None:
+        now = self.clock()
+        items = {(b := self.backend_key(k)): self.item(b, r, now) for k, r in records.items()}
+        self.call("set", self.backend.set_many, items)
+
+    def _remove(self, keys: Sequence[str]) -> None:
+        self.call("delete", self.backend.delete_many, [self.backend_key(k) for k in keys])
+
+    # -- coherence (SPEC section 11): see stockpyle._leases --------------------------------------
+
+    def batch_lease_entries(
+        self, cls: type[T], key_dicts: Sequence[KeyDict], *, lease_seconds: float
+    ) -> list[Lease]:
+        """Look up several keys; a miss takes a lease where the backend has leases (one caller
+        per key gets a token, the others ``busy``), else a token meaning "fill if absent"."""
+        return _leases.lease_entries(self, cls, key_dicts, lease_seconds=lease_seconds)
+
+    def batch_fill(
+        self,
+        objs: Sequence[Any],
+        tokens: Sequence[Any],
+        *,
+        expires_at: Sequence[Deadline] | None = None,
+    ) -> list[bool]:
+        """Store each object only if nothing wrote or deleted it since its lease was taken
+        (with leases; with add only: if it is absent); say which were stored."""
+        return _leases.fill(self, objs, tokens, expires_at=expires_at)
+
+    def batch_invalidate(self, objs: Sequence[Any]) -> None:
+        """Delete (``serve_stale``: mark stale) each object's entries, by the keys derived from
+        it and those its stored entry lists, so that every fill in flight for them fails."""
+        _leases.invalidate(self, objs)
+
+    def batch_put(self, objs: Sequence[Any], *, expires_at: Sequence[Any] | None = None) -> None:
+        """Store each object; a value the backend cannot take raises ValueNotStoredError after
+        removing the previous versions of the batch's objects (no stale copy survives)."""
+        self._doing.name = "put"
+        try:
+            super().batch_put(objs, expires_at=expires_at)
+        except ValueNotStoredError:
+            self._doing.name = "delete"
+            self.batch_delete(objs)
+            raise
+        finally:
+            self._doing.name = None
+
+    def batch_delete(self, objs: Sequence[Any]) -> None:
+        outer = getattr(self._doing, "name", None)
+        self._doing.name = outer or "delete"
+        try:
+            super().batch_delete(objs)
+        finally:
+            self._doing.name = outer
+

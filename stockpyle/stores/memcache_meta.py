@@ -1,0 +1,240 @@
+"""The default backend of MemcacheStore: memcached's meta protocol through ``meta-memcache``.
+
+Reads are one multi-get per server (``router.exec_multi``); writes are pipelined per server on
+one pooled connection (``pool.pop_connection()``, the library's ``build_meta_*`` commands sent
+in one ``sendall``, then ``get_response()`` for each), so a
+batch of sets, deletes or conditional fills, each with its own flags, is one round trip per
+server. Every failure raises: meta-memcache reports server errors (``raise_on_server_error``).
+Leases (``mg N``: one winner per missing key), conditional fills (``ms C<cas>``), add
+(``ms MA``), stale marking (``md I``) and recache (``mg R``) are memcached's own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from stockpyle.bytes import BackendError, BytesBackend, Item, Leased
+from stockpyle.stores.memcache import MAX_KEY_LENGTH, exptime, first_error
+
+__all__ = ["MetaMemcacheBackend", "meta_client"]
+
+
+def meta_client(servers: Sequence[str], *, timeout: float, dead_retry: float) -> Any:
+    """A meta-memcache ``CacheClient`` over ``servers`` (``host:port``), values as raw bytes."""
+    from meta_memcache import (
+        CacheClient,
+        ServerAddress,
+        connection_pool_factory_builder,
+    )
+    from meta_memcache.base.base_serializer import BaseSerializer, EncodedValue
+
+    class RawBytes(BaseSerializer):
+        def serialize(self, key: Any, value: Any) -> EncodedValue:
+            return EncodedValue(data=bytes(value), encoding_id=0)
+
+        def unserialize(self, data: Any, encoding_id: int) -> Any:
+            return bytes(data)
+
+    addresses = []
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            msg = f"a memcached server is 'host:port', not {server!r}"
+            raise ValueError(msg)
+        addresses.append(ServerAddress(host, int(port)))
+    pools = connection_pool_factory_builder(
+        initial_pool_size=0,  # connect on first use, not when the store is created
+        connection_timeout=timeout,
+        recv_timeout=timeout,
+        mark_down_period_s=dead_retry,
+    )
+    return CacheClient.cache_client_from_servers(
+        addresses, connection_pool_factory_fn=pools, serializer=RawBytes()
+    )
+
+
+class MetaMemcacheBackend(BytesBackend):
+    """A meta-memcache ``CacheClient`` (built by :func:`meta_client`, or your own)."""
+
+    max_key_length = MAX_KEY_LENGTH
+    printable_keys = True
+    supports_add = True
+    supports_leases = True
+
+    def __init__(self, client: Any, *, recache_seconds: int = 0) -> None:
+        import meta_memcache as mm
+        import meta_memcache_socket as sock
+
+        self.client = client
+        self.recache_seconds = recache_seconds
+        self._mm = mm
+        self._sock = sock
+
+    def describe(self) -> str:
+        return ", ".join(str(s) for s in self.client.router.get_counters())
+
+    def _server_error(self, exc: Exception, server: str | None = None) -> BackendError:
+        server = getattr(exc, "server", server)
+        cause = exc.__cause__ or exc
+        if isinstance(exc, self._mm.errors.ServerMarkedDownError):
+            message = "the server failed recently and is skipped for dead_retry seconds"
+        else:
+            message = f"{type(cause).__name__}: {cause}"
+        error = BackendError(message, server=server)
+        error.__cause__ = cause
+        return error
+
+    @staticmethod
+    def _retryable(error: BaseException) -> bool:
+        """A connection found closed (a restarted server), not a timeout or a refusal."""
+        cause = error.__cause__
+        return isinstance(cause, ConnectionError) and "closed" in str(cause)
+
+    def _get(self, keys: Sequence[str], flags: Any) -> dict[str, Any]:
+        mm = self._mm
+        for attempt in (1, 2):
+            try:
+                got = self.client.router.exec_multi(
+                    mm.MetaCommand.META_GET, [mm.Key(k) for k in keys], flags=flags
+                )
+            except mm.MemcacheError as exc:
+                error = self._server_error(exc)
+                if attempt == 1 and self._retryable(error):
+                    continue  # a connection closed by a restarted server: reconnect once
+                raise error from exc
+            return {k.key: r for k, r in got.items()}
+        raise AssertionError("unreachable")
+
+    def _pipeline(
+        self, command: Any, requests: Sequence[tuple[str, bytes | None, Any]]
+    ) -> dict[str, Any]:
+        """:meth:`_send`, once more if a connection was found closed (a restarted server)."""
+        try:
+            return self._send(command, requests)
+        except BackendError as error:
+            if not self._retryable(error):
+                raise
+            return self._send(command, requests)
+
+    def _send(
+        self, command: Any, requests: Sequence[tuple[str, bytes | None, Any]]
+    ) -> dict[str, Any]:
+        """Send every ``(key, value, flags)`` on one connection per server; the responses."""
+        mm = self._mm
+        provider = self.client.router.pool_provider
+        by_pool: dict[Any, list[tuple[str, bytes | None, Any]]] = defaultdict(list)
+        for request in requests:
+            by_pool[provider.get_pool(mm.Key(request[0]))].append(request)
+        results: dict[str, Any] = {}
+        errors: list[BackendError] = []
+        for pool, batch in by_pool.items():
+            try:
+                conn = pool.pop_connection()
+            except mm.MemcacheError as exc:
+                errors.append(self._server_error(exc))
+                continue
+            error = True
+            try:
+                # One write per server: the commands built by meta-memcache's own builders.
+                out = bytearray()
+                for key, value, flags in batch:
+                    if value is not None:
+                        out += self._sock.build_meta_set(key, len(value), flags)
+                        out += value + b"\r\n"
+                    else:
+                        out += self._sock.build_meta_delete(key, flags)
+                conn.sendall(bytes(out), False)
+                for key, _, _ in batch:
+                    results[key] = conn.get_response()
+                error = False
+            except Exception as exc:
+                errors.append(self._server_error(exc, pool.server))
+            finally:
+                pool.release_connection(conn, error=error)
+        first_error(errors)
+        return results
+
+    def _flags(self, **kw: Any) -> Any:
+        return self._mm.RequestFlags(**kw)
+
+    def get_many(self, keys: Sequence[str]) -> Mapping[str, bytes]:
+        got = self._get(keys, self._flags(return_value=True))
+        return {k: r.value for k, r in got.items() if isinstance(r, self._mm.Value) and r.size}
+
+    def _sets(self, items: Mapping[str, Item], **kw: Any) -> dict[str, Any]:
+        requests = [
+            (k, i.value, self._flags(cache_ttl=exptime(i.expire_in), **kw))
+            for k, i in items.items()
+        ]
+        return self._pipeline(self._mm.MetaCommand.META_SET, requests)
+
+    def set_many(self, items: Mapping[str, Item]) -> None:
+        try:
+            got = self._sets(items)
+        except BackendError as error:
+            if not isinstance(error.__cause__, TimeoutError):
+                # Refused mid-pipeline (a value too large): the server keeps the old values.
+                with contextlib.suppress(BackendError):
+                    self.delete_many(list(items))
+                raise BackendError(
+                    f"refused or not acknowledged ({error}); the values were deleted",
+                    server=error.server,
+                ) from error.__cause__
+            raise
+        refused = [k for k, r in got.items() if not isinstance(r, self._mm.Success)]
+        if refused:
+            self.delete_many(refused)  # the server keeps the old values
+            raise BackendError(f"the server refused {len(refused)} value(s); they were deleted")
+
+    def delete_many(self, keys: Sequence[str]) -> None:
+        self._pipeline(self._mm.MetaCommand.META_DELETE, [(k, None, None) for k in keys])
+
+    def add_many(self, items: Mapping[str, Item]) -> set[str]:
+        got = self._sets(items, mode=self._sock.SET_MODE_ADD)
+        return {k for k, r in got.items() if isinstance(r, self._mm.Success)}
+
+    def add_many_cas(self, items: Mapping[str, Item]) -> dict[str, Any]:
+        """Like :meth:`add_many`; the CAS token of each value stored."""
+        got = self._sets(items, mode=self._sock.SET_MODE_ADD, return_cas_token=True)
+        return {k: r.flags.cas_token for k, r in got.items() if isinstance(r, self._mm.Success)}
+
+    def lease_many(self, keys: Sequence[str], lease_seconds: int) -> dict[str, Leased]:
+        flags = self._flags(
+            return_value=True,
+            return_cas_token=True,
+            vivify_on_miss_ttl=max(1, lease_seconds),
+            recache_ttl=self.recache_seconds or None,
+        )
+        found: dict[str, Leased] = {}
+        for key, r in self._get(keys, flags).items():
+            if not isinstance(r, self._mm.Value):
+                found[key] = Leased(None)
+                continue
+            token = r.flags.cas_token if r.flags.win else None
+            value = r.value if r.size else None
+            busy = not r.flags.win and (value is None or bool(r.flags.stale))
+            found[key] = Leased(value, token, busy=busy, stale=bool(r.flags.stale))
+        return found
+
+    def fill_many(self, items: Mapping[str, tuple[Item, Any]]) -> set[str]:
+        requests = [
+            (k, i.value, self._flags(cache_ttl=exptime(i.expire_in), cas_token=token))
+            for k, (i, token) in items.items()
+        ]
+        got = self._pipeline(self._mm.MetaCommand.META_SET, requests)
+        return {k for k, r in got.items() if isinstance(r, self._mm.Success)}
+
+    def delete_if_many(self, tokens: Mapping[str, Any]) -> None:
+        """Delete each key only if its CAS token is still ``tokens[key]``."""
+        requests = [(k, None, self._flags(cas_token=t)) for k, t in tokens.items()]
+        self._pipeline(self._mm.MetaCommand.META_DELETE, requests)
+
+    def invalidate_many(self, keys: Sequence[str], *, stale: bool = False) -> None:
+        flags = self._flags(mark_stale=True, cache_ttl=30) if stale else None
+        self._pipeline(self._mm.MetaCommand.META_DELETE, [(k, None, flags) for k in keys])
+
+    def release(self) -> None:
+        """Nothing to do: connections are pooled by meta-memcache and reused."""

@@ -1,0 +1,146 @@
+"""MemcacheStore's coherence hooks (SPEC section 11) against a real memcached: leases, fills
+that fail after any write or invalidation, alternate keys, serve-stale, and the add-only
+clients. Each race is forced: a second store over the same server plays the other process."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import memcache
+import pytest
+from helpers_memcache import PurgingStore, purge_created, unique_prefix
+from pymemcache.client.base import Client as PyClient
+
+from stockpyle.stores.memcache import MemcacheStore
+from stockpyle.testing.models import Foo
+
+pytestmark = pytest.mark.memcached
+
+
+@pytest.fixture(autouse=True)
+def _leave_servers_clean() -> Iterator[None]:
+    yield
+    purge_created()
+
+
+def two_processes(server: str, **kw: Any) -> tuple[MemcacheStore, MemcacheStore]:
+    """Two stores (as two processes would have) over one server and namespace."""
+    prefix = unique_prefix()
+    return (
+        PurgingStore(servers=[server], prefix=prefix, **kw),
+        PurgingStore(servers=[server], prefix=prefix, **kw),
+    )
+
+
+def test_two_leases_on_one_missing_key_one_token_one_busy(memcached_server: str) -> None:
+    """Exactly one caller wins the lease on a missing key; the other is told it is busy."""
+    a, b = two_processes(memcached_server)
+    (first,) = a.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    (second,) = b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    assert first.found is None and first.token is not None and not first.busy
+    assert second.found is None and second.token is None and second.busy
+    assert a.batch_fill([Foo(1, name="loaded")], [first.token]) == [True]
+    assert b.get(Foo, {"key": 1}) == Foo(1, name="loaded")
+
+
+def test_fill_after_a_put_elsewhere_is_not_stored(memcached_server: str) -> None:
+    """A put of the key by another process after the lease makes the fill fail: the older
+    value loaded by the lease holder never overwrites the newer one."""
+    a, b = two_processes(memcached_server)
+    (lease,) = a.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    b.put(Foo(1, name="v2"))
+    assert a.batch_fill([Foo(1, name="v1")], [lease.token]) == [False]
+    assert a.get(Foo, {"key": 1}) == Foo(1, name="v2")
+
+
+def test_fill_after_an_invalidation_elsewhere_is_not_stored(memcached_server: str) -> None:
+    """An invalidation (a delete through another chain) after the lease makes the fill fail:
+    a deleted object never comes back."""
+    a, b = two_processes(memcached_server)
+    (lease,) = a.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    b.batch_invalidate([Foo(1)])
+    assert a.batch_fill([Foo(1, name="v1")], [lease.token]) == [False]
+    assert a.get(Foo, {"key": 1}) is None
+
+
+def test_fill_by_alternate_key_and_its_cancellation(memcached_server: str) -> None:
+    """A miss by alternate key leases that key: an undisturbed fill stores the object (found by
+    both keys); a fill whose alternate key was invalidated meanwhile stores nothing, and the
+    identity entry it added is removed again."""
+    a, b = two_processes(memcached_server)
+    (lease,) = a.batch_lease_entries(Foo, [{"zap": 2, "bar": 3}], lease_seconds=5)
+    assert lease.token is not None
+    assert a.batch_fill([Foo(1, 2, 3)], [lease.token]) == [True]
+    assert b.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3)
+    assert b.get(Foo, {"key": 1}) == Foo(1, 2, 3)
+
+    (lease,) = a.batch_lease_entries(Foo, [{"zap": 5, "bar": 6}], lease_seconds=5)
+    b.batch_invalidate([Foo(4, 5, 6)])
+    assert a.batch_fill([Foo(4, 5, 6, name="old")], [lease.token]) == [False]
+    assert b.get(Foo, {"key": 4}) is None
+    assert b.get(Foo, {"zap": 5, "bar": 6}) is None
+
+
+def test_pointer_to_a_missing_entry_leases_the_identity(memcached_server: str) -> None:
+    """A get by alternate key whose entry is gone leases the identity key; a put elsewhere
+    then makes that fill fail."""
+    a, b = two_processes(memcached_server)
+    a.put(Foo(1, 2, 3))
+    a.backend.delete_many([a.backend_key("stockpyle.testing.models.Foo|key=1")])
+    (lease,) = a.batch_lease_entries(Foo, [{"zap": 2, "bar": 3}], lease_seconds=5)
+    assert lease.found is None and lease.token is not None
+    b.put(Foo(1, 2, 3, name="v2"))
+    assert a.batch_fill([Foo(1, 2, 3, name="v1")], [lease.token]) == [False]
+    assert a.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, name="v2")
+
+
+def test_batch_of_leases_and_fills(memcached_server: str) -> None:
+    """A batch leases every missing key at once and fills them conditionally, per key."""
+    a, b = two_processes(memcached_server)
+    leases = a.batch_lease_entries(Foo, [{"key": i} for i in range(5)], lease_seconds=5)
+    assert all(lease.token is not None for lease in leases)
+    b.put(Foo(3, name="newer"))
+    stored = a.batch_fill([Foo(i) for i in range(5)], [lease.token for lease in leases])
+    assert stored == [True, True, True, False, True]
+    assert b.get(Foo, {"key": 3}) == Foo(3, name="newer")
+
+
+def test_serve_stale_one_refresher_others_get_the_stale_value(memcached_server: str) -> None:
+    """With serve_stale, an invalidated entry is marked stale: one reader gets it with a token
+    to refresh it, the others get it marked stale and busy."""
+    a, b = two_processes(memcached_server, serve_stale=True)
+    a.put(Foo(1, name="old"))
+    b.batch_invalidate([Foo(1)])
+    (first,) = a.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    (second,) = b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    assert first.found is not None and first.found[0] == Foo(1, name="old")
+    assert first.stale and first.token is not None and not first.busy
+    assert second.found is not None and second.stale and second.busy and second.token is None
+    assert a.batch_fill([Foo(1, name="new")], [first.token]) == [True]
+    assert b.get(Foo, {"key": 1}) == Foo(1, name="new")
+
+
+@pytest.mark.parametrize("kind", ["python-memcached", "pymemcache"])
+def test_clients_without_leases_fill_only_if_absent(memcached_server: str, kind: str) -> None:
+    """python-memcached and pymemcache have no leases: every miss gets a token meaning "add",
+    so a fill never overwrites a value written meanwhile (but, unlike leases, cannot tell a
+    delete made meanwhile: docs/stores/memcache.md)."""
+    prefix = unique_prefix()
+
+    def make() -> MemcacheStore:
+        client: Any = (
+            memcache.Client([memcached_server])
+            if kind == "python-memcached"
+            else PyClient(memcached_server, connect_timeout=1, timeout=1)
+        )
+        return PurgingStore(client=client, prefix=prefix)
+
+    a, b = make(), make()
+    assert a.shared
+    first, second = a.batch_lease_entries(Foo, [{"key": 1}, {"key": 2}], lease_seconds=5)
+    assert first.token is not None and not first.busy
+    b.put(Foo(1, name="v2"))
+    assert a.batch_fill([Foo(1, name="v1"), Foo(2)], [first.token, second.token]) == [False, True]
+    assert a.get(Foo, {"key": 1}) == Foo(1, name="v2")
+    assert a.get(Foo, {"key": 2}) == Foo(2)
