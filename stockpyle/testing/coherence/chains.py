@@ -37,8 +37,17 @@ class DeafMemcacheStore(MemcacheStore):
         pass
 
 
+class _WriteThroughChain(ChainedStore):
+    """A chain that also writes every put into its first layer (as stockpyle 0.1 did)."""
+
+    def batch_put(self, objs: Sequence[Any], *, expires_at: Sequence[Any] | None = None) -> None:
+        super().batch_put(objs, expires_at=expires_at)
+        self.stores[0].batch_put(objs, expires_at=expires_at)
+
+
 def forgetful_chain(context: WorkerContext) -> BaseStore:
-    """A chain that is *not* coherent (its memcached layer ignores deletes): the checker must
-    report resurrected deletes for it. Use it to see what a failing report looks like."""
+    """A chain that is *not* coherent: puts are written through into memcached, whose layer
+    ignores deletes, so deleted objects stay cached. The checker must report resurrected
+    deletes for it; use it to see what a failing report looks like."""
     cache = DeafMemcacheStore(servers=list(context.memcached), prefix=context.prefix)
-    return ChainedStore([cache, context.database_store()])
+    return _WriteThroughChain([cache, context.database_store()])

@@ -21,10 +21,13 @@ Definitions (all times from ``time.monotonic()``, one clock for every process of
   read began. ``longest_superseded`` is the longest such delay (read start minus that write's
   end): the window in which a process could still read an old value. Reported, not held
   against ``ok`` (the contract bounds this window; it does not forbid it).
+* **filled / unfilled keys**: after the audit's reads through each chain, for each key the
+  database holds, whether any cache layer of that process holds it (a chain whose caches are
+  never filled is trivially coherent, and useless). Counted per process; reported.
 * **warnings**: warnings issued in the workers, and records other libraries logged at
   ``WARNING`` or above (what would reach an application's stderr: stray output from ordinary
-  concurrency is a defect too), except while the database was down. Reported, not held
-  against ``ok``.
+  concurrency is a defect too), except while a fault was in force (and a grace period after).
+  Reported, not held against ``ok``.
 * **unexpected error**: an operation that raised anything but a ``StoreError``, a
   ``StoreError`` outside the windows in which the database was down (plus a grace period),
   or an answer naming the wrong object. **Failed writes** are the puts and deletes among them
@@ -66,6 +69,9 @@ class Report:
     unexpected_errors: int = 0
     failed_writes: int = 0
     expected_errors: int = 0
+    key_reads: int = 0
+    filled_keys: int = 0
+    unfilled_keys: int = 0
     loads: int = 0
     duplicate_loads: int = 0
     held_readers: int = 0
@@ -109,7 +115,9 @@ class Report:
             f"  unexpected errors:              {self.unexpected_errors}"
             f" (failed puts/deletes: {self.failed_writes})",
             f"  expected errors (database down): {self.expected_errors}",
-            f"  database loads: {self.loads}, duplicate loads: {self.duplicate_loads}, "
+            f"  keys read through chains: {self.key_reads}, database loads: {self.loads}, "
+            f"duplicate loads: {self.duplicate_loads}, "
+            f"keys cached after a read: {self.filled_keys} (not: {self.unfilled_keys}), "
             f"readers held: {self.held_readers}",
             f"  reads of superseded versions during the run: {self.superseded_reads} "
             f"(at most {self.longest_superseded:.3f} s after the newer write returned)",
@@ -285,6 +293,13 @@ def _audit(
                     f"{place} holds key {key} by {by} at version {found}; "
                     f"the database at {expected}",
                 )
+        held: dict[int, bool] = {}
+        for _layer, key, found in audit.get("refilled", []):
+            held[key] = held.get(key, False) or (found is not None and not isinstance(found, str))
+        for key, cached in held.items():
+            if key in database:
+                report.filled_keys += cached
+                report.unfilled_keys += not cached
         for key, by, found in audit["reads"]:
             expected = database.get(key)
             if isinstance(found, str):
@@ -305,19 +320,22 @@ def analyse(
     workers: Sequence[Mapping[str, Any]],
     database: Mapping[int, int],
     down: Sequence[tuple[float, float]],
+    faulted: Sequence[tuple[float, float]] = (),
 ) -> Report:
     """Fill ``report`` from the workers' outputs, the database's final ``{id: version}`` and
-    the windows in which the database was down (grace included)."""
+    the windows in which the database was down, and those in which any fault was in force
+    (grace included in both)."""
     ops = [rec for w in workers for rec in w["ops"]]
     report.operations = len(ops)
     counts: dict[str, int] = defaultdict(int)
     for rec in ops:
         counts[rec[1]] += 1
     report.operation_counts = dict(counts)
+    report.key_reads = sum(len(r[2]) for r in ops if r[1] in ("get", "get_code", "batch_get"))
     report.held_readers = sum(w.get("pauses", 0) for w in workers)
     for worker in workers:
         for moment, text in worker.get("warnings", []):
-            if not _overlaps(moment, moment, down):
+            if not _overlaps(moment, moment, [*down, *faulted]):
                 report.warnings += 1
                 cause = text.partition(":")[0]
                 report.warning_causes[cause] = report.warning_causes.get(cause, 0) + 1

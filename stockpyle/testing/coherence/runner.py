@@ -119,6 +119,9 @@ class _Schedule:
         self.t0 = t0
         self.active: tuple[float, str, Callable[[], None]] | None = None
         self.last_undone = float("-inf")  # no fault undone yet: no tail owed
+        #: (start, end) of every fault, from injection to the end of its undoing
+        self.windows: list[tuple[float, float]] = []
+        self._began = 0.0
 
     def tick(self, fraction: float) -> None:
         now = time.monotonic()
@@ -126,6 +129,7 @@ class _Schedule:
             self.finish()
         if self.active is None and self.pending and fraction >= self.pending[0].at:
             fault = self.pending.pop(0)
+            self._began = now
             what, hold, undo = fault.begin(self.env)
             self.log.append(f"{what} at {now - self.t0:.2f} s for {hold:g} s")
             self.active = (time.monotonic() + hold, what, undo)
@@ -142,6 +146,7 @@ class _Schedule:
             self.active = None
             undo()
             self.last_undone = time.monotonic()
+            self.windows.append((self._began, self.last_undone))
 
 
 def _wait_for(counter: Any, target: int, procs: Sequence[Any], timeout: float) -> None:
@@ -249,6 +254,7 @@ def run_checker(config: CheckerConfig) -> Report:
                     signals.closed, config.processes, procs, timeout=60 + 2 * config.closing_races
                 )
                 report.seconds = time.monotonic() - t0
+                windows = schedule.windows
                 time.sleep(config.quiesce_seconds)
                 database = _database_state(engine)
                 signals.audit.set()
@@ -267,7 +273,13 @@ def run_checker(config: CheckerConfig) -> Report:
             msg = f"a checker worker failed:\n{fatal[0]}"
             raise RuntimeError(msg)
         grace = config.down_grace_seconds
-        return analyse(report, outputs, database, [(a, b + grace) for a, b in down])
+        return analyse(
+            report,
+            outputs,
+            database,
+            [(a, b + grace) for a, b in down],
+            faulted=[(a, b + grace) for a, b in windows],
+        )
     finally:
         if not config.keep_table:
             with contextlib.suppress(sa.exc.SQLAlchemyError):

@@ -205,7 +205,8 @@ class _Thread:
 
 
 def _audit(store: BaseStore, keys: int) -> dict[str, Any]:
-    """Every cache layer read directly, then every key through the chain."""
+    """Every cache layer read directly, then every key through the chain, then every cache
+    layer again (did those reads fill it?)."""
     layers = list(getattr(store, "stores", ()))
     entries: list[list[Any]] = []
     for index, layer in enumerate(layers[:-1]):
@@ -224,7 +225,20 @@ def _audit(store: BaseStore, keys: int) -> dict[str, Any]:
                 reads.append([key, by, _version(store.get(Item, key_dict))])
             except Exception as exc:
                 reads.append([key, by, f"error: {exc!r}"])
-    return {"layers": [layer.describe() for layer in layers], "entries": entries, "reads": reads}
+    # After those reads, the caches should hold what the reads found (else they serve nothing).
+    refilled: list[list[Any]] = []
+    for index, layer in enumerate(layers[:-1]):
+        for key in range(keys):
+            try:
+                refilled.append([index, key, _version(layer.get(Item, {"id": key}))])
+            except Exception as exc:
+                refilled.append([index, key, f"error: {exc!r}"])
+    return {
+        "layers": [layer.describe() for layer in layers],
+        "entries": entries,
+        "reads": reads,
+        "refilled": refilled,
+    }
 
 
 def _sleep_until(moment: float) -> None:
