@@ -82,6 +82,8 @@ class Report:
     operation_counts: dict[str, int] = field(default_factory=dict)
     #: unexpected errors counted by cause (``"StoreError(StaleDataError)"``, ``"KeyError"``...)
     error_causes: dict[str, int] = field(default_factory=dict)
+    #: stale entries and resurrected deletes in cache layers, counted by layer
+    bad_layers: dict[str, int] = field(default_factory=dict)
     #: warnings counted by category (``"SAWarning"``) or logger (``"psycopg logged"``)
     warning_causes: dict[str, int] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -127,6 +129,9 @@ class Report:
         ]
         lines += [
             f"  unexpected error cause: {k} x{v}" for k, v in sorted(self.error_causes.items())
+        ]
+        lines += [
+            f"  stale or resurrected in: {k} x{v}" for k, v in sorted(self.bad_layers.items())
         ]
         lines += [f"  warning cause: {k} x{v}" for k, v in sorted(self.warning_causes.items())]
         lines += [f"  fault: {f}" for f in self.faults]
@@ -281,12 +286,14 @@ def _audit(
                 )
             elif found is not None and expected is None:
                 report.resurrected += 1
+                report.bad_layers[describe] = report.bad_layers.get(describe, 0) + 1
                 place = f"{describe} (process {worker['worker']})"
                 report.example(
                     "resurrected deletes", f"{place} holds deleted key {key} by {by} at {found}"
                 )
             elif found is not None and found != expected:
                 report.stale_entries += 1
+                report.bad_layers[describe] = report.bad_layers.get(describe, 0) + 1
                 place = f"{describe} (process {worker['worker']})"
                 report.example(
                     "stale entries",
