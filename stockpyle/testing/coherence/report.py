@@ -82,6 +82,8 @@ class Report:
     operation_counts: dict[str, int] = field(default_factory=dict)
     #: unexpected errors counted by cause (``"StoreError(StaleDataError)"``, ``"KeyError"``...)
     error_causes: dict[str, int] = field(default_factory=dict)
+    #: per operation: (median, 99th percentile, slowest) duration in seconds
+    latency: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     #: stale entries and resurrected deletes in cache layers, counted by layer
     bad_layers: dict[str, int] = field(default_factory=dict)
     #: warnings counted by category (``"SAWarning"``) or logger (``"psycopg logged"``)
@@ -129,6 +131,10 @@ class Report:
         ]
         lines += [
             f"  unexpected error cause: {k} x{v}" for k, v in sorted(self.error_causes.items())
+        ]
+        lines += [
+            f"  latency of {op}: p50 {a * 1e3:.1f} ms, p99 {b * 1e3:.1f} ms, max {c * 1e3:.0f} ms"
+            for op, (a, b, c) in sorted(self.latency.items())
         ]
         lines += [
             f"  stale or resurrected in: {k} x{v}" for k, v in sorted(self.bad_layers.items())
@@ -338,6 +344,13 @@ def analyse(
     for rec in ops:
         counts[rec[1]] += 1
     report.operation_counts = dict(counts)
+    durations: dict[str, list[float]] = defaultdict(list)
+    for rec in ops:
+        durations[rec[1]].append(rec[6] - rec[5])
+    for op, spans in durations.items():
+        spans.sort()
+        p50, p99 = (spans[min(len(spans) - 1, int(q * len(spans)))] for q in (0.5, 0.99))
+        report.latency[op] = (p50, p99, spans[-1])
     report.key_reads = sum(len(r[2]) for r in ops if r[1] in ("get", "get_code", "batch_get"))
     report.held_readers = sum(w.get("pauses", 0) for w in workers)
     for worker in workers:
