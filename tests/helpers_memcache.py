@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import selectors
-import shutil
 import socket
-import subprocess
 import threading
 import time
 import uuid
@@ -18,10 +16,15 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import pytest
-
 from stockpyle.bytes import BackendError
 from stockpyle.stores.memcache import MemcacheStore
+from stockpyle.testing.servers import (  # noqa: F401 - re-exported for the test modules
+    MemcachedProcess,
+    free_port,
+    private_memcached,
+    wait_closed,
+    wait_listening,
+)
 
 
 def unique_prefix() -> str:
@@ -58,75 +61,6 @@ def purge_created() -> None:
         with contextlib.suppress(BackendError):  # a server the test killed
             store.purge()
         store.release()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_listening(port: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-
-
-def wait_closed(port: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-        except OSError:
-            return
-        time.sleep(0.01)
-    raise TimeoutError(f"port {port} still accepts connections")
-
-
-class MemcachedProcess:
-    """A private ``memcached`` on a free port that a test may kill and restart."""
-
-    def __init__(self, *args: str) -> None:
-        binary = shutil.which("memcached")
-        if binary is None:
-            pytest.fail("memcached is not installed (run .ci/services.sh start)")
-        self.binary = binary
-        self.args = args
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        cmd = [self.binary, "-u", "root", "-l", "127.0.0.1", "-p", str(self.port), "-U", "0"]
-        self.proc = subprocess.Popen([*cmd, "-m", "64", *self.args])
-        wait_listening(self.port)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait()
-            self.proc = None
-            wait_closed(self.port)
-
-
-@contextlib.contextmanager
-def private_memcached(*args: str) -> Iterator[MemcachedProcess]:
-    server = MemcachedProcess(*args)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 class HungServer:

@@ -4,6 +4,10 @@
 * :func:`make_state_machine`: a hypothesis state machine checking stores against a model;
   :func:`register_state_machines` binds such machines as test cases, fixtures handed over.
 * :class:`FakeClock`: the injectable clock expiry tests use instead of sleeping.
+* :class:`MemcachedProcess`, :class:`PostgresCluster`: private servers that fault tests may
+  pause, kill and restart (:mod:`stockpyle.testing.servers`).
+* :mod:`stockpyle.testing.coherence`: the coherence checker (real processes, real servers,
+  faults; needs SQLAlchemy, so it is imported on its own).
 
 Needs ``pytest``, ``hypothesis`` and ``attrs`` (``pip install 'stockpyle[testing]'``).
 """
@@ -19,6 +23,7 @@ from stockpyle.testing.conformance import (
 )
 from stockpyle.testing.kit import DEFAULT_KIT, ModelKit
 from stockpyle.testing.machines import register_state_machines
+from stockpyle.testing.servers import MemcachedProcess, PostgresCluster
 from stockpyle.testing.stateful import LIFETIMES, ReferenceModel, make_state_machine
 
 __all__ = [
@@ -28,8 +33,10 @@ __all__ = [
     "FakeClock",
     "KeyValueConformance",
     "MakeStore",
+    "MemcachedProcess",
     "ModelKit",
     "PolymorphismConformance",
+    "PostgresCluster",
     "ReferenceConformance",
     "ReferenceModel",
     "StoreConformance",

@@ -1,0 +1,53 @@
+"""Chain factories for the checker: the usual memcached-over-database chain, and a broken one.
+
+A factory takes the worker's :class:`~stockpyle.testing.coherence.WorkerContext` (and any
+keyword arguments given to the checker) and returns the store that worker uses. Write your
+own the same way, in an importable module, and name it ``"package.module:function"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from stockpyle.stores import BaseStore, ChainedStore, ProcessMemoryStore
+from stockpyle.stores.memcache import MemcacheStore
+from stockpyle.testing.coherence.context import WorkerContext
+
+__all__ = ["DeafMemcacheStore", "forgetful_chain", "memcache_chain"]
+
+
+def memcache_chain(context: WorkerContext, *, memory: bool = False, **memcache: Any) -> BaseStore:
+    """``ChainedStore([MemcacheStore(servers=...), database])``, with a
+    :class:`~stockpyle.stores.ProcessMemoryStore` on top when ``memory`` is true.
+    ``memcache`` options go to :class:`~stockpyle.stores.MemcacheStore`."""
+    layers: list[BaseStore] = [ProcessMemoryStore()] if memory else []
+    layers.append(MemcacheStore(servers=list(context.memcached), prefix=context.prefix, **memcache))
+    layers.append(context.database_store())
+    return ChainedStore(layers)
+
+
+class DeafMemcacheStore(MemcacheStore):
+    """A deliberately broken cache layer that ignores deletes: deleted objects stay cached."""
+
+    def batch_delete(self, objs: Sequence[Any]) -> None:
+        pass
+
+    def batch_invalidate(self, objs: Sequence[Any]) -> None:
+        pass
+
+
+class _WriteThroughChain(ChainedStore):
+    """A chain that also writes every put into its first layer (as stockpyle 0.1 did)."""
+
+    def batch_put(self, objs: Sequence[Any], *, expires_at: Sequence[Any] | None = None) -> None:
+        super().batch_put(objs, expires_at=expires_at)
+        self.stores[0].batch_put(objs, expires_at=expires_at)
+
+
+def forgetful_chain(context: WorkerContext) -> BaseStore:
+    """A chain that is *not* coherent: puts are written through into memcached, whose layer
+    ignores deletes, so deleted objects stay cached. The checker must report resurrected
+    deletes for it; use it to see what a failing report looks like."""
+    cache = DeafMemcacheStore(servers=list(context.memcached), prefix=context.prefix)
+    return _WriteThroughChain([cache, context.database_store()])

@@ -1,0 +1,257 @@
+"""The coherence checker (issue 10 item 6, SPEC section 11), run by CI on a fixed budget.
+
+One run of 20,000 operations by 4 worker processes, each with its own
+``ChainedStore([MemcacheStore(two private servers), SqlAlchemyStore(PostgreSQL)])``, with a
+memcached paused (SIGSTOP) and resumed, the other killed and restarted, readers held between
+their database read and their fill, and closing races (a held reader in one process against a
+put or delete in another). The assertions read the one report.
+
+Assertions that fail on the chain as it is today are marked ``xfail(strict=True)``: when the
+coherent chain lands they pass, the strict mark turns that into a failure, and the mark must
+go. Also here: the checker reports a deliberately incoherent chain, the analysis's definitions
+on hand-made records, and the command line.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from stockpyle.testing.coherence import CheckerConfig, Report, run_checker
+from stockpyle.testing.coherence.report import analyse
+
+pytestmark = [pytest.mark.memcached, pytest.mark.postgres]
+
+#: The CI budget: issue 10 asks for at least 20,000 operations across 4 processes.
+OPERATIONS = 20_000
+PROCESSES = 4
+
+NEVER_FILLED = (
+    "ChainedStore never fills a shared first layer: _fetch reads layer 0 with fill=False (no "
+    "lease, so no fill token) and _read_layers backfills a shared layer only with a token; "
+    "with memcached first, every read goes to the database (issue 10)"
+)
+PUT_RACING_DELETE = (
+    "SqlAlchemyStore.put of a row another process deletes meanwhile raises "
+    "StoreError(StaleDataError), or IntegrityError when its retried INSERT collides again "
+    "(issue 15, item 1)"
+)
+
+
+@pytest.fixture(scope="module")
+def report(pg_url: str) -> Iterator[Report]:
+    """One checker run on the CI budget, shared by the assertions below."""
+    result = run_checker(
+        CheckerConfig(
+            database_url=pg_url,
+            processes=PROCESSES,
+            operations=OPERATIONS,
+            seconds=150,  # a safety net only: the operation budget ends the run
+            seed=10,
+        )
+    )
+    print(result.summary())  # shown with -rA or on failure: the figures the lead asked for
+    yield result
+
+
+def test_budget_and_faults_were_applied(report: Report) -> None:
+    """The run did its 20,000 operations of every kind and injected every fault: a pause,
+    a kill and restart, held readers, and the closing races."""
+    assert report.operations >= OPERATIONS
+    assert set(report.operation_counts) >= {
+        "get", "get_code", "batch_get", "put", "batch_put", "delete", "batch_delete", "evict"
+    }  # fmt: skip
+    assert [f for f in report.faults if "not injected" in f] == []
+    assert any("paused" in f for f in report.faults)
+    assert any("killed" in f for f in report.faults)
+    assert report.held_readers > 0
+
+
+def test_no_stale_entry_after_quiescence(report: Report) -> None:
+    """Once every process stops writing, every cache layer holds, for every key, nothing or
+    what the database holds; so does every read through every chain."""
+    assert (report.stale_entries, report.stale_reads) == (0, 0), report.summary()
+
+
+def test_no_deleted_object_comes_back(report: Report) -> None:
+    """No cache layer, and no chain, answers with an object the database no longer holds."""
+    assert report.resurrected == 0, report.summary()
+
+
+@pytest.mark.xfail(strict=True, reason=PUT_RACING_DELETE)
+def test_no_unexpected_application_error(report: Report) -> None:
+    """The application sees no error at all: the database stays up, and memcached faults are
+    absorbed by the chain (a failing cache layer is a miss, SPEC section 7)."""
+    assert report.unexpected_errors == 0, report.summary()
+
+
+def test_unexpected_errors_are_only_the_known_defect(report: Report) -> None:
+    """Whatever the xfail-marked assertions tolerate today is issue 15's put-racing-delete
+    defect (an UPDATE of a row deleted meanwhile, or an INSERT that collides twice) and
+    nothing else: no other cause of error hides behind the mark."""
+    known = {"StoreError(StaleDataError)", "StoreError(IntegrityError)"}
+    assert set(report.error_causes) <= known, report.summary()
+
+
+@pytest.mark.xfail(strict=True, reason=NEVER_FILLED)
+def test_reads_fill_the_caches(report: Report) -> None:
+    """After quiescence, a read through a chain leaves the key in its cache layers: the
+    caches take part (a chain that never fills them is trivially coherent: the two tests
+    above only mean something when this one passes)."""
+    assert report.filled_keys > 0, report.summary()
+
+
+def test_no_acknowledged_write_is_lost(report: Report) -> None:
+    """The database ends with the effect of a write that could have been the last one."""
+    assert report.lost_writes == 0, report.summary()
+
+
+def test_duplicate_loads_are_reported(report: Report) -> None:
+    """Database reads are counted and overlapping reads of one key attributed (reported for
+    the lead's benchmarks, not asserted: issue 10 asks for one load per lease window)."""
+    assert report.loads > 0
+    assert 0 <= report.duplicate_loads <= report.loads
+    print(f"database loads {report.loads}, duplicate loads {report.duplicate_loads}")
+
+
+def test_checker_reports_an_incoherent_chain(pg_url: str) -> None:
+    """A chain whose memcached layer ignores deletes must come out not ok, with the deleted
+    objects reported as resurrected: the checker can fail. (The run is cut by its time
+    budget, long before its operation budget.)"""
+    result = run_checker(
+        CheckerConfig(
+            database_url=pg_url,
+            factory="stockpyle.testing.coherence.chains:forgetful_chain",
+            processes=2,
+            operations=10**7,
+            seconds=3,
+            faults=(),
+            closing_races=0,
+            pause_probability=0.0,
+            quiesce_seconds=0.5,
+            seed=1,
+        )
+    )
+    assert 0 < result.operations < 10**7
+    assert not result.ok
+    assert result.resurrected > 0
+    assert result.examples["resurrected deletes"]
+
+
+def _op(
+    op: str, key: int, result: list[Any], start: float, end: float, kind: Any = None
+) -> list[Any]:
+    return [0, op, [key], "id", result, start, end, kind, "" if kind is None else "boom"]
+
+
+def _worker(ops: list[list[Any]], entries: list[list[Any]] | None = None) -> dict[str, Any]:
+    audit = {"layers": [], "entries": entries or [], "reads": []}
+    return {"worker": 0, "ops": ops, "loads": [], "audit": audit}
+
+
+def test_lost_write_definition() -> None:
+    """A database state is a lost write unless some write that could have been last produced
+    it: a write is superseded only by an acknowledged write that began after it ended;
+    writes that raised may or may not have applied."""
+    ops = [
+        _op("put", 1, [101], 0.0, 1.0),
+        _op("put", 1, [102], 0.5, 1.5),  # overlaps the first: either may be last
+        _op("put", 2, [201], 0.0, 1.0),
+        _op("put", 2, [202], 2.0, 3.0),  # strictly after: must be last
+        _op("put", 3, [301], 0.0, 1.0),
+        _op("delete", 3, [], 2.0, 3.0, kind="store"),  # failed: may or may not have applied
+    ]
+    good = analyse(Report(), [_worker(ops)], {1: 101, 2: 202}, [])
+    assert good.lost_writes == 0
+    assert analyse(Report(), [_worker(ops)], {1: 102, 2: 202, 3: 301}, []).lost_writes == 0
+    lost = analyse(Report(), [_worker(ops)], {1: 101, 2: 201, 3: 301}, [])
+    assert lost.lost_writes == 1
+    assert "key 2" in lost.examples["lost writes"][0]
+
+
+def test_errors_are_expected_only_while_the_database_is_down() -> None:
+    """A StoreError overlapping a database-down window is expected; one outside it, or any
+    other exception, is unexpected, and failed puts or deletes are counted as such."""
+    ops = [
+        _op("put", 1, [101], 1.0, 2.0, kind="store"),
+        _op("put", 1, [102], 5.0, 6.0, kind="store"),
+        _op("get", 1, [None], 1.0, 2.0, kind="unexpected"),
+    ]
+    result = analyse(Report(), [_worker(ops)], {}, [(1.5, 3.0)])
+    assert (result.expected_errors, result.unexpected_errors, result.failed_writes) == (1, 2, 1)
+
+
+def test_stale_and_resurrected_entries_are_told_apart() -> None:
+    """A cache entry at another version than the database's is stale; one for a row the
+    database no longer has is a resurrected delete; a shared layer is counted once."""
+    entries = [
+        [0, "MemcacheStore(a)", 1, "id", 100, True],
+        [0, "MemcacheStore(a)", 1, "id", 100, True],  # the same shared entry, seen again
+        [0, "MemcacheStore(a)", 2, "code", 7, True],
+        [0, "MemcacheStore(a)", 3, "id", None, True],
+    ]
+    result = analyse(Report(), [_worker([], entries)], {1: 101, 3: 5}, [])
+    assert (result.stale_entries, result.resurrected) == (1, 1)
+    assert not result.ok
+
+
+def test_superseded_reads_measure_the_stale_window() -> None:
+    """A read of a version that an acknowledged later write had replaced before the read
+    began is counted, with how long after that write returned; overlapping reads are not."""
+    ops = [
+        _op("put", 1, [101], 0.0, 1.0),
+        _op("put", 1, [102], 2.0, 3.0),
+        _op("get", 1, [101], 2.5, 2.6),  # the newer write had not returned: fine
+        _op("get", 1, [101], 3.25, 3.3),  # 0.25 s after it returned: superseded
+        _op("delete", 1, [], 4.0, 5.0),
+        _op("get", 1, [102], 5.5, 5.6),  # deleted 0.5 s before: superseded
+    ]
+    result = analyse(Report(), [_worker(ops)], {}, [])
+    assert result.superseded_reads == 2
+    assert result.longest_superseded == pytest.approx(0.5)
+    assert result.ok  # reported, not held against ok
+
+
+def test_load_observer_counts_each_read_once_and_holds_on_demand() -> None:
+    """An observed store counts a read once per key however its read methods call each other,
+    holds the next read of a thread when asked to, and only passes calls through when no
+    recorder is installed (or it is disabled)."""
+    from stockpyle.testing.coherence import CoherenceBase, Item, ObservedSqlAlchemyStore
+    from stockpyle.testing.coherence.observe import Recorder, install
+
+    store = ObservedSqlAlchemyStore(uri="sqlite://")
+    CoherenceBase.metadata.create_all(store.engine)
+    store.put(Item(id=1, code="c1", version=7, writer=0))
+    recorder = Recorder()
+    install(recorder)
+    try:
+        assert store.get(Item, {"code": "c1"}).version == 7  # get -> get_entry -> batch_get...
+        store.batch_get(Item, [{"id": 1}, {"id": 2}])
+        assert [label for label, _, _ in recorder.loads] == ["code=c1", "id=1", "id=2"]
+        recorder.hold_next(0.001)
+        store.get(Item, {"id": 1})
+        assert recorder.pauses == 1
+        recorder.enabled = False
+        store.get(Item, {"id": 1})
+        assert len(recorder.loads) == 4
+    finally:
+        install(None)
+    store.get(Item, {"id": 1})
+    assert len(recorder.loads) == 4
+
+
+def test_command_line_help() -> None:
+    """``python -m stockpyle.testing.coherence --help`` documents the budget options."""
+    out = subprocess.run(
+        [sys.executable, "-m", "stockpyle.testing.coherence", "--help"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert "--operations" in out
+    assert "--seconds" in out
+    assert "--factory" in out
