@@ -58,6 +58,9 @@ def pytest_configure(config: pytest.Config) -> None:
     which ``stockpyle-*`` entries the original one already holds."""
     original = Path(tempfile.gettempdir())
     suite = Path(tempfile.mkdtemp(prefix=_SUITE_PREFIX, dir=original))
+    # Traversable by other users (not listable): a private PostgreSQL cluster runs as the
+    # postgres user in a directory of its own below this one.
+    suite.chmod(0o711)
     _TEMP.update(
         original=original,
         before=_stockpyle_entries(original),

@@ -6,9 +6,7 @@ memcached paused (SIGSTOP) and resumed, the other killed and restarted, readers 
 their database read and their fill, and closing races (a held reader in one process against a
 put or delete in another). The assertions read the one report.
 
-Assertions that fail on the chain as it is today are marked ``xfail(strict=True)``: when the
-coherent chain lands they pass, the strict mark turns that into a failure, and the mark must
-go. Also here: the checker reports a deliberately incoherent chain, the analysis's definitions
+Also here: the checker reports a deliberately incoherent chain, the analysis's definitions
 on hand-made records, and the command line.
 """
 
@@ -30,16 +28,6 @@ pytestmark = [pytest.mark.memcached, pytest.mark.postgres]
 OPERATIONS = 20_000
 PROCESSES = 4
 
-NEVER_FILLED = (
-    "ChainedStore never fills a shared first layer: _fetch reads layer 0 with fill=False (no "
-    "lease, so no fill token) and _read_layers backfills a shared layer only with a token; "
-    "with memcached first, every read goes to the database (issue 10)"
-)
-PUT_RACING_DELETE = (
-    "SqlAlchemyStore.put of a row another process deletes meanwhile raises "
-    "StoreError(StaleDataError), or IntegrityError when its retried INSERT collides again "
-    "(issue 15, item 1)"
-)
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +70,13 @@ def test_no_deleted_object_comes_back(report: Report) -> None:
     assert report.resurrected == 0, report.summary()
 
 
-@pytest.mark.xfail(strict=True, reason=PUT_RACING_DELETE)
 def test_no_unexpected_application_error(report: Report) -> None:
     """The application sees no error at all: the database stays up, and memcached faults are
     absorbed by the chain (a failing cache layer is a miss, SPEC section 7)."""
     assert report.unexpected_errors == 0, report.summary()
 
 
-def test_unexpected_errors_are_only_the_known_defect(report: Report) -> None:
-    """Whatever the xfail-marked assertions tolerate today is issue 15's put-racing-delete
-    defect (an UPDATE of a row deleted meanwhile, or an INSERT that collides twice) and
-    nothing else: no other cause of error hides behind the mark."""
-    known = {"StoreError(StaleDataError)", "StoreError(IntegrityError)"}
-    assert set(report.error_causes) <= known, report.summary()
 
-
-@pytest.mark.xfail(strict=True, reason=NEVER_FILLED)
 def test_reads_fill_the_caches(report: Report) -> None:
     """After quiescence, a read through a chain leaves the key in its cache layers: the
     caches take part (a chain that never fills them is trivially coherent: the two tests

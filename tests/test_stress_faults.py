@@ -6,9 +6,6 @@ fixed budget of random gets, puts, deletes and batches while one memcached is pa
 (SIGSTOP) and resumed, the other killed and restarted, and a *private* PostgreSQL cluster
 (never the shared one) stopped and restarted. This reuses the coherence checker's machinery
 (:mod:`stockpyle.testing.coherence`); stale reads are that checker's business, not this test's.
-
-Assertions that fail on today's stores are marked ``xfail(strict=True)``; drop the mark when
-the fix lands (the strict mark makes the pass fail the run until then).
 """
 
 from __future__ import annotations
@@ -32,11 +29,6 @@ from stockpyle.testing.servers import PostgresCluster
 
 pytestmark = [pytest.mark.memcached, pytest.mark.postgres]
 
-PUT_RACING_DELETE = (
-    "SqlAlchemyStore.put of a row another process deletes meanwhile raises "
-    "StoreError(StaleDataError), or IntegrityError when its retried INSERT collides again; "
-    "concurrent deletes warn (issue 15, item 1)"
-)
 
 
 def _servers_installed() -> bool:
@@ -91,26 +83,17 @@ def test_every_fault_was_injected(report: Report) -> None:
     assert any("database stopped" in f for f in report.faults)
 
 
-@pytest.mark.xfail(strict=True, reason=PUT_RACING_DELETE)
 def test_only_store_errors_while_the_database_is_down(report: Report) -> None:
     """The application sees no error but a StoreError while the database is down (memcached
     faults are absorbed by the chain)."""
     assert report.unexpected_errors == 0, report.summary()
 
 
-@pytest.mark.xfail(strict=True, reason=PUT_RACING_DELETE)
 def test_no_put_or_delete_fails_from_concurrency_alone(report: Report) -> None:
     """Outside the database's downtime, every put and delete succeeds, however the threads
     and processes interleave."""
     assert report.failed_writes == 0, report.summary()
 
-
-def test_unexpected_errors_are_only_the_known_defect(report: Report) -> None:
-    """Whatever the xfail-marked assertions tolerate today is issue 15's put-racing-delete
-    defect (an UPDATE of a row deleted meanwhile, or an INSERT that collides twice) and
-    nothing else: no other cause of error hides behind the mark."""
-    known = {"StoreError(StaleDataError)", "StoreError(IntegrityError)"}
-    assert set(report.error_causes) <= known, report.summary()
 
 
 def test_no_acknowledged_write_is_lost(report: Report) -> None:
@@ -119,7 +102,6 @@ def test_no_acknowledged_write_is_lost(report: Report) -> None:
     assert report.lost_writes == 0, report.summary()
 
 
-@pytest.mark.xfail(strict=True, reason=PUT_RACING_DELETE)
 def test_no_stray_warnings_from_concurrency(report: Report) -> None:
     """Outside the database's downtime, nothing warns or logs a warning: neither SQLAlchemy's
     "expected to delete 1 row(s); 0 were matched" nor psycopg's "error ignored terminating
