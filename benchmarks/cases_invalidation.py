@@ -23,13 +23,13 @@ import uuid
 from multiprocessing.connection import Connection
 from typing import Any
 
-import sqlalchemy as sa
 from harness import Case, Context
 from models import BenchBase, BenchRow, make_foos, make_rows
 
 from stockpyle.invalidation import PostgresChannel, keys_of
 from stockpyle.stores import ChainedStore, ProcessMemoryStore
 from stockpyle.stores.sqlalchemy import SqlAlchemyStore
+from stockpyle.testing.sqlmodels import drop_isolated_schema, isolated_postgres_url
 
 __all__ = ["DELAY_TARGET_MS", "cases", "extra_targets", "measure_delays"]
 
@@ -44,26 +44,6 @@ def _url(ctx: Context) -> str | None:
     return ctx.sql_urls.get("postgresql") or os.environ.get("STOCKPYLE_POSTGRES_URL")
 
 
-def _isolated(url: str, schema: str) -> str:
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-    finally:
-        engine.dispose()
-    scoped = sa.make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
-    return scoped.render_as_string(hide_password=False)
-
-
-def _drop_schema(url: str, schema: str) -> None:
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-    finally:
-        engine.dispose()
-
-
 # -- cost per write ----------------------------------------------------------------------------
 
 
@@ -73,7 +53,7 @@ def cases(ctx: Context) -> list[Case]:
         print("\n(invalidation cases skipped: no --postgres and no STOCKPYLE_POSTGRES_URL)")
         return []
     schema = "stockpyle_bench_inv_" + uuid.uuid4().hex[:8]
-    scoped = _isolated(url, schema)
+    scoped = isolated_postgres_url(url, schema)
     name = "stockpyle_bench_" + uuid.uuid4().hex[:8]
     channel = PostgresChannel(url, channel=name).start()
     if not channel.wait_listening(30):
@@ -85,7 +65,7 @@ def cases(ctx: Context) -> list[Case]:
     def clean() -> None:
         channel.stop()
         database.release()
-        _drop_schema(url, schema)
+        drop_isolated_schema(url, schema)
 
     ctx.cleanups.append(clean)
     sql_with = ChainedStore([ProcessMemoryStore(), database], invalidation=channel)
@@ -278,4 +258,3 @@ def extra_targets(ctx: Context) -> list[dict[str, Any]]:
             "missed": found["missing"],
         }
     ]
-

@@ -138,11 +138,12 @@ def memory_engine() -> sa.Engine:
     return engine
 
 
-def isolated_postgres_url(url: str) -> str:
-    """``url`` pointed at a schema of its own per test process (created if needed), so that
-    test processes sharing one PostgreSQL database (xdist workers, or runs from several
-    checkouts) never clear each other's tables. :func:`drop_isolated_schema` removes it."""
-    schema = isolated_schema()
+def isolated_postgres_url(url: str, schema: str | None = None) -> str:
+    """``url`` pointed at a schema of its own (default: one per test process; created if
+    needed), so that processes sharing one PostgreSQL database (xdist workers, runs from
+    several checkouts, benchmarks) never clear each other's tables.
+    :func:`drop_isolated_schema` removes it."""
+    schema = schema or isolated_schema()
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
@@ -158,12 +159,12 @@ def isolated_schema() -> str:
     return "stockpyle_test_" + os.environ.get("PYTEST_XDIST_WORKER", f"pid{os.getpid()}")
 
 
-def drop_isolated_schema(url: str) -> None:
-    """Drop this process's test schema and everything in it."""
+def drop_isolated_schema(url: str, schema: str | None = None) -> None:
+    """Drop that schema (default: this process's test schema) and everything in it."""
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{isolated_schema()}" CASCADE'))
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema or isolated_schema()}" CASCADE'))
     finally:
         engine.dispose()
 
