@@ -114,7 +114,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
 
     def suspect_keys(self, layer: int) -> frozenset[str]:
         """The encoded identity keys that reads currently skip in ``layer``."""
-        return frozenset(self._suspect[layer])
+        return self._healer.keys(layer)
 
     def _healed(self, layer: int, count: int) -> None:
         self.stores[layer].counters.add("invalidations_sent", count)

@@ -59,6 +59,11 @@ class Healer:
                     pending[identity] = obj
             self._ensure_thread()
 
+    def keys(self, layer: int) -> frozenset[str]:
+        """The identity keys pending in ``layer`` now."""
+        with self._lock:
+            return frozenset(self.pending[layer])
+
     def discard(self, layer: int, objs: Sequence[Any]) -> None:
         """A later write of ``objs`` reached ``layer``: nothing to heal for them there."""
         pending = self.pending[layer]
