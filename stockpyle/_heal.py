@@ -45,7 +45,6 @@ class Healer:
         #: per layer: identity key -> the object to invalidate. The key sets double as the
         #: chain's *suspect* sets (reads skip a layer for these keys).
         self.pending: list[dict[str, Any]] = [{} for _ in stores]
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
