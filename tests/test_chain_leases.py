@@ -195,3 +195,32 @@ def test_a_failed_cache_invalidation_heals_for_every_process(memcached_server: s
     assert reader.get(Foo, {"key": 1}).name == "v2"  # type: ignore[union-attr]
     writer.release()
     reader.release()
+
+
+def test_early_refresh_reloads_a_hot_entry_once_before_it_expires(memcached_server: str) -> None:
+    """With memcached's recache flag, the first read of an entry about to expire refreshes it
+    from the database (one caller); the others keep being served from memcached."""
+    database = Database()
+    prefix = f"recache{uuid.uuid4().hex[:10]}"
+
+    def process() -> ChainedStore:
+        cache = MemcacheStore(
+            servers=[memcached_server],
+            prefix=prefix,
+            # v1 lives 5 s, within recache_seconds of expiring from the start; v2 an hour
+            lifetime_cb=lambda obj: 5 if obj.name == "v1" else 3600,
+            recache_seconds=30,
+        )
+        return ChainedStore([cache, database])
+
+    a, b = process(), process()
+    database.put(Foo(1, name="v1"))
+    assert a.get(Foo, {"key": 1}).name == "v1"  # type: ignore[union-attr]  # filled
+    database.reads = 0
+    database.put(Foo(1, name="v2"))  # changed behind the cache's back
+    assert a.get(Foo, {"key": 1}).name == "v2"  # type: ignore[union-attr]  # refreshed early
+    assert database.reads == 1
+    assert b.get(Foo, {"key": 1}).name == "v2"  # type: ignore[union-attr]  # from memcached
+    assert database.reads == 1
+    a.release()
+    b.release()
