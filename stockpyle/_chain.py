@@ -45,8 +45,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
     ``lease_wait`` seconds, then read below without filling. Every fill is conditional: a
     shared layer refuses a fill once any process wrote or deleted the key since the lease; an
     in-process layer is not filled when a write of the key through this chain overlapped the
-    read. With ``serve_stale=True``, a value a shared layer kept after an invalidation or
-    expiry is served while one caller refreshes it.
+    read. With ``serve_stale=True`` (or a collection of classes: for those only), a value a
+    shared layer kept after an invalidation or expiry is served while one caller refreshes it.
 
     Failures. A failing *cache* layer (any but the last) is tolerated: a failed read is a
     miss; a failed write or delete is logged and counted in :attr:`failures`, the object's key
@@ -64,7 +64,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         lease_seconds: float = 10.0,
         lease_wait: float = 1.0,
         follow_timeout: float = 30.0,
-        serve_stale: bool = False,
+        serve_stale: bool | Iterable[type] = False,
         heal_interval: float = 0.5,
         invalidation: InvalidationChannel | None = None,
     ) -> None:
@@ -79,7 +79,10 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         self.lease_seconds = lease_seconds
         self.lease_wait = lease_wait
         self.follow_timeout = follow_timeout
-        self.serve_stale = serve_stale
+        #: Whether stale values may be served: ``True``, ``False`` or the classes that may.
+        self.serve_stale: bool | frozenset[type] = (
+            serve_stale if isinstance(serve_stale, bool) else frozenset(serve_stale)
+        )
         #: Failures counted per layer (index as in :attr:`stores`).
         self.failures: list[int] = [0] * len(self.stores)
         self._last = len(self.stores) - 1

@@ -24,7 +24,7 @@ class LeasedReads:
     counters: Any
     lease_seconds: float
     lease_wait: float
-    serve_stale: bool
+    serve_stale: bool | frozenset[type]
     poll_interval: float
     sleep: Callable[[float], None]
 
@@ -42,10 +42,11 @@ class LeasedReads:
         hits: dict[str, Found | None] = {}
         busy: list[int] = []
         mine = tokens.setdefault(layer, {})
+        stale_ok = self.serve_stale if type(self.serve_stale) is bool else cls in self.serve_stale
         for i, (key, lease) in enumerate(zip(keys, leases, strict=True)):
             if lease.token is not None:  # a miss, a stale value or one due for refresh: ours
                 mine[key] = lease.token
-            elif lease.found is not None and (not lease.stale or self.serve_stale):
+            elif lease.found is not None and (not lease.stale or stale_ok):
                 hits[key] = lease.found  # (while another caller refreshes it, if busy)
                 if lease.stale:
                     store.counters.add("stale_served")

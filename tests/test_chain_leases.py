@@ -142,12 +142,15 @@ def test_a_miss_everywhere_gives_its_lease_back(world: Any) -> None:
     assert lease.token is not None and not lease.busy
 
 
-def test_serve_stale_answers_the_old_value_while_one_caller_refreshes(world: Any) -> None:
+@pytest.mark.parametrize("which", [True, [Foo]], ids=["every-class", "per-class"])
+def test_serve_stale_answers_the_old_value_while_one_caller_refreshes(
+    world: Any, which: Any
+) -> None:
     """With serve_stale, a write marks the memcached entry stale; the first reader refreshes
     it from the database while another reader is served the old value at once."""
     database, process = world
-    a = process(stale=True, serve_stale=True)
-    b = process(stale=True, serve_stale=True)
+    a = process(stale=True, serve_stale=which)
+    b = process(stale=True, serve_stale=which)
     a.put(Foo(1, name="v1"))
     assert a.get(Foo, {"key": 1}).name == "v1"  # type: ignore[union-attr]  # filled
     database.put(Foo(1, name="v2"))  # the database changes...
@@ -224,3 +227,25 @@ def test_early_refresh_reloads_a_hot_entry_once_before_it_expires(memcached_serv
     assert database.reads == 1
     a.release()
     b.release()
+
+
+def test_serve_stale_for_other_classes_only_waits_for_the_refresh(world: Any) -> None:
+    """serve_stale given for other classes: a reader of this class waits for the refresh
+    instead of being served the stale value."""
+    database, process = world
+    a = process(stale=True, serve_stale=[int])
+    b = process(stale=True, serve_stale=[int])
+    a.put(Foo(1, name="v1"))
+    assert a.get(Foo, {"key": 1}).name == "v1"  # type: ignore[union-attr]
+    database.put(Foo(1, name="v2"))
+    a.stores[0].batch_invalidate([Foo(1)])
+    database.go.clear()
+    database.reading.clear()
+    thread, got = in_thread(lambda: a.get(Foo, {"key": 1}))
+    assert database.reading.wait(WAIT)
+    b.lease_wait = WAIT
+    b.sleep = lambda s: database.go.set()  # the refresh may finish once b polls
+    assert b.get(Foo, {"key": 1}).name == "v2"  # type: ignore[union-attr]  # not the stale v1
+    thread.join(WAIT)
+    assert got[0].name == "v2"
+    assert b.stats().chain.stale_served == 0
