@@ -249,3 +249,19 @@ def test_serve_stale_for_other_classes_only_waits_for_the_refresh(world: Any) ->
     thread.join(WAIT)
     assert got[0].name == "v2"
     assert b.stats().chain.stale_served == 0
+
+
+def test_a_value_marked_stale_is_a_miss_for_plain_reads(memcached_server: str) -> None:
+    """An entry invalidated by a serve_stale store stays in memcached, marked stale: a plain
+    get (which cannot tell it is stale) misses it; only a leased read sees it, as stale."""
+    store = MemcacheStore(
+        servers=[memcached_server], prefix=f"stale{uuid.uuid4().hex[:10]}", serve_stale=True
+    )
+    store.put(Foo(1, name="v1"))
+    store.batch_invalidate([Foo(1)])
+    assert store.get(Foo, {"key": 1}) is None
+    assert store.batch_get(Foo, [{"key": 1}]) == [None]
+    lease = store.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=30)[0]
+    assert lease.stale and lease.found is not None and lease.found[0].name == "v1"
+    store.batch_delete([Foo(1)])
+    store.release()

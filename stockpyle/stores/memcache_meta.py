@@ -188,7 +188,13 @@ class MetaMemcacheBackend(BytesBackend):
 
     def get_many(self, keys: Sequence[str]) -> Mapping[str, bytes]:
         got = self._get(keys, self._flags(return_value=True))
-        return {k: r.value for k, r in got.items() if isinstance(r, self._mm.Value) and r.size}
+        # A value marked stale (invalidated with serve_stale) is a miss for plain reads: only a
+        # leased read may serve it, knowing it is stale.
+        return {
+            k: r.value
+            for k, r in got.items()
+            if isinstance(r, self._mm.Value) and r.size and not r.flags.stale
+        }
 
     def _sets(self, items: Mapping[str, Item], **kw: Any) -> dict[str, Any]:
         requests = [
