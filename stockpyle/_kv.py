@@ -41,8 +41,6 @@ __all__ = [
     "Record",
     "View",
     "is_dead",
-    "new_entry",
-    "new_pointer",
     "resolve",
 ]
 
@@ -296,16 +294,6 @@ class KeyValueStore(BaseStore):
 
 # Hot-path constructors: tuple.__new__ skips the generated __new__ (a Python-level call),
 # which made a ProcessMemoryStore put about 10% slower than with plain tuples.
-def new_entry(fields: tuple[Deadline, tuple[str, ...], Any]) -> Entry:
-    """An :class:`Entry` from its fields, in order."""
-    return Entry(*fields)
-
-
-def new_pointer(fields: tuple[Deadline, str]) -> Pointer:
-    """A :class:`Pointer` from its fields, in order."""
-    return Pointer(*fields)
-
-
 def is_dead(deadline: Deadline, now: float) -> bool:
     return deadline is not None and deadline <= now
 

@@ -41,7 +41,7 @@ from stockpyle._bytes_types import (
     ValueTooLargeError,
 )
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
-from stockpyle._kv import Entry, KeyValueStore, Record, new_entry, new_pointer
+from stockpyle._kv import Entry, KeyValueStore, Pointer, Record
 from stockpyle._serializer import (
     HEADER,
     UNSIGNED,
@@ -231,10 +231,10 @@ class BytesStore(KeyValueStore):
         try:
             if wire[0] == _ENTRY:
                 _, deadline, slots, obj = wire
-                return new_entry((deadline, slots if type(slots) is tuple else tuple(slots), obj))
+                return Entry(deadline, slots if type(slots) is tuple else tuple(slots), obj)
             if wire[0] == _POINTER:
                 _, deadline, identity = wire
-                return new_pointer((deadline, identity))
+                return Pointer(deadline, identity)
         except (TypeError, ValueError, IndexError, KeyError):
             pass
         _log.warning("%s: ignoring the value at %r: not a record", self.describe(), key)
