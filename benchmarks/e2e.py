@@ -1,11 +1,13 @@
 """End to end: processes x threads over real PostgreSQL and memcached, Zipf reads, 3% updates.
 
     .venv/bin/python benchmarks/e2e.py [--quick] [--seconds S] [--processes P] [--threads T]
-        [--postgres URL] [--memcached HOST:PORT] [--out DIR]
+        [--rounds R] [--rows N] [--only CONFIG] [--postgres URL] [--memcached HOST:PORT] [--out DIR]
 
-Four configurations, one after the other in one run, each on the same freshly loaded table
-(``BenchVersionedRow``: 10,000 rows in a schema of its own, dropped at the end) and a memcached
-key prefix of its own:
+Four configurations in one run. Each configuration's time is cut into ``--rounds`` slices (3;
+``--quick``: 1), run round after round in rotating order so that the machine's other load falls
+on all of them alike; every slice starts new processes on a freshly loaded table
+(``BenchVersionedRow``: 10,000 rows in a schema of its own, dropped at the end) under a
+memcached key prefix of its own:
 
 * ``no cache``: ``SqlAlchemyStore`` alone;
 * ``stockpyle mc->pg``: ``Repo`` over ``ChainedStore([MemcacheStore, SqlAlchemyStore])`` (the
@@ -377,12 +379,14 @@ def stale_reads(parts: list[dict[str, Any]]) -> tuple[int, int, float]:
     return stale, violations, 1000 * oldest
 
 
-def run_config(config: str, args: argparse.Namespace, scoped: str, seed: int) -> dict[str, Any]:
+def run_slice(
+    config: str, args: argparse.Namespace, scoped: str, seed: int, seconds: float
+) -> dict[str, Any]:
+    """One measured slice of ``config``: fresh table, fresh memcached prefix, new processes."""
     load_table(scoped, args.rows)
     prefix = f"e2e{uuid.uuid4().hex[:10]}"
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(args.processes)
-    warmup = 0.5 if args.quick else 2.0
     jobs = [
         {
             "config": config,
@@ -394,8 +398,8 @@ def run_config(config: str, args: argparse.Namespace, scoped: str, seed: int) ->
             "process": p,
             "processes": args.processes,
             "threads": args.threads,
-            "warmup": warmup,
-            "seconds": args.seconds,
+            "warmup": 0.5 if args.quick else 2.0,
+            "seconds": seconds,
             "seed": seed,
         }
         for p in range(args.processes)
@@ -406,26 +410,41 @@ def run_config(config: str, args: argparse.Namespace, scoped: str, seed: int) ->
     finally:
         forget(config, args, prefix)
     parts = [t for out in outs for t in out["threads"]]
-    reads = sorted(x for part in parts for x in part["read_lat"])
-    updates = sorted(x for part in parts for x in part["update_lat"])
-    stale, violations, oldest = stale_reads(parts)
-    ops = len(reads) + len(updates)
+    return {
+        "seconds": seconds,
+        "reads": [x for part in parts for x in part["read_lat"]],
+        "updates": [x for part in parts for x in part["update_lat"]],
+        "statements": sum(out["statements"] for out in outs),
+        "stale": stale_reads(parts),  # versions restart with each slice's fresh table
+        "gc_max_ms": max(out["gc_max_ms"] for out in outs),
+    }
+
+
+def summarize(config: str, slices: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration's figures over all its slices."""
+    seconds = sum(s["seconds"] for s in slices)
+    reads = sorted(x for s in slices for x in s["reads"])
+    updates = sorted(x for s in slices for x in s["updates"])
     return {
         "config": config,
-        "seconds": args.seconds,
+        "seconds": seconds,
+        "slices": len(slices),
         "reads": len(reads),
         "updates": len(updates),
-        "ops_per_s": ops / args.seconds,
+        "ops_per_s": (len(reads) + len(updates)) / seconds,
+        "ops_per_s_by_slice": [
+            round((len(s["reads"]) + len(s["updates"])) / s["seconds"]) for s in slices
+        ],
         "read_p50_ms": 1000 * percentile(reads, 0.50),
         "read_p99_ms": 1000 * percentile(reads, 0.99),
         "read_p999_ms": 1000 * percentile(reads, 0.999),
         "read_max_ms": 1000 * (reads[-1] if reads else float("nan")),
         "update_p99_ms": 1000 * percentile(updates, 0.99),
-        "db_statements_per_s": sum(out["statements"] for out in outs) / args.seconds,
-        "stale_reads": stale,
-        "stale_violations": violations,
-        "oldest_stale_ms": round(oldest, 2),
-        "gc_max_pause_ms": max(out["gc_max_ms"] for out in outs),
+        "db_statements_per_s": sum(s["statements"] for s in slices) / seconds,
+        "stale_reads": sum(s["stale"][0] for s in slices),
+        "stale_violations": sum(s["stale"][1] for s in slices),
+        "oldest_stale_ms": round(max(s["stale"][2] for s in slices), 2),
+        "gc_max_pause_ms": max(s["gc_max_ms"] for s in slices),
     }
 
 
@@ -464,6 +483,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=None, help="per configuration (15)")
     parser.add_argument("--processes", type=int, default=None, help="default 4 (quick: 2)")
     parser.add_argument("--threads", type=int, default=None, help="default 4 (quick: 2)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="slices per configuration, interleaved (3; quick: 1)",
+    )
     parser.add_argument("--rows", type=int, default=None, help="default 10,000 (quick: 2,000)")
     parser.add_argument("--postgres", default=os.environ.get("STOCKPYLE_POSTGRES_URL"))
     parser.add_argument("--memcached", default=os.environ.get("STOCKPYLE_MEMCACHED"))
@@ -475,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     args.processes = args.processes or (2 if quick else 4)
     args.threads = args.threads or (2 if quick else 4)
     args.rows = args.rows or (2000 if quick else 10_000)
+    args.rounds = args.rounds or (1 if quick else 3)
     if not args.postgres or not args.memcached:
         print(
             "e2e benchmark needs --postgres and --memcached (or STOCKPYLE_POSTGRES_URL and "
@@ -488,12 +514,23 @@ def main(argv: list[str] | None = None) -> int:
     seed = random.randrange(1 << 30)
     print(
         f"{args.processes} processes x {args.threads} threads, {args.seconds:g} s per "
-        f"configuration, {args.rows} rows, Zipf s={ZIPF_S}, {UPDATE_SHARE:.0%} updates"
+        f"configuration in {args.rounds} interleaved slices, {args.rows} rows, "
+        f"Zipf s={ZIPF_S}, {UPDATE_SHARE:.0%} updates"
     )
+    configs = list(args.only or CONFIGS)
+    slices: dict[str, list[dict[str, Any]]] = {config: [] for config in configs}
     rows: list[dict[str, Any]] = []
     try:
-        for config in args.only or CONFIGS:
-            row = run_config(config, args, scoped, seed)
+        # Rounds: every configuration runs one slice per round, in rotating order, so that
+        # what else the machine does at the time falls on all of them alike.
+        for r in range(args.rounds):
+            shift = r % len(configs)
+            for config in configs[shift:] + configs[:shift]:
+                slices[config].append(
+                    run_slice(config, args, scoped, seed + r, args.seconds / args.rounds)
+                )
+        for config in configs:
+            row = summarize(config, slices[config])
             rows.append(row)
             print(
                 f"{config:<22} {row['ops_per_s']:8.0f} ops/s  read p50 {row['read_p50_ms']:5.2f}"
@@ -547,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         "threads": args.threads,
         "seconds": args.seconds,
         "rows": args.rows,
+        "rounds": args.rounds,
         "zipf_s": ZIPF_S,
         "update_share": UPDATE_SHARE,
         "stale_bound_ms": STALE_BOUND * 1000,
