@@ -26,7 +26,8 @@ per update without lost updates. After a warm-up (not measured), each configurat
 
 Reported per configuration: ops/s (reads and updates of all processes), read p50/p99/p99.9,
 update p99, database statements per second (SELECT/INSERT/UPDATE/DELETE counted by a
-``before_cursor_execute`` listener in every process) and stale reads: a read that returned a
+``before_cursor_execute`` listener in every process), the benchmark processes' CPU time per
+operation (steadier than ops/s on a busy machine) and stale reads: a read that returned a
 version older than that of the last update of its key that had *returned* before the read
 *began* (each worker records its reads and completed updates with wall-clock times; the parent
 compares them). A stale read whose newer version had returned more than 50 ms (the documented
@@ -307,10 +308,12 @@ def process_main(job: dict[str, Any]) -> dict[str, Any]:
 
         gc.callbacks.append(on_gc)
         statements_before = [0]
+        cpu_before = [0.0]
 
         def mark() -> None:
             time.sleep(max(0.0, measure_from - time.time()))
             statements_before[0] = worker.statements
+            cpu_before[0] = time.process_time()
 
         marker = threading.Thread(target=mark)
         marker.start()
@@ -320,12 +323,14 @@ def process_main(job: dict[str, Any]) -> dict[str, Any]:
         for thread in pool:
             thread.join()
         marker.join()
+        cpu = time.process_time() - cpu_before[0]
         gc.callbacks.remove(on_gc)
         if errors:
             raise errors[0]
         return {
             "threads": results,
             "statements": worker.statements - statements_before[0],
+            "cpu_seconds": cpu,
             "gc_max_ms": 1000 * max(gc_pauses, default=0.0),
         }
     finally:
@@ -415,6 +420,7 @@ def run_slice(
         "reads": [x for part in parts for x in part["read_lat"]],
         "updates": [x for part in parts for x in part["update_lat"]],
         "statements": sum(out["statements"] for out in outs),
+        "cpu_seconds": sum(out["cpu_seconds"] for out in outs),
         "stale": stale_reads(parts),  # versions restart with each slice's fresh table
         "gc_max_ms": max(out["gc_max_ms"] for out in outs),
     }
@@ -441,6 +447,11 @@ def summarize(config: str, slices: list[dict[str, Any]]) -> dict[str, Any]:
         "read_max_ms": 1000 * (reads[-1] if reads else float("nan")),
         "update_p99_ms": 1000 * percentile(updates, 0.99),
         "db_statements_per_s": sum(s["statements"] for s in slices) / seconds,
+        # CPU the benchmark processes spent per operation: less sensitive than ops/s to what
+        # else runs on the machine (the database's and memcached's CPU are not included)
+        "client_cpu_us_per_op": 1e6
+        * sum(s["cpu_seconds"] for s in slices)
+        / max(1, len(reads) + len(updates)),
         "stale_reads": sum(s["stale"][0] for s in slices),
         "stale_violations": sum(s["stale"][1] for s in slices),
         "oldest_stale_ms": round(max(s["stale"][2] for s in slices), 2),
@@ -536,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{config:<22} {row['ops_per_s']:8.0f} ops/s  read p50 {row['read_p50_ms']:5.2f}"
                 f" p99 {row['read_p99_ms']:6.2f} p99.9 {row['read_p999_ms']:6.2f} ms  update"
                 f" p99 {row['update_p99_ms']:6.2f} ms  db {row['db_statements_per_s']:6.0f}"
-                f" stmt/s  stale {row['stale_reads']} ({row['stale_violations']} > 50 ms)"
+                f" stmt/s  cpu {row['client_cpu_us_per_op']:4.0f} us/op"
+                f"  stale {row['stale_reads']} ({row['stale_violations']} > 50 ms)"
                 f"  gc max {row['gc_max_pause_ms']:.0f} ms"
             )
     finally:
