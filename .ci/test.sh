@@ -44,5 +44,7 @@ if [ -f benchmarks/run.py ]; then
   echo "== benchmarks (quick smoke run)"; .venv/bin/python benchmarks/run.py --quick --out /tmp/stockpyle-bench
   echo "== herd benchmark (threads and processes missing one key)"
   .venv/bin/python benchmarks/herd.py --quick --out /tmp/stockpyle-bench
+  echo "== end-to-end benchmark (processes x threads over PostgreSQL and memcached)"
+  .venv/bin/python benchmarks/e2e.py --quick --out /tmp/stockpyle-bench
 fi
 echo "== all green"

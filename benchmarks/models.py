@@ -13,7 +13,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import stockpyle
 
-__all__ = ["BenchBase", "BenchFoo", "BenchRow", "make_foos", "make_rows"]
+__all__ = [
+    "BenchBase",
+    "BenchFoo",
+    "BenchRow",
+    "BenchVersionedRow",
+    "make_foos",
+    "make_rows",
+]
 
 
 @stockpyle.keyed("key", ("zap", "bar"))
@@ -44,6 +51,24 @@ class BenchRow(BenchBase):
     bar: Mapped[int]
     name: Mapped[str] = mapped_column(sa.String(50))
     score: Mapped[float]
+
+
+@stockpyle.keyed("id", ("zap", "bar"))
+class BenchVersionedRow(BenchBase):
+    """:class:`BenchRow` with a ``version`` that every update increments (the end-to-end
+    benchmark detects stale reads with it)."""
+
+    __tablename__ = "stockpyle_bench_versioned_row"
+    __table_args__ = (
+        sa.Index("ix_stockpyle_bench_versioned_row_zap_bar", "zap", "bar", unique=True),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    zap: Mapped[int]
+    bar: Mapped[int]
+    name: Mapped[str] = mapped_column(sa.String(50))
+    score: Mapped[float]
+    version: Mapped[int]
 
 
 def make_foos(count: int, start: int = 0) -> list[BenchFoo]:
