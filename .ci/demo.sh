@@ -14,5 +14,5 @@ done
 
 ensure_venv .venv
 pip_install .venv -e ".[$extras]"
-phase "stockpyle demo $*"
+phase "stockpyle demo${*:+ $*}"
 exec .venv/bin/python -m stockpyle demo "$@"

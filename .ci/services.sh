@@ -56,8 +56,15 @@ start() {
     rm -rf "$data"
     mkdir -p "$data" && chown postgres:postgres "$data" "$STATE"
     runuser -u postgres -- "$bin/initdb" -A trust --no-sync -U postgres -D "$data" >/dev/null
-    runuser -u postgres -- "$bin/pg_ctl" -D "$data" -l "$STATE/pg.log" -w \
-      -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c fsync=off -c unix_socket_directories=$STATE" start >/dev/null
+    if ! runuser -u postgres -- "$bin/pg_ctl" -D "$data" -l "$STATE/pg.log" -w \
+      -o "-c listen_addresses=127.0.0.1 -c port=$PG_PORT -c fsync=off -c unix_socket_directories=$STATE" \
+      start >/dev/null 2>&1; then
+      echo "!! PostgreSQL did not start on 127.0.0.1:$PG_PORT; last lines of $STATE/pg.log:" >&2
+      tail -n 5 "$STATE/pg.log" >&2
+      echo "!! port taken? pick another with STOCKPYLE_POSTGRES_PORT=... (same for" \
+        "'bash .ci/services.sh stop'); memcached is left running: stop it with that command" >&2
+      exit 1
+    fi
     runuser -u postgres -- "$bin/createdb" -h 127.0.0.1 -p "$PG_PORT" -U postgres stockpyle_test
   fi
   wait_port "$PG_PORT"
