@@ -51,8 +51,8 @@ QUICK_SIZES = (1, 100, 1_000)
 BASE_SIZE = 100  # the size the largest batch is compared with
 CURVE_LIMIT = 1.2
 #: objects moved per sample (at least one batch): memory stores touch the whole population
-WORK = {"memory": 10_000, "memcached": 2_000, "sql": 200}
-ROUNDS = {"memory": 20, "memcached": 12, "sql": 8}
+WORK = {"memory": 10_000, "shove": 2_000, "memcached": 2_000, "sql": 200}
+ROUNDS = {"memory": 20, "shove": 12, "memcached": 12, "sql": 8}
 
 MEMORY_OBJECTS = 200_000
 QUICK_MEMORY_OBJECTS = 20_000
@@ -82,7 +82,7 @@ STORES = {
     "ProcessMemoryStore": "memory",
     "ThreadLocalStore": "memory",
     "MemcacheStore": "memcached",
-    "ShoveStore memory://": "memory",
+    "ShoveStore memory://": "shove",
     "SqlAlchemyStore SQLite": "sql",
 }
 OPS = ("batch_get", "batch_put")
