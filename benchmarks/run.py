@@ -36,12 +36,21 @@ if str(HERE) not in sys.path:  # the case modules import each other by plain nam
 from harness import Case, Context, Result, measure  # noqa: E402 - needs the path above
 
 #: The case modules, in running order.
-MODULES = ("cases_memory", "cases_memcache", "cases_sql", "cases_chain", "cases_invalidation")
+MODULES = (
+    "cases_memory",
+    "cases_memcache",
+    "cases_sql",
+    "cases_chain",
+    "cases_invalidation",
+    "cases_scale",
+)
 
 
 @dataclass(frozen=True)
 class Target:
-    """A ratio the issue asks for: stockpyle's median over ``peer``'s, at most ``limit``."""
+    """A ratio the issue asks for: stockpyle's median over ``peer``'s, at most ``limit``.
+
+    "stockpyle" is the case's first side (in the scale cases, its largest batch)."""
 
     name: str
     case: str
@@ -54,11 +63,12 @@ class Target:
         if result is None or self.peer not in result.ratios:
             return None
         ratio = result.ratios[self.peer]
+        first = next(iter(result.medians))
         return {
             "name": self.name,
             "case": self.case,
             "peer": self.peer,
-            "stockpyle_ns": result.medians["stockpyle"],
+            "stockpyle_ns": result.medians[first],
             "peer_ns": result.medians[self.peer],
             "ratio": ratio,
             "limit": self.limit,
@@ -67,7 +77,7 @@ class Target:
         }
 
 
-def targets(sql_backends: Sequence[str]) -> list[Target]:
+def targets(sql_backends: Sequence[str], *, quick: bool = False) -> list[Target]:
     found = [
         Target(
             "memory Repo.get hit vs TTLCache hit",
@@ -134,6 +144,9 @@ def targets(sql_backends: Sequence[str]) -> list[Target]:
             "<= 1.2x",
         )
     )
+    from cases_scale import scale_targets  # the scale curves: largest batch vs a batch of 100
+
+    found += [Target(*spec) for spec in scale_targets(quick)]
     return found
 
 
@@ -157,6 +170,15 @@ def print_result(result: Result) -> None:
     sys.stdout.flush()
 
 
+def _fmt_side(row: dict[str, Any], side: str) -> str:
+    if row.get("unit") == "bytes":  # memory targets: bytes, not time
+        value = row[f"{side}_bytes"]
+        if value >= 1e6:
+            return f"{value / 1e6:.2f} MB"
+        return f"{value / 1e3:.1f} kB" if value >= 1e4 else f"{value:.0f} B"
+    return _fmt_ns(row[f"{side}_ns"])
+
+
 def print_targets(rows: list[dict[str, Any]]) -> None:
     width = max([len("target"), *(len(row["name"]) for row in rows)])
     header = f"{'target':<{width}} {'stockpyle':>10} {'peer':>10} {'ratio':>7}  {'goal':<14} result"
@@ -165,8 +187,8 @@ def print_targets(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         verdict = "PASS" if row["pass"] else "MISS"
         print(
-            f"{row['name']:<{width}} {_fmt_ns(row['stockpyle_ns']):>10}"
-            f" {_fmt_ns(row['peer_ns']):>10}"
+            f"{row['name']:<{width}} {_fmt_side(row, 'stockpyle'):>10}"
+            f" {_fmt_side(row, 'peer'):>10}"
             f" {row['ratio']:>6.3f}x  {row['target']:<14} {verdict}"
         )
 
@@ -349,7 +371,7 @@ def run(args: argparse.Namespace) -> int:
                     errors.append("cleanup failed")
                     traceback.print_exc()
     by_name = {r.name: r for r in results}
-    checked = [t.check(by_name) for t in targets(list(urls))]
+    checked = [t.check(by_name) for t in targets(list(urls), quick=args.quick)]
     rows = [row for row in checked if row is not None] + extra_rows
     print_targets(rows)
     if args.quick:
@@ -376,6 +398,15 @@ def run(args: argparse.Namespace) -> int:
     except Exception:
         errors.append("plot failed")
         traceback.print_exc()
+    # Modules with figures of their own draw them beside the plot: ``figures(results, rows, path)``.
+    for module_name in MODULES:
+        draw = getattr(sys.modules.get(module_name), "figures", None)
+        if draw is not None:
+            try:
+                draw(results, rows, plot_path)
+            except Exception:
+                errors.append(f"{module_name}: figures failed")
+                traceback.print_exc()
     print(f"\nwrote {out_file} and {plot_path} in {time.monotonic() - started:.1f} s")
     if errors:
         print("\nERRORS:\n  " + "\n  ".join(errors), file=sys.stderr)
