@@ -19,6 +19,7 @@ from __future__ import annotations
 import abc
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, TypeVar
 
 from stockpyle._expiry import (
@@ -131,7 +132,11 @@ class KeyValueStore(BaseStore):
         self.polymorphic = polymorphic
         self.lifetime_cb = lifetime_cb
         self.clock: Clock = clock if clock is not None else default_clock
-        self._lock = threading.RLock()
+        #: Serializes this store's read-modify-write planning of writes. A store over a backend
+        #: that is safe to share between threads and remote anyway (memcached) replaces it with
+        #: a no-op: other processes never took this lock, and holding it across network I/O
+        #: would make one hung server stall every writer of the process.
+        self._lock: AbstractContextManager[Any] = threading.RLock()
         self._slot_specs: dict[type, tuple[KeySpec, ...]] = {}
 
     # -- raw operations (natively batched) -------------------------------------------------------

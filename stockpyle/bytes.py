@@ -22,6 +22,7 @@ full store; everything else lives there, once:
 from __future__ import annotations
 
 import abc
+import contextlib
 import logging
 import math
 import pickle
@@ -93,6 +94,9 @@ class BytesBackend(abc.ABC):
     #: Largest key plus value the backend stores (bytes; ``None``: no limit).
     max_value_size: int | None = None
     #: :meth:`add_many` is implemented.
+    #: Whether one backend object may be used by many threads at once (pooled connections):
+    #: the store then holds no lock of its own around its calls.
+    thread_safe: ClassVar[bool] = False
     supports_add: ClassVar[bool] = False
     #: :meth:`lease_many`, :meth:`fill_many` and :meth:`invalidate_many` are implemented.
     supports_leases: ClassVar[bool] = False
@@ -165,6 +169,8 @@ class BytesStore(KeyValueStore):
         serve_stale: bool = False,
     ) -> None:
         super().__init__(polymorphic=polymorphic, lifetime_cb=lifetime_cb, clock=clock)
+        if backend.thread_safe:  # no process-wide lock across network I/O (see KeyValueStore)
+            self._lock = contextlib.nullcontext()
         self.serve_stale = serve_stale
         self._doing = threading.local()  # the write in progress, for error messages
         if not isinstance(prefix, str) or "#" in prefix or ":" in prefix:

@@ -505,3 +505,57 @@ def test_neither_servers_nor_client_says_what_is_needed() -> None:
         MemcacheStore()
     with pytest.raises(ValueError, match="not both"):
         MemcacheStore(servers=["127.0.0.1:1"], client=object())
+
+
+def test_a_hung_server_does_not_stall_calls_on_a_healthy_one(
+    memcached_server: str, hung: HungServer
+) -> None:
+    """Issue 15 item 2: with one of two servers hung, a put of a key on the healthy server
+    completes while another thread's put is still waiting on the hung one (no store-wide lock
+    held across network I/O)."""
+    import select
+    import threading
+    import uuid
+
+    prefix = f"hung{uuid.uuid4().hex[:10]}"
+    servers = [memcached_server, hung.address]
+    probe = MemcacheStore(servers=servers, prefix=prefix, timeout=0.05)
+    on_healthy, on_hung = [], []
+    for i in range(40):  # which keys live where: a put to the hung server times out
+        try:
+            probe.put(Foo(i))
+        except StoreError:
+            on_hung.append(i)
+        else:
+            on_healthy.append(i)
+    probe.release()
+    assert on_healthy and on_hung
+    before = len(hung.held)
+    store = MemcacheStore(servers=servers, prefix=prefix, timeout=5)  # A's bound, generous
+    outcome: list[BaseException] = []
+
+    def put_on_hung() -> None:
+        try:
+            store.put(Foo(on_hung[0]))
+        except StoreError as exc:
+            outcome.append(exc)
+
+    stuck = threading.Thread(target=put_on_hung)
+    stuck.start()
+
+    def waiting_on_hung() -> bool:  # A's request reached the hung server, unanswered
+        fresh = hung.held[before:]
+        return bool(fresh) and bool(select.select(fresh, [], [], 0)[0])
+
+    for _ in range(5000):  # a bound on waiting for the other thread, not a duration under test
+        if waiting_on_hung():
+            break
+        threading.Event().wait(0.001)
+    assert waiting_on_hung()
+    store.put(Foo(on_healthy[0], name="fast"))  # B, on the healthy server
+    assert stuck.is_alive()  # B did not wait for A's timeout
+    assert store.get(Foo, {"key": on_healthy[0]}).name == "fast"  # type: ignore[union-attr]
+    stuck.join(10)
+    assert not stuck.is_alive() and outcome  # A timed out against the hung server
+    store.batch_delete([Foo(i) for i in on_healthy])
+    store.release()

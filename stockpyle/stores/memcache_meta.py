@@ -79,6 +79,7 @@ class MetaMemcacheBackend(BytesBackend):
     max_key_length = MAX_KEY_LENGTH
     printable_keys = True
     supports_add = True
+    thread_safe = True  # pooled connections
     supports_leases = True
 
     def __init__(self, client: Any, *, recache_seconds: int = 0, pools: Sequence[Any] = ()) -> None:

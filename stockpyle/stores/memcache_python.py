@@ -25,6 +25,7 @@ class PythonMemcachedBackend(BytesBackend):
     max_key_length = MAX_KEY_LENGTH
     printable_keys = True
     supports_add = True
+    thread_safe = True  # a threading.local client: connections per thread
 
     def __init__(self, client: Any) -> None:
         self.client = client
