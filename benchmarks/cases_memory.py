@@ -1,11 +1,18 @@
-"""In-process reads: ``Repo(BenchFoo, ProcessMemoryStore())`` against cachetools, dogpile.cache
-and the floor, by identity key, by composite alternate key, and ``get_many`` of 100.
+"""In-process reads and writes: ``Repo(BenchFoo, ProcessMemoryStore())`` against cachetools,
+dogpile.cache and the floor, by identity key, by composite alternate key, ``get_many`` of 100,
+``put`` and ``put_many`` of 100.
 
 Every side builds its key per call, as user code would: stockpyle a keyword call (or a list of
 key dicts), cachetools a tuple, dogpile.cache a string (its keys are strings). The *floor* is
 the least any ``get(key=...)`` API can cost: the same keyword call into a function that builds
 a tuple from the keywords and does one dict hit. *inline* (not a target) is a tuple key plus a
-dict hit with no call at all.
+dict hit with no call at all; *tuple+dict in a function* (the bare hit the identity get is held
+to) is the same inside a plain positional call, ``bare(k)`` returning ``table[("key", k)]``.
+
+Writes: ``Repo.put`` of an object with an identity and one alternate key against what a user
+would write by hand to find it by both: two ``TTLCache`` sets (or two dict sets, or two dogpile
+region sets), and ``put_many`` of 100 against the loop of ``put`` (per object: a batch must not
+cost more than its singles). Each sample writes the 100 objects again, replacing themselves.
 """
 
 from __future__ import annotations
@@ -95,6 +102,14 @@ def cases(ctx: Context) -> list[Case]:
             assert region.get(f"key:{k}") is o and floor.get(key=k) is o
             assert by_tuple[("key", k)] is o
 
+    def bare(k: int) -> BenchFoo:
+        return by_tuple[("key", k)]
+
+    def bare_get() -> int:
+        for k in keys:
+            bare(k)
+        return n
+
     # -- by composite alternate key ------------------------------------------------------------
 
     def repo_alt() -> int:
@@ -160,7 +175,69 @@ def cases(ctx: Context) -> list[Case]:
         found = region.get_multi([f"key:{k}" for k in batch])  # type: ignore[no-untyped-call]
         assert found == objs
 
+    # -- writes: put (identity + one alternate key), put_many(100) ----------------------------
+
+    def repo_put() -> int:
+        put = repo.put
+        for _ in range(REPEAT):
+            for o in objs:
+                put(o)
+        return n
+
+    def ttl_put() -> int:
+        for _ in range(REPEAT):
+            for o in objs:
+                ttl[("key", o.key)] = o
+                ttl[("zap,bar", o.zap, o.bar)] = o
+        return n
+
+    def dict_put() -> int:
+        for _ in range(REPEAT):
+            for o in objs:
+                by_tuple[("key", o.key)] = o
+                by_tuple[("zap,bar", o.zap, o.bar)] = o
+        return n
+
+    def dogpile_put() -> int:
+        put = region.set
+        for _ in range(REPEAT):
+            for o in objs:
+                put(f"key:{o.key}", o)
+                put(f"zap,bar:{o.zap},{o.bar}", o)
+        return n
+
+    def repo_put_many() -> int:
+        for _ in range(REPEAT):
+            repo.put_many(objs)
+        return n
+
+    def check_puts() -> None:
+        for o in objs:
+            assert repo.get(key=o.key) is o and repo.get(zap=o.zap, bar=o.bar) is o
+            assert ttl[("zap,bar", o.zap, o.bar)] is o and region.get(f"key:{o.key}") is o
+
     return [
+        Case(
+            "memory put (identity + alternate key)",
+            "memory-put",
+            1,
+            {
+                "stockpyle": repo_put,
+                "cachetools TTLCache two sets": ttl_put,
+                "dogpile memory region two sets": dogpile_put,
+                "dict two sets": dict_put,
+            },
+            rounds=rounds,
+            check=check_puts,
+        ),
+        Case(
+            "memory put_many(100) vs put",
+            "memory-put",
+            DISTINCT,
+            {"put_many(100)": repo_put_many, "100 single put": repo_put},
+            rounds=rounds,
+            check=check_puts,
+        ),
         Case(
             "memory get by identity key",
             "memory",
@@ -170,6 +247,7 @@ def cases(ctx: Context) -> list[Case]:
                 "cachetools TTLCache": ttl_get,
                 "dogpile memory region": dogpile_get,
                 "floor": floor_get,
+                "tuple+dict in a function": bare_get,
                 "inline tuple+dict": inline_get,
             },
             rounds=rounds,

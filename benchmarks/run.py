@@ -94,6 +94,43 @@ def targets(sql_backends: Sequence[str], *, quick: bool = False) -> list[Target]
             "<= 3x",
         ),
     ]
+    found += [
+        Target(
+            "memory Repo.get hit vs tuple+dict in a function",
+            "memory get by identity key",
+            "tuple+dict in a function",
+            2.5,
+            "<= 2.5x",
+        ),
+        Target(
+            "memory Repo.get by alternate key vs TTLCache hit",
+            "memory get by alternate key",
+            "cachetools TTLCache",
+            1.2,
+            "<= 1.2x",
+        ),
+        Target(
+            "memory Repo.put vs two TTLCache sets",
+            "memory put (identity + alternate key)",
+            "cachetools TTLCache two sets",
+            1.5,
+            "<= 1.5x",
+        ),
+        Target(
+            "memory put_many(100) per object vs put",
+            "memory put_many(100) vs put",
+            "100 single put",
+            1.0,
+            "<= 1.0x",
+        ),
+        Target(
+            "MemcacheStore batch_put(1000) vs meta-memcache set_multi",
+            "memcached meta-memcache batch_put(1000)",
+            "raw meta-memcache set_multi",
+            1.3,
+            "<= 1.3x",
+        ),
+    ]
     for kind in ("meta-memcache", "python-memcached", "pymemcache"):
         found.append(
             Target(

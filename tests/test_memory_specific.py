@@ -71,3 +71,41 @@ def test_purge_expired_frees_expired_objects_and_their_index_entries() -> None:
     assert store.purge_expired() == 1
     assert len(store) == 2
     assert store.get(Foo, {"zap": 5, "bar": 6}) is not None
+
+
+def test_an_alternate_left_behind_by_eviction_never_answers_for_a_newer_version() -> None:
+    """LRU eviction of an object's identity entry leaves its alternate slot holding the old
+    entry (compact layout); after a newer version with another alternate is put, that slot
+    misses rather than answering with either version."""
+    store = ProcessMemoryStore(max_entries=3)
+    store.put(Foo(1, 10, 10, "old"))  # identity 1 + alternate (10, 10)
+    store.put(Foo(2, 20, 20))  # 4 entries: identity 1 is evicted
+    assert store.get(Foo, {"key": 1}) is None
+    assert store.get(Foo, {"zap": 10, "bar": 10}) is None  # its entry is gone: a miss
+    store.put(Foo(1, 30, 30, "new"))  # the old alternate (10, 10) stays (just read: recent)
+    assert store.get(Foo, {"zap": 10, "bar": 10}) is None
+    new = store.get(Foo, {"zap": 30, "bar": 30})
+    assert new is not None and new.name == "new"
+    assert store.get(Foo, {"key": 1}) is new
+
+
+def test_records_are_compact() -> None:
+    """An object with no deadline and no alternate is stored as itself; every slot of an
+    object with alternates holds its one entry (no pointer objects), and the general write
+    path (a lifetime) stores the same layout."""
+    from stockpyle._kv import Entry, Pointer
+    from stockpyle.testing import FakeClock
+
+    for store in (
+        ProcessMemoryStore(),
+        ProcessMemoryStore(lifetime_cb=lambda o: None, clock=FakeClock()),
+    ):
+        alone, both = Foo(1), Foo(2, 3, 4)
+        store.batch_put([alone, both])
+        records = dict(store.mapping)
+        assert len(records) == 3
+        assert records["stockpyle.testing.models.Foo|key=1"] is alone
+        entry = records["stockpyle.testing.models.Foo|key=2"]
+        assert type(entry) is Entry and entry.obj is both
+        assert records["stockpyle.testing.models.Foo|bar,zap=4,3"] is entry
+        assert not any(type(r) is Pointer for r in records.values())

@@ -8,10 +8,11 @@ from typing import Any, TypeVar
 
 from stockpyle._encoding import FAST_ENCODERS
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
-from stockpyle._keys import layout_of
-from stockpyle._kv import Entry, KeyValueStore, Record, View, resolve
+from stockpyle._keys import KeySpec, layout_of
+from stockpyle._kv import Entry, KeyValueStore, Pointer, Record, View
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
+from stockpyle.stores._memory_layout import follow
 
 __all__ = ["BaseDictionaryStore"]
 
@@ -83,7 +84,10 @@ class BaseDictionaryStore(KeyValueStore):
             dead = [
                 key
                 for key, record in list(mapping.items())
-                if type(record) is Entry and record.deadline is not None and record.deadline <= now
+                if type(record) is Entry
+                and record.slots[0] == key  # an object's own entry (not one held as a pointer)
+                and record.deadline is not None
+                and record.deadline <= now
             ]
             view = View(self)
             view.fetch(dead)
@@ -110,14 +114,7 @@ class BaseDictionaryStore(KeyValueStore):
         record = mapping.get(slot)
         if record is None:
             return None
-        if type(record) is not Entry:
-            target = mapping.get(record.identity)
-            records = {slot: record} if target is None else {slot: record, record.identity: target}
-            return resolve(slot, records, self.clock())
-        deadline = record.deadline
-        if deadline is not None and deadline <= self.clock():
-            return None
-        return record.obj, deadline
+        return follow(mapping, slot, record, self.clock())
 
     def get(self, cls: type[T], key_dict: KeyDict) -> T | None:
         found = self.get_entry(cls, key_dict)
@@ -153,8 +150,25 @@ class BaseDictionaryStore(KeyValueStore):
         )
 
         singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
+        memos = {name: spec.memo for name, spec in singles.items()}
         hits = self.counters.hot_hits  # counted without a call (SPEC section 12)
         count_miss = self.counters.misses.__next__
+
+        #: Encoded slots of recent composite keys of exact int and str values, by their
+        #: ``(name, value)`` items in the order given.
+        composite: dict[tuple[tuple[str, Any], ...], str] = {}
+
+        def encode(spec: KeySpec, key: KeyDict) -> str:
+            # KeyError: a type without a fast encoder (or None)
+            return spec.prefix + ",".join([fast[type(key[n])](key[n]) for n in spec.names])
+
+        def remember(items: tuple[tuple[str, Any], ...], key: KeyDict) -> str:
+            # KeyError: not a declared key in this order (yet)
+            slot = encode(by_names[tuple(key)], key)
+            if len(composite) >= KeySpec.MEMO_SIZE:
+                composite.clear()
+            composite[items] = slot
+            return slot
 
         def missed(key: KeyDict) -> T | None:
             count_miss()
@@ -166,40 +180,51 @@ class BaseDictionaryStore(KeyValueStore):
             try:
                 if len(key) == 1:
                     (name,) = key
-                    spec = singles[name]
                     value = key[name]
                     kind = type(value)
                     if kind is int or kind is str:  # no int equals a str: one memo for both
-                        slot = spec.memo.get(value) or spec.remember(value)
+                        slot = memos[name].get(value) or singles[name].remember(value)
                     else:
-                        slot = spec.prefix + fast[kind](value)
+                        slot = singles[name].prefix + fast[kind](value)
                 else:
-                    spec = by_names[tuple(key)]
-                    slot = spec.prefix + ",".join([fast[type(key[n])](key[n]) for n in spec.names])
+                    for value in key.values():
+                        kind = type(value)
+                        if kind is not int and kind is not str:
+                            slot = encode(by_names[tuple(key)], key)
+                            break
+                    else:  # exact ints and strs only: no two such keys are equal
+                        items = tuple(key.items())
+                        slot = composite.get(items) or remember(items, key)
             except KeyError:  # another key, or a type without a fast encoder (or None)
                 return general(key)
             mapping = self.mapping if fixed is None else fixed
             try:
                 record = mapping.get(slot)
-                pointer = None
-                if record is not None and type(record) is not Entry:
-                    pointer, record = record, mapping.get(record.identity)
+                if record is None:
+                    return missed(key)
+                kind = type(record)
+                if kind is Entry:
+                    # The object's own entry, or (compact layout) its entry held at another
+                    # slot as a pointer, still current when the identity slot holds the same.
+                    identity = record.slots[0]
+                    if identity == slot or mapping.get(identity) is record:
+                        deadline = record.deadline
+                        if deadline is not None and deadline <= clock():
+                            return missed(key)
+                        hits[0] += 1
+                        return record.obj  # type: ignore[no-any-return]
+                elif kind is not Pointer:  # a bare object at its identity slot
+                    hits[0] += 1
+                    return record  # type: ignore[no-any-return]
+                # A pointer, or an entry held by a slot the current version may not have.
+                found = follow(mapping, slot, record, clock())
             except StoreError:
                 if other is None:
                     raise
                 return other(key)  # a chain's general path counts the failure as a miss
-            if record is None:
-                return missed(key)
-            if pointer is not None and (
-                type(record) is not Entry  # the slot it names was taken over by another pointer
-                or slot not in record.slots  # a stale pointer: the object no longer has this key
-                or (pointer.deadline is not None and pointer.deadline <= clock())
-            ):
-                return missed(key)
-            deadline = record.deadline
-            if deadline is not None and deadline <= clock():
+            if found is None:
                 return missed(key)
             hits[0] += 1
-            return record.obj  # type: ignore[no-any-return]
+            return found[0]  # type: ignore[no-any-return]
 
         return get_by_key

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import operator
 import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import Any, TypeVar
 
-from stockpyle._expiry import Clock, LifetimeCallback
-from stockpyle._kv import Entry, Pointer, Record
+from stockpyle._encoding import FAST_ENCODERS
+from stockpyle._expiry import Clock, Deadline, LifetimeCallback
+from stockpyle._keys import KeySpec, layout_of
+from stockpyle._kv import Entry, Record
 from stockpyle._store import KeyDict
+from stockpyle.exceptions import StockpyleError
+from stockpyle.stores._memory_layout import compact, expand, points_to, write_plain
 from stockpyle.stores.dictionary import BaseDictionaryStore
 
 T = TypeVar("T")
@@ -51,63 +57,154 @@ class _LRUDict(OrderedDict[str, Any]):
             super().__delitem__(key)
 
 
-# -- record access for eviction, in one place (the record layout belongs to stockpyle._kv) ------
-
-
-def _is_entry(record: Record) -> bool:
-    return type(record) is Entry
-
-
-def _slots_of(entry: Record) -> tuple[str, ...]:
-    """The slots an entry is indexed under, its identity first."""
-    assert type(entry) is Entry
-    return entry.slots
-
-
-def _target_of(pointer: Record) -> str:
-    """The identity slot a pointer names."""
-    assert type(pointer) is Pointer
-    return pointer.identity
-
-
 def _evict_from(mapping: MutableMapping[str, Any], keys: Iterable[str]) -> int:
-    """Remove the records at ``keys``: an entry together with the pointers that still name it,
-    a pointer alone. Returns how many keys held a record."""
+    """Remove the records at ``keys``: an object's own record together with the slots that
+    still point to it, a pointer alone. Returns how many keys held a record."""
     evicted = 0
     for key in keys:
         record = mapping.get(key)
         if record is None:
             continue
         evicted += 1
-        if _is_entry(record):
-            for slot in _slots_of(record)[1:]:
-                pointer = mapping.get(slot)
-                if pointer is not None and not _is_entry(pointer) and _target_of(pointer) == key:
-                    try:
+        if type(record) is Entry and record.slots[0] == key:
+            for slot in record.slots[1:]:
+                if points_to(mapping.get(slot), key):
+                    with contextlib.suppress(KeyError):
                         del mapping[slot]
-                    except KeyError:
-                        pass
-        try:
+        with contextlib.suppress(KeyError):
             del mapping[key]
-        except KeyError:
-            pass
     return evicted
 
 
+def _encoder(spec: KeySpec) -> Callable[[Any], str | None]:
+    """``obj -> encoded key or None`` for one key of a class: the common int and str values
+    without a call to the general encoder (which still gives every error)."""
+    general = spec.from_obj
+    name = spec.single
+    if name is not None:
+        memo = spec.memo
+        remember = spec.remember
+
+        def one(obj: Any) -> str | None:
+            try:
+                value = getattr(obj, name)
+                kind = type(value)
+                if kind is int or kind is str:  # exact types: True never meets 1 in the memo
+                    return memo.get(value) or remember(value)
+            except (AttributeError, StockpyleError):
+                pass
+            return general(obj)
+
+        return one
+    values_of = operator.attrgetter(*spec.names)
+    prefix = spec.prefix
+    fast = FAST_ENCODERS
+
+    def many(obj: Any) -> str | None:
+        try:
+            return prefix + ",".join([fast[type(v)](v) for v in values_of(obj)])
+        except (AttributeError, KeyError, StockpyleError):  # None, other types: the general way
+            return general(obj)
+
+    return many
+
+
 class _MemoryStore(BaseDictionaryStore):
-    """What both in-process stores share: batches of reads made of the single-read hot path.
+    """What both in-process stores share: the compact record layout
+    (:mod:`stockpyle.stores._memory_layout`), writes straight into it and batches of reads
+    made of the single-read hot path.
 
     In process memory a batch has no round trip to save; the getter (one encode and one
     lookup per key) is the cheapest read there is, so ``batch_get`` is a loop of it rather
     than the general plan (encode all, load all, resolve all), which costs about 1.5 times
     more per key. Reads have no side effects, so a bad key raising midway leaves nothing
-    half done.
+    half done. Likewise a write of objects without a deadline (no ``lifetime_cb``, no
+    ``expires_at``) goes straight into the mapping, object after object under the lock,
+    after every object of the batch has been validated.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._getters: dict[type, Callable[[KeyDict], Any]] = {}
+        self._planners: dict[type, Callable[[Any], tuple[str, tuple[str, ...]]]] = {}
         self._suspended = False
+
+    # -- the compact layout, read and written in the general form by the planned batch paths ----
+
+    def _load(self, keys: Sequence[str]) -> dict[str, Record]:
+        mapping = self.mapping
+        found: dict[str, Record] = {}
+        for key in keys:
+            record = mapping.get(key)
+            if record is not None:
+                found[key] = expand(key, record)
+        return found
+
+    def _save(self, records: dict[str, Record]) -> None:
+        if self._suspended:
+            return
+        super()._save(compact(records))
+
+    # -- writes without deadlines: straight into the mapping ------------------------------------
+
+    def _planner(self, cls: type) -> Callable[[Any], tuple[str, tuple[str, ...]]]:
+        """``obj -> (identity, slots)`` for objects of ``cls``."""
+        layout = layout_of(cls)
+        encoders = [_encoder(spec) for spec in self.slot_specs(cls)]
+        identity_of = encoders[0]
+        others = encoders[1:]
+
+        def plan(obj: Any) -> tuple[str, tuple[str, ...]]:
+            identity = identity_of(obj)
+            if identity is None:
+                identity = layout.identity_of(obj)  # raises: None in the identity key
+            if not others:
+                return identity, (identity,)
+            slots = [identity]
+            for encode in others:
+                slot = encode(obj)
+                if slot is not None and slot not in slots:
+                    slots.append(slot)
+            return identity, tuple(slots)
+
+        self._planners[cls] = plan
+        return plan
+
+    def put(self, obj: Any, *, expires_at: Deadline = None) -> None:
+        if expires_at is not None or self.lifetime_cb is not None:
+            super().put(obj, expires_at=expires_at)
+            return
+        try:
+            plan = self._planners.get(type(obj)) or self._planner(type(obj))
+            identity, slots = plan(obj)
+        except StockpyleError as exc:
+            raise self._naming_store(exc) from None
+        with self._lock:
+            if not self._suspended:
+                write_plain(self.mapping, ((identity, slots, obj),))
+
+    def batch_put(
+        self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
+    ) -> None:
+        if self.lifetime_cb is not None or (
+            expires_at is not None
+            and (len(expires_at) != len(objs) or any(d is not None for d in expires_at))
+        ):
+            super().batch_put(objs, expires_at=expires_at)
+            return
+        planners = self._planners
+        plans = []
+        try:
+            for obj in objs:
+                cls = type(obj)
+                identity, slots = (planners.get(cls) or self._planner(cls))(obj)
+                plans.append((identity, slots, obj))
+        except StockpyleError as exc:
+            raise self._naming_store(exc) from None
+        if plans:
+            with self._lock:
+                if not self._suspended:
+                    write_plain(self.mapping, plans)
 
     # -- eviction by encoded key (used by stockpyle.invalidation) ---------------------------------
 
@@ -146,11 +243,6 @@ class _MemoryStore(BaseDictionaryStore):
     def suspended(self) -> bool:
         """Whether the store is suspended (see :meth:`suspend`)."""
         return self._suspended
-
-    def _save(self, records: dict[str, Record]) -> None:
-        if self._suspended:
-            return
-        super()._save(records)
 
     def batch_get(self, cls: type[T], key_dicts: Sequence[KeyDict]) -> list[T | None]:
         get = self._getters.get(cls)
