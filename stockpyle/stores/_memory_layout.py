@@ -89,15 +89,16 @@ def follow(
 
 
 def write_plain(
-    mapping: MutableMapping[str, Any], plans: Iterable[tuple[str, tuple[str, ...], Any]]
+    mapping: MutableMapping[str, Any], plans: Iterable[tuple[tuple[str, ...], Any]]
 ) -> None:
     """Store objects with no deadline, one after the other (the caller holds the lock).
 
-    ``plans`` are ``(identity, slots, obj)``. Each object's earlier version's slots that the
-    new one does not occupy are removed where they still point to it, exactly as the general
-    write path does, without building its plan.
+    ``plans`` are ``(slots, obj)``, the identity slot first. Each object's earlier version's
+    slots that the new one does not occupy are removed where they still point to it, exactly as
+    the general write path does, without building its plan.
     """
-    for identity, slots, obj in plans:
+    for slots, obj in plans:
+        identity = slots[0]
         old = mapping.get(identity)
         if type(old) is Entry and old.slots[0] == identity:
             for slot in old.slots[1:]:

@@ -126,7 +126,7 @@ class _MemoryStore(BaseDictionaryStore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._getters: dict[type, Callable[[KeyDict], Any]] = {}
-        self._planners: dict[type, Callable[[Any], tuple[str, tuple[str, ...]]]] = {}
+        self._planners: dict[type, Callable[[Any], tuple[str, ...]]] = {}
         self._suspended = False
 
     # -- the compact layout, read and written in the general form by the planned batch paths ----
@@ -147,25 +147,25 @@ class _MemoryStore(BaseDictionaryStore):
 
     # -- writes without deadlines: straight into the mapping ------------------------------------
 
-    def _planner(self, cls: type) -> Callable[[Any], tuple[str, tuple[str, ...]]]:
-        """``obj -> (identity, slots)`` for objects of ``cls``."""
+    def _planner(self, cls: type) -> Callable[[Any], tuple[str, ...]]:
+        """``obj -> slots`` (its identity first) for objects of ``cls``."""
         layout = layout_of(cls)
         encoders = [_encoder(spec) for spec in self.slot_specs(cls)]
         identity_of = encoders[0]
         others = encoders[1:]
 
-        def plan(obj: Any) -> tuple[str, tuple[str, ...]]:
+        def plan(obj: Any) -> tuple[str, ...]:
             identity = identity_of(obj)
             if identity is None:
                 identity = layout.identity_of(obj)  # raises: None in the identity key
             if not others:
-                return identity, (identity,)
+                return (identity,)
             slots = [identity]
             for encode in others:
                 slot = encode(obj)
                 if slot is not None and slot not in slots:
                     slots.append(slot)
-            return identity, tuple(slots)
+            return tuple(slots)
 
         self._planners[cls] = plan
         return plan
@@ -176,12 +176,12 @@ class _MemoryStore(BaseDictionaryStore):
             return
         try:
             plan = self._planners.get(type(obj)) or self._planner(type(obj))
-            identity, slots = plan(obj)
+            slots = plan(obj)
         except StockpyleError as exc:
             raise self._naming_store(exc) from None
         with self._lock:
             if not self._suspended:
-                write_plain(self.mapping, ((identity, slots, obj),))
+                write_plain(self.mapping, ((slots, obj),))
 
     def batch_put(
         self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
@@ -193,18 +193,14 @@ class _MemoryStore(BaseDictionaryStore):
             super().batch_put(objs, expires_at=expires_at)
             return
         planners = self._planners
-        plans = []
-        try:
-            for obj in objs:
-                cls = type(obj)
-                identity, slots = (planners.get(cls) or self._planner(cls))(obj)
-                plans.append((identity, slots, obj))
+        try:  # every object validated before anything is written
+            planned = [(planners.get(type(obj)) or self._planner(type(obj)))(obj) for obj in objs]
         except StockpyleError as exc:
             raise self._naming_store(exc) from None
-        if plans:
+        if planned:
             with self._lock:
                 if not self._suspended:
-                    write_plain(self.mapping, plans)
+                    write_plain(self.mapping, zip(planned, objs, strict=True))
 
     # -- eviction by encoded key (used by stockpyle.invalidation) ---------------------------------
 

@@ -107,9 +107,22 @@ class ShoveBackend(BytesBackend):
             self._shove = _WriteThroughShove(self.uri, cache, sync=1)
         return self._shove
 
+    @property
+    def _io(self) -> MutableMapping[Any, Any]:
+        """Where reads and writes go: for a shove opened here from ``uri``, its store itself.
+
+        Its cache never answers (see :attr:`mapping`), yet shove would still consult it, raise
+        and catch a ``KeyError``, refill it and cull it at random on every read; going to the
+        store directly reads and writes through without that (a shove passed in is used as
+        it is)."""
+        mapping = self.mapping
+        if self.uri is None:
+            return mapping
+        return getattr(mapping, "_store", mapping)
+
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """The bytes at ``keys``; absent, unreadable and non-bytes values are left out."""
-        mapping = self.mapping
+        mapping = self._io
         found: dict[str, bytes] = {}
         for key in keys:
             try:
@@ -130,13 +143,13 @@ class ShoveBackend(BytesBackend):
 
     def set_many(self, items: Mapping[str, Item]) -> None:
         """Write each value (shove has no expiry: ``expire_in`` is ignored)."""
-        mapping = self.mapping
+        mapping = self._io
         for key, item in items.items():
             mapping[key] = item.value
 
     def delete_many(self, keys: Sequence[str]) -> None:
         """Delete each key; absent ones are skipped (most shove stores raise KeyError)."""
-        mapping = self.mapping
+        mapping = self._io
         for key in keys:
             try:
                 del mapping[key]
