@@ -27,7 +27,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 from stockpyle._expiry import Deadline
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
-from stockpyle.stores._sql_lookup import Request, fetch, parse_requests
+from stockpyle.stores._sql_lookup import Request, core_loader, fetch, parse_requests
 from stockpyle.stores._sql_objects import MappedInfo, load_columns, mapped_info, read_attr
 from stockpyle.stores._sql_write import (
     VersionConflict,
@@ -121,6 +121,8 @@ class SqlAlchemyStore(BaseStore):
         self._warned: set[type] = set()  # unmapped classes already warned about
         self._int_bounds: dict[type, dict[str, tuple[int, int]]] = {}
         self._checkers: dict[type, Callable[[Any], None]] = {}
+        # SQL Server has no row-value IN: its lookups are written out through the ORM path.
+        self._core_reads = dialect != "mssql"
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)})"
@@ -150,6 +152,17 @@ class SqlAlchemyStore(BaseStore):
             # hold, a str it cannot encode) raised without the driver's own error class.
             raise StoreError(self, f"{action} failed", exc) from exc
 
+    def _run_connection(self, action: str, work: Callable[[sa.Connection], R]) -> R:
+        """Run ``work`` on one pooled connection, in one transaction (rolled back: it only
+        reads); wrap database errors like :meth:`_run`."""
+        try:
+            with self._guard(write=False), self.engine.connect() as conn:
+                return work(conn)
+        except StockpyleError:
+            raise
+        except (sa.exc.SQLAlchemyError, ValueError, OverflowError) as exc:
+            raise StoreError(self, f"{action} failed", exc) from exc
+
     # -- reads ---------------------------------------------------------------------------------
 
     def batch_get_entries(
@@ -172,6 +185,15 @@ class SqlAlchemyStore(BaseStore):
         requests = parse_requests(info, key_dicts, self._bounds(info))
         if all(r is None for r in requests):
             return [None] * len(requests)
+        core = core_loader(info) if self._core_reads else None
+        if core is not None and core.usable():
+            # A plain class: Core statements on a connection, the instances made detached
+            # directly (the same objects a session would leave behind, at half the CPU).
+            def load(conn: sa.Connection) -> list[Any]:
+                return fetch(conn, info, requests, max_params=self.max_params, core=core)
+
+            found: list[T | None] = self._run_connection("get", load)
+            return found
 
         def work(session: orm.Session) -> list[Any]:
             rows = fetch(session, info, requests, max_params=self.max_params)
