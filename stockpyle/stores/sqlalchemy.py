@@ -152,10 +152,15 @@ class SqlAlchemyStore(BaseStore):
             # hold, a str it cannot encode) raised without the driver's own error class.
             raise StoreError(self, f"{action} failed", exc) from exc
 
-    def _run_connection(self, action: str, work: Callable[[sa.Connection], R]) -> R:
-        """Run ``work`` on one pooled connection, in one transaction (rolled back: it only
-        reads); wrap database errors like :meth:`_run`."""
+    def _run_connection(
+        self, action: str, work: Callable[[sa.Connection], R], *, write: bool = False
+    ) -> R:
+        """Run ``work`` on one pooled connection, in one transaction (committed if ``write``,
+        else rolled back: it only read); wrap database errors like :meth:`_run`."""
         try:
+            if write:
+                with self._guard(write=True), self.engine.begin() as conn:
+                    return work(conn)
             with self._guard(write=False), self.engine.connect() as conn:
                 return work(conn)
         except StockpyleError:
@@ -243,17 +248,24 @@ class SqlAlchemyStore(BaseStore):
         if not native and not other:
             return
 
-        def work(session: orm.Session) -> list[tuple[Any, dict[str, Any]]]:
+        def upsert(conn: sa.Connection) -> list[tuple[Any, dict[str, Any]]]:
             written: list[tuple[Any, dict[str, Any]]] = []
-            if native:
-                conn = session.connection()
-                for plan, group in native.values():
-                    written.extend(native_upsert(conn, plan, group))
+            for plan, group in native.values():
+                written.extend(native_upsert(conn, plan, group))
+            return written
+
+        def work(session: orm.Session) -> list[tuple[Any, dict[str, Any]]]:
+            written = upsert(session.connection()) if native else []
             if other:
                 written.extend(orm_upsert(session, other, self.max_params))
             return written
 
-        written = self._run_write("put", work, unit_of_work=bool(other))
+        if other:
+            written = self._run_write("put", work, unit_of_work=True)
+        else:
+            # Native upserts only: Core statements in one transaction on a connection, no
+            # session (nothing for a unit of work to do).
+            written = self._run_write("put", upsert, unit_of_work=False, session=False)
         for obj, values in written:
             info = mapped_info(type(obj))
             assert info is not None
@@ -299,12 +311,17 @@ class SqlAlchemyStore(BaseStore):
 
         self._run_write("delete", work, unit_of_work=False)
 
-    def _run_write(self, action: str, work: Callable[[orm.Session], R], *, unit_of_work: bool) -> R:
+    def _run_write(
+        self, action: str, work: Callable[[Any], R], *, unit_of_work: bool, session: bool = True
+    ) -> R:
         """:meth:`_run` for writes, retried (twice at most) when only concurrency made the
         transaction fail: another session changed the rows between the unit of work's read
-        and its write, or the database broke a deadlock by failing this transaction."""
+        and its write, or the database broke a deadlock by failing this transaction. Without
+        ``session``, ``work`` gets a connection in a transaction (committed when it returns)."""
         for attempt in range(3):
             try:
+                if not session:
+                    return self._run_connection(action, work, write=True)
                 return self._run(action, work, write=True)
             except StoreError as exc:
                 if attempt == 2 or not _retryable(exc.cause, unit_of_work=unit_of_work):
