@@ -1,9 +1,11 @@
 """SqlAlchemyStore: SQLAlchemy 2.x mapped objects in a SQL database, as the last layer of a chain.
 
-Every call opens its own short :class:`~sqlalchemy.orm.Session` (``expire_on_commit=False``),
-runs in one transaction and closes it, so no session or transaction outlives a call and one
-store can be shared by any number of threads. Objects that ``get`` returns are detached from
-that session with every column attribute loaded: they stay usable (and picklable) afterwards.
+Every call runs in one transaction of its own, on a pooled connection (plain mapped classes:
+Core statements, the instances made detached by the store) or in a short
+:class:`~sqlalchemy.orm.Session` (``expire_on_commit=False``) closed before it returns, so no
+session or transaction outlives a call and one store can be shared by any number of threads.
+Objects that ``get`` returns are detached with every column attribute loaded: they stay usable
+(and picklable) afterwards.
 Creating the tables is the application's job (``Base.metadata.create_all(engine)``).
 """
 
