@@ -247,7 +247,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         stop = len(self.stores)
         mine = {k: pending[k] for k in (*claim.led, *claim.own)}
         if mine:
-            self.counters.add("loads", len(claim.led))
+            if claim.led:
+                self.counters.add("loads", len(claim.led))
             try:
                 found = self._read_layers(
                     cls, key_dicts, mine, start, stop, begun, list(asked), fill=True
@@ -257,7 +258,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 raise
             self._flights.land(claim.led, found)
         late: dict[str, list[int]] = {}
-        self.counters.add("lease_waits", len(claim.followed))
+        if claim.followed:
+            self.counters.add("lease_waits", len(claim.followed))
         writes = self._writes
         for key, flight in claim.followed.items():
             try:
@@ -322,7 +324,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     continue
                 del pending[key]
                 found[key] = hit
-                if fill:
+                if fill and asked:  # (a hit in the first layer read fills nothing)
                     obj, deadline = hit
                     identity = layout_of(type(obj)).identity_of(obj)
                     for upper in asked:

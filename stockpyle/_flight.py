@@ -1,9 +1,9 @@
 """Single flight: one load per key in flight, the other callers wait for its result.
 
-A :class:`FlightTable` maps keys to the :class:`~concurrent.futures.Future` of the load now in
-flight for them. :meth:`FlightTable.claim` splits a caller's keys into those it must load
-itself (it *leads* them) and those another thread is already loading (it *follows* them);
-:meth:`FlightTable.land` publishes the leader's results or its error to every follower.
+A :class:`FlightTable` maps keys to the load now in flight for them. :meth:`FlightTable.claim`
+splits a caller's keys into those it must load itself (it *leads* them) and those another
+thread is already loading (it *follows* them); :meth:`FlightTable.land` publishes the leader's
+results or its error to every follower.
 
 Keys are tracked per table and per key, never under a global lock held across I/O: the table's
 lock only guards the dictionary. A thread that asks for a key it is itself loading (a loader
@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Hashable, Iterable, Mapping
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Generic, TypeVar
 
 __all__ = ["Claim", "FlightTable", "FollowTimeout"]
@@ -27,14 +25,20 @@ class FollowTimeout(Exception):
     """The load a caller waited for did not land within the bound."""
 
 
-class _Flight(Future[Any]):
-    __slots__ = ("begun", "leader")
+class _Flight:
+    """One load in flight: its leader's thread, what it noted when it began, and then its
+    result or error. The event followers wait on is made only when a follower comes (most
+    loads have none: a leader alone pays no lock or condition of its own)."""
+
+    __slots__ = ("_event", "begun", "error", "leader", "result")
 
     def __init__(self, leader: int, begun: int) -> None:
-        super().__init__()
         self.leader = leader
         #: what the leader noted when it started (a chain: its write sequence number)
         self.begun = begun
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self._event: threading.Event | None = None
 
 
 class Claim(Generic[K]):
@@ -77,6 +81,8 @@ class FlightTable(Generic[K]):
                 elif flight.leader == me:
                     claim.own.append(key)
                 else:
+                    if flight._event is None:  # the first follower: under the table's lock
+                        flight._event = threading.Event()
                     claim.followed[key] = flight
         return claim
 
@@ -89,21 +95,29 @@ class FlightTable(Generic[K]):
         """End the flights of ``led``: hand followers ``results[key]`` (or ``error``)."""
         if not led:
             return
+        waited: list[threading.Event] = []
         with self._lock:
             flights = self._flights
             for key, flight in led.items():
                 if flights.get(key) is flight:
                     del flights[key]
-        for key, flight in led.items():
-            if error is not None:
-                flight.set_exception(error)
-            else:
-                flight.set_result(None if results is None else results.get(key))
+                # Nobody can follow it any more: the followers it has all made its event.
+                if error is not None:
+                    flight.error = error
+                else:
+                    flight.result = None if results is None else results.get(key)
+                if flight._event is not None:
+                    waited.append(flight._event)
+        for event in waited:
+            event.set()
 
     @staticmethod
-    def wait(flight: Future[Any], timeout: float) -> Any:
+    def wait(flight: _Flight, timeout: float) -> Any:
         """The result of a followed flight, its leader's error, or :class:`FollowTimeout`."""
-        try:
-            return flight.result(timeout)
-        except FutureTimeout:
-            raise FollowTimeout from None
+        event = flight._event
+        assert event is not None  # made when the caller followed it
+        if not event.wait(timeout):
+            raise FollowTimeout
+        if flight.error is not None:
+            raise flight.error
+        return flight.result

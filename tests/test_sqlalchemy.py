@@ -566,6 +566,101 @@ def test_merge_a_returned_object_into_your_session(sql: SqlAlchemyStore) -> None
         assert session.merge(thawed, load=False).name == "added"
 
 
+class _HookBase(DeclarativeBase):
+    pass
+
+
+class Reconstructed(_HookBase):
+    """A class with a ``@reconstructor``: its loads must go through a session, which runs it."""
+
+    __tablename__ = "stockpyle_test_reconstructed"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(20))
+
+    @orm.reconstructor
+    def _on_load(self) -> None:
+        self.seen = True
+
+
+class Listened(_HookBase):
+    """A plain class (read with Core statements) that a test listens to."""
+
+    __tablename__ = "stockpyle_test_listened"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(20))
+
+
+@pytest.fixture
+def hooked(sql: SqlAlchemyStore) -> Iterator[SqlAlchemyStore]:
+    """``sql`` with the tables of the listened-to classes."""
+    _HookBase.metadata.drop_all(sql.engine)
+    _HookBase.metadata.create_all(sql.engine)
+    try:
+        yield sql
+    finally:
+        _HookBase.metadata.drop_all(sql.engine)
+
+
+def test_plain_classes_are_read_without_a_session(hooked: SqlAlchemyStore) -> None:
+    """A plain mapped class is read with one Core statement on a connection (no ORM session):
+    the instance is the same detached, loaded, unmodified object a session would leave, and
+    both documented ways back into a session work on it."""
+    from stockpyle.stores._sql_lookup import core_loader
+    from stockpyle.stores._sql_objects import mapped_info
+
+    sql = hooked
+    info = mapped_info(Listened)
+    assert info is not None and core_loader(info) is not None
+    sql.put(Listened(id=1, name="a"))
+    with count_statements(sql.engine) as seen:
+        found = sql.get(Listened, {"id": 1})
+    assert len(seen["statements"]) == 1 and not seen["commit"]
+    assert found is not None and found.name == "a"
+    state = sa.inspect(found)
+    assert state.detached and state.key == (Listened, (1,), None)
+    assert not state.modified and not state.unloaded and not state.expired_attributes
+    with orm.Session(sql.engine) as session, session.begin():
+        session.merge(found).name = "merged"
+    with orm.Session(sql.engine) as session, session.begin():
+        session.add(found)
+        assert found.name == "a"  # what it was read with; the merge wrote the row meanwhile
+        found.name = "added"
+    again = sql.get(Listened, {"name": "added"})  # an ad-hoc column lookup
+    assert again is not None and again.id == 1 and again is not found
+
+
+def test_listeners_of_loads_still_hear_them(hooked: SqlAlchemyStore) -> None:
+    """Classes whose loads someone listens to (a ``@reconstructor``, a ``load`` listener
+    added at any time, a ``do_orm_execute`` listener on the ``Session`` class) are read
+    through a session, so that the listeners run."""
+    sql = hooked
+    sql.batch_put([Reconstructed(id=1, name="r"), Listened(id=1, name="l")])
+    found = sql.get(Reconstructed, {"id": 1})
+    assert found is not None and found.seen
+    heard: list[Any] = []
+
+    def on_load(target: Any, context: Any) -> None:
+        heard.append(target)
+
+    event.listen(Listened, "load", on_load)
+    try:
+        first = sql.get(Listened, {"id": 1})
+    finally:
+        event.remove(Listened, "load", on_load)
+    assert heard == [first]
+
+    def on_execute(state: orm.ORMExecuteState) -> None:
+        heard.append(state.statement)
+
+    event.listen(orm.Session, "do_orm_execute", on_execute)
+    try:
+        sql.batch_get(Listened, [{"id": 1}, {"name": "l"}])
+    finally:
+        event.remove(orm.Session, "do_orm_execute", on_execute)
+    assert len(heard) == 2
+    assert sql.get(Listened, {"id": 1}) is not None and len(heard) == 2  # listeners gone
+
+
 # -- sessions, threads, resources -----------------------------------------------------------------
 
 
@@ -823,13 +918,19 @@ def test_lookup_and_write_statements_are_built_once(sql: SqlAlchemyStore) -> Non
     from stockpyle.stores._sql_objects import mapped_info
     from stockpyle.stores._sql_write import write_plan
 
-    sql.batch_get(SqlFoo, [{"key": 1}, {"zap": 1, "bar": 2}])
-    shape = (SqlFoo, (("key",), ("bar", "zap")))
-    first = _sql_lookup._STATEMENTS[shape]
-    sql.batch_get(SqlFoo, [{"key": k} for k in range(3, 30)] + [{"zap": 1, "bar": 1}])
-    assert _sql_lookup._STATEMENTS[shape] is first
     info = mapped_info(SqlFoo)
     assert info is not None
+    core = _sql_lookup.core_loader(info)
+    assert core is not None  # a plain class: read with Core statements
+    sql.batch_get(SqlFoo, [{"key": 1}, {"zap": 1, "bar": 2}])
+    shape = (("key",), ("bar", "zap"))
+    first = core._statements[shape]
+    sql.batch_get(SqlFoo, [{"key": k} for k in range(3, 30)] + [{"zap": 1, "bar": 1}])
+    assert core._statements[shape] is first
+    sql.get(SqlFoo, {"zap": 1, "bar": 2})
+    one = core._statements[("bar", "zap")]
+    sql.get(SqlFoo, {"zap": 3, "bar": 4})
+    assert core._statements[("bar", "zap")] is one
     plan = write_plan(info, sql.engine.dialect)
     if not plan.native:
         pytest.skip("this database writes through the unit of work")

@@ -33,6 +33,8 @@ _BACKLOG = 1000
 
 #: One round trip for any number of messages, in one transaction.
 _NOTIFY_MANY = "SELECT pg_notify(%s, m) FROM unnest(%s::text[]) AS m"
+#: One message (a put of one object): no array to build and send.
+_NOTIFY_ONE = "SELECT pg_notify(%s, %s)"
 
 
 def conninfo_of(target: Any) -> str:
@@ -156,7 +158,10 @@ class PostgresChannel(InvalidationChannel):
                 try:
                     if conn is None or conn.closed:
                         conn = self._publisher = self._connect()
-                    conn.execute(_NOTIFY_MANY, (self.channel, messages))
+                    if len(messages) == 1:
+                        conn.execute(_NOTIFY_ONE, (self.channel, messages[0]))
+                    else:
+                        conn.execute(_NOTIFY_MANY, (self.channel, messages))
                     return
                 except psycopg.Error:
                     self._drop_publisher()

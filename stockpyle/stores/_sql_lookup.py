@@ -20,7 +20,7 @@ from stockpyle._store import KeyDict
 from stockpyle.exceptions import InvalidKeyError, NonUniqueKeyError, UnknownKeyError
 from stockpyle.stores._sql_objects import MappedInfo
 
-__all__ = ["Request", "fetch", "parse_requests"]
+__all__ = ["CoreLoader", "Request", "core_loader", "fetch", "parse_requests"]
 
 #: ``(names, values, match)``: one key dict, its attribute names sorted, and what a row's
 #: values must give to match it (see :func:`_match_single`).
@@ -181,15 +181,142 @@ def _statement(cls: type, keys: tuple[tuple[str, ...], ...]) -> Any:
     return stmt
 
 
+class CoreLoader:
+    """Loads the rows of one *plain* mapped class with Core statements on a connection, and
+    makes each a detached instance itself (what a session would return after closing, with
+    every column loaded), without the ORM's per-query machinery: a session, its transaction
+    bookkeeping, the ORM compile and loading steps cost about half the CPU of a one-row read.
+
+    Plain means: one table, no inheritance, every column attribute a column of that table, no
+    eagerly loaded relationship, and nobody listening to what this path would skip (the
+    class's ``load`` event, including ``@reconstructor``; the ``Session`` class's
+    ``do_orm_execute`` and ``loaded_as_persistent`` events): :func:`core_loader` gives
+    ``None`` for any other class, and :meth:`usable` turns false when such a listener appears
+    later (the store then loads through a session, as before).
+    """
+
+    __slots__ = ("_build", "_dispatch", "_in", "_keys", "_pk", "_statements", "columns", "table")
+
+    def __init__(self, mapper: orm.Mapper[Any]) -> None:
+        props = list(mapper.column_attrs)
+        self.table: sa.Table = mapper.local_table  # type: ignore[assignment]
+        #: The columns selected, in the order of :attr:`_keys` (the attribute names).
+        self.columns: list[sa.Column[Any]] = [p.columns[0] for p in props]  # type: ignore[misc]
+        self._keys = tuple(p.key for p in props)
+        by_column = {c: i for i, c in enumerate(self.columns)}
+        self._pk = tuple(by_column[c] for c in mapper.primary_key)  # type: ignore[index]
+        self._in = {p.key: p.columns[0] for p in props}
+        self._statements: dict[tuple[tuple[str, ...], ...] | tuple[str, ...], Any] = {}
+        self._dispatch = mapper.class_manager.dispatch
+        new_instance = mapper.class_manager.new_instance
+        keys = self._keys
+        detach = orm.make_transient_to_detached
+
+        def build(row: Any) -> Any:
+            obj = new_instance()
+            instance_dict(obj).update(zip(keys, row, strict=True))
+            detach(obj)  # the identity key from the primary key; loaded, unmodified
+            return obj
+
+        self._build = build
+
+    def usable(self) -> bool:
+        """Whether no listener expects this class's loads to go through a session."""
+        return not (
+            self._dispatch.load
+            or _SESSION_PROBE.dispatch.do_orm_execute
+            or _SESSION_PROBE.dispatch.loaded_as_persistent
+        )
+
+    def statement(self, keys: tuple[tuple[str, ...], ...]) -> Any:
+        """``SELECT`` of every column ``WHERE`` any of ``keys`` is ``IN`` its parameter
+        (``k0``, ``k1``, ...: expanding), built once per key combination."""
+        stmt = self._statements.get(keys)
+        if stmt is None:
+            terms: list[Any] = []
+            for i, names in enumerate(keys):
+                param: Any = sa.bindparam(f"k{i}", expanding=True)
+                if len(names) == 1:
+                    terms.append(self._in[names[0]].in_(param))
+                else:
+                    terms.append(sa.tuple_(*(self._in[n] for n in names)).in_(param))
+            where = terms[0] if len(terms) == 1 else sa.or_(*terms)
+            stmt = sa.select(*self.columns).where(where)
+            if len(self._statements) >= _MAX_STATEMENTS:
+                self._statements.clear()
+            self._statements[keys] = stmt
+        return stmt
+
+    def one_statement(self, names: tuple[str, ...]) -> Any:
+        """``SELECT`` of every column ``WHERE`` each of ``names`` equals its parameter (named
+        like the attribute): the statement of a single-key lookup, with a fixed text (no
+        expanding parameter to render per call)."""
+        stmt = self._statements.get(names)
+        if stmt is None:
+            where = sa.and_(*(self._in[n] == sa.bindparam(f"p{i}") for i, n in enumerate(names)))
+            if len(self._statements) >= _MAX_STATEMENTS:
+                self._statements.clear()
+            stmt = self._statements[names] = sa.select(*self.columns).where(where)
+        return stmt
+
+    def load(self, conn: sa.Connection, stmt: Any, params: Any, into: dict[Any, Any]) -> None:
+        """Run ``stmt`` and add each row's instance to ``into`` by primary key (a row that
+        two chunks both found stays one instance)."""
+        pk = self._pk
+        build = self._build
+        for row in conn.execute(stmt, params):
+            key = tuple(row[i] for i in pk)
+            if key not in into:
+                into[key] = build(row)
+
+
+_LOADERS: dict[type, CoreLoader | None] = {}
+#: Relationship loading that a lookup never triggers (nothing eager).
+_EAGER_FREE = frozenset(
+    {"select", True, "raise", "raise_on_sql", "noload", "write_only", "dynamic"}
+)
+#: An unbound session, only for asking whether listeners sit on the ``Session`` class.
+_SESSION_PROBE = orm.Session()
+
+
+def core_loader(info: MappedInfo) -> CoreLoader | None:
+    """The :class:`CoreLoader` of a plain mapped class (built once), else ``None``."""
+    cls = info.cls
+    try:
+        return _LOADERS[cls]
+    except KeyError:
+        pass
+    mapper = info.mapper
+    table = mapper.local_table
+    plain = (
+        mapper.inherits is None
+        and mapper.polymorphic_on is None
+        and not mapper.with_polymorphic
+        and isinstance(table, sa.Table)
+        and mapper.persist_selectable is table
+        and all(
+            len(p.columns) == 1
+            and isinstance(p.columns[0], sa.Column)
+            and p.columns[0].table is table
+            for p in mapper.column_attrs
+        )
+        and all(r.lazy in _EAGER_FREE for r in mapper.relationships)
+    )
+    loader = _LOADERS[cls] = CoreLoader(mapper) if plain else None
+    return loader
+
+
 def fetch(
-    session: orm.Session,
+    session: orm.Session | sa.Connection,
     info: MappedInfo,
     requests: Sequence[Request | None],
     *,
     max_params: int,
+    core: CoreLoader | None = None,
 ) -> list[Any]:
     """Run the lookups (one ``SELECT`` per chunk of at most ``max_params`` parameters) and
-    return one row or ``None`` per request, in order.
+    return one row or ``None`` per request, in order: through ``session``, or, with a
+    ``core`` loader, on the connection ``session`` (then a single lookup selects by equality).
 
     Raises :class:`NonUniqueKeyError` when a request matches several rows.
     """
@@ -204,10 +331,28 @@ def fetch(
     if not groups:
         return [None] * len(requests)
     cls = info.cls
-    dialect = session.get_bind().dialect.name
-    rows: dict[int, Any] = {}
+    rows: dict[Any, Any] = {}
+    if core is not None:
+        assert isinstance(session, sa.Connection)
+        conn = session
+        if len(groups) == 1:
+            ((names, group),) = groups.items()
+            if len(group) == 1:  # one key value: WHERE a = :a (AND b = :b)
+                (values,) = group.values()
+                params = {f"p{i}": v for i, v in enumerate(values)}
+                core.load(conn, core.one_statement(names), params, rows)
+                return _match(info, groups, rows, requests)
 
-    def run(chunk: dict[tuple[str, ...], list[Any]]) -> None:
+        def run(chunk: dict[tuple[str, ...], list[Any]]) -> None:
+            params = {f"k{i}": vals for i, vals in enumerate(chunk.values())}
+            core.load(conn, core.statement(tuple(chunk)), params, rows)
+
+        _chunked(groups, max_params, run)
+        return _match(info, groups, rows, requests)
+    assert isinstance(session, orm.Session)
+    dialect = session.get_bind().dialect.name
+
+    def run_orm(chunk: dict[tuple[str, ...], list[Any]]) -> None:
         if dialect == "mssql":  # no row-value IN there: the values go into the statement
             terms = [
                 _term(cls, names, [(v,) for v in vals] if len(names) == 1 else vals, dialect)
@@ -221,7 +366,17 @@ def fetch(
         for row in found:
             rows[id(row)] = row
 
-    # Chunks of at most max_params bound values (a key wider than that alone in its chunk).
+    _chunked(groups, max_params, run_orm)
+    return _match(info, groups, rows, requests)
+
+
+def _chunked(
+    groups: dict[tuple[str, ...], dict[Any, tuple[Any, ...]]],
+    max_params: int,
+    run: Any,
+) -> None:
+    """Call ``run`` with chunks of at most ``max_params`` bound values (a key wider than that
+    alone in its chunk): attribute names -> key values."""
     chunk: dict[tuple[str, ...], list[Any]] = {}
     used = 0
     for names, group in groups.items():
@@ -246,6 +401,15 @@ def fetch(
     if chunk:
         run(chunk)
 
+
+def _match(
+    info: MappedInfo,
+    groups: dict[tuple[str, ...], dict[Any, tuple[Any, ...]]],
+    rows: dict[Any, Any],
+    requests: Sequence[Request | None],
+) -> list[Any]:
+    """One row (or ``None``) per request, matched by key value; :class:`NonUniqueKeyError`
+    when several rows match one."""
     # per key: match -> the rows that match it
     index: dict[tuple[str, ...], dict[Any, list[Any]]] = {}
     for names, group in groups.items():
