@@ -2,10 +2,13 @@
 
     .venv/bin/python benchmarks/run.py [--quick] [--out DIR] [--plot PATH]
                                        [--memcached HOST:PORT] [--postgres URL] [-k TEXT]
+                                       [--e2e [--e2e-seconds S]]
 
 Prints a table of medians and ratios, then the targets with PASS/MISS; writes DIR/results.json
-and a PNG plot (latency per object against batch size). ``--quick`` runs every case for two
-rounds only, to check that they all run (CI); it fails when a case fails, never on a target.
+and a PNG plot (latency per object against batch size), and beside it ``*-targets.png`` (every
+target's figure over its goal). ``--e2e`` also runs benchmarks/e2e.py and adds its targets.
+``--quick`` runs every case for two rounds only, to check that they all run (CI); it fails when
+a case fails, never on a target.
 See benchmarks/README.md.
 """
 
@@ -208,6 +211,8 @@ def print_result(result: Result) -> None:
 
 
 def _fmt_side(row: dict[str, Any], side: str) -> str:
+    if row.get("unit") == "value":  # end-to-end targets: a figure and its limit
+        return f"{row[f'{side}_value']:g}"
     if row.get("unit") == "bytes":  # memory targets: bytes, not time
         value = row[f"{side}_bytes"]
         if value >= 1e6:
@@ -228,6 +233,77 @@ def print_targets(rows: list[dict[str, Any]]) -> None:
             f" {_fmt_side(row, 'peer'):>10}"
             f" {row['ratio']:>6.3f}x  {row['target']:<14} {verdict}"
         )
+
+
+def score(row: dict[str, Any]) -> float:
+    """How far a target row is from its goal: at most 1.0 passes (what the targets plot
+    shows). Rows with a "higher is better" figure (``row["higher"]``) invert the ratio."""
+    limit = float(row["limit"])
+    if row.get("unit") == "value":  # an end-to-end figure and its goal
+        value = float(row["stockpyle_value"])
+        if row.get("higher"):
+            return float("inf") if value <= 0 else limit / value
+        if limit == 0:  # a count that must be zero
+            return 0.0 if value == 0 else 1.0 + value
+        return value / limit
+    return float(row["ratio"]) / limit
+
+
+def plot_targets(rows: list[dict[str, Any]], path: Path) -> None:
+    """One bar per target: its figure over its goal (left of the line passes)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    scores = [min(score(row), 4.0) for row in rows]
+    fig, ax = plt.subplots(figsize=(10, 0.32 * len(rows) + 1.4))
+    colors = ["tab:green" if row["pass"] else "tab:red" for row in rows]
+    ax.barh(range(len(rows)), scores, color=colors)
+    ax.set_yticks(range(len(rows)), [row["name"] for row in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="black", lw=1)
+    ax.set_xlabel("figure / goal (at most 1 passes; bars capped at 4)")
+    ax.set_title("Every target of the run: PASS (green) or MISS (red)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def e2e_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Run benchmarks/e2e.py (its own processes) and turn its targets into rows of this run."""
+    import subprocess
+
+    out = args.out / "e2e"
+    command = [sys.executable, str(HERE / "e2e.py"), "--out", str(out)]
+    command += ["--postgres", args.postgres, "--memcached", args.memcached]
+    command += ["--quick"] if args.quick else ["--seconds", str(args.e2e_seconds)]
+    print(f"\nend to end: {' '.join(command[1:])}", flush=True)
+    subprocess.run(command, check=True)
+    found = json.loads((out / "e2e.json").read_text())
+    rows = []
+    for target in found["targets"]:
+        higher = "at least" in target["name"]
+        value, limit = target["value"], target["limit"]
+        rows.append(
+            {
+                "name": "e2e " + target["name"],
+                "case": "end to end",
+                "peer": "goal",
+                "unit": "value",
+                "stockpyle_value": value,
+                "peer_value": limit,
+                "ratio": value if limit == 0 else value / limit,
+                "limit": limit,
+                "higher": higher,
+                "target": (">= " if higher else "<= ") + f"{limit:g}",
+                "pass": target["pass"],
+            }
+        )
+    return rows
 
 
 def plot(results: list[Result], path: Path) -> None:
@@ -352,6 +428,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--fail-on-miss", action="store_true", help="exit 3 when a target is missed"
     )
+    parser.add_argument(
+        "--e2e",
+        action="store_true",
+        help="also run benchmarks/e2e.py (needs --postgres) and add its targets",
+    )
+    parser.add_argument(
+        "--e2e-seconds", type=float, default=10.0, help="e2e.py --seconds (default 10)"
+    )
     return parser.parse_args(argv)
 
 
@@ -407,6 +491,15 @@ def run(args: argparse.Namespace) -> int:
                 except Exception:
                     errors.append("cleanup failed")
                     traceback.print_exc()
+    if args.e2e:
+        if not args.postgres:
+            errors.append("--e2e needs --postgres")
+        else:
+            try:
+                extra_rows.extend(e2e_rows(args))
+            except Exception:
+                errors.append("end to end: failed")
+                traceback.print_exc()
     by_name = {r.name: r for r in results}
     checked = [t.check(by_name) for t in targets(list(urls), quick=args.quick)]
     rows = [row for row in checked if row is not None] + extra_rows
@@ -432,6 +525,7 @@ def run(args: argparse.Namespace) -> int:
     out_file.write_text(json.dumps(document, indent=1) + "\n")
     try:
         plot(results, plot_path)
+        plot_targets(rows, plot_path.with_name(plot_path.stem + "-targets.png"))
     except Exception:
         errors.append("plot failed")
         traceback.print_exc()
