@@ -925,8 +925,14 @@ def test_lookup_and_write_statements_are_built_once(sql: SqlAlchemyStore) -> Non
     sql.batch_get(SqlFoo, [{"key": 1}, {"zap": 1, "bar": 2}])
     shape = (("key",), ("bar", "zap"))
     first = core._statements[shape]
-    sql.batch_get(SqlFoo, [{"key": k} for k in range(3, 30)] + [{"zap": 1, "bar": 1}])
+    sql.batch_get(SqlFoo, [{"key": k} for k in range(3, 15)] + [{"zap": 1, "bar": 1}])
     assert core._statements[shape] is first
+    # Larger batches are read through a session, with statements built once too.
+    many = [{"key": k} for k in range(3, 60)] + [{"zap": 1, "bar": 1}]
+    sql.batch_get(SqlFoo, many)
+    orm_first = _sql_lookup._STATEMENTS[(SqlFoo, shape)]
+    sql.batch_get(SqlFoo, many)
+    assert _sql_lookup._STATEMENTS[(SqlFoo, shape)] is orm_first
     sql.get(SqlFoo, {"zap": 1, "bar": 2})
     one = core._statements[("bar", "zap")]
     sql.get(SqlFoo, {"zap": 3, "bar": 4})
