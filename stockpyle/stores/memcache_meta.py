@@ -97,6 +97,7 @@ class MetaMemcacheBackend(BytesBackend):
         self._pools = list(pools)
         self._value_flags = mm.RequestFlags(return_value=True)
         self._ttl_flags: dict[int, Any] = {}  # exptime -> flags of a plain set
+        self._lease_flags: tuple[tuple[int, int], Any] | None = None  # the last lease's flags
 
     def describe(self) -> str:
         return ", ".join(str(s) for s in self.client.router.get_counters())
@@ -258,12 +259,16 @@ class MetaMemcacheBackend(BytesBackend):
         return {k: r.flags.cas_token for k, r in got.items() if isinstance(r, self._mm.Success)}
 
     def lease_many(self, keys: Sequence[str], lease_seconds: int) -> dict[str, Leased]:
-        flags = self._flags(
-            return_value=True,
-            return_cas_token=True,
-            vivify_on_miss_ttl=max(1, lease_seconds),
-            recache_ttl=self.recache_seconds or None,
-        )
+        cached = self._lease_flags
+        if cached is None or cached[0] != (lease_seconds, self.recache_seconds):
+            flags = self._flags(
+                return_value=True,
+                return_cas_token=True,
+                vivify_on_miss_ttl=max(1, lease_seconds),
+                recache_ttl=self.recache_seconds or None,
+            )
+            cached = self._lease_flags = ((lease_seconds, self.recache_seconds), flags)
+        flags = cached[1]
         found: dict[str, Leased] = {}
         for key, r in self._get(keys, flags).items():
             if not isinstance(r, self._mm.Value):
