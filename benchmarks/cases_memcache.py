@@ -8,7 +8,7 @@ unpickle them themselves (python-memcached with ``pickleProtocol=5``, pymemcache
 ``PickleSerde(5)``), so each side starts and ends with Python objects. What differs is what
 stockpyle adds: canonical keys, its record framing, and, on writes, alternate keys (a
 ``BenchFoo`` is stored under its identity key and its ``(zap, bar)`` key, so a ``batch_put``
-first reads the current records, then writes two entries per object).
+writes two entries per object, in one round trip).
 
 Entries live under a fresh prefix and are deleted when the cases finish.
 """

@@ -42,7 +42,8 @@ from stockpyle._bytes_types import (
     ValueTooLargeError,
 )
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
-from stockpyle._kv import Entry, KeyValueStore, Pointer, Record
+from stockpyle._keys import layout_of
+from stockpyle._kv import Entry, KeyValueStore, Pointer, Record, resolve
 from stockpyle._serializer import (
     HEADER,
     UNSIGNED,
@@ -187,6 +188,15 @@ class BytesStore(KeyValueStore):
         self._fast_loads = (
             pickle.loads if secret is None and type(serial) is PickleSerializer else None
         )
+        #: _load decodes inline only where decode() is this class's own (a subclass may check
+        #: more, as ShoveStore does)
+        self._inline_loads = self._fast_loads if type(self).decode is BytesStore.decode else None
+        #: _save encodes inline (at this pickle protocol) where encode() and item() are this
+        #: class's own
+        own = type(self).encode is BytesStore.encode and type(self).item is BytesStore.item
+        self._inline_dumps: int | None = (
+            serial.protocol if own and self._fast_loads is not None else None  # type: ignore[attr-defined]
+        )
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.backend.describe()})"
@@ -280,20 +290,103 @@ class BytesStore(KeyValueStore):
 
     # -- raw operations ----------------------------------------------------------------------------
 
+    def batch_get_entries(
+        self, cls: type[T], key_dicts: Sequence[KeyDict]
+    ) -> list[tuple[T, Deadline] | None]:
+        """As :meth:`KeyValueStore.batch_get_entries` (same reads, same answers), with the
+        common case (an entry at the key asked for) resolved inline."""
+        try:
+            slots = layout_of(cls).encode_all(key_dicts)  # validates before any I/O
+        except StockpyleError as exc:
+            raise self._naming_store(exc) from None
+        wanted = [s for s in slots if s is not None]
+        if not wanted:
+            self.counters.add("misses", len(slots))
+            return [None] * len(slots)
+        records = self._load(wanted)  # asks each distinct key once
+        targets = [
+            r.identity for r in records.values() if type(r) is Pointer and r.identity not in records
+        ]
+        if targets:
+            records.update(self._load(targets))
+        now = self.clock()
+        found: list[tuple[T, Deadline] | None] = []
+        get, append = records.get, found.append
+        for slot in slots:
+            record = get(slot)  # type: ignore[arg-type]  # None: never a key
+            if type(record) is Entry:
+                deadline = record.deadline
+                append(None if deadline is not None and deadline <= now else (record.obj, deadline))
+            elif record is None:
+                append(None)
+            else:
+                append(resolve(slot, records, now))  # type: ignore[arg-type]
+        self._count(found)
+        return found
+
     def _load(self, keys: Sequence[str]) -> dict[str, Record]:
-        wanted = {self.backend_key(k): k for k in keys}
+        bkeys = self._bkeys
+        wanted = {bkeys.get(k) or self.backend_key(k): k for k in keys}
         raw = self.call("get", self.backend.get_many, list(wanted))
         found: dict[str, Record] = {}
+        loads = self._inline_loads
         for bkey, data in raw.items():
             key = wanted.get(bkey)
-            if key is not None and (record := self.decode(bkey, data)) is not None:
+            if key is None:
+                continue
+            # The common case inline (unsigned pickle, a well-formed record); anything else
+            # goes through decode(), which says why it refuses a value.
+            if loads is not None and data[:HEADER] == UNSIGNED:
+                try:
+                    wire = loads(data[HEADER:])  # a copy of ~100 bytes: cheaper than a view
+                    if type(wire) is tuple:
+                        if len(wire) == 4 and wire[0] == _ENTRY and type(wire[2]) is tuple:
+                            found[key] = Entry(wire[1], wire[2], wire[3])
+                            continue
+                        if len(wire) == 3 and wire[0] == _POINTER:
+                            found[key] = Pointer(wire[1], wire[2])
+                            continue
+                except Exception:  # decode() below says why
+                    pass
+            if (record := self.decode(bkey, data)) is not None:
                 found[key] = record
         return found
 
     def _save(self, records: dict[str, Record]) -> None:
         now = self.clock()
-        items = {(b := self.backend_key(k)): self.item(b, r, now) for k, r in records.items()}
+        protocol = self._inline_dumps
+        if protocol is None:
+            items = {(b := self.backend_key(k)): self.item(b, r, now) for k, r in records.items()}
+        else:
+            items = self._items_inline(records, now, protocol)
         self.call("set", self.backend.set_many, items)
+
+    def _items_inline(
+        self, records: dict[str, Record], now: float, protocol: int
+    ) -> dict[str, Item]:
+        """What item() gives for each record, inline for unsigned pickles (the default); a
+        record it cannot take goes through item(), which raises the proper error."""
+        bkeys, limit, dumps = self._bkeys, self.backend.max_value_size, pickle.dumps
+        ceil, margin, new = math.ceil, NATIVE_EXPIRY_MARGIN, tuple.__new__
+        items: dict[str, Item] = {}
+        for key, record in records.items():
+            bkey = bkeys.get(key) or self.backend_key(key)
+            try:
+                if type(record) is Entry:
+                    wire: tuple[Any, ...] = (_ENTRY, record.deadline, record.slots, record.obj)
+                else:
+                    wire = (_POINTER, record.deadline, record.identity)  # type: ignore[union-attr]
+                data = UNSIGNED + dumps(wire, protocol)
+            except Exception:
+                items[bkey] = self.item(bkey, record, now)  # raises ValueNotStoredError
+                continue
+            if limit is not None and len(bkey) + len(data) > limit:
+                items[bkey] = self.item(bkey, record, now)  # raises ValueTooLargeError
+                continue
+            deadline = record.deadline
+            expire = None if deadline is None else max(1, ceil(deadline - now)) + margin
+            items[bkey] = new(Item, (data, expire))
+        return items
 
     def _remove(self, keys: Sequence[str]) -> None:
         self.call("delete", self.backend.delete_many, [self.backend_key(k) for k in keys])
@@ -329,16 +422,47 @@ class BytesStore(KeyValueStore):
 
     def batch_put(self, objs: Sequence[Any], *, expires_at: Sequence[Any] | None = None) -> None:
         """Store each object; a value the backend cannot take raises ValueNotStoredError after
-        removing the previous versions of the batch's objects (no stale copy survives)."""
+        removing the previous versions of the batch's objects (no stale copy survives).
+
+        A blind write: one set per slot (the entry, a pointer at each other slot), without
+        reading the current records first. A pointer left at a key value the object no longer
+        has is never followed (it counts only while the entry it names lists it), so reads stay
+        exact; it expires with the object's previous lifetime (or memcached's LRU reclaims it),
+        and an invalidation or delete of the object removes it.
+        """
         self._doing.name = "put"
         try:
-            super().batch_put(objs, expires_at=expires_at)
+            self._put_blind(objs, expires_at)
         except ValueNotStoredError:
             self._doing.name = "delete"
             self.batch_delete(objs)
             raise
         finally:
             self._doing.name = None
+
+    def _put_blind(self, objs: Sequence[Any], expires_at: Sequence[Any] | None) -> None:
+        now = self.clock()
+        try:
+            plans = self._plan_objects(objs, expires_at, now)
+        except StockpyleError as exc:
+            raise self._naming_store(exc) from None
+        # The last write of a key in the batch wins, as in the loop of single puts.
+        saves: dict[str, Record] = {}
+        for identity, slots, deadline, obj in plans:
+            if deadline is not None and deadline <= now:
+                # Not stored, and the previous version must go: only a read says whether the
+                # identity slot holds its entry or another object's pointer (polymorphic), so
+                # such a (rare) batch is planned against the current records.
+                super().batch_put(objs, expires_at=expires_at)
+                return
+            saves[identity] = Entry(deadline, slots, obj)
+            if len(slots) > 1:
+                pointer = Pointer(deadline, identity)
+                for slot in slots[1:]:
+                    saves[slot] = pointer
+        if saves:
+            with self._lock:
+                self._save(saves)  # every value encoded (and size-checked) before any I/O
 
     def batch_delete(self, objs: Sequence[Any]) -> None:
         """Remove each object; a failure says the delete failed (not the read it begins with)."""

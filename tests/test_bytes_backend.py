@@ -20,7 +20,7 @@ from stockpyle.testing import (
     PolymorphismConformance,
     StoreConformance,
 )
-from stockpyle.testing.models import Foo
+from stockpyle.testing.models import Automobile, Car, Foo
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "custom-stores.md"
 
@@ -122,3 +122,56 @@ def test_backend_key_is_readable_or_hashed_never_colliding() -> None:
     assert backend_key("a|key=1", 50, printable=True) == "a|key=1"
     mapped = {backend_key(k, 80, printable=True) for k in ["a b", "a_b", "a#b", "x" * 200]}
     assert len(mapped) == 4 and all("#" in m and len(m) <= 80 for m in mapped - {"a_b"})
+
+
+class CountingBytes(BytesBackend):
+    """A bytes backend in a dict that counts its calls."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, bytes] = {}
+        self.calls: list[str] = []
+
+    def get_many(self, keys: Any) -> dict[str, bytes]:
+        self.calls.append("get")
+        return {k: self.data[k] for k in keys if k in self.data}
+
+    def set_many(self, items: Any) -> None:
+        self.calls.append("set")
+        self.data.update({k: i.value for k, i in items.items()})
+
+    def delete_many(self, keys: Any) -> None:
+        self.calls.append("delete")
+        for k in keys:
+            self.data.pop(k, None)
+
+
+def test_put_reads_nothing_and_an_old_alternate_value_misses() -> None:
+    """batch_put is one set_many and nothing else; after an alternate key changed, the old
+    value's entry is left but never answers, and a delete removes both."""
+    backend = CountingBytes()
+    store = BytesStore(backend)
+    store.put(Foo(1, 2, "old"))
+    store.put(Foo(1, 2, "new"))
+    assert backend.calls == ["set", "set"]
+    assert len(backend.data) == 3  # the entry, the new pointer and the old one
+    assert store.get(Foo, {"zap": 2, "bar": "old"}) is None
+    assert store.get(Foo, {"zap": 2, "bar": "new"}) == Foo(1, 2, "new")
+    store.put(Foo(1, 2, "old"))  # the old value again: its pointer counts again
+    assert store.get(Foo, {"zap": 2, "bar": "old"}) == Foo(1, 2, "old")
+    store.delete(Foo(1))
+    assert store.get(Foo, {"key": 1}) is None
+    assert store.get(Foo, {"zap": 2, "bar": "old"}) is None
+    assert store.get(Foo, {"zap": 2, "bar": "new"}) is None
+    assert len(backend.data) == 1  # the pointer at the value the stored entry no longer listed
+
+
+def test_a_dead_object_in_a_batch_keeps_another_objects_pointer_at_its_identity() -> None:
+    """A batch with an object whose lifetime is over reads first: its identity slot may hold a
+    subclass object's polymorphic pointer, which stays (as in the loop of single puts)."""
+    backend = CountingBytes()
+    store = BytesStore(
+        backend, polymorphic=True, lifetime_cb=lambda o: 0 if o.name == "x" else None
+    )
+    store.batch_put([Car(plate=1, name="a"), Automobile(plate=1, name="x")])
+    assert store.get(Automobile, {"plate": 1}) == Car(plate=1, name="a")
+    assert backend.calls[0] == "get"

@@ -93,7 +93,11 @@ class MetaMemcacheBackend(BytesBackend):
         self._mm = mm
         self._sock = sock
         self._one_server = len(client.router.get_counters()) == 1
+        self._pool: Any = None  # the only server's pool, once known (see _send)
         self._pools = list(pools)
+        self._value_flags = mm.RequestFlags(return_value=True)
+        self._ttl_flags: dict[int, Any] = {}  # exptime -> flags of a plain set
+        self._lease_flags: tuple[tuple[int, int], Any] | None = None  # the last lease's flags
 
     def describe(self) -> str:
         return ", ".join(str(s) for s in self.client.router.get_counters())
@@ -137,11 +141,19 @@ class MetaMemcacheBackend(BytesBackend):
         """Send every ``(key, value, flags)`` on one connection per server; the responses."""
         mm = self._mm
         provider = self.client.router.pool_provider
-        by_pool: dict[Any, list[tuple[str, bytes | None, Any]]] = defaultdict(list)
-        if self._one_server and requests:  # nothing to route (hashing costs ~5 us a key)
-            by_pool[provider.get_pool(mm.Key(requests[0][0]))] = list(requests)
-        for request in () if self._one_server else requests:
-            by_pool[provider.get_pool(mm.Key(request[0]))].append(request)
+        by_pool: Mapping[Any, Sequence[tuple[str, bytes | None, Any]]]
+        if self._one_server:  # nothing to route (hashing costs ~5 us a key)
+            if not requests:
+                return {}
+            pool = self._pool
+            if pool is None:
+                pool = self._pool = provider.get_pool(mm.Key(requests[0][0]))
+            by_pool = {pool: requests}
+        else:
+            routed: dict[Any, list[tuple[str, bytes | None, Any]]] = defaultdict(list)
+            for request in requests:
+                routed[provider.get_pool(mm.Key(request[0]))].append(request)
+            by_pool = routed
         results: dict[str, Any] = {}
         errors: list[BackendError] = []
         for pool, batch in by_pool.items():
@@ -165,7 +177,7 @@ class MetaMemcacheBackend(BytesBackend):
         self,
         conn: Any,
         command: Any,
-        batch: list[tuple[str, bytes | None, Any]],
+        batch: Sequence[tuple[str, bytes | None, Any]],
         results: dict[str, Any],
     ) -> None:
         """Send the whole batch in one write (commands from meta-memcache's builders), then
@@ -188,7 +200,7 @@ class MetaMemcacheBackend(BytesBackend):
         return self._mm.RequestFlags(**kw)
 
     def get_many(self, keys: Sequence[str]) -> Mapping[str, bytes]:
-        got = self._get(keys, self._flags(return_value=True))
+        got = self._get(keys, self._value_flags)
         # A value marked stale (invalidated with serve_stale) is a miss for plain reads: only a
         # leased read may serve it, knowing it is stale.
         return {
@@ -198,10 +210,22 @@ class MetaMemcacheBackend(BytesBackend):
         }
 
     def _sets(self, items: Mapping[str, Item], **kw: Any) -> dict[str, Any]:
-        requests = [
-            (k, i.value, self._flags(cache_ttl=exptime(i.expire_in), **kw))
-            for k, i in items.items()
-        ]
+        if kw:
+            requests = [
+                (k, i.value, self._flags(cache_ttl=exptime(i.expire_in), **kw))
+                for k, i in items.items()
+            ]
+        else:  # plain sets: one flags object per exptime, reused
+            cache = self._ttl_flags
+            requests = []
+            for k, (value, expire_in) in items.items():
+                ttl = exptime(expire_in)
+                flags = cache.get(ttl)
+                if flags is None:
+                    if len(cache) >= 256:
+                        cache.clear()
+                    flags = cache[ttl] = self._flags(cache_ttl=ttl)
+                requests.append((k, value, flags))
         return self._pipeline(self._mm.MetaCommand.META_SET, requests)
 
     def set_many(self, items: Mapping[str, Item]) -> None:
@@ -235,12 +259,16 @@ class MetaMemcacheBackend(BytesBackend):
         return {k: r.flags.cas_token for k, r in got.items() if isinstance(r, self._mm.Success)}
 
     def lease_many(self, keys: Sequence[str], lease_seconds: int) -> dict[str, Leased]:
-        flags = self._flags(
-            return_value=True,
-            return_cas_token=True,
-            vivify_on_miss_ttl=max(1, lease_seconds),
-            recache_ttl=self.recache_seconds or None,
-        )
+        cached = self._lease_flags
+        if cached is None or cached[0] != (lease_seconds, self.recache_seconds):
+            flags = self._flags(
+                return_value=True,
+                return_cas_token=True,
+                vivify_on_miss_ttl=max(1, lease_seconds),
+                recache_ttl=self.recache_seconds or None,
+            )
+            cached = self._lease_flags = ((lease_seconds, self.recache_seconds), flags)
+        flags = cached[1]
         found: dict[str, Leased] = {}
         for key, r in self._get(keys, flags).items():
             if not isinstance(r, self._mm.Value):
