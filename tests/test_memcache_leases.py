@@ -173,7 +173,7 @@ def test_leased_batches_are_one_round_trip_per_server_per_step(
 ) -> None:
     """A leased batch_get of 50 missing keys is one multi-get per server, its fill one
     compare-and-set round trip plus one for the pointers, and an invalidation one read and one
-    delete round trip: never one per key."""
+    round trip of tombstones (a set and a stale mark per key): never one per key."""
     proxies = [CountingProxy(s) for s in memcached_servers]
     try:
         store = PurgingStore(servers=[p.address for p in proxies], prefix=unique_prefix())
@@ -188,9 +188,30 @@ def test_leased_batches_are_one_round_trip_per_server_per_step(
             proxy.reset()
         store.batch_invalidate(objs)
         for proxy in proxies:
-            assert set(proxy.commands) <= {"get", "delete"} and proxy.round_trips <= 2
+            assert set(proxy.commands) <= {"get", "set", "delete"} and proxy.round_trips <= 2
         assert store.batch_get(Foo, [{"zap": i, "bar": i} for i in range(50)]) == [None] * 50
     finally:
         purge_created()
         for proxy in proxies:
             proxy.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="known hole, not fixed yet: an invalidation deletes the identity key, and a fill by"
+    " alternate key adds the identity entry when absent, so an old version loaded before an"
+    " update that changed the alternate value can land (see CHANGELOG, Known issues)",
+)
+def test_fill_by_alternate_key_after_the_object_changed_it_elsewhere(
+    memcached_server: str,
+) -> None:
+    """A miss by alternate key leases that key; meanwhile another process updates the object
+    (not cached anywhere) and gives it another alternate value, so its invalidation cannot
+    know the key being filled. The fill, which adds the identity entry, should fail: the old
+    version must never land at the identity key."""
+    a, b = two_processes(memcached_server)
+    (lease,) = a.batch_lease_entries(Foo, [{"zap": 2, "bar": 3}], lease_seconds=5)
+    assert lease.token is not None
+    b.batch_invalidate([Foo(1, 7, 8, name="v2")])  # after its database write, in the writer
+    a.batch_fill([Foo(1, 2, 3, name="v1")], [lease.token])
+    assert b.get(Foo, {"key": 1}) is None
