@@ -81,7 +81,7 @@ T = TypeVar("T")
 #: for the keys of tens of thousands of objects: a working set larger than the memo misses it
 #: on every key (a 4,096-key memo made writes of 10,000 objects cost 16% more per object than
 #: writes of 100). At most a few megabytes.
-BACKEND_KEY_MEMO = 32768
+_BACKEND_KEY_MEMO = 32768
 
 
 class BytesBackend(abc.ABC):
@@ -218,7 +218,7 @@ class BytesStore(KeyValueStore):
         """The backend key holding the record at the store key ``key``."""
         bkey = self._bkeys.get(key)
         if bkey is None:
-            if len(self._bkeys) >= BACKEND_KEY_MEMO:
+            if len(self._bkeys) >= _BACKEND_KEY_MEMO:
                 self._bkeys.clear()
             limit, b = self._key_limit, self.backend
             mapped = backend_key(key, limit, printable=b.printable_keys, measure=b.key_length)
