@@ -35,7 +35,7 @@ from typing import Any
 
 import attrs
 import cachetools
-from harness import Case, Context, Result
+from harness import Case, Context, Result, fmt_bytes
 from models import BenchBase, BenchFoo, BenchRow, make_foos, make_rows
 
 import stockpyle
@@ -311,14 +311,6 @@ def bounded_memory(bound: int, puts: int, step: int) -> list[tuple[int, int]]:
     return readings
 
 
-def _fmt_bytes(value: float) -> str:
-    if value >= 1e6:
-        return f"{value / 1e6:.2f} MB"
-    if value >= 1e4:
-        return f"{value / 1e3:.1f} kB"
-    return f"{value:.1f} B"
-
-
 def extra_targets(ctx: Context) -> list[dict[str, Any]]:
     """Memory per key against ``LRUCache`` and the bounded store's memory, as named targets."""
     count = QUICK_MEMORY_OBJECTS if ctx.quick else MEMORY_OBJECTS
@@ -357,9 +349,9 @@ def extra_targets(ctx: Context) -> list[dict[str, Any]]:
     first, last = readings[0], readings[-1]
     ratio = last[1] / first[1]
     print(
-        f"\nProcessMemoryStore(max_entries={bound:,}): {_fmt_bytes(first[1])} after"
-        f" {first[0]:,} puts, {_fmt_bytes(last[1])} after {last[0]:,}"
-        f" (highest {_fmt_bytes(max(b for _, b in readings))})"
+        f"\nProcessMemoryStore(max_entries={bound:,}): {fmt_bytes(first[1])} after"
+        f" {first[0]:,} puts, {fmt_bytes(last[1])} after {last[0]:,}"
+        f" (highest {fmt_bytes(max(b for _, b in readings))})"
     )
     rows.append(
         {

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Case", "Context", "Result", "measure"]
+__all__ = ["Case", "Context", "Result", "fmt_bytes", "measure"]
 
 #: One timed sample: runs the operation and returns how many objects (or calls) it handled.
 Sample = Callable[[], int]
@@ -129,3 +129,10 @@ def measure(case: Case, *, rounds: int | None = None) -> Result:
         for label in labels[1:]
     }
     return Result(case.name, case.group, case.size, total, medians, ratios, samples)
+
+
+def fmt_bytes(value: float) -> str:
+    """A byte count for the tables: MB, kB or B."""
+    if value >= 1e6:
+        return f"{value / 1e6:.2f} MB"
+    return f"{value / 1e3:.1f} kB" if value >= 1e4 else f"{value:.0f} B"

@@ -36,7 +36,7 @@ ROOT = HERE.parent
 if str(HERE) not in sys.path:  # the case modules import each other by plain name
     sys.path.insert(0, str(HERE))
 
-from harness import Case, Context, Result, measure  # noqa: E402 - needs the path above
+from harness import Case, Context, Result, fmt_bytes, measure  # noqa: E402 - needs the path above
 
 #: The case modules, in running order.
 MODULES = (
@@ -214,10 +214,7 @@ def _fmt_side(row: dict[str, Any], side: str) -> str:
     if row.get("unit") == "value":  # end-to-end targets: a figure and its limit
         return f"{row[f'{side}_value']:g}"
     if row.get("unit") == "bytes":  # memory targets: bytes, not time
-        value = row[f"{side}_bytes"]
-        if value >= 1e6:
-            return f"{value / 1e6:.2f} MB"
-        return f"{value / 1e3:.1f} kB" if value >= 1e4 else f"{value:.0f} B"
+        return fmt_bytes(row[f"{side}_bytes"])
     return _fmt_ns(row[f"{side}_ns"])
 
 

@@ -911,7 +911,9 @@ def test_calls_leave_no_reference_cycles(sql: SqlAlchemyStore) -> None:
     assert found < 24, f"{found} objects in reference cycles after 2,400 calls"
 
 
-def test_lookup_and_write_statements_are_built_once(sql: SqlAlchemyStore) -> None:
+def test_lookup_and_write_statements_are_built_once(
+    sql: SqlAlchemyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The SELECT of a lookup shape and the upsert of a row shape are built once per class and
     reused by later calls, whatever the number of keys or rows."""
     from stockpyle.stores import _sql_lookup
@@ -927,11 +929,22 @@ def test_lookup_and_write_statements_are_built_once(sql: SqlAlchemyStore) -> Non
     first = core._statements[shape]
     sql.batch_get(SqlFoo, [{"key": k} for k in range(3, 15)] + [{"zap": 1, "bar": 1}])
     assert core._statements[shape] is first
-    # Larger batches are read through a session, with statements built once too.
+    # Larger batches are read through a session, with statements built once too: a second
+    # batch of the same shape builds no SELECT at all.
     many = [{"key": k} for k in range(3, 60)] + [{"zap": 1, "bar": 1}]
     sql.batch_get(SqlFoo, many)
     orm_first = _sql_lookup._STATEMENTS[(SqlFoo, shape)]
-    sql.batch_get(SqlFoo, many)
+    built: list[object] = []
+    real_select = _sql_lookup.sa.select
+
+    def counting_select(*args: Any, **kwargs: Any) -> Any:
+        built.append(args)
+        return real_select(*args, **kwargs)
+
+    monkeypatch.setattr(_sql_lookup.sa, "select", counting_select)
+    sql.batch_get(SqlFoo, many[:40] + many[41:])
+    monkeypatch.undo()
+    assert built == []
     assert _sql_lookup._STATEMENTS[(SqlFoo, shape)] is orm_first
     sql.get(SqlFoo, {"zap": 1, "bar": 2})
     one = core._statements[("bar", "zap")]
