@@ -46,6 +46,9 @@ class FillToken(NamedTuple):
 
 _ADD = FillToken("add")
 
+#: How many alternate slots' last identities a store remembers (cleared when full).
+HINTS = 32768
+
 
 def lease_entries(
     self: BytesStore, cls: type[T], key_dicts: Sequence[KeyDict], *, lease_seconds: float
@@ -66,7 +69,20 @@ def lease_entries(
     seconds = max(1, round(lease_seconds))
     records: dict[str, Record] = {}
     leases: dict[str, Any] = {}
-    _lease_round(self, [s for s in dict.fromkeys(slots) if s], seconds, records, leases)
+    wanted = [s for s in dict.fromkeys(slots) if s]
+    # The identity an alternate slot pointed to last time is read in the same round trip (a
+    # guess: the pointer still decides, and a wrong guess costs the second round as before).
+    hints = self._alt_hints
+    peek: list[str] = []
+    if hints and hasattr(backend, "lease_peek_many"):
+        seen = set(wanted)
+        for slot, identity in zip(slots, is_identity, strict=True):
+            if slot and not identity:
+                hint = hints.get(slot)
+                if hint is not None and hint not in seen:
+                    seen.add(hint)
+                    peek.append(hint)
+    _lease_round(self, wanted, seconds, records, leases, peek)
     targets = [
         r.identity for r in records.values() if type(r) is Pointer and r.identity not in leases
     ]
@@ -81,6 +97,8 @@ def lease_entries(
         at = slot
         if type(record) is Pointer:
             at = record.identity
+            if hints.get(slot) != at:
+                _remember(hints, slot, at)
             record, leased = records.get(at), leases.get(at, leased)
             if type(record) is Entry and slot not in record.slots:
                 results.append(Lease(None, token=_ADD))  # a stale pointer
@@ -94,8 +112,25 @@ def lease_entries(
             results.append(Lease(None, token=FillToken(mode, at, leased.token)))
         else:
             results.append(Lease(None, token=None if leased.busy else _ADD, busy=leased.busy))
+    if peek:
+        # A guessed identity whose stale value handed this caller its refresh token, and that
+        # no result uses: give the token back.
+        used = {r.token.key for r in results if isinstance(r.token, FillToken)}
+        unused = [
+            FillToken("cas", h, leases[h].token)
+            for h in peek
+            if h in leases and leases[h].token is not None and h not in used
+        ]
+        if unused:
+            release(self, unused)
     self._count([r.found for r in results])
     return results
+
+
+def _remember(hints: dict[str, str], slot: str, identity: str) -> None:
+    if len(hints) >= HINTS:
+        hints.clear()
+    hints[slot] = identity
 
 
 def _lease_round(
@@ -104,13 +139,23 @@ def _lease_round(
     seconds: int,
     records: dict[str, Record],
     leases: dict[str, Any],
+    peek: Sequence[str] = (),
 ) -> None:
+    """Lease ``slots`` and read ``peek`` (no lease on a miss) in one round trip."""
     if not slots:
         return
     bkeys = {self.backend_key(s): s for s in slots}
-    got = self.call("lease", self.backend.lease_many, list(bkeys), seconds)
+    peeked = {self.backend_key(s): s for s in peek}
+    if peeked:
+        lease_peek = self.backend.lease_peek_many  # type: ignore[attr-defined]
+        got = self.call("lease", lease_peek, list(bkeys), list(peeked), seconds)
+        bkeys.update(peeked)
+    else:
+        got = self.call("lease", self.backend.lease_many, list(bkeys), seconds)
     for bkey, leased in got.items():
         slot = bkeys[bkey]
+        if bkey in peeked and leased.value is None and leased.token is None and not leased.busy:
+            continue  # a plain miss: not leased (the next round leases it if it is wanted)
         leases[slot] = leased
         if leased.value is not None and (record := self.decode(bkey, leased.value)):
             records[slot] = record
@@ -124,17 +169,21 @@ def fill(
     expires_at: Sequence[Deadline] | None = None,
 ) -> list[bool]:
     """Store each object only if nothing wrote or deleted it since its lease; which were
-    stored. One round trip per server per step (add or compare-and-set the entries, add
-    the pointers, compare-and-set leased alternate pointers)."""
+    stored. The entries (add, or compare-and-set), leased alternate pointers (compare-and-set)
+    and the other pointers (add) go in one round trip per server where the backend pipelines
+    them (``write_many``), else one per step."""
     now = self.clock()
     try:
         plans = [Plan._make(p) for p in self._plan_objects(objs, expires_at, now)]
     except StockpyleError as exc:
         raise self._naming_store(exc) from None
     backend = self.backend
+    one_trip = hasattr(backend, "write_many")
     cas: dict[str, tuple[Item, Any]] = {}
     adds: dict[str, Item] = {}
     alts: dict[str, tuple[Item, Any]] = {}
+    pointers: dict[str, Item] = {}
+    hints = self._alt_hints
     for plan, token in zip(plans, tokens, strict=True):
         if is_dead(plan.deadline, now):
             continue
@@ -148,6 +197,83 @@ def fill(
                 alt = self.backend_key(token.key)
                 pointer = self.item(alt, Pointer(plan.deadline, plan.identity), now)
                 alts[alt] = (pointer, token.cas)
+        for slot in plan.slots[1:]:
+            if hints.get(slot) != plan.identity:
+                _remember(hints, slot, plan.identity)
+            if one_trip:  # pointers of an entry that is not stored are never followed
+                pkey = self.backend_key(slot)
+                if pkey not in alts:
+                    pointers[pkey] = self.item(pkey, Pointer(plan.deadline, plan.identity), now)
+    if one_trip:
+        stored, added, pointed = _write_once(self, cas, adds, alts, pointers)
+    else:
+        stored, added, pointed = _write_in_steps(self, cas, adds, alts)
+    if alts:
+        undo = {
+            self.backend_key(p.identity): added[self.backend_key(p.identity)]
+            for p, t in zip(plans, tokens, strict=True)
+            if isinstance(t, FillToken)
+            and t.mode == "alt"
+            and self.backend_key(t.key) not in pointed
+            and self.backend_key(p.identity) in added
+        }
+        if undo:
+            self.call("fill", backend.delete_if_many, undo)  # type: ignore[attr-defined]
+            stored -= set(undo)
+    if not one_trip:
+        for plan in plans:
+            if self.backend_key(plan.identity) in stored:
+                for slot in plan.slots[1:]:
+                    bkey = self.backend_key(slot)
+                    if bkey not in alts:
+                        pointers[bkey] = self.item(bkey, Pointer(plan.deadline, plan.identity), now)
+        if pointers:
+            add = backend.add_many if backend.supports_add else backend.set_many
+            with contextlib.suppress(StockpyleError):  # the entry is stored; pointers may miss
+                self.call("fill", add, pointers)
+    return [self.backend_key(p.identity) in stored for p in plans]
+
+
+def _write_once(
+    self: BytesStore,
+    cas: dict[str, tuple[Item, Any]],
+    adds: dict[str, Item],
+    alts: dict[str, tuple[Item, Any]],
+    pointers: dict[str, Item],
+) -> tuple[set[str], dict[str, Any], set[str]]:
+    """A fill's writes pipelined (``write_many``): stored entries, the CAS tokens of added
+    entries that a leased pointer guards, and the leased pointers written."""
+    requests: list[tuple[str, str, Item, Any]] = []
+    requests += [("cas", k, item, token) for k, (item, token) in cas.items()]
+    requests += [("add_cas" if alts else "add", k, item, None) for k, item in adds.items()]
+    requests += [("cas", k, item, token) for k, (item, token) in alts.items()]
+    requests += [("add", k, item, None) for k, item in pointers.items()]
+    if not requests:
+        return set(), {}, set()
+    results = self.call("fill", self.backend.write_many, requests)  # type: ignore[attr-defined]
+    stored: set[str] = set()
+    added: dict[str, Any] = {}
+    pointed: set[str] = set()
+    entries = len(cas) + len(adds)
+    for i, ((mode, key, _, _), result) in enumerate(zip(requests, results, strict=True)):
+        if i < entries:
+            if result is not None and result is not False:
+                stored.add(key)
+                if mode == "add_cas":
+                    added[key] = result
+        elif i < entries + len(alts) and result:
+            pointed.add(key)
+    return stored, added, pointed
+
+
+def _write_in_steps(
+    self: BytesStore,
+    cas: dict[str, tuple[Item, Any]],
+    adds: dict[str, Item],
+    alts: dict[str, tuple[Item, Any]],
+) -> tuple[set[str], dict[str, Any], set[str]]:
+    """A fill's entry writes, one backend call per kind (backends without ``write_many``)."""
+    backend = self.backend
     stored: set[str] = set()
     added: dict[str, Any] = {}
     if cas:
@@ -160,31 +286,8 @@ def fill(
     elif adds:
         self.call("fill", backend.set_many, adds)
         stored |= set(adds)
-    if alts:
-        pointed = self.call("fill", backend.fill_many, alts)
-        undo = {
-            self.backend_key(p.identity): added[self.backend_key(p.identity)]
-            for p, t in zip(plans, tokens, strict=True)
-            if isinstance(t, FillToken)
-            and t.mode == "alt"
-            and self.backend_key(t.key) not in pointed
-            and self.backend_key(p.identity) in added
-        }
-        if undo:
-            self.call("fill", backend.delete_if_many, undo)  # type: ignore[attr-defined]
-            stored -= set(undo)
-    pointers: dict[str, Item] = {}
-    for plan in plans:
-        if self.backend_key(plan.identity) in stored:
-            for slot in plan.slots[1:]:
-                bkey = self.backend_key(slot)
-                if bkey not in alts:
-                    pointers[bkey] = self.item(bkey, Pointer(plan.deadline, plan.identity), now)
-    if pointers:
-        add = backend.add_many if backend.supports_add else backend.set_many
-        with contextlib.suppress(StockpyleError):  # the entry is stored; pointers may miss
-            self.call("fill", add, pointers)
-    return [self.backend_key(p.identity) in stored for p in plans]
+    pointed: set[str] = self.call("fill", backend.fill_many, alts) if alts else set()
+    return stored, added, pointed
 
 
 def release(self: BytesStore, tokens: Sequence[Any]) -> None:
@@ -209,16 +312,38 @@ def invalidate(self: BytesStore, objs: Sequence[Any]) -> None:
             slots.extend(Plan._make(plan).slots)
         except StockpyleError as exc:
             raise self._naming_store(exc) from None
-    identities = [layout_of(type(o)).identity.from_obj(o) for o in objs]
-    stored = self._load([i for i in identities if i is not None])
+    identities = [i for o in objs if (i := layout_of(type(o)).identity.from_obj(o)) is not None]
+    backend = self.backend
+    stale = bool(getattr(self, "serve_stale", False))
+    if backend.supports_leases and hasattr(backend, "read_invalidate_many"):
+        # One round trip: each server reads the stored entries, then removes the derived slots;
+        # a second only for slots the stored entries list beyond those (an alternate key that
+        # changed).
+        derived = [self.backend_key(s) for s in dict.fromkeys(slots)]
+        read = {self.backend_key(i): i for i in identities}
+        raw = self.call(
+            "invalidate", backend.read_invalidate_many, list(read), derived, stale=stale
+        )
+        done = set(derived)
+        more: list[str] = []
+        for bkey, data in raw.items():
+            record = self.decode(bkey, data)
+            if type(record) is Entry:
+                for slot in record.slots:
+                    if (k := self.backend_key(slot)) not in done:
+                        done.add(k)
+                        more.append(k)
+        if more:
+            self.call("invalidate", backend.invalidate_many, more, stale=stale)
+        return
+    stored = self._load(identities)
     for record in stored.values():
         if type(record) is Entry:
             slots.extend(record.slots)
     bkeys = [self.backend_key(s) for s in dict.fromkeys(slots)]
     if not bkeys:
         return
-    if self.backend.supports_leases:
-        stale = bool(getattr(self, "serve_stale", False))
-        self.call("invalidate", self.backend.invalidate_many, bkeys, stale=stale)
+    if backend.supports_leases:
+        self.call("invalidate", backend.invalidate_many, bkeys, stale=stale)
     else:
-        self.call("invalidate", self.backend.delete_many, bkeys)
+        self.call("invalidate", backend.delete_many, bkeys)

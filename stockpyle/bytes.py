@@ -191,6 +191,9 @@ class BytesStore(KeyValueStore):
         self._key_limit = 10**9 if limit is None else limit - backend.key_length(f"{prefix}:")
         #: store key -> backend key, for keys used recently (bounded, cleared when full)
         self._bkeys: dict[str, str] = {}
+        #: alternate slot -> the identity slot its pointer named last (bounded, a guess that
+        #: lets a leased read fetch both in one round trip; see stockpyle._leases)
+        self._alt_hints: dict[str, str] = {}
         serial = self.envelope.serializer
         self._fast_loads = (
             pickle.loads if secret is None and type(serial) is PickleSerializer else None

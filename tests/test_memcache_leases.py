@@ -13,6 +13,7 @@ import pytest
 from helpers_memcache import CountingProxy, PurgingStore, purge_created, unique_prefix
 from pymemcache.client.base import Client as PyClient
 
+from stockpyle._keys import layout_of
 from stockpyle.stores.memcache import MemcacheStore
 from stockpyle.testing.models import Foo
 
@@ -171,9 +172,9 @@ def test_without_recache_a_hit_has_no_token(memcached_server: str) -> None:
 def test_leased_batches_are_one_round_trip_per_server_per_step(
     memcached_servers: list[str],
 ) -> None:
-    """A leased batch_get of 50 missing keys is one multi-get per server, its fill one
-    compare-and-set round trip plus one for the pointers, and an invalidation one read and one
-    round trip of tombstones (a set and a stale mark per key): never one per key."""
+    """A leased batch_get of 50 missing keys is one multi-get per server, its fill one round
+    trip (compare-and-set entries and added pointers together), and an invalidation one round
+    trip (each server reads the stored entries, then deletes): never one per key."""
     proxies = [CountingProxy(s) for s in memcached_servers]
     try:
         store = PurgingStore(servers=[p.address for p in proxies], prefix=unique_prefix())
@@ -184,11 +185,11 @@ def test_leased_batches_are_one_round_trip_per_server_per_step(
             proxy.reset()
         assert store.batch_fill(objs, [lease.token for lease in leases]) == [True] * 50
         for proxy in proxies:
-            assert set(proxy.commands) == {"set"} and proxy.round_trips <= 2
+            assert set(proxy.commands) == {"set"} and proxy.round_trips == 1
             proxy.reset()
         store.batch_invalidate(objs)
         for proxy in proxies:
-            assert set(proxy.commands) <= {"get", "set", "delete"} and proxy.round_trips <= 2
+            assert set(proxy.commands) <= {"get", "delete"} and proxy.round_trips == 1
         assert store.batch_get(Foo, [{"zap": i, "bar": i} for i in range(50)]) == [None] * 50
     finally:
         purge_created()
@@ -215,3 +216,85 @@ def test_fill_by_alternate_key_after_the_object_changed_it_elsewhere(
     b.batch_invalidate([Foo(1, 7, 8, name="v2")])  # after its database write, in the writer
     a.batch_fill([Foo(1, 2, 3, name="v1")], [lease.token])
     assert b.get(Foo, {"key": 1}) is None
+
+
+def _alt_slot_is_stored(store: MemcacheStore, key: dict[str, Any]) -> bool:
+    slot = layout_of(Foo).encode(key)
+    assert slot is not None
+    bkey = store.backend_key(slot)
+    return bkey in store.backend.get_many([bkey])
+
+
+def test_leased_read_by_alternate_key_guesses_the_identity(memcached_server: str) -> None:
+    """A leased read by alternate key reads the identity its pointer named last time in the
+    same round trip: one round trip instead of two. The pointer still decides: after another
+    process moved the alternate value to another object, the guess is wrong, the read takes its
+    second round trip and returns the object the pointer names, and learns the new guess."""
+    proxy = CountingProxy(memcached_server)
+    try:
+        prefix = unique_prefix()
+        a = PurgingStore(servers=[proxy.address], prefix=prefix)
+        b = PurgingStore(servers=[memcached_server], prefix=prefix)
+        b.put(Foo(1, 2, 3, name="one"))
+        alt = [{"zap": 2, "bar": 3}]
+
+        def read() -> Any:
+            proxy.reset()
+            (lease,) = a.batch_lease_entries(Foo, alt, lease_seconds=5)
+            assert lease.token is None and not lease.busy
+            return lease.found[0] if lease.found else None
+
+        assert read() == Foo(1, 2, 3, name="one") and proxy.round_trips == 2  # no guess yet
+        assert read() == Foo(1, 2, 3, name="one") and proxy.round_trips == 1
+        b.delete(Foo(1, 2, 3))
+        b.put(Foo(9, 2, 3, name="nine"))
+        assert read() == Foo(9, 2, 3, name="nine") and proxy.round_trips == 2  # wrong guess
+        assert read() == Foo(9, 2, 3, name="nine") and proxy.round_trips == 1
+    finally:
+        purge_created()
+        proxy.close()
+
+
+def test_a_guessed_identity_whose_stale_value_handed_a_token_gives_it_back(
+    memcached_server: str,
+) -> None:
+    """With serve_stale, reading a stale value hands the reader the token to refresh it. When
+    the guessed identity is stale and the pointer names another object, the read gives that
+    token back (deletes the stale value it was handed): otherwise every later reader of the
+    guessed identity would be told another caller is refreshing it, and wait."""
+    a, b = two_processes(memcached_server, serve_stale=True)
+    c = PurgingStore(servers=[memcached_server], prefix=a.prefix, serve_stale=True)
+    b.put(Foo(1, 2, 3))
+    alt = [{"zap": 2, "bar": 3}]
+    (first,) = a.batch_lease_entries(Foo, alt, lease_seconds=5)  # a learns its guess: key 1
+    assert first.found is not None and first.found[0] == Foo(1, 2, 3)
+    b.batch_invalidate([Foo(1, 2, 3)])  # key 1 and the pointer marked stale
+    b.put(Foo(9, 2, 3))  # the pointer names key 9 now; key 1 stays stale
+    (moved,) = a.batch_lease_entries(Foo, alt, lease_seconds=5)
+    assert moved.found is not None and moved.found[0] == Foo(9, 2, 3)
+    (later,) = c.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    assert later.token is not None and not later.busy  # a clean miss: c may load it
+
+
+def test_invalidation_reads_and_deletes_in_one_round_trip(memcached_server: str) -> None:
+    """An invalidation reads the stored entry and deletes the slots derived from the object in
+    one round trip; a second one only removes the slots the stored entry lists beyond those (an
+    alternate value the update changed), and then the old pointer is gone too."""
+    proxy = CountingProxy(memcached_server)
+    try:
+        store = PurgingStore(servers=[proxy.address], prefix=unique_prefix())
+        store.put(Foo(1, 2, 3))
+        proxy.reset()
+        store.batch_invalidate([Foo(1, 2, 3)])
+        assert proxy.round_trips == 1
+        assert store.get(Foo, {"key": 1}) is None
+        assert not _alt_slot_is_stored(store, {"zap": 2, "bar": 3})
+        store.put(Foo(1, 2, 3))
+        proxy.reset()
+        store.batch_invalidate([Foo(1, 7, 8)])  # the update gave it another alternate value
+        assert proxy.round_trips == 2
+        assert store.get(Foo, {"key": 1}) is None
+        assert not _alt_slot_is_stored(store, {"zap": 2, "bar": 3})
+    finally:
+        purge_created()
+        proxy.close()

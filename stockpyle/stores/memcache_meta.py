@@ -96,6 +96,7 @@ class MetaMemcacheBackend(BytesBackend):
         self._pool: Any = None  # the only server's pool, once known (see _send)
         self._pools = list(pools)
         self._value_flags = mm.RequestFlags(return_value=True)
+        self._peek_flags = mm.RequestFlags(return_value=True, return_cas_token=True)
         self._ttl_flags: dict[int, Any] = {}  # exptime -> flags of a plain set
         self._lease_flags: tuple[tuple[int, int], Any] | None = None  # the last lease's flags
 
@@ -196,6 +197,60 @@ class MetaMemcacheBackend(BytesBackend):
         for key, _, _ in batch:
             results[key] = conn.get_response()
 
+    def _mixed(self, requests: Sequence[tuple[str, str, bytes | None, Any]]) -> list[Any]:
+        """Requests of several kinds (``("get" | "set" | "delete", key, value, flags)``) in one
+        round trip per server, sent in order on each connection; the replies in request
+        order. Once more if a connection was found closed (a restarted server)."""
+        try:
+            return self._send_mixed(requests)
+        except BackendError as error:
+            if not self._retryable(error):
+                raise
+            return self._send_mixed(requests)
+
+    def _send_mixed(self, requests: Sequence[tuple[str, str, bytes | None, Any]]) -> list[Any]:
+        mm, sock = self._mm, self._sock
+        provider = self.client.router.pool_provider
+        routed: dict[Any, list[int]] = defaultdict(list)
+        for i, request in enumerate(requests):
+            if self._one_server:
+                if self._pool is None:
+                    self._pool = provider.get_pool(mm.Key(request[1]))
+                routed[self._pool].append(i)
+            else:
+                routed[provider.get_pool(mm.Key(request[1]))].append(i)
+        replies: list[Any] = [None] * len(requests)
+        errors: list[BackendError] = []
+        for pool, indexes in routed.items():
+            try:
+                conn = pool.pop_connection()
+            except mm.MemcacheError as exc:
+                errors.append(self._server_error(exc))
+                continue
+            error = True
+            try:
+                out = bytearray()
+                for i in indexes:
+                    kind, key, value, flags = requests[i]
+                    if kind == "get":
+                        out += sock.build_meta_get(key, flags)
+                    elif kind == "set":
+                        assert value is not None
+                        out += sock.build_meta_set(key, len(value), flags)
+                        out += value + b"\r\n"
+                    else:
+                        out += sock.build_meta_delete(key, flags)
+                conn.sendall(bytes(out), False)
+                for i in indexes:
+                    replies[i] = conn.get_response()
+                error = False
+            except Exception as exc:
+                errors.append(self._server_error(exc, pool.server))
+            finally:
+                pool.release_connection(conn, error=error)
+        first_error(errors)
+        return replies
+
     def _flags(self, **kw: Any) -> Any:
         return self._mm.RequestFlags(**kw)
 
@@ -258,7 +313,7 @@ class MetaMemcacheBackend(BytesBackend):
         got = self._sets(items, mode=self._sock.SET_MODE_ADD, return_cas_token=True)
         return {k: r.flags.cas_token for k, r in got.items() if isinstance(r, self._mm.Success)}
 
-    def lease_many(self, keys: Sequence[str], lease_seconds: int) -> dict[str, Leased]:
+    def _leasing_flags(self, lease_seconds: int) -> Any:
         cached = self._lease_flags
         if cached is None or cached[0] != (lease_seconds, self.recache_seconds):
             flags = self._flags(
@@ -268,17 +323,70 @@ class MetaMemcacheBackend(BytesBackend):
                 recache_ttl=self.recache_seconds or None,
             )
             cached = self._lease_flags = ((lease_seconds, self.recache_seconds), flags)
-        flags = cached[1]
-        found: dict[str, Leased] = {}
-        for key, r in self._get(keys, flags).items():
-            if not isinstance(r, self._mm.Value):
-                found[key] = Leased(None)
-                continue
-            token = r.flags.cas_token if r.flags.win else None
-            value = r.value if r.size else None
-            busy = not r.flags.win and (value is None or bool(r.flags.stale))
-            found[key] = Leased(value, token, busy=busy, stale=bool(r.flags.stale))
-        return found
+        return cached[1]
+
+    def _leased(self, r: Any) -> Leased:
+        if not isinstance(r, self._mm.Value):
+            return Leased(None)
+        token = r.flags.cas_token if r.flags.win else None
+        value = r.value if r.size else None
+        busy = not r.flags.win and (value is None or bool(r.flags.stale))
+        return Leased(value, token, busy=busy, stale=bool(r.flags.stale))
+
+    def lease_many(self, keys: Sequence[str], lease_seconds: int) -> dict[str, Leased]:
+        got = self._get(keys, self._leasing_flags(lease_seconds))
+        return {key: self._leased(r) for key, r in got.items()}
+
+    def lease_peek_many(
+        self, keys: Sequence[str], peek: Sequence[str], lease_seconds: int
+    ) -> dict[str, Leased]:
+        """:meth:`lease_many` of ``keys`` and, in the same round trip, a read of ``peek``
+        that takes no lease on a miss (a miss there is ``Leased(None)``, never a token; a stale
+        value there may still hand this caller its refresh token, as any read does)."""
+        flags = self._leasing_flags(lease_seconds)
+        peeking = self._peek_flags
+        requests = [("get", k, None, flags) for k in keys]
+        requests += [("get", k, None, peeking) for k in peek]
+        replies = self._mixed(requests)
+        return {r[1]: self._leased(reply) for r, reply in zip(requests, replies, strict=True)}
+
+    def write_many(self, requests: Sequence[tuple[str, str, Item, Any]]) -> list[Any]:
+        """Conditional writes of several kinds in one round trip per server: each
+        ``(mode, key, item, cas)`` with mode ``"cas"`` (compare-and-set on ``cas``), ``"add"``
+        or ``"add_cas"`` (an add that returns the stored value's CAS token). The results in
+        order: whether each was stored (``add_cas``: its token, or ``None``)."""
+        mm, add = self._mm, self._sock.SET_MODE_ADD
+        wire = []
+        for mode, key, item, cas in requests:
+            ttl = exptime(item.expire_in)
+            if mode == "cas":
+                flags = self._flags(cache_ttl=ttl, cas_token=cas)
+            elif mode == "add":
+                flags = self._flags(cache_ttl=ttl, mode=add)
+            else:
+                flags = self._flags(cache_ttl=ttl, mode=add, return_cas_token=True)
+            wire.append(("set", key, item.value, flags))
+        results: list[Any] = []
+        for (mode, *_), reply in zip(requests, self._mixed(wire), strict=True):
+            ok = isinstance(reply, mm.Success)
+            results.append((reply.flags.cas_token if ok else None) if mode == "add_cas" else ok)
+        return results
+
+    def read_invalidate_many(
+        self, read: Sequence[str], keys: Sequence[str], *, stale: bool = False
+    ) -> Mapping[str, bytes]:
+        """Read ``read``, then :meth:`invalidate_many` ``keys``, in one round trip per server
+        (each server reads before it deletes); the values read."""
+        flags = self._flags(mark_stale=True, cache_ttl=30) if stale else None
+        requests: list[tuple[str, str, bytes | None, Any]]
+        requests = [("get", k, None, self._value_flags) for k in read]
+        requests += [("delete", k, None, flags) for k in keys]
+        replies = self._mixed(requests)
+        return {
+            k: r.value
+            for k, r in zip(read, replies, strict=False)
+            if isinstance(r, self._mm.Value) and r.size and not r.flags.stale
+        }
 
     def fill_many(self, items: Mapping[str, tuple[Item, Any]]) -> set[str]:
         requests = [
