@@ -1,7 +1,8 @@
 """End to end: processes x threads over real PostgreSQL and memcached, Zipf reads, 3% updates.
 
     .venv/bin/python benchmarks/e2e.py [--quick] [--seconds S] [--processes P] [--threads T]
-        [--rounds R] [--rows N] [--only CONFIG] [--postgres URL] [--memcached HOST:PORT] [--out DIR]
+        [--rounds R] [--rows N] [--only CONFIG] [--warm] [--postgres URL]
+        [--memcached HOST:PORT] [--out DIR]
 
 Four configurations in one run. Each configuration's time is cut into ``--rounds`` slices (3;
 ``--quick``: 1), run round after round in rotating order so that the machine's other load falls
@@ -22,7 +23,9 @@ Every thread of every process loops: 97% reads (half by ``id``, half by the alte
 ``(zap, bar)``) of a Zipf-distributed key (s = 1), 3% updates (a put of the row with
 ``version + 1``). Each key is updated by one thread only (its owner), so versions rise by one
 per update without lost updates. After a warm-up (not measured), each configuration runs
-``--seconds`` (default 15; ``--quick``: 2 s, 2 processes x 2 threads, 2,000 rows).
+``--seconds`` (default 15; ``--quick``: 2 s, 2 processes x 2 threads, 2,000 rows). With
+``--warm`` (steady state), every process first reads every row once by both keys, not
+measured, so that the slice starts with full caches rather than empty ones.
 
 Reported per configuration: ops/s (reads and updates of all processes), read p50/p99/p99.9,
 update p99, database statements per second (SELECT/INSERT/UPDATE/DELETE counted by a
@@ -185,6 +188,13 @@ class Worker:
         self.engine.dispose()
 
 
+def warm_rows(worker: Worker, index: int, threads: int, rows: int) -> None:
+    """Read every ``threads``-th row (from ``index``) by identity and by alternate key."""
+    for k in range(index, rows, threads):
+        worker.read_id(k)
+        worker.read_alt(k, -k)
+
+
 def zipf_cum_weights(n: int) -> list[float]:
     return list(itertools.accumulate(1.0 / (i + 1) ** ZIPF_S for i in range(n)))
 
@@ -273,6 +283,18 @@ def process_main(job: dict[str, Any]) -> dict[str, Any]:
             assert worker.read_id(k) is not None
             assert worker.read_alt(k, -k) is not None
         _SHARED[0].wait()  # every process ready
+        if job["warm"]:
+            # Steady state: every thread reads its share of every row, by both keys (each
+            # process reads all of them: its own in-process layer, if any, holds them too).
+            warmers = [
+                threading.Thread(target=warm_rows, args=(worker, t, job["threads"], job["rows"]))
+                for t in range(job["threads"])
+            ]
+            for thread in warmers:
+                thread.start()
+            for thread in warmers:
+                thread.join()
+            _SHARED[0].wait()  # every process warm
         warm_from = time.time() + 0.2  # every thread of every process is started by then
         measure_from = warm_from + job["warmup"]
         end_at = measure_from + job["seconds"]
@@ -404,6 +426,7 @@ def run_slice(
             "processes": args.processes,
             "threads": args.threads,
             "warmup": 0.5 if args.quick else 2.0,
+            "warm": args.warm,
             "seconds": seconds,
             "seed": seed,
         }
@@ -504,6 +527,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--postgres", default=os.environ.get("STOCKPYLE_POSTGRES_URL"))
     parser.add_argument("--memcached", default=os.environ.get("STOCKPYLE_MEMCACHED"))
     parser.add_argument("--only", action="append", choices=CONFIGS, help="run only these")
+    parser.add_argument(
+        "--warm",
+        action="store_true",
+        help="steady state: before each slice's warm-up, every process reads every row once by"
+        " both keys (not measured); default: every slice starts with empty caches",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -526,7 +555,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{args.processes} processes x {args.threads} threads, {args.seconds:g} s per "
         f"configuration in {args.rounds} interleaved slices, {args.rows} rows, "
-        f"Zipf s={ZIPF_S}, {UPDATE_SHARE:.0%} updates"
+        f"Zipf s={ZIPF_S}, {UPDATE_SHARE:.0%} updates, "
+        + ("caches warmed first (every row read once)" if args.warm else "cold caches")
     )
     configs = list(args.only or CONFIGS)
     slices: dict[str, list[dict[str, Any]]] = {config: [] for config in configs}
@@ -599,6 +629,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "zipf_s": ZIPF_S,
         "update_share": UPDATE_SHARE,
+        "warm": args.warm,
         "stale_bound_ms": STALE_BOUND * 1000,
         "python": platform.python_version(),
         "machine": platform.platform(),
