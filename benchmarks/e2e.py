@@ -130,6 +130,7 @@ class Worker:
         self.database = database
         self.channel: Any = None
         self.cleanup_store: Any = None
+        self.chain: Any = None
         cls = BenchVersionedRow
         if config == "no cache":
             self.read_id = lambda k: database.get(cls, {"id": k})
@@ -153,6 +154,7 @@ class Worker:
                 chain = ChainedStore(
                     [ProcessMemoryStore(), memcache, database], invalidation=self.channel
                 )
+            self.chain = chain
             repo = stockpyle.Repo(cls, chain)
             self.read_id = lambda k: repo.get(id=k)
             self.read_alt = lambda z, b: repo.get(zap=z, bar=b)
@@ -180,6 +182,12 @@ class Worker:
             region.set_multi({f"id:{obj.id}": obj, f"alt:{obj.zap}:{obj.bar}": obj})
 
         self.read_id, self.read_alt, self.update = read_id, read_alt, update
+
+    def layer_counts(self) -> list[dict[str, int]]:
+        """The chain's per-layer counters (SPEC section 12), if this configuration has one."""
+        if self.chain is None:
+            return []
+        return [dict(layer) for layer in self.chain.stats().layers]
 
     def close(self) -> None:
         if self.channel is not None:
@@ -330,12 +338,14 @@ def process_main(job: dict[str, Any]) -> dict[str, Any]:
 
         gc.callbacks.append(on_gc)
         statements_before = [0]
+        counts_before: list[dict[str, int]] = []
         cpu_before = [0.0]
 
         def mark() -> None:
             time.sleep(max(0.0, measure_from - time.time()))
             statements_before[0] = worker.statements
             cpu_before[0] = time.process_time()
+            counts_before[:] = worker.layer_counts()
 
         marker = threading.Thread(target=mark)
         marker.start()
@@ -354,6 +364,12 @@ def process_main(job: dict[str, Any]) -> dict[str, Any]:
             "statements": worker.statements - statements_before[0],
             "cpu_seconds": cpu,
             "gc_max_ms": 1000 * max(gc_pauses, default=0.0),
+            "layers": [
+                {name: after[name] - before.get(name, 0) for name in after}
+                for before, after in itertools.zip_longest(
+                    counts_before, worker.layer_counts(), fillvalue={}
+                )
+            ],
         }
     finally:
         worker.close()
@@ -446,7 +462,20 @@ def run_slice(
         "cpu_seconds": sum(out["cpu_seconds"] for out in outs),
         "stale": stale_reads(parts),  # versions restart with each slice's fresh table
         "gc_max_ms": max(out["gc_max_ms"] for out in outs),
+        "layers": _sum_layers([out["layers"] for out in outs]),
     }
+
+
+def _sum_layers(per_process: list[list[dict[str, int]]]) -> list[dict[str, int]]:
+    """Per-layer counters summed over processes (or slices)."""
+    summed: list[dict[str, int]] = []
+    for layers in per_process:
+        for i, counts in enumerate(layers):
+            if i == len(summed):
+                summed.append({})
+            for name, n in counts.items():
+                summed[i][name] = summed[i].get(name, 0) + n
+    return summed
 
 
 def summarize(config: str, slices: list[dict[str, Any]]) -> dict[str, Any]:
@@ -479,6 +508,8 @@ def summarize(config: str, slices: list[dict[str, Any]]) -> dict[str, Any]:
         "stale_violations": sum(s["stale"][1] for s in slices),
         "oldest_stale_ms": round(max(s["stale"][2] for s in slices), 2),
         "gc_max_pause_ms": max(s["gc_max_ms"] for s in slices),
+        # the chain's own counters while measured: hits, misses, lease waits per layer
+        "layers": _sum_layers([s["layers"] for s in slices]),
     }
 
 
@@ -581,6 +612,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"  stale {row['stale_reads']} ({row['stale_violations']} > 50 ms)"
                 f"  gc max {row['gc_max_pause_ms']:.0f} ms"
             )
+            for i, layer in enumerate(row["layers"][:-1]):  # the cache layers
+                asked = layer.get("hits", 0) + layer.get("misses", 0)
+                print(
+                    f"{'':<22}   layer {i}: {layer.get('hits', 0) / max(1, asked):.1%} of"
+                    f" {asked} reads hit, {layer.get('lease_waits', 0)} lease waits,"
+                    f" {layer.get('backfills', 0)} backfills"
+                )
     finally:
         drop_isolated_schema(args.postgres, schema)
     by = {row["config"]: row for row in rows}
