@@ -72,9 +72,10 @@ def lease_entries(
     wanted = [s for s in dict.fromkeys(slots) if s]
     # The identity an alternate slot pointed to last time is read in the same round trip (a
     # guess: the pointer still decides, and a wrong guess costs the second round as before).
+    peeking = hasattr(backend, "lease_peek_many")
     hints = self._alt_hints
     peek: list[str] = []
-    if hints and hasattr(backend, "lease_peek_many"):
+    if hints and peeking:
         seen = set(wanted)
         for slot, identity in zip(slots, is_identity, strict=True):
             if slot and not identity:
@@ -97,7 +98,7 @@ def lease_entries(
         at = slot
         if type(record) is Pointer:
             at = record.identity
-            if hints.get(slot) != at:
+            if peeking and hints.get(slot) != at:
                 _remember(hints, slot, at)
             record, leased = records.get(at), leases.get(at, leased)
             if type(record) is Entry and slot not in record.slots:
@@ -183,7 +184,7 @@ def fill(
     adds: dict[str, Item] = {}
     alts: dict[str, tuple[Item, Any]] = {}
     pointers: dict[str, Item] = {}
-    hints = self._alt_hints
+    hints = self._alt_hints if hasattr(backend, "lease_peek_many") else None
     for plan, token in zip(plans, tokens, strict=True):
         if is_dead(plan.deadline, now):
             continue
@@ -198,7 +199,7 @@ def fill(
                 pointer = self.item(alt, Pointer(plan.deadline, plan.identity), now)
                 alts[alt] = (pointer, token.cas)
         for slot in plan.slots[1:]:
-            if hints.get(slot) != plan.identity:
+            if hints is not None and hints.get(slot) != plan.identity:
                 _remember(hints, slot, plan.identity)
             if one_trip:  # pointers of an entry that is not stored are never followed
                 pkey = self.backend_key(slot)
