@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any, TypeVar
 
 from stockpyle._expiry import Deadline
@@ -196,6 +196,16 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         )
         # The warm path is the first layer's own hot path: a chain costs nothing extra.
         return general if fast is None else fast
+
+    def keyword_getter(
+        self, cls: type[T], slow: Callable[[KeyDict], T | None], *, bypass: Sized = ()
+    ) -> Callable[..., T | None] | None:
+        if not self._last:
+            return self.stores[0].keyword_getter(cls, slow, bypass=bypass)
+        if bypass != ():  # a chain inside a chain: its own getter decides
+            return None
+        # The warm path is the first layer's, exactly as in getter(); slow is this chain's.
+        return self.stores[0].keyword_getter(cls, slow, bypass=self._suspect[0])
 
     def _fetch(
         self,

@@ -33,6 +33,7 @@ class Repo(Generic[T]):
     """
 
     __slots__ = (
+        "__dict__",  # holds the store's keyword getter as ``get`` (see __init__)
         "_batch_loader",
         "_flights",
         "_get",
@@ -58,6 +59,16 @@ class Repo(Generic[T]):
             )
             raise TypeError(msg)
         self._get = store.getter(cls)  # the store's fastest path for this class
+        if type(self).get is Repo.get:  # a subclass's own get stays in charge
+            fast = store.keyword_getter(cls, self._get_key)
+            if fast is not None:
+                # get(**key) in one call: the store answers its hits itself, and hands
+                # everything else to _get_key (this method's own path). An instance attribute
+                # shadows the method, so repo.get is that function.
+                fast.__name__ = "get"
+                fast.__qualname__ = "Repo.get"
+                fast.__doc__ = Repo.get.__doc__
+                self.__dict__["get"] = fast
         self._loader: Callable[..., Any] | None = None
         self._batch_loader = False
         self._flights: FlightTable[str] = FlightTable()
@@ -71,6 +82,13 @@ class Repo(Generic[T]):
 
     def get(self, **key: Any) -> T | None:
         """The object named by one declared key (``get(key=1)``), or ``None`` on a miss."""
+        obj = self._get(key)
+        if obj is None and self._loader is not None:
+            return self._load([key])[0]
+        return obj
+
+    def _get_key(self, key: KeyDict) -> T | None:
+        # get() by a key dictionary: what the store's keyword getter does not answer itself.
         obj = self._get(key)
         if obj is None and self._loader is not None:
             return self._load([key])[0]

@@ -169,6 +169,18 @@ class BaseStore(abc.ABC):
         """
         return None
 
+    def keyword_getter(
+        self, cls: type[T], slow: Callable[[KeyDict], T | None], *, bypass: Sized = ()
+    ) -> Callable[..., T | None] | None:
+        """A function ``get(**key) -> obj | None`` for ``cls`` that answers the hits it can from
+        this store alone, in one call, and returns ``slow(key)`` for everything else (misses,
+        keys it does not handle, and every key while ``bypass`` is non-empty); or ``None`` (the
+        default) if there is none. :class:`~stockpyle.Repo` installs it as its ``get`` with
+        its own ``get`` path as ``slow``; a :class:`~stockpyle.stores.ChainedStore` offers its
+        first layer's. The in-process stores implement it.
+        """
+        return None
+
     # -- coherence (SPEC section 11); stores without leases keep these defaults ------------------
 
     def batch_lease_entries(

@@ -132,43 +132,28 @@ class BaseDictionaryStore(KeyValueStore):
         other: Callable[[KeyDict], T | None] | None = None,
         bypass: Sized = (),
     ) -> Callable[[KeyDict], T | None] | None:
-        """Repo.get's hot path: one tuple of the key's names, one encode, one or two mapping
-        lookups, no other calls. Keys of other types take the general path.
+        """Repo.get's hot path: one encode (memoized for int and str values), one or two
+        mapping lookups, no other calls. Keys of other types take the general path.
 
         A chain builds its own getter on its first layer's: ``miss(key)`` answers when this
         store misses, ``other(key)`` when the key needs the general path, and a non-empty
         ``bypass`` sends every key to ``other``. Subclasses that map keys return ``None``.
         """
-        layout = layout_of(cls)
-        by_names = layout.specs_by_names
-        clock = self.clock
+        slots = _Slots(cls)
+        singles, memos, pairs, pair, by_names = (
+            slots.singles,
+            slots.memos,
+            slots.pairs,
+            slots.pair,
+            slots.by_names,
+        )
         fast = FAST_ENCODERS
+        clock = self.clock
         general = other if other is not None else partial(self.get, cls)
         # Plain stores hold one mapping; subclasses (thread-local) may pick one per call.
-        fixed: MutableMapping[str, Any] | None = (
-            self._dict if type(self).mapping is BaseDictionaryStore.mapping else None
-        )
-
-        singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
-        memos = {name: spec.memo for name, spec in singles.items()}
+        fixed = self._fixed_mapping()
         hits = self.counters.hot_hits  # counted without a call (SPEC section 12)
         count_miss = self.counters.misses.__next__
-
-        #: Encoded slots of recent composite keys of exact int and str values, by their
-        #: ``(name, value)`` items in the order given.
-        composite: dict[tuple[tuple[str, Any], ...], str] = {}
-
-        def encode(spec: KeySpec, key: KeyDict) -> str:
-            # KeyError: a type without a fast encoder (or None)
-            return spec.prefix + ",".join([fast[type(key[n])](key[n]) for n in spec.names])
-
-        def remember(items: tuple[tuple[str, Any], ...], key: KeyDict) -> str:
-            # KeyError: not a declared key in this order (yet)
-            slot = encode(by_names[tuple(key)], key)
-            if len(composite) >= KeySpec.MEMO_SIZE:
-                composite.clear()
-            composite[items] = slot
-            return slot
 
         def missed(key: KeyDict) -> T | None:
             count_miss()
@@ -178,7 +163,8 @@ class BaseDictionaryStore(KeyValueStore):
             if bypass:
                 return general(key)
             try:
-                if len(key) == 1:
+                size = len(key)
+                if size == 1:
                     (name,) = key
                     value = key[name]
                     kind = type(value)
@@ -186,17 +172,17 @@ class BaseDictionaryStore(KeyValueStore):
                         slot = memos[name].get(value) or singles[name].remember(value)
                     else:
                         slot = singles[name].prefix + fast[kind](value)
+                elif size == 2:
+                    first, second = key
+                    a = key[first]
+                    b = key[second]
+                    slot = pairs.get((first, second, type(a), type(b), a, b)) or pair(
+                        first, second, a, b
+                    )
                 else:
-                    for value in key.values():
-                        kind = type(value)
-                        if kind is not int and kind is not str:
-                            slot = encode(by_names[tuple(key)], key)
-                            break
-                    else:  # exact ints and strs only: no two such keys are equal
-                        items = tuple(key.items())
-                        slot = composite.get(items) or remember(items, key)
-            except KeyError:  # another key, or a type without a fast encoder (or None)
-                return general(key)
+                    slot = _encode(by_names[tuple(key)], key)
+            except (KeyError, TypeError):  # another key, a type without a fast encoder (or
+                return general(key)  # None), an unhashable value
             mapping = self.mapping if fixed is None else fixed
             try:
                 record = mapping.get(slot)
@@ -228,3 +214,99 @@ class BaseDictionaryStore(KeyValueStore):
             return found[0]  # type: ignore[no-any-return]
 
         return get_by_key
+
+    def keyword_getter(
+        self, cls: type[T], slow: Callable[[KeyDict], T | None], *, bypass: Sized = ()
+    ) -> Callable[..., T | None] | None:
+        """``get(**key)`` answering this store's hits of one- and two-name keys in a single
+        call (what :meth:`fast_getter`'s function answers, minus the call that builds the key
+        dictionary), and ``slow(key)`` for everything else: misses, expired entries, other
+        keys, and every key while ``bypass`` is non-empty. ``None`` for a store whose mapping
+        is chosen per call (thread-local).
+        """
+        fixed = self._fixed_mapping()
+        if fixed is None:
+            return None
+        slots = _Slots(cls)
+        singles, memos, pairs, pair = slots.singles, slots.memos, slots.pairs, slots.pair
+        fast = FAST_ENCODERS
+        clock = self.clock
+        lookup: Callable[[str], Any] = fixed.get
+        hits = self.counters.hot_hits
+
+        def get(**key: Any) -> T | None:
+            # The hit path of get_by_key above, inline (a call costs as much as the lookups);
+            # anything it does not answer is answered, and counted, by slow(key) alone.
+            if not bypass:
+                try:
+                    size = len(key)
+                    if size == 1:
+                        (name,) = key
+                        value = key[name]
+                        kind = type(value)
+                        if kind is int or kind is str:
+                            slot = memos[name].get(value) or singles[name].remember(value)
+                        else:
+                            slot = singles[name].prefix + fast[kind](value)
+                    elif size == 2:
+                        first, second = key
+                        a = key[first]
+                        b = key[second]
+                        slot = pairs.get((first, second, type(a), type(b), a, b)) or pair(
+                            first, second, a, b
+                        )
+                    else:
+                        return slow(key)
+                    record = lookup(slot)
+                    kind = type(record)
+                    if kind is Entry:
+                        identity = record.slots[0]
+                        if identity == slot or lookup(identity) is record:
+                            deadline = record.deadline
+                            if deadline is None or deadline > clock():
+                                hits[0] += 1
+                                return record.obj  # type: ignore[no-any-return]
+                    elif kind is not Pointer and record is not None:
+                        hits[0] += 1
+                        return record  # type: ignore[no-any-return]
+                except (KeyError, TypeError, StockpyleError):  # the general path raises or answers
+                    pass
+            return slow(key)
+
+        return get
+
+    def _fixed_mapping(self) -> MutableMapping[str, Any] | None:
+        """The one mapping of a plain store; ``None`` when a subclass picks one per call."""
+        return self._dict if type(self).mapping is BaseDictionaryStore.mapping else None
+
+
+def _encode(spec: KeySpec, key: KeyDict) -> str:
+    # KeyError: a type without a fast encoder (or None)
+    return spec.prefix + ",".join([FAST_ENCODERS[type(key[n])](key[n]) for n in spec.names])
+
+
+class _Slots:
+    """What the getters of one class encode keys with: the one-name keys' memos, and a memo of
+    two-name keys by ``(name, name, type, type, value, value)`` in the order given (exact int
+    and str values only: the types in the key keep ``True`` from meeting ``1``'s slot)."""
+
+    __slots__ = ("by_names", "memos", "pairs", "singles")
+
+    def __init__(self, cls: type) -> None:
+        layout = layout_of(cls)
+        self.by_names = layout.specs_by_names
+        self.singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
+        self.memos = {name: spec.memo for name, spec in self.singles.items()}
+        self.pairs: dict[tuple[Any, ...], str] = {}
+
+    def pair(self, first: str, second: str, a: Any, b: Any) -> str:
+        """Encode a two-name key (KeyError: not a declared key in this order yet, or a value
+        without a fast encoder), remembering it when both values are exact ints or strs."""
+        slot = _encode(self.by_names[(first, second)], {first: a, second: b})
+        kind_a, kind_b = type(a), type(b)
+        if (kind_a is int or kind_a is str) and (kind_b is int or kind_b is str):
+            pairs = self.pairs
+            if len(pairs) >= KeySpec.MEMO_SIZE:
+                pairs.clear()
+            pairs[(first, second, kind_a, kind_b, a, b)] = slot
+        return slot
