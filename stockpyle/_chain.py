@@ -198,14 +198,29 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         return general if fast is None else fast
 
     def keyword_getter(
-        self, cls: type[T], slow: Callable[[KeyDict], T | None], *, bypass: Sized = ()
+        self,
+        cls: type[T],
+        slow: Callable[[KeyDict], T | None],
+        *,
+        miss: Callable[[KeyDict], T | None] | None = None,
+        bypass: Sized = (),
     ) -> Callable[..., T | None] | None:
         if not self._last:
-            return self.stores[0].keyword_getter(cls, slow, bypass=bypass)
+            return self.stores[0].keyword_getter(cls, slow, miss=miss, bypass=bypass)
         if bypass != ():  # a chain inside a chain: its own getter decides
             return None
-        # The warm path is the first layer's, exactly as in getter(); slow is this chain's.
-        return self.stores[0].keyword_getter(cls, slow, bypass=self._suspect[0])
+        fetch = self._fetch
+        writes = self._writes
+
+        def from_second(key: KeyDict) -> T | None:
+            # As in getter(): begun is read after the first layer missed.
+            found = fetch(cls, [key], start=1, begun=writes.now, asked=(0,))[0]
+            if found is not None:
+                return found[0]
+            return None if miss is None else miss(key)
+
+        # The warm path is the first layer's, exactly as in getter().
+        return self.stores[0].keyword_getter(cls, slow, miss=from_second, bypass=self._suspect[0])
 
     def _fetch(
         self,

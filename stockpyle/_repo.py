@@ -60,11 +60,11 @@ class Repo(Generic[T]):
             raise TypeError(msg)
         self._get = store.getter(cls)  # the store's fastest path for this class
         if type(self).get is Repo.get:  # a subclass's own get stays in charge
-            fast = store.keyword_getter(cls, self._get_key)
+            fast = store.keyword_getter(cls, self._get_key, miss=self._missed)
             if fast is not None:
-                # get(**key) in one call: the store answers its hits itself, and hands
-                # everything else to _get_key (this method's own path). An instance attribute
-                # shadows the method, so repo.get is that function.
+                # get(**key) in one call: the store answers its hits and misses itself (a
+                # miss then goes to _missed) and hands anything else to _get_key, this
+                # method's own path. The instance attribute shadows the method.
                 fast.__name__ = "get"
                 fast.__qualname__ = "Repo.get"
                 fast.__doc__ = Repo.get.__doc__
@@ -93,6 +93,10 @@ class Repo(Generic[T]):
         if obj is None and self._loader is not None:
             return self._load([key])[0]
         return obj
+
+    def _missed(self, key: KeyDict) -> T | None:
+        # What get() returns when the store missed.
+        return None if self._loader is None else self._load([key])[0]
 
     def get_many(self, key_dicts: Sequence[KeyDict]) -> list[T | None]:
         """Like :meth:`BaseStore.batch_get`: same length and order, ``None`` at each miss."""

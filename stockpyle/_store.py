@@ -170,14 +170,22 @@ class BaseStore(abc.ABC):
         return None
 
     def keyword_getter(
-        self, cls: type[T], slow: Callable[[KeyDict], T | None], *, bypass: Sized = ()
+        self,
+        cls: type[T],
+        slow: Callable[[KeyDict], T | None],
+        *,
+        miss: Callable[[KeyDict], T | None] | None = None,
+        bypass: Sized = (),
     ) -> Callable[..., T | None] | None:
-        """A function ``get(**key) -> obj | None`` for ``cls`` that answers the hits it can from
-        this store alone, in one call, and returns ``slow(key)`` for everything else (misses,
-        keys it does not handle, and every key while ``bypass`` is non-empty); or ``None`` (the
-        default) if there is none. :class:`~stockpyle.Repo` installs it as its ``get`` with
-        its own ``get`` path as ``slow``; a :class:`~stockpyle.stores.ChainedStore` offers its
-        first layer's. The in-process stores implement it.
+        """A function ``get(**key) -> obj | None`` for ``cls`` answering in one call what
+        this store answers alone, or ``None`` (the default) if there is none.
+
+        It returns this store's hits itself; on a miss, it counts the miss and returns
+        ``miss(key)`` (``None`` without one); everything else (keys it does not handle,
+        and every key while ``bypass`` is non-empty) gets ``slow(key)``. :class:`~stockpyle.Repo`
+        installs it as its ``get``, with its own paths as ``slow`` and ``miss``; a
+        :class:`~stockpyle.stores.ChainedStore` offers its first layer's, reading the layers
+        below on a miss. The in-process stores implement it.
         """
         return None
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import attrs
 import pytest
 
+import stockpyle
 from stockpyle import InvalidKeyError, Repo, StoreError, UnknownKeyError
 from stockpyle.stores import ChainedStore, ProcessMemoryStore, ThreadLocalStore
 from stockpyle.testing import FakeClock
@@ -146,4 +148,77 @@ def test_a_key_suspect_in_the_first_layer_is_read_below() -> None:
     assert top.get(Foo, {"key": 1}).name == "old"  # type: ignore[union-attr]  # stale there
     assert repo.get(key=1).name == "new"  # type: ignore[union-attr]
     assert repo.get(zap=2, bar=3).name == "new"  # type: ignore[union-attr]
+    chain.release()
+
+
+def test_an_alternate_left_behind_by_eviction_never_answers() -> None:
+    """An alternate slot still holding an object's entry after LRU eviction of its identity
+    slot (then a newer version) is a miss through Repo.get, never either version."""
+    Repo(Foo, ProcessMemoryStore()).get(zap=10, bar=10)  # the slot's encoding is remembered
+    store = ProcessMemoryStore(max_entries=3)
+    repo = Repo(Foo, store)
+    repo.put(Foo(1, 10, 10, "old"))
+    repo.put(Foo(2, 20, 20))  # identity 1 is evicted, its alternate (10, 10) stays
+    assert len(store) == 3 and store.get(Foo, {"key": 1}) is None
+    assert repo.get(zap=10, bar=10) is None
+    repo.put(Foo(1, 30, 30, "new"))
+    assert repo.get(zap=10, bar=10) is None
+    assert repo.get(zap=30, bar=30).name == "new"  # type: ignore[union-attr]
+
+
+@stockpyle.keyed("key", ("a", "b"), ("c", "d"), ("a", "c", "d"))
+@attrs.define
+class Many:
+    """Several composite keys: the first two-name key has the one-call path, the others
+    the general one."""
+
+    key: int
+    a: Any = None
+    b: Any = None
+    c: Any = None
+    d: Any = None
+
+
+def test_other_composite_keys_answer_by_the_general_path() -> None:
+    """A second two-name key and a three-name key find the object (in any order of names);
+    a two-name key of a class that declares none is an UnknownKeyError."""
+    repo = Repo(Many, ProcessMemoryStore())
+    obj = Many(1, 2, 3, 4, 5)
+    repo.put(obj)
+    for _ in range(2):
+        assert repo.get(a=2, b=3) is obj and repo.get(b=3, a=2) is obj
+        assert repo.get(c=4, d=5) is obj and repo.get(d=5, c=4) is obj
+        assert repo.get(a=2, c=4, d=5) is obj
+        assert repo.get(c=5, d=4) is None
+    assert repo.store.stats().hits == 10
+    single = Repo(Single, ProcessMemoryStore())
+    with pytest.raises(UnknownKeyError):
+        single.get(key=1, other=2)
+
+
+@stockpyle.keyed("key")
+@attrs.define
+class Single:
+    """One key only: stored as a bare object at its identity slot."""
+
+    key: int
+
+
+def test_a_miss_reads_the_chain_below_then_the_loader() -> None:
+    """Through a chain, a first-layer miss reads the layers below (and fills the first), and
+    a miss everywhere goes to the repo's loader; each layer counts its own miss once."""
+    top, bottom = ProcessMemoryStore(), ProcessMemoryStore()
+    chain = ChainedStore([top, bottom])
+    repo = Repo(Foo, chain)
+    bottom.put(Foo(1, 2, 3, name="below"))
+
+    @repo.loader
+    def load(**key: Any) -> Foo | None:
+        return Foo(9, 8, 7, name="loaded")
+
+    assert repo.get(zap=2, bar=3).name == "below"  # type: ignore[union-attr]
+    assert top.get(Foo, {"key": 1}) is not None  # filled
+    assert repo.get(zap=8, bar=7).name == "loaded"  # type: ignore[union-attr]
+    assert (top.stats().misses, bottom.stats().misses) == (2, 1)
+    assert repo.get(key=9).name == "loaded"  # type: ignore[union-attr]
     chain.release()

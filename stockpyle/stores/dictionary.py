@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 from stockpyle._encoding import FAST_ENCODERS
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
-from stockpyle._keys import KeySpec, layout_of
+from stockpyle._keys import KeyLayout, KeySpec, layout_of
 from stockpyle._kv import Entry, KeyValueStore, Pointer, Record, View
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
@@ -139,14 +139,9 @@ class BaseDictionaryStore(KeyValueStore):
         store misses, ``other(key)`` when the key needs the general path, and a non-empty
         ``bypass`` sends every key to ``other``. Subclasses that map keys return ``None``.
         """
-        slots = _Slots(cls)
-        singles, memos, pairs, pair, by_names = (
-            slots.singles,
-            slots.memos,
-            slots.pairs,
-            slots.pair,
-            slots.by_names,
-        )
+        layout = layout_of(cls)
+        by_names = layout.specs_by_names
+        singles, memos, (first, second, pairs, pair) = _hot_specs(layout)
         fast = FAST_ENCODERS
         clock = self.clock
         general = other if other is not None else partial(self.get, cls)
@@ -172,17 +167,16 @@ class BaseDictionaryStore(KeyValueStore):
                         slot = memos[name].get(value) or singles[name].remember(value)
                     else:
                         slot = singles[name].prefix + fast[kind](value)
-                elif size == 2:
-                    first, second = key
+                elif size == 2 and first in key and second in key:
                     a = key[first]
                     b = key[second]
-                    slot = pairs.get((first, second, type(a), type(b), a, b)) or pair(
-                        first, second, a, b
-                    )
+                    slot = pairs.get((type(a), type(b), a, b)) or pair(a, b)
                 else:
                     slot = _encode(by_names[tuple(key)], key)
-            except (KeyError, TypeError):  # another key, a type without a fast encoder (or
-                return general(key)  # None), an unhashable value
+            except (KeyError, TypeError, StockpyleError):
+                # Another key, a type without a fast encoder (None too), an unhashable or
+                # invalid value: the general path answers or raises (naming this store).
+                return general(key)
             mapping = self.mapping if fixed is None else fixed
             try:
                 record = mapping.get(slot)
@@ -216,27 +210,34 @@ class BaseDictionaryStore(KeyValueStore):
         return get_by_key
 
     def keyword_getter(
-        self, cls: type[T], slow: Callable[[KeyDict], T | None], *, bypass: Sized = ()
+        self,
+        cls: type[T],
+        slow: Callable[[KeyDict], T | None],
+        *,
+        miss: Callable[[KeyDict], T | None] | None = None,
+        bypass: Sized = (),
     ) -> Callable[..., T | None] | None:
-        """``get(**key)`` answering this store's hits of one- and two-name keys in a single
-        call (what :meth:`fast_getter`'s function answers, minus the call that builds the key
-        dictionary), and ``slow(key)`` for everything else: misses, expired entries, other
-        keys, and every key while ``bypass`` is non-empty. ``None`` for a store whose mapping
-        is chosen per call (thread-local).
+        """``get(**key)`` answering what :meth:`fast_getter`'s function answers for keys of
+        one name and the first declared key of two, minus the call that builds the key
+        dictionary: this store's hits, and its misses (counted, then ``miss(key)``).
+        ``slow(key)`` answers everything else (expired entries, other keys, every key while
+        ``bypass`` is non-empty). ``None`` for a store whose mapping is chosen per call
+        (thread-local).
         """
         fixed = self._fixed_mapping()
         if fixed is None:
             return None
-        slots = _Slots(cls)
-        singles, memos, pairs, pair = slots.singles, slots.memos, slots.pairs, slots.pair
+        singles, memos, (first, second, pairs, _) = _hot_specs(layout_of(cls))
         fast = FAST_ENCODERS
         clock = self.clock
-        lookup: Callable[[str], Any] = fixed.get
         hits = self.counters.hot_hits
+        count_miss = self.counters.misses.__next__
+        lookup: Callable[[str], Any] = fixed.get
 
         def get(**key: Any) -> T | None:
-            # The hit path of get_by_key above, inline (a call costs as much as the lookups);
-            # anything it does not answer is answered, and counted, by slow(key) alone.
+            # get_by_key above, inline for the common keys: a call costs as much as the
+            # lookups. A KeyError (another key, a value without a fast encoder, a slot not
+            # remembered yet, an identity slot emptied since) leaves the key to slow().
             if not bypass:
                 try:
                     size = len(key)
@@ -249,27 +250,27 @@ class BaseDictionaryStore(KeyValueStore):
                         else:
                             slot = singles[name].prefix + fast[kind](value)
                     elif size == 2:
-                        first, second = key
                         a = key[first]
                         b = key[second]
-                        slot = pairs.get((first, second, type(a), type(b), a, b)) or pair(
-                            first, second, a, b
-                        )
+                        slot = pairs[(type(a), type(b), a, b)]
                     else:
                         return slow(key)
                     record = lookup(slot)
+                    if record is None:
+                        count_miss()
+                        return None if miss is None else miss(key)
                     kind = type(record)
                     if kind is Entry:
                         identity = record.slots[0]
-                        if identity == slot or lookup(identity) is record:
+                        if identity == slot or fixed[identity] is record:
                             deadline = record.deadline
                             if deadline is None or deadline > clock():
                                 hits[0] += 1
                                 return record.obj  # type: ignore[no-any-return]
-                    elif kind is not Pointer and record is not None:
+                    elif kind is not Pointer:
                         hits[0] += 1
                         return record  # type: ignore[no-any-return]
-                except (KeyError, TypeError, StockpyleError):  # the general path raises or answers
+                except (KeyError, TypeError, StockpyleError):
                     pass
             return slow(key)
 
@@ -285,28 +286,27 @@ def _encode(spec: KeySpec, key: KeyDict) -> str:
     return spec.prefix + ",".join([FAST_ENCODERS[type(key[n])](key[n]) for n in spec.names])
 
 
-class _Slots:
-    """What the getters of one class encode keys with: the one-name keys' memos, and a memo of
-    two-name keys by ``(name, name, type, type, value, value)`` in the order given (exact int
-    and str values only: the types in the key keep ``True`` from meeting ``1``'s slot)."""
+#: Stands for the names of a two-name key when a class declares none (no key dict holds it).
+_NO_NAME = object()
 
-    __slots__ = ("by_names", "memos", "pairs", "singles")
 
-    def __init__(self, cls: type) -> None:
-        layout = layout_of(cls)
-        self.by_names = layout.specs_by_names
-        self.singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
-        self.memos = {name: spec.memo for name, spec in self.singles.items()}
-        self.pairs: dict[tuple[Any, ...], str] = {}
+def _no_pair(a: Any, b: Any) -> str:
+    raise KeyError(a)
 
-    def pair(self, first: str, second: str, a: Any, b: Any) -> str:
-        """Encode a two-name key (KeyError: not a declared key in this order yet, or a value
-        without a fast encoder), remembering it when both values are exact ints or strs."""
-        slot = _encode(self.by_names[(first, second)], {first: a, second: b})
-        kind_a, kind_b = type(a), type(b)
-        if (kind_a is int or kind_a is str) and (kind_b is int or kind_b is str):
-            pairs = self.pairs
-            if len(pairs) >= KeySpec.MEMO_SIZE:
-                pairs.clear()
-            pairs[(first, second, kind_a, kind_b, a, b)] = slot
-        return slot
+
+def _hot_specs(
+    layout: KeyLayout,
+) -> tuple[
+    dict[str, KeySpec],
+    dict[str, dict[int | str, str]],
+    tuple[Any, Any, dict[tuple[type, type, Any, Any], str], Callable[[Any, Any], str]],
+]:
+    """What the getters encode keys with: the one-name keys by name with their memos, and the
+    first declared two-name key's names, memo and encoder (placeholders that match no key
+    dict when there is none). Other keys take the general path."""
+    singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
+    memos = {name: spec.memo for name, spec in singles.items()}
+    for spec in layout.specs:
+        if len(spec.names) == 2:
+            return singles, memos, (*spec.names, spec.pairs, spec.remember_pair)
+    return singles, memos, (_NO_NAME, _NO_NAME, {}, _no_pair)
