@@ -222,3 +222,27 @@ def test_a_miss_reads_the_chain_below_then_the_loader() -> None:
     assert (top.stats().misses, bottom.stats().misses) == (2, 1)
     assert repo.get(key=9).name == "loaded"  # type: ignore[union-attr]
     chain.release()
+
+
+@stockpyle.keyed("key", "email")
+@attrs.define
+class User:
+    """Two one-name keys: the identity has its own short path, ``email`` the other one."""
+
+    key: Any
+    email: Any = None
+
+
+def test_one_name_keys_never_meet_an_equal_value_of_another_type() -> None:
+    """``key=True``, ``key=1.0`` and ``key="1"`` are other keys than ``key=1``, by the
+    identity and by another one-name key, whichever was looked up first."""
+    objs = [User(1, 1), User(True, True), User(1.0, 1.0), User("1", "1")]
+    for order in (objs, objs[::-1]):
+        repo = Repo(User, ProcessMemoryStore())
+        repo.put_many(objs)
+        for _ in range(2):  # the second round is answered by the memos
+            for obj in order:
+                assert repo.get(key=obj.key) is obj
+                assert repo.get(email=obj.email) is obj
+        assert repo.get(email=2) is None and repo.get(key=2) is None
+        assert (repo.store.stats().hits, repo.store.stats().misses) == (16, 2)

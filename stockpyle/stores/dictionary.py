@@ -141,7 +141,9 @@ class BaseDictionaryStore(KeyValueStore):
         """
         layout = layout_of(cls)
         by_names = layout.specs_by_names
-        singles, memos, (first, second, pairs, pair) = _hot_specs(layout)
+        hot = _HotKeys(layout)
+        singles, memos = hot.singles, hot.memos
+        first, second, pairs, pair = hot.first, hot.second, hot.pairs, hot.pair
         fast = FAST_ENCODERS
         clock = self.clock
         general = other if other is not None else partial(self.get, cls)
@@ -227,7 +229,15 @@ class BaseDictionaryStore(KeyValueStore):
         fixed = self._fixed_mapping()
         if fixed is None:
             return None
-        singles, memos, (first, second, pairs, _) = _hot_specs(layout_of(cls))
+        hot = _HotKeys(layout_of(cls))
+        singles, memos, one, one_memo, one_prefix = (
+            hot.singles,
+            hot.memos,
+            hot.one,
+            hot.one_memo,
+            hot.one_prefix,
+        )
+        first, second, pairs = hot.first, hot.second, hot.pairs
         fast = FAST_ENCODERS
         clock = self.clock
         hits = self.counters.hot_hits
@@ -242,13 +252,21 @@ class BaseDictionaryStore(KeyValueStore):
                 try:
                     size = len(key)
                     if size == 1:
-                        (name,) = key
-                        value = key[name]
-                        kind = type(value)
-                        if kind is int or kind is str:
-                            slot = memos[name].get(value) or singles[name].remember(value)
+                        if one in key:  # the first one-name key (the identity, usually)
+                            value = key[one]
+                            kind = type(value)
+                            if kind is int or kind is str:
+                                slot = one_memo[value]
+                            else:
+                                slot = one_prefix + fast[kind](value)
                         else:
-                            slot = singles[name].prefix + fast[kind](value)
+                            (name,) = key
+                            value = key[name]
+                            kind = type(value)
+                            if kind is int or kind is str:
+                                slot = memos[name][value]
+                            else:
+                                slot = singles[name].prefix + fast[kind](value)
                     elif size == 2:
                         a = key[first]
                         b = key[second]
@@ -286,27 +304,27 @@ def _encode(spec: KeySpec, key: KeyDict) -> str:
     return spec.prefix + ",".join([FAST_ENCODERS[type(key[n])](key[n]) for n in spec.names])
 
 
-#: Stands for the names of a two-name key when a class declares none (no key dict holds it).
-_NO_NAME = object()
+class _HotKeys:
+    """What the getters of one class encode keys with: every one-name key (by name, with its
+    memo), the first one-name key (the identity, usually) and the first two-name key by their
+    names. ``NO_NAME`` stands for a name when the class declares no such key (no key dict
+    holds it), and the two-name encoder then raises ``KeyError``: the general path answers."""
+
+    NO_NAME: Any = object()
+
+    def __init__(self, layout: KeyLayout) -> None:
+        self.singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
+        self.memos = {name: spec.memo for name, spec in self.singles.items()}
+        one = next(iter(self.singles.values()), None)
+        self.one: Any = self.NO_NAME if one is None else one.single
+        self.one_memo: dict[int | str, str] = {} if one is None else one.memo
+        self.one_prefix = "" if one is None else one.prefix
+        two = next((spec for spec in layout.specs if len(spec.names) == 2), None)
+        self.first: Any = self.NO_NAME if two is None else two.names[0]
+        self.second: Any = self.NO_NAME if two is None else two.names[1]
+        self.pairs: dict[tuple[type, type, Any, Any], str] = {} if two is None else two.pairs
+        self.pair: Callable[[Any, Any], str] = _no_pair if two is None else two.remember_pair
 
 
 def _no_pair(a: Any, b: Any) -> str:
     raise KeyError(a)
-
-
-def _hot_specs(
-    layout: KeyLayout,
-) -> tuple[
-    dict[str, KeySpec],
-    dict[str, dict[int | str, str]],
-    tuple[Any, Any, dict[tuple[type, type, Any, Any], str], Callable[[Any, Any], str]],
-]:
-    """What the getters encode keys with: the one-name keys by name with their memos, and the
-    first declared two-name key's names, memo and encoder (placeholders that match no key
-    dict when there is none). Other keys take the general path."""
-    singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
-    memos = {name: spec.memo for name, spec in singles.items()}
-    for spec in layout.specs:
-        if len(spec.names) == 2:
-            return singles, memos, (*spec.names, spec.pairs, spec.remember_pair)
-    return singles, memos, (_NO_NAME, _NO_NAME, {}, _no_pair)
