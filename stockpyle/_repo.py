@@ -59,21 +59,32 @@ class Repo(Generic[T]):
             )
             raise TypeError(msg)
         self._get = store.getter(cls)  # the store's fastest path for this class
-        if type(self).get is Repo.get:  # a subclass's own get stays in charge
-            fast = store.keyword_getter(cls, self._get_key, miss=self._missed)
-            if fast is not None:
-                # get(**key) in one call: the store answers its hits and misses itself (a
-                # miss then goes to _missed) and hands anything else to _get_key, this
-                # method's own path. The instance attribute shadows the method.
-                fast.__name__ = "get"
-                fast.__qualname__ = "Repo.get"
-                fast.__doc__ = Repo.get.__doc__
-                self.__dict__["get"] = fast
         self._loader: Callable[..., Any] | None = None
         self._batch_loader = False
         self._flights: FlightTable[str] = FlightTable()
         #: How long a caller waits for the same key's load by another thread (then loads).
         self.follow_timeout = 30.0
+        self._install_get()
+
+    def _install_get(self) -> None:
+        """Make ``self.get`` the store's keyword getter when it has one: ``get(**key)`` in
+        one call, the store answering its hits and misses itself, anything else going to
+        this class's own path. An instance attribute shadows the method; a subclass's own
+        ``get`` stays in charge. Without a loader the function is the store's alone (shared,
+        no reference back here); with one, misses go to :meth:`_missed`."""
+        if type(self).get is not Repo.get:
+            return
+        if self._loader is None:
+            fast = self.store.keyword_getter(self.cls, self._get)
+        else:
+            fast = self.store.keyword_getter(self.cls, self._get_key, miss=self._missed)
+        if fast is None:
+            self.__dict__.pop("get", None)
+            return
+        fast.__name__ = "get"
+        fast.__qualname__ = "Repo.get"
+        fast.__doc__ = Repo.get.__doc__
+        self.__dict__["get"] = fast
 
     def __repr__(self) -> str:
         return f"Repo({self._layout.path}, {self.store.describe()})"
@@ -164,6 +175,7 @@ class Repo(Generic[T]):
         def register(fn: F) -> F:
             self._loader = fn
             self._batch_loader = batch
+            self._install_get()
 
             @wrapt.decorator
             def refresh(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:

@@ -5,6 +5,7 @@ everything it does not answer (misses, loaders, expiry, odd keys, suspect keys) 
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import attrs
@@ -246,3 +247,25 @@ def test_one_name_keys_never_meet_an_equal_value_of_another_type() -> None:
                 assert repo.get(email=obj.email) is obj
         assert repo.get(email=2) is None and repo.get(key=2) is None
         assert (repo.store.stats().hits, repo.store.stats().misses) == (16, 2)
+
+
+def test_a_repo_without_a_loader_is_freed_without_the_collector() -> None:
+    """A Repo per request over a memory store leaves nothing in reference cycles (its get
+    is the store's own function, built once per class); one with a loader still loads."""
+    store = ProcessMemoryStore()
+    store.put(Foo(1))
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(100):
+            repo = Repo(Foo, store)
+            assert repo.get(key=1) == Foo(1) and repo.get(key=2) is None
+        del repo
+        assert gc.collect() < 50  # a cycle per Repo would be thousands (other threads: a few)
+    finally:
+        gc.enable()
+    assert Repo(Foo, store).get is Repo(Foo, store).get
+    with_loader = Repo(Foo, store)
+    with_loader.loader(lambda **key: Foo(key["key"], name="loaded"))
+    assert with_loader.get(key=2).name == "loaded"  # type: ignore[union-attr]
+    assert with_loader.get is not Repo(Foo, store).get

@@ -40,6 +40,10 @@ class BaseDictionaryStore(KeyValueStore):
     ) -> None:
         super().__init__(polymorphic=polymorphic, lifetime_cb=lifetime_cb, clock=clock)
         self._dict: MutableMapping[str, Any] = {} if mapping is None else mapping
+        #: getter(cls) by class, and the keyword getters over them (built once per class:
+        #: a Repo per request costs two lookups, and no reference cycle).
+        self._getters: dict[type, Callable[[KeyDict], Any]] = {}
+        self._keyword_getters: dict[type, Callable[..., Any]] = {}
 
     @property
     def mapping(self) -> MutableMapping[str, Any]:
@@ -121,8 +125,11 @@ class BaseDictionaryStore(KeyValueStore):
         return None if found is None else found[0]
 
     def getter(self, cls: type[T]) -> Callable[[KeyDict], T | None]:
-        fast = self.fast_getter(cls)
-        return BaseStore.getter(self, cls) if fast is None else fast
+        found = self._getters.get(cls)
+        if found is None:
+            fast = self.fast_getter(cls)
+            found = self._getters[cls] = BaseStore.getter(self, cls) if fast is None else fast
+        return found
 
     def fast_getter(
         self,
@@ -141,7 +148,7 @@ class BaseDictionaryStore(KeyValueStore):
         """
         layout = layout_of(cls)
         by_names = layout.specs_by_names
-        hot = _HotKeys(layout)
+        hot = _hot_keys(layout)
         singles, memos = hot.singles, hot.memos
         first, second, pairs, pair = hot.first, hot.second, hot.pairs, hot.pair
         fast = FAST_ENCODERS
@@ -230,7 +237,11 @@ class BaseDictionaryStore(KeyValueStore):
         fixed = self._fixed_mapping()
         if fixed is None:
             return None
-        hot = _HotKeys(layout_of(cls))
+        # The plain case (what a Repo without a loader asks for) is built once per class.
+        plain = miss is None and bypass == () and slow is self._getters.get(cls)
+        if plain and cls in self._keyword_getters:
+            return self._keyword_getters[cls]
+        hot = _hot_keys(layout_of(cls))
         singles, memos, one, one_memo, one_prefix = (
             hot.singles,
             hot.memos,
@@ -293,6 +304,8 @@ class BaseDictionaryStore(KeyValueStore):
                     pass
             return slow(key)
 
+        if plain:
+            self._keyword_getters[cls] = get
         return get
 
     def _fixed_mapping(self) -> MutableMapping[str, Any] | None:
@@ -329,3 +342,14 @@ class _HotKeys:
 
 def _no_pair(a: Any, b: Any) -> str:
     raise KeyError(a)
+
+
+_HOT_KEYS: dict[KeyLayout, _HotKeys] = {}
+
+
+def _hot_keys(layout: KeyLayout) -> _HotKeys:
+    """The (cached) :class:`_HotKeys` of a layout."""
+    hot = _HOT_KEYS.get(layout)
+    if hot is None:
+        hot = _HOT_KEYS[layout] = _HotKeys(layout)
+    return hot
