@@ -111,9 +111,10 @@ class Repo(Generic[T]):
 
     def get_many(self, key_dicts: Sequence[KeyDict]) -> list[T | None]:
         """Like :meth:`BaseStore.batch_get`: same length and order, ``None`` at each miss."""
-        spec_for = self._layout.spec_for
-        for key in key_dicts:
-            spec_for(key)
+        by_names, spec_for = self._layout.specs_by_names, self._layout.spec_for
+        for key in key_dicts:  # every key checked before any is read
+            if tuple(key) not in by_names:
+                spec_for(key)  # raises, or remembers this order of names
         found = self.store.batch_get(self.cls, key_dicts)
         if self._loader is None:
             return found

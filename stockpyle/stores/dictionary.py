@@ -149,7 +149,7 @@ class BaseDictionaryStore(KeyValueStore):
         layout = layout_of(cls)
         by_names = layout.specs_by_names
         hot = _hot_keys(layout)
-        singles, memos = hot.singles, hot.memos
+        singles, memos, one = hot.singles, hot.memos, hot.one
         first, second, pairs, pair = hot.first, hot.second, hot.pairs, hot.pair
         fast = FAST_ENCODERS
         clock = self.clock
@@ -170,7 +170,10 @@ class BaseDictionaryStore(KeyValueStore):
             try:
                 size = len(key)
                 if size == 1:
-                    (name,) = key
+                    if one in key:
+                        name = one
+                    else:
+                        (name,) = key
                     value = key[name]
                     kind = type(value)
                     if kind is int or kind is str:  # no int equals a str: one memo for both
