@@ -269,3 +269,22 @@ def test_a_repo_without_a_loader_is_freed_without_the_collector() -> None:
     with_loader.loader(lambda **key: Foo(key["key"], name="loaded"))
     assert with_loader.get(key=2).name == "loaded"  # type: ignore[union-attr]
     assert with_loader.get is not Repo(Foo, store).get
+
+
+def test_a_failing_loader_is_called_once_and_its_error_propagates() -> None:
+    """A loader raising (a KeyError here, which the one-call path also uses internally) is
+    called once per miss, the miss counted once, and its error is the caller's."""
+    store = ProcessMemoryStore()
+    repo = Repo(Foo, store)
+    calls: list[dict[str, Any]] = []
+
+    @repo.loader
+    def load(**key: Any) -> Foo | None:
+        calls.append(key)
+        raise KeyError("not in the source")
+
+    for key in ({"key": 1}, {"zap": 2, "bar": 3}):
+        with pytest.raises(KeyError, match="not in the source"):
+            repo.get(**key)
+    assert calls == [{"key": 1}, {"zap": 2, "bar": 3}]
+    assert store.stats().misses == 2

@@ -253,6 +253,7 @@ class BaseDictionaryStore(KeyValueStore):
             hot.one_prefix,
         )
         first, second, pairs = hot.first, hot.second, hot.pairs
+        by_names = hot.by_names
         fast = FAST_ENCODERS
         clock = self.clock
         count_hit = self.counters.hits
@@ -260,9 +261,10 @@ class BaseDictionaryStore(KeyValueStore):
         lookup: Callable[[str], Any] = fixed.get
 
         def get(**key: Any) -> T | None:
-            # get_by_key above, inline for the common keys: a call costs as much as the
-            # lookups. A KeyError (another key, a value without a fast encoder, a slot not
-            # remembered yet, an identity slot emptied since) leaves the key to slow().
+            # get_by_key above, inline: a call costs as much as the lookups. A KeyError
+            # (another key, a value without a fast encoder, a slot not remembered yet, an
+            # identity slot emptied since) leaves the key to slow(); so does any record
+            # but a current one. Callbacks run outside the try: their errors are theirs.
             if not bypass:
                 try:
                     size = len(key)
@@ -287,24 +289,26 @@ class BaseDictionaryStore(KeyValueStore):
                         b = key[second]
                         slot = pairs[(type(a), type(b), a, b)]
                     else:
-                        return slow(key)
+                        slot = _encode(by_names[tuple(key)], key)
                     record = lookup(slot)
+                    if record is not None:
+                        kind = type(record)
+                        if kind is Entry:
+                            identity = record.slots[0]
+                            if identity == slot or fixed[identity] is record:
+                                deadline = record.deadline
+                                if deadline is None or deadline > clock():
+                                    next(count_hit)
+                                    return record.obj  # type: ignore[no-any-return]
+                        elif kind is not Pointer:
+                            next(count_hit)
+                            return record  # type: ignore[no-any-return]
+                except (KeyError, TypeError, StockpyleError):
+                    pass
+                else:
                     if record is None:
                         count_miss()
                         return None if miss is None else miss(key)
-                    kind = type(record)
-                    if kind is Entry:
-                        identity = record.slots[0]
-                        if identity == slot or fixed[identity] is record:
-                            deadline = record.deadline
-                            if deadline is None or deadline > clock():
-                                next(count_hit)
-                                return record.obj  # type: ignore[no-any-return]
-                    elif kind is not Pointer:
-                        next(count_hit)
-                        return record  # type: ignore[no-any-return]
-                except (KeyError, TypeError, StockpyleError):
-                    pass
             return slow(key)
 
         if plain:
@@ -330,6 +334,7 @@ class _HotKeys:
     NO_NAME: Any = object()
 
     def __init__(self, layout: KeyLayout) -> None:
+        self.by_names = layout.specs_by_names
         self.singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
         self.memos = {name: spec.memo for name, spec in self.singles.items()}
         one = next(iter(self.singles.values()), None)
