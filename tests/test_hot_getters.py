@@ -288,3 +288,36 @@ def test_a_failing_loader_is_called_once_and_its_error_propagates() -> None:
             repo.get(**key)
     assert calls == [{"key": 1}, {"zap": 2, "bar": 3}]
     assert store.stats().misses == 2
+
+
+class _DownBelow(ProcessMemoryStore):
+    """A last layer whose reads fail, counting them."""
+
+    reads = 0
+
+    def batch_get_entries(self, cls: type[Any], key_dicts: Any) -> list[Any]:
+        self.reads += 1
+        raise StoreError(self, "get failed (injected)")
+
+
+def test_a_failure_below_a_first_layer_miss_is_read_and_raised_once() -> None:
+    """When the last layer fails the read that follows a first-layer miss, Repo.get raises
+    its StoreError after one read there and one counted miss above: for absent keys (the
+    one-call path) and for an entry expired above (the key dictionary path)."""
+    clock = FakeClock()
+    top, bottom = ProcessMemoryStore(lifetime_cb=lambda obj: 10.0, clock=clock), _DownBelow()
+    chain = ChainedStore([top, bottom])
+    repo = Repo(Foo, chain)
+    top.put(Foo(7, 8, 9))
+    clock.advance(11)
+    keys: list[dict[str, Any]] = [
+        {"key": 1},
+        {"zap": 1, "bar": 2},
+        {"key": 7},
+        {"zap": 8, "bar": 9},
+    ]
+    for i, key in enumerate(keys, 1):
+        with pytest.raises(StoreError):
+            repo.get(**key)
+        assert (bottom.reads, top.stats().misses) == (i, i)
+    chain.release()

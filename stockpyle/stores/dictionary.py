@@ -193,29 +193,31 @@ class BaseDictionaryStore(KeyValueStore):
             mapping = self.mapping if fixed is None else fixed
             try:
                 record = mapping.get(slot)
-                if record is None:
-                    return missed(key)
-                kind = type(record)
-                if kind is Entry:
-                    # The object's own entry, or (compact layout) its entry held at another
-                    # slot as a pointer, still current when the identity slot holds the same.
-                    identity = record.slots[0]
-                    if identity == slot or mapping.get(identity) is record:
-                        deadline = record.deadline
-                        if deadline is not None and deadline <= clock():
-                            return missed(key)
+                found = None
+                if record is not None:
+                    kind = type(record)
+                    if kind is Entry:
+                        # The object's own entry, or (compact layout) its entry held at
+                        # another slot as a pointer, current while the identity slot holds
+                        # the same entry; otherwise read in the general way.
+                        identity = record.slots[0]
+                        if identity == slot or mapping.get(identity) is record:
+                            deadline = record.deadline
+                            if deadline is None or deadline > clock():
+                                next(count_hit)
+                                return record.obj  # type: ignore[no-any-return]
+                        else:
+                            found = follow(mapping, slot, record, clock())
+                    elif kind is not Pointer:  # a bare object at its identity slot
                         next(count_hit)
-                        return record.obj  # type: ignore[no-any-return]
-                elif kind is not Pointer:  # a bare object at its identity slot
-                    next(count_hit)
-                    return record  # type: ignore[no-any-return]
-                # A pointer, or an entry held by a slot the current version may not have.
-                found = follow(mapping, slot, record, clock())
+                        return record  # type: ignore[no-any-return]
+                    else:
+                        found = follow(mapping, slot, record, clock())
             except StoreError:
                 if other is None:
                     raise
                 return other(key)  # a chain's general path counts the failure as a miss
-            if found is None:
+            if found is None:  # missed outside the try: a chain's errors below are its own
                 return missed(key)
             next(count_hit)
             return found[0]  # type: ignore[no-any-return]
