@@ -33,7 +33,7 @@ class Repo(Generic[T]):
     """
 
     __slots__ = (
-        "__dict__",  # holds the store's keyword getter as ``get`` (see __init__)
+        "__dict__",  # holds the store's keyword getter as ``get`` (see _install_get)
         "_batch_loader",
         "_flights",
         "_get",

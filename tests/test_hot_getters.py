@@ -13,20 +13,26 @@ import pytest
 
 import stockpyle
 from stockpyle import InvalidKeyError, Repo, StoreError, UnknownKeyError
-from stockpyle.stores import ChainedStore, ProcessMemoryStore, ThreadLocalStore
+from stockpyle.stores import (
+    BaseDictionaryStore,
+    ChainedStore,
+    ProcessMemoryStore,
+    ThreadLocalStore,
+)
 from stockpyle.testing import FakeClock
 from stockpyle.testing.models import Foo
 
 
 def test_repo_get_on_a_memory_store_is_one_call() -> None:
     """A Repo over a process memory store (alone or first in a chain) gets by the store's
-    keyword getter, not by a method that calls another function; a thread-local store, whose
-    mapping is picked per call, keeps the method."""
+    keyword getter, not by a method that calls another function; a thread-local store (its
+    mapping is picked per call) and a dictionary store (general records) keep the method."""
     for store in (ProcessMemoryStore(), ChainedStore([ProcessMemoryStore(), ProcessMemoryStore()])):
         repo = Repo(Foo, store)
         assert not hasattr(repo.get, "__self__")
         assert repo.get.__name__ == "get" and repo.get.__doc__ == Repo.get.__doc__
-    assert Repo(Foo, ThreadLocalStore()).get.__self__ is not None  # type: ignore[attr-defined]
+    for other in (ThreadLocalStore(), BaseDictionaryStore({})):
+        assert Repo(Foo, other).get.__self__ is not None  # type: ignore[attr-defined]
 
 
 def test_hits_and_misses_are_counted_once_by_every_key() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping, Sequence, Sized
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from stockpyle._encoding import FAST_ENCODERS
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
@@ -29,6 +29,10 @@ class BaseDictionaryStore(KeyValueStore):
     read-modify-write planning are serialized by a lock, so one store may be shared between
     threads.
     """
+
+    #: Whether records are kept in the compact layout of :mod:`._memory_layout` (the
+    #: in-process stores), which :meth:`keyword_getter` reads.
+    _compact: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -236,11 +240,12 @@ class BaseDictionaryStore(KeyValueStore):
         one name and the first declared key of two, minus the call that builds the key
         dictionary: this store's hits, and its misses (counted, then ``miss(key)``).
         ``slow(key)`` answers everything else (expired entries, other keys, every key while
-        ``bypass`` is non-empty). ``None`` for a store whose mapping is chosen per call
-        (thread-local).
+        ``bypass`` is non-empty). ``None`` unless the store keeps the compact layout (alternate
+        slots holding the entry itself) in one mapping: over general records or mappings
+        that unpickle, most alternate-key reads would be read twice.
         """
         fixed = self._fixed_mapping()
-        if fixed is None:
+        if fixed is None or not self._compact:
             return None
         # The plain case (what a Repo without a loader asks for) is built once per class.
         plain = miss is None and bypass == () and slow is self._getters.get(cls)

@@ -123,6 +123,8 @@ class _MemoryStore(BaseDictionaryStore):
     after every object of the batch has been validated.
     """
 
+    _compact = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._planners: dict[type, Callable[[Any], tuple[str, ...]]] = {}
