@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any, TypeVar
 
 from stockpyle._expiry import Deadline
@@ -196,6 +196,31 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         )
         # The warm path is the first layer's own hot path: a chain costs nothing extra.
         return general if fast is None else fast
+
+    def keyword_getter(
+        self,
+        cls: type[T],
+        slow: Callable[[KeyDict], T | None],
+        *,
+        miss: Callable[[KeyDict], T | None] | None = None,
+        bypass: Sized = (),
+    ) -> Callable[..., T | None] | None:
+        if not self._last:
+            return self.stores[0].keyword_getter(cls, slow, miss=miss, bypass=bypass)
+        if bypass != ():  # a chain inside a chain: its own getter decides
+            return None
+        fetch = self._fetch
+        writes = self._writes
+
+        def from_second(key: KeyDict) -> T | None:
+            # As in getter(): begun is read after the first layer missed.
+            found = fetch(cls, [key], start=1, begun=writes.now, asked=(0,))[0]
+            if found is not None:
+                return found[0]
+            return None if miss is None else miss(key)
+
+        # The warm path is the first layer's, exactly as in getter().
+        return self.stores[0].keyword_getter(cls, slow, miss=from_second, bypass=self._suspect[0])
 
     def _fetch(
         self,

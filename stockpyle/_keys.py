@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from stockpyle._encoding import encode_value
+from stockpyle._encoding import FAST_ENCODERS, encode_value
 from stockpyle.exceptions import (
     InvalidKeyError,
     KeyDeclarationError,
@@ -171,7 +171,7 @@ def keys_of(cls: type) -> Keys:
 class KeySpec:
     """One declared key of one class, with everything needed to encode it precomputed."""
 
-    __slots__ = ("index", "layout", "memo", "names", "prefix", "single")
+    __slots__ = ("index", "layout", "memo", "names", "pairs", "prefix", "single")
 
     #: How many encoded int/str keys a single-attribute key remembers (see :meth:`remember`).
     MEMO_SIZE = 4096
@@ -185,6 +185,10 @@ class KeySpec:
         #: Encoded slots of recently used int and str values (exact types only: ``True`` is
         #: never looked up here, so it cannot meet the entry of ``1``).
         self.memo: dict[int | str, str] = {}
+        #: Two-attribute keys: encoded slots of recent pairs of int and str values, by
+        #: ``(type, type, value, value)`` in ``names`` order (the types keep ``True`` from
+        #: meeting ``1``'s slot). See :meth:`remember_pair`.
+        self.pairs: dict[tuple[type, type, Any, Any], str] = {}
 
     def __repr__(self) -> str:
         return f"<KeySpec {self.prefix}>"
@@ -195,6 +199,19 @@ class KeySpec:
         if len(memo) >= self.MEMO_SIZE:
             memo.clear()
         slot = memo[value] = self.prefix + encode_value(value)
+        return slot
+
+    def remember_pair(self, a: Any, b: Any) -> str:
+        """Encode the values of this two-attribute key (in ``names`` order) the hot paths'
+        way, remembered in :attr:`pairs` when both are exact ints or strs. ``KeyError``
+        (nothing encoded) when a value has no fast encoder, ``None`` included."""
+        slot = f"{self.prefix}{FAST_ENCODERS[type(a)](a)},{FAST_ENCODERS[type(b)](b)}"
+        kind_a, kind_b = type(a), type(b)
+        if (kind_a is int or kind_a is str) and (kind_b is int or kind_b is str):
+            pairs = self.pairs
+            if len(pairs) >= self.MEMO_SIZE:
+                pairs.clear()
+            pairs[(kind_a, kind_b, a, b)] = slot
         return slot
 
     def encode_values(self, values: Sequence[Any]) -> str | None:

@@ -33,6 +33,7 @@ class Repo(Generic[T]):
     """
 
     __slots__ = (
+        "__dict__",  # holds the store's keyword getter as ``get`` (see _install_get)
         "_batch_loader",
         "_flights",
         "_get",
@@ -63,6 +64,27 @@ class Repo(Generic[T]):
         self._flights: FlightTable[str] = FlightTable()
         #: How long a caller waits for the same key's load by another thread (then loads).
         self.follow_timeout = 30.0
+        self._install_get()
+
+    def _install_get(self) -> None:
+        """Make ``self.get`` the store's keyword getter when it has one: ``get(**key)`` in
+        one call, the store answering its hits and misses itself, anything else going to
+        this class's own path. An instance attribute shadows the method; a subclass's own
+        ``get`` stays in charge. Without a loader the function is the store's alone (shared,
+        no reference back here); with one, misses go to :meth:`_missed`."""
+        if type(self).get is not Repo.get:
+            return
+        if self._loader is None:
+            fast = self.store.keyword_getter(self.cls, self._get)
+        else:
+            fast = self.store.keyword_getter(self.cls, self._get_key, miss=self._missed)
+        if fast is None:
+            self.__dict__.pop("get", None)
+            return
+        fast.__name__ = "get"
+        fast.__qualname__ = "Repo.get"
+        fast.__doc__ = Repo.get.__doc__
+        self.__dict__["get"] = fast
 
     def __repr__(self) -> str:
         return f"Repo({self._layout.path}, {self.store.describe()})"
@@ -76,11 +98,23 @@ class Repo(Generic[T]):
             return self._load([key])[0]
         return obj
 
+    def _get_key(self, key: KeyDict) -> T | None:
+        # get() by a key dictionary: what the store's keyword getter does not answer itself.
+        obj = self._get(key)
+        if obj is None and self._loader is not None:
+            return self._load([key])[0]
+        return obj
+
+    def _missed(self, key: KeyDict) -> T | None:
+        # What get() returns when the store missed.
+        return None if self._loader is None else self._load([key])[0]
+
     def get_many(self, key_dicts: Sequence[KeyDict]) -> list[T | None]:
         """Like :meth:`BaseStore.batch_get`: same length and order, ``None`` at each miss."""
-        spec_for = self._layout.spec_for
-        for key in key_dicts:
-            spec_for(key)
+        by_names, spec_for = self._layout.specs_by_names, self._layout.spec_for
+        for key in key_dicts:  # every key checked before any is read
+            if tuple(key) not in by_names:
+                spec_for(key)  # raises, or remembers this order of names
         found = self.store.batch_get(self.cls, key_dicts)
         if self._loader is None:
             return found
@@ -142,6 +176,7 @@ class Repo(Generic[T]):
         def register(fn: F) -> F:
             self._loader = fn
             self._batch_loader = batch
+            self._install_get()
 
             @wrapt.decorator
             def refresh(wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:

@@ -169,6 +169,26 @@ class BaseStore(abc.ABC):
         """
         return None
 
+    def keyword_getter(
+        self,
+        cls: type[T],
+        slow: Callable[[KeyDict], T | None],
+        *,
+        miss: Callable[[KeyDict], T | None] | None = None,
+        bypass: Sized = (),
+    ) -> Callable[..., T | None] | None:
+        """A function ``get(**key) -> obj | None`` for ``cls`` answering in one call what
+        this store answers alone, or ``None`` (the default) if there is none.
+
+        It returns this store's hits itself; on a miss, it counts the miss and returns
+        ``miss(key)`` (``None`` without one); everything else (keys it does not handle,
+        and every key while ``bypass`` is non-empty) gets ``slow(key)``. :class:`~stockpyle.Repo`
+        installs it as its ``get``, with its own paths as ``slow`` and ``miss``; a
+        :class:`~stockpyle.stores.ChainedStore` offers its first layer's, reading the layers
+        below on a miss. The in-process stores implement it.
+        """
+        return None
+
     # -- coherence (SPEC section 11); stores without leases keep these defaults ------------------
 
     def batch_lease_entries(

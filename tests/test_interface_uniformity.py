@@ -54,9 +54,9 @@ def test_the_interface_is_the_one_the_contract_names() -> None:
     """The methods checked below are the contract's (a rename in BaseStore shows up here)."""
     expected = {
         "put", "get", "delete", "batch_put", "batch_get", "batch_delete", "get_entry",
-        "batch_get_entries", "getter", "fast_getter", "release", "close", "__enter__",
-        "__exit__", "stats", "can_hold", "batch_lease_entries", "batch_fill", "batch_release",
-        "batch_invalidate", "describe",
+        "batch_get_entries", "getter", "fast_getter", "keyword_getter", "release", "close",
+        "__enter__", "__exit__", "stats", "can_hold", "batch_lease_entries", "batch_fill",
+        "batch_release", "batch_invalidate", "describe",
     }  # fmt: skip
     assert expected <= set(METHODS)
     assert len(STORES) >= 7

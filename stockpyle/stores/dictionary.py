@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, MutableMapping, Sequence, Sized
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from stockpyle._encoding import FAST_ENCODERS
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
-from stockpyle._keys import KeySpec, layout_of
+from stockpyle._keys import KeyLayout, KeySpec, layout_of
 from stockpyle._kv import Entry, KeyValueStore, Pointer, Record, View
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
@@ -30,6 +30,10 @@ class BaseDictionaryStore(KeyValueStore):
     threads.
     """
 
+    #: Whether records are kept in the compact layout of :mod:`._memory_layout` (the
+    #: in-process stores), which :meth:`keyword_getter` reads.
+    _compact: ClassVar[bool] = False
+
     def __init__(
         self,
         mapping: MutableMapping[str, Any] | None = None,
@@ -40,6 +44,10 @@ class BaseDictionaryStore(KeyValueStore):
     ) -> None:
         super().__init__(polymorphic=polymorphic, lifetime_cb=lifetime_cb, clock=clock)
         self._dict: MutableMapping[str, Any] = {} if mapping is None else mapping
+        #: getter(cls) by class, and the keyword getters over them (built once per class:
+        #: a Repo per request costs two lookups, and no reference cycle).
+        self._getters: dict[type, Callable[[KeyDict], Any]] = {}
+        self._keyword_getters: dict[type, Callable[..., Any]] = {}
 
     @property
     def mapping(self) -> MutableMapping[str, Any]:
@@ -121,8 +129,11 @@ class BaseDictionaryStore(KeyValueStore):
         return None if found is None else found[0]
 
     def getter(self, cls: type[T]) -> Callable[[KeyDict], T | None]:
-        fast = self.fast_getter(cls)
-        return BaseStore.getter(self, cls) if fast is None else fast
+        found = self._getters.get(cls)
+        if found is None:
+            fast = self.fast_getter(cls)
+            found = self._getters[cls] = BaseStore.getter(self, cls) if fast is None else fast
+        return found
 
     def fast_getter(
         self,
@@ -132,8 +143,8 @@ class BaseDictionaryStore(KeyValueStore):
         other: Callable[[KeyDict], T | None] | None = None,
         bypass: Sized = (),
     ) -> Callable[[KeyDict], T | None] | None:
-        """Repo.get's hot path: one tuple of the key's names, one encode, one or two mapping
-        lookups, no other calls. Keys of other types take the general path.
+        """Repo.get's hot path: one encode (memoized for int and str values), one or two
+        mapping lookups, no other calls. Keys of other types take the general path.
 
         A chain builds its own getter on its first layer's: ``miss(key)`` answers when this
         store misses, ``other(key)`` when the key needs the general path, and a non-empty
@@ -141,34 +152,17 @@ class BaseDictionaryStore(KeyValueStore):
         """
         layout = layout_of(cls)
         by_names = layout.specs_by_names
-        clock = self.clock
+        hot = _hot_keys(layout)
+        singles, memos, one = hot.singles, hot.memos, hot.one
+        first, second, pairs, pair = hot.first, hot.second, hot.pairs, hot.pair
         fast = FAST_ENCODERS
+        clock = self.clock
         general = other if other is not None else partial(self.get, cls)
         # Plain stores hold one mapping; subclasses (thread-local) may pick one per call.
-        fixed: MutableMapping[str, Any] | None = (
-            self._dict if type(self).mapping is BaseDictionaryStore.mapping else None
-        )
-
-        singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
-        memos = {name: spec.memo for name, spec in singles.items()}
-        hits = self.counters.hot_hits  # counted without a call (SPEC section 12)
+        fixed = self._fixed_mapping()
+        # Counted by one C call each, atomic, no lock (SPEC section 12).
+        count_hit = self.counters.hits
         count_miss = self.counters.misses.__next__
-
-        #: Encoded slots of recent composite keys of exact int and str values, by their
-        #: ``(name, value)`` items in the order given.
-        composite: dict[tuple[tuple[str, Any], ...], str] = {}
-
-        def encode(spec: KeySpec, key: KeyDict) -> str:
-            # KeyError: a type without a fast encoder (or None)
-            return spec.prefix + ",".join([fast[type(key[n])](key[n]) for n in spec.names])
-
-        def remember(items: tuple[tuple[str, Any], ...], key: KeyDict) -> str:
-            # KeyError: not a declared key in this order (yet)
-            slot = encode(by_names[tuple(key)], key)
-            if len(composite) >= KeySpec.MEMO_SIZE:
-                composite.clear()
-            composite[items] = slot
-            return slot
 
         def missed(key: KeyDict) -> T | None:
             count_miss()
@@ -178,53 +172,199 @@ class BaseDictionaryStore(KeyValueStore):
             if bypass:
                 return general(key)
             try:
-                if len(key) == 1:
-                    (name,) = key
+                size = len(key)
+                if size == 1:
+                    if one in key:
+                        name = one
+                    else:
+                        (name,) = key
                     value = key[name]
                     kind = type(value)
                     if kind is int or kind is str:  # no int equals a str: one memo for both
                         slot = memos[name].get(value) or singles[name].remember(value)
                     else:
                         slot = singles[name].prefix + fast[kind](value)
+                elif size == 2 and first in key and second in key:
+                    a = key[first]
+                    b = key[second]
+                    slot = pairs.get((type(a), type(b), a, b)) or pair(a, b)
                 else:
-                    for value in key.values():
-                        kind = type(value)
-                        if kind is not int and kind is not str:
-                            slot = encode(by_names[tuple(key)], key)
-                            break
-                    else:  # exact ints and strs only: no two such keys are equal
-                        items = tuple(key.items())
-                        slot = composite.get(items) or remember(items, key)
-            except KeyError:  # another key, or a type without a fast encoder (or None)
+                    slot = _encode(by_names[tuple(key)], key)
+            except (KeyError, TypeError, StockpyleError):
+                # Another key, a type without a fast encoder (None too), an unhashable or
+                # invalid value: the general path answers or raises (naming this store).
                 return general(key)
             mapping = self.mapping if fixed is None else fixed
             try:
                 record = mapping.get(slot)
-                if record is None:
-                    return missed(key)
-                kind = type(record)
-                if kind is Entry:
-                    # The object's own entry, or (compact layout) its entry held at another
-                    # slot as a pointer, still current when the identity slot holds the same.
-                    identity = record.slots[0]
-                    if identity == slot or mapping.get(identity) is record:
-                        deadline = record.deadline
-                        if deadline is not None and deadline <= clock():
-                            return missed(key)
-                        hits[0] += 1
-                        return record.obj  # type: ignore[no-any-return]
-                elif kind is not Pointer:  # a bare object at its identity slot
-                    hits[0] += 1
-                    return record  # type: ignore[no-any-return]
-                # A pointer, or an entry held by a slot the current version may not have.
-                found = follow(mapping, slot, record, clock())
+                found = None
+                if record is not None:
+                    kind = type(record)
+                    if kind is Entry:
+                        # The object's own entry, or (compact layout) its entry held at
+                        # another slot as a pointer, current while the identity slot holds
+                        # the same entry; otherwise read in the general way.
+                        identity = record.slots[0]
+                        if identity == slot or mapping.get(identity) is record:
+                            deadline = record.deadline
+                            if deadline is None or deadline > clock():
+                                next(count_hit)
+                                return record.obj  # type: ignore[no-any-return]
+                        else:
+                            found = follow(mapping, slot, record, clock())
+                    elif kind is not Pointer:  # a bare object at its identity slot
+                        next(count_hit)
+                        return record  # type: ignore[no-any-return]
+                    else:
+                        found = follow(mapping, slot, record, clock())
             except StoreError:
                 if other is None:
                     raise
                 return other(key)  # a chain's general path counts the failure as a miss
-            if found is None:
+            if found is None:  # missed outside the try: a chain's errors below are its own
                 return missed(key)
-            hits[0] += 1
+            next(count_hit)
             return found[0]  # type: ignore[no-any-return]
 
         return get_by_key
+
+    def keyword_getter(
+        self,
+        cls: type[T],
+        slow: Callable[[KeyDict], T | None],
+        *,
+        miss: Callable[[KeyDict], T | None] | None = None,
+        bypass: Sized = (),
+    ) -> Callable[..., T | None] | None:
+        """``get(**key)`` answering what :meth:`fast_getter`'s function answers for keys of
+        one name and the first declared key of two, minus the call that builds the key
+        dictionary: this store's hits, and its misses (counted, then ``miss(key)``).
+        ``slow(key)`` answers everything else (expired entries, other keys, every key while
+        ``bypass`` is non-empty). ``None`` unless the store keeps the compact layout (alternate
+        slots holding the entry itself) in one mapping: over general records or mappings
+        that unpickle, most alternate-key reads would be read twice.
+        """
+        fixed = self._fixed_mapping()
+        if fixed is None or not self._compact:
+            return None
+        # The plain case (what a Repo without a loader asks for) is built once per class.
+        plain = miss is None and bypass == () and slow is self._getters.get(cls)
+        if plain and cls in self._keyword_getters:
+            return self._keyword_getters[cls]
+        hot = _hot_keys(layout_of(cls))
+        singles, memos, one, one_memo, one_prefix = (
+            hot.singles,
+            hot.memos,
+            hot.one,
+            hot.one_memo,
+            hot.one_prefix,
+        )
+        first, second, pairs = hot.first, hot.second, hot.pairs
+        by_names = hot.by_names
+        fast = FAST_ENCODERS
+        clock = self.clock
+        count_hit = self.counters.hits
+        count_miss = self.counters.misses.__next__
+        lookup: Callable[[str], Any] = fixed.get
+
+        def get(**key: Any) -> T | None:
+            # get_by_key above, inline: a call costs as much as the lookups. A KeyError
+            # (another key, a value without a fast encoder, a slot not remembered yet, an
+            # identity slot emptied since) leaves the key to slow(); so does any record
+            # but a current one. Callbacks run outside the try: their errors are theirs.
+            if not bypass:
+                try:
+                    size = len(key)
+                    if size == 1:
+                        if one in key:  # the first one-name key (the identity, usually)
+                            value = key[one]
+                            kind = type(value)
+                            if kind is int or kind is str:
+                                slot = one_memo[value]
+                            else:
+                                slot = one_prefix + fast[kind](value)
+                        else:
+                            (name,) = key
+                            value = key[name]
+                            kind = type(value)
+                            if kind is int or kind is str:
+                                slot = memos[name][value]
+                            else:
+                                slot = singles[name].prefix + fast[kind](value)
+                    elif size == 2:
+                        a = key[first]
+                        b = key[second]
+                        slot = pairs[(type(a), type(b), a, b)]
+                    else:
+                        slot = _encode(by_names[tuple(key)], key)
+                    record = lookup(slot)
+                    if record is not None:
+                        kind = type(record)
+                        if kind is Entry:
+                            identity = record.slots[0]
+                            if identity == slot or fixed[identity] is record:
+                                deadline = record.deadline
+                                if deadline is None or deadline > clock():
+                                    next(count_hit)
+                                    return record.obj  # type: ignore[no-any-return]
+                        elif kind is not Pointer:
+                            next(count_hit)
+                            return record  # type: ignore[no-any-return]
+                except (KeyError, TypeError, StockpyleError):
+                    pass
+                else:
+                    if record is None:
+                        count_miss()
+                        return None if miss is None else miss(key)
+            return slow(key)
+
+        if plain:
+            self._keyword_getters[cls] = get
+        return get
+
+    def _fixed_mapping(self) -> MutableMapping[str, Any] | None:
+        """The one mapping of a plain store; ``None`` when a subclass picks one per call."""
+        return self._dict if type(self).mapping is BaseDictionaryStore.mapping else None
+
+
+def _encode(spec: KeySpec, key: KeyDict) -> str:
+    # KeyError: a type without a fast encoder (or None)
+    return spec.prefix + ",".join([FAST_ENCODERS[type(key[n])](key[n]) for n in spec.names])
+
+
+class _HotKeys:
+    """What the getters of one class encode keys with: every one-name key (by name, with its
+    memo), the first one-name key (the identity, usually) and the first two-name key by their
+    names. ``NO_NAME`` stands for a name when the class declares no such key (no key dict
+    holds it), and the two-name encoder then raises ``KeyError``: the general path answers."""
+
+    NO_NAME: Any = object()
+
+    def __init__(self, layout: KeyLayout) -> None:
+        self.by_names = layout.specs_by_names
+        self.singles = {spec.single: spec for spec in layout.specs if spec.single is not None}
+        self.memos = {name: spec.memo for name, spec in self.singles.items()}
+        one = next(iter(self.singles.values()), None)
+        self.one: Any = self.NO_NAME if one is None else one.single
+        self.one_memo: dict[int | str, str] = {} if one is None else one.memo
+        self.one_prefix = "" if one is None else one.prefix
+        two = next((spec for spec in layout.specs if len(spec.names) == 2), None)
+        self.first: Any = self.NO_NAME if two is None else two.names[0]
+        self.second: Any = self.NO_NAME if two is None else two.names[1]
+        self.pairs: dict[tuple[type, type, Any, Any], str] = {} if two is None else two.pairs
+        self.pair: Callable[[Any, Any], str] = _no_pair if two is None else two.remember_pair
+
+
+def _no_pair(a: Any, b: Any) -> str:
+    raise KeyError(a)
+
+
+_HOT_KEYS: dict[KeyLayout, _HotKeys] = {}
+
+
+def _hot_keys(layout: KeyLayout) -> _HotKeys:
+    """The (cached) :class:`_HotKeys` of a layout."""
+    hot = _HOT_KEYS.get(layout)
+    if hot is None:
+        hot = _HOT_KEYS[layout] = _HotKeys(layout)
+    return hot

@@ -123,9 +123,10 @@ class _MemoryStore(BaseDictionaryStore):
     after every object of the batch has been validated.
     """
 
+    _compact = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._getters: dict[type, Callable[[KeyDict], Any]] = {}
         self._planners: dict[type, Callable[[Any], tuple[str, ...]]] = {}
         self._suspended = False
 
@@ -241,9 +242,7 @@ class _MemoryStore(BaseDictionaryStore):
         return self._suspended
 
     def batch_get(self, cls: type[T], key_dicts: Sequence[KeyDict]) -> list[T | None]:
-        get = self._getters.get(cls)
-        if get is None:
-            get = self._getters[cls] = self.getter(cls)
+        get = self._getters.get(cls) or self.getter(cls)
         return [get(key) for key in key_dicts]
 
 
