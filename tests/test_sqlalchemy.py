@@ -1057,3 +1057,48 @@ def test_threads_racing_on_the_same_rows(
     assert errors == []
     assert [str(w.message) for w in recwarn if issubclass(w.category, sa.exc.SAWarning)] == []
     assert [r.getMessage() for r in caplog.records if r.name.startswith("psycopg")] == []
+
+
+def _autocommit_seen(store: SqlAlchemyStore, action: Callable[[], object]) -> list[bool]:
+    """Whether the driver connection was in autocommit for each statement ``action`` ran."""
+    seen: list[bool] = []
+
+    def record(conn: sa.Connection, *args: Any) -> None:
+        seen.append(bool(conn.connection.dbapi_connection.autocommit))  # type: ignore[union-attr]
+
+    event.listen(store.engine, "before_cursor_execute", record)
+    try:
+        action()
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+    return seen
+
+
+@pytest.mark.postgres
+def test_postgres_reads_run_in_autocommit_writes_in_a_transaction(
+    pg_url: str, pg_engine: sa.Engine
+) -> None:
+    """On PostgreSQL at the engine's default isolation level, a small read is one statement in
+    autocommit (one round trip, no BEGIN and ROLLBACK around it), while writes keep their
+    transaction; an engine given an isolation level keeps transactions for reads too."""
+    clear_tables(pg_engine)
+    store = SqlAlchemyStore(pg_url)
+    strict = SqlAlchemyStore(engine=sa.create_engine(pg_url, isolation_level="REPEATABLE READ"))
+    options = {"isolation_level": "SERIALIZABLE"}
+    optioned = SqlAlchemyStore(engine=sa.create_engine(pg_url, execution_options=options))
+    try:
+        assert _autocommit_seen(store, lambda: store.put(SqlUser(id=7, email="r@x"))) == [False]
+        assert _autocommit_seen(store, lambda: store.get(SqlUser, {"id": 7})) == [True]
+        found = store.get(SqlUser, {"id": 7})
+        assert found is not None and found.email == "r@x"
+        assert _autocommit_seen(strict, lambda: strict.get(SqlUser, {"id": 7})) == [False]
+        assert _autocommit_seen(optioned, lambda: optioned.get(SqlUser, {"id": 7})) == [False]
+        after = _autocommit_seen(store, lambda: store.put(SqlUser(id=7, email="s@x")))
+        assert after == [False]  # the pooled connection went back out of autocommit
+        assert strict.get(SqlUser, {"id": 7}).email == "s@x"  # type: ignore[union-attr]
+    finally:
+        store.delete(SqlUser(id=7, email="s@x"))
+        store.release()
+        for other in (strict, optioned):
+            other.release()
+            other.engine.dispose()

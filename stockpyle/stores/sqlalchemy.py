@@ -129,6 +129,8 @@ class SqlAlchemyStore(BaseStore):
         self._checkers: dict[type, Callable[[Any], None]] = {}
         # SQL Server has no row-value IN: its lookups are written out through the ORM path.
         self._core_reads = dialect != "mssql"
+        #: Where Core reads get their connection (decided at the first read: see _reader).
+        self._read_engine: sa.Engine | None = None
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)})"
@@ -167,12 +169,30 @@ class SqlAlchemyStore(BaseStore):
             if write:
                 with self._guard(write=True), self.engine.begin() as conn:
                     return work(conn)
-            with self._guard(write=False), self.engine.connect() as conn:
+            reader = self._read_engine or self._reader()
+            with self._guard(write=False), reader.connect() as conn:
                 return work(conn)
         except StockpyleError:
             raise
         except (sa.exc.SQLAlchemyError, ValueError, OverflowError) as exc:
             raise StoreError(self, f"{action} failed", exc) from exc
+
+    def _reader(self) -> sa.Engine:
+        """The engine Core reads use. On PostgreSQL at READ COMMITTED (its default, where every
+        statement reads its own snapshot anyway), the engine in autocommit: a read is one round
+        trip instead of three (BEGIN, the SELECT, ROLLBACK). Any other isolation level, given to
+        the engine or found on the server, keeps reads in a transaction."""
+        engine = self.engine
+        reader = engine
+        if engine.dialect.name == "postgresql" and "isolation_level" not in (
+            engine.get_execution_options()
+        ):
+            with engine.connect():  # the dialect learns the level on its first connection
+                pass
+            if engine.dialect.default_isolation_level == "READ COMMITTED":
+                reader = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._read_engine = reader
+        return reader
 
     # -- reads ---------------------------------------------------------------------------------
 
