@@ -1075,29 +1075,37 @@ def _autocommit_seen(store: SqlAlchemyStore, action: Callable[[], object]) -> li
 
 
 @pytest.mark.postgres
-def test_postgres_reads_run_in_autocommit_writes_in_a_transaction(
+def test_postgres_small_reads_and_one_object_puts_run_in_autocommit(
     pg_url: str, pg_engine: sa.Engine
 ) -> None:
-    """On PostgreSQL at the engine's default isolation level, a small read is one statement in
-    autocommit (one round trip, no BEGIN and ROLLBACK around it), while writes keep their
-    transaction; an engine given an isolation level keeps transactions for reads too."""
+    """On PostgreSQL at the engine's default isolation level, a small read and the put of one
+    object are one statement each, in autocommit (one round trip, no BEGIN and COMMIT or
+    ROLLBACK around it); a batch of several objects keeps its transaction (all or nothing), and
+    an engine given an isolation level keeps transactions for everything."""
     clear_tables(pg_engine)
     store = SqlAlchemyStore(pg_url)
     strict = SqlAlchemyStore(engine=sa.create_engine(pg_url, isolation_level="REPEATABLE READ"))
     options = {"isolation_level": "SERIALIZABLE"}
     optioned = SqlAlchemyStore(engine=sa.create_engine(pg_url, execution_options=options))
     try:
-        assert _autocommit_seen(store, lambda: store.put(SqlUser(id=7, email="r@x"))) == [False]
+        assert _autocommit_seen(store, lambda: store.put(SqlUser(id=7, email="r@x"))) == [True]
         assert _autocommit_seen(store, lambda: store.get(SqlUser, {"id": 7})) == [True]
+        two = [SqlUser(id=8, email="t@x"), SqlUser(id=9, email="u@x")]
+        assert _autocommit_seen(store, lambda: store.batch_put(two)) == [False]
+        found = store.batch_get(SqlUser, [{"id": 8}, {"id": 9}])
+        assert [(f.id, f.email) for f in found if f is not None] == [(8, "t@x"), (9, "u@x")]
         found = store.get(SqlUser, {"id": 7})
         assert found is not None and found.email == "r@x"
         assert _autocommit_seen(strict, lambda: strict.get(SqlUser, {"id": 7})) == [False]
         assert _autocommit_seen(optioned, lambda: optioned.get(SqlUser, {"id": 7})) == [False]
         after = _autocommit_seen(store, lambda: store.put(SqlUser(id=7, email="s@x")))
-        assert after == [False]  # the pooled connection went back out of autocommit
+        assert after == [True]
         assert strict.get(SqlUser, {"id": 7}).email == "s@x"  # type: ignore[union-attr]
+        put = _autocommit_seen(strict, lambda: strict.put(SqlUser(id=7, email="v@x")))
+        assert put == [False]
+        assert store.get(SqlUser, {"id": 7}).email == "v@x"  # type: ignore[union-attr]
     finally:
-        store.delete(SqlUser(id=7, email="s@x"))
+        store.batch_delete([SqlUser(id=i, email="") for i in (7, 8, 9)])
         store.release()
         for other in (strict, optioned):
             other.release()

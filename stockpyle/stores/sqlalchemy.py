@@ -161,12 +161,22 @@ class SqlAlchemyStore(BaseStore):
             raise StoreError(self, f"{action} failed", exc) from exc
 
     def _run_connection(
-        self, action: str, work: Callable[[sa.Connection], R], *, write: bool = False
+        self,
+        action: str,
+        work: Callable[[sa.Connection], R],
+        *,
+        write: bool = False,
+        one_statement: bool = False,
     ) -> R:
         """Run ``work`` on one pooled connection, in one transaction (committed if ``write``,
-        else rolled back: it only read); wrap database errors like :meth:`_run`."""
+        else rolled back: it only read); wrap database errors like :meth:`_run`. A write of
+        ``one_statement`` runs in autocommit where reads do (see :meth:`_reader`): a single
+        statement is atomic by itself."""
         try:
             if write:
+                if one_statement and (self._read_engine or self._reader()) is not self.engine:
+                    with self._guard(write=True), self._reader().connect() as conn:
+                        return work(conn)
                 with self._guard(write=True), self.engine.begin() as conn:
                     return work(conn)
             reader = self._read_engine or self._reader()
@@ -292,8 +302,11 @@ class SqlAlchemyStore(BaseStore):
             written = self._run_write("put", work, unit_of_work=True)
         else:
             # Native upserts only: Core statements in one transaction on a connection, no
-            # session (nothing for a unit of work to do).
-            written = self._run_write("put", upsert, unit_of_work=False, session=False)
+            # session (nothing for a unit of work to do). One object is one statement.
+            one = len(native) == 1 and len(next(iter(native.values()))[1]) == 1
+            written = self._run_write(
+                "put", upsert, unit_of_work=False, session=False, one_statement=one
+            )
         for obj, values in written:
             info = mapped_info(type(obj))
             assert info is not None
@@ -340,7 +353,13 @@ class SqlAlchemyStore(BaseStore):
         self._run_write("delete", work, unit_of_work=False)
 
     def _run_write(
-        self, action: str, work: Callable[[Any], R], *, unit_of_work: bool, session: bool = True
+        self,
+        action: str,
+        work: Callable[[Any], R],
+        *,
+        unit_of_work: bool,
+        session: bool = True,
+        one_statement: bool = False,
     ) -> R:
         """:meth:`_run` for writes, retried (twice at most) when only concurrency made the
         transaction fail: another session changed the rows between the unit of work's read
@@ -349,7 +368,9 @@ class SqlAlchemyStore(BaseStore):
         for attempt in range(3):
             try:
                 if not session:
-                    return self._run_connection(action, work, write=True)
+                    return self._run_connection(
+                        action, work, write=True, one_statement=one_statement
+                    )
                 return self._run(action, work, write=True)
             except StoreError as exc:
                 if attempt == 2 or not _retryable(exc.cause, unit_of_work=unit_of_work):
