@@ -317,15 +317,16 @@ def invalidate(self: BytesStore, objs: Sequence[Any]) -> None:
     backend = self.backend
     stale = bool(getattr(self, "serve_stale", False))
     if backend.supports_leases and hasattr(backend, "read_invalidate_many"):
-        # One round trip: each server reads the stored entries, then removes the derived slots;
-        # a second only for slots the stored entries list beyond those (an alternate key that
-        # changed).
-        derived = [self.backend_key(s) for s in dict.fromkeys(slots)]
+        # One round trip: each server reads the stored entries, leaves a tombstone at each
+        # identity slot (so that a fill which adds the entry, leased by an alternate key this
+        # invalidation cannot know, fails too) and removes the other derived slots; a second
+        # only for slots the stored entries list beyond those (an alternate key that changed).
         read = {self.backend_key(i): i for i in identities}
+        derived = [k for s in dict.fromkeys(slots) if (k := self.backend_key(s)) not in read]
         raw = self.call(
             "invalidate", backend.read_invalidate_many, list(read), derived, stale=stale
         )
-        done = set(derived)
+        done = set(derived) | set(read)
         more: list[str] = []
         for bkey, data in raw.items():
             record = self.decode(bkey, data)
