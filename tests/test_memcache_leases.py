@@ -459,3 +459,55 @@ def test_serve_stale_invalidation_of_an_absent_entry_leaves_a_tombstone(
     (stale,) = a.batch_lease_entries(Foo, [{"key": 5}], lease_seconds=5)
     assert stale.stale and stale.token is not None
     assert stale.found is not None and stale.found[0] == Foo(5, name="cached")
+
+
+def test_a_read_by_alternate_key_claims_the_tombstone_at_the_identity_it_guesses(
+    memcached_server: str,
+) -> None:
+    """A leased read by alternate key that guesses the identity (here: the process invalidated
+    the object itself) claims the tombstone there in the lease (one more round trip), before it
+    reads below; its fill replaces the claim (a compare-and-set), so the object is cached at
+    once. An invalidation between that lease and the fill replaces the claim: the fill fails."""
+    proxy = CountingProxy(memcached_server)
+    try:
+        prefix = unique_prefix()
+        a = PurgingStore(servers=[proxy.address], prefix=prefix)
+        b = PurgingStore(servers=[memcached_server], prefix=prefix)
+        alt = [{"zap": 2, "bar": 3}]
+        b.put(Foo(1, 2, 3, name="v1"))
+        a.batch_invalidate([Foo(1, 2, 3, name="v2")])  # a's own update
+        proxy.reset()
+        (lease,) = a.batch_lease_entries(Foo, alt, lease_seconds=5)
+        assert lease.token is not None and lease.token.held is not None
+        assert proxy.round_trips == 2 and proxy.commands == Counter({"get": 1, "set": 1})
+        assert b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)[0].busy
+        assert a.batch_fill([Foo(1, 2, 3, name="v2")], [lease.token]) == [True]
+        assert b.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v2")
+        assert b.get(Foo, alt[0]) == Foo(1, 2, 3, name="v2")
+
+        a.batch_invalidate([Foo(1, 2, 3, name="v3")])
+        (lease,) = a.batch_lease_entries(Foo, alt, lease_seconds=5)
+        assert lease.token is not None and lease.token.held is not None
+        b.batch_invalidate([Foo(1, 2, 3, name="v4")])  # after a read v3 below
+        assert a.batch_fill([Foo(1, 2, 3, name="v3")], [lease.token]) == [False]
+        assert b.get(Foo, {"key": 1}) is None
+    finally:
+        purge_created()
+        proxy.close()
+
+
+def test_a_claim_held_for_a_wrong_guess_is_given_back(memcached_server: str) -> None:
+    """The identity guessed for an alternate key had its tombstone claimed, but the object
+    read below has another identity: the fill adds that one, and gives the claim back (the
+    tombstone is restored, so the next leased reader claims it again)."""
+    a, b = two_processes(memcached_server)
+    alt = [{"zap": 2, "bar": 3}]
+    a.batch_invalidate([Foo(1, 2, 3)])  # a now guesses key 1 for (2, 3)
+    (lease,) = a.batch_lease_entries(Foo, alt, lease_seconds=5)
+    assert lease.token is not None and lease.token.held is not None
+    assert not _tombstoned(b)  # claimed
+    assert a.batch_fill([Foo(9, 2, 3, name="moved")], [lease.token]) == [True]
+    assert b.get(Foo, alt[0]) == Foo(9, 2, 3, name="moved")
+    assert _tombstoned(b)
+    (later,) = b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    assert later.token is not None and not later.busy

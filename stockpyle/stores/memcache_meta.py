@@ -422,9 +422,9 @@ class MetaMemcacheBackend(BytesBackend):
         self, keys: Sequence[str], peek: Sequence[str], lease_seconds: int
     ) -> dict[str, Leased]:
         """:meth:`lease_many` of ``keys`` and, in the same round trip, a read of ``peek``
-        that takes no lease on a miss (a miss or a tombstone there is ``Leased(None)``, never
-        a token; a stale value there may still hand this caller its refresh token, as any read
-        does)."""
+        that takes no lease on a miss (a miss there is ``Leased(None)``, never a token; a stale
+        value there may still hand this caller its refresh token, as any read does, and a
+        tombstone there is claimed, as in ``keys``)."""
         flags = self._leasing_flags(lease_seconds)
         peeking = self._peek_flags
         requests = [("get", k, None, flags) for k in keys]
@@ -432,13 +432,11 @@ class MetaMemcacheBackend(BytesBackend):
         replies = self._mixed(requests)
         leased: dict[str, Leased] = {}
         tombstones: dict[str, Any] = {}
-        for i, ((_, key, _, _), reply) in enumerate(zip(requests, replies, strict=True)):
-            if not self._is_tombstone(reply):
-                leased[key] = self._leased(reply)
-            elif i < len(keys):
+        for (_, key, _, _), reply in zip(requests, replies, strict=True):
+            if self._is_tombstone(reply):
                 tombstones[key] = reply.flags.cas_token
             else:
-                leased[key] = Leased(None)
+                leased[key] = self._leased(reply)
         if tombstones:
             leased.update(self._claim(tombstones, lease_seconds))
         return leased
