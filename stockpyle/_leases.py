@@ -8,7 +8,12 @@ names lists it), so only the entry's write needs to be conditional:
   the lease token, which any write, delete or invalidation of that slot since the lease makes
   fail. A miss at an alternate slot leases that slot: the fill adds the identity entry (only
   if absent), then compare-and-sets the alternate pointer on its lease token, and deletes the
-  entry it added (compare-and-delete) if that fails;
+  entry it added (compare-and-delete) if that fails. An invalidation leaves a tombstone at
+  the identity slot (``read_invalidate_many``), so that such an add fails after it too (the
+  invalidation of an update that changed the alternate value cannot know the slot being
+  filled); a leased read claims a tombstone as it leases a missing key (the backend does it:
+  the token is the claim's), and a read by alternate key claims the one at the identity it
+  guessed, its fill then compare-and-setting the entry on that claim (``FillToken.held``);
 * backends with add only: a miss's token means "fill only if absent";
 * other backends: fills are plain writes.
 
