@@ -8,7 +8,12 @@ names lists it), so only the entry's write needs to be conditional:
   the lease token, which any write, delete or invalidation of that slot since the lease makes
   fail. A miss at an alternate slot leases that slot: the fill adds the identity entry (only
   if absent), then compare-and-sets the alternate pointer on its lease token, and deletes the
-  entry it added (compare-and-delete) if that fails;
+  entry it added (compare-and-delete) if that fails. An invalidation leaves a tombstone at
+  the identity slot (``read_invalidate_many``), so that such an add fails after it too (the
+  invalidation of an update that changed the alternate value cannot know the slot being
+  filled); a leased read claims a tombstone as it leases a missing key (the backend does it:
+  the token is the claim's), and a read by alternate key claims the one at the identity it
+  guessed, its fill then compare-and-setting the entry on that claim (``FillToken.held``);
 * backends with add only: a miss's token means "fill only if absent";
 * other backends: fills are plain writes.
 
@@ -37,11 +42,15 @@ T = TypeVar("T")
 
 class FillToken(NamedTuple):
     """How a fill is made conditional: ``mode`` is ``"cas"`` (``key`` is the leased identity
-    slot), ``"alt"`` (``key`` is the leased alternate slot) or ``"add"``; ``cas`` the token."""
+    slot), ``"alt"`` (``key`` is the leased alternate slot) or ``"add"``; ``cas`` the token.
+    ``held`` (``"alt"`` only): the identity slot guessed for the alternate slot and the token
+    this caller holds there (a tombstone it claimed): the entry is compare-and-set on it,
+    instead of added, when the object's identity is that slot."""
 
     mode: str
     key: str = ""
     cas: Any = None
+    held: tuple[str, Any] | None = None
 
 
 _ADD = FillToken("add")
@@ -75,6 +84,7 @@ def lease_entries(
     peeking = hasattr(backend, "lease_peek_many")
     hints = self._alt_hints
     peek: list[str] = []
+    guessed: dict[str, str] = {}  # alternate slot -> the identity peeked for it
     if hints and peeking:
         seen = set(wanted)
         for slot, identity in zip(slots, is_identity, strict=True):
@@ -83,6 +93,7 @@ def lease_entries(
                 if hint is not None and hint not in seen:
                     seen.add(hint)
                     peek.append(hint)
+                    guessed[slot] = hint
     _lease_round(self, wanted, seconds, records, leases, peek)
     targets = [
         r.identity for r in records.values() if type(r) is Pointer and r.identity not in leases
@@ -109,14 +120,24 @@ def lease_entries(
             hit = (record.obj, record.deadline)
             results.append(Lease(hit, token=token, busy=leased.busy, stale=leased.stale))
         elif leased.token is not None:
-            mode = "cas" if identity or at != slot else "alt"
-            results.append(Lease(None, token=FillToken(mode, at, leased.token)))
+            if identity or at != slot:
+                results.append(Lease(None, token=FillToken("cas", at, leased.token)))
+                continue
+            # A miss by alternate key: its fill adds the identity entry, which a tombstone
+            # (an invalidation) refuses, unless this caller claimed that tombstone when it
+            # peeked at the identity it guessed (before reading below).
+            held = None
+            hint = guessed.get(slot)
+            if hint is not None and hint not in records and (h := leases.get(hint)) is not None:
+                held = None if h.token is None else (hint, h.token)
+            results.append(Lease(None, token=FillToken("alt", at, leased.token, held)))
         else:
             results.append(Lease(None, token=None if leased.busy else _ADD, busy=leased.busy))
     if peek:
         # A guessed identity whose stale value handed this caller its refresh token, and that
         # no result uses: give the token back.
         used = {r.token.key for r in results if isinstance(r.token, FillToken)}
+        used |= {h[0] for r in results if isinstance(r.token, FillToken) and (h := r.token.held)}
         unused = [
             FillToken("cas", h, leases[h].token)
             for h in peek
@@ -185,15 +206,24 @@ def fill(
     alts: dict[str, tuple[Item, Any]] = {}
     pointers: dict[str, Item] = {}
     hints = self._alt_hints if hasattr(backend, "lease_peek_many") else None
+    unheld: list[FillToken] = []  # claims held for another identity than the object's
     for plan, token in zip(plans, tokens, strict=True):
+        held = token.held if isinstance(token, FillToken) else None
         if is_dead(plan.deadline, now):
+            if held is not None:
+                unheld.append(FillToken("cas", *held))
             continue
         bkey = self.backend_key(plan.identity)
         item = self.item(bkey, Entry(plan.deadline, plan.slots, plan.obj), now)
         if isinstance(token, FillToken) and token.mode == "cas" and token.key == plan.identity:
             cas[bkey] = (item, token.cas)
         else:
-            adds[bkey] = item
+            if held is not None and held[0] == plan.identity:
+                cas[bkey] = (item, held[1])
+            else:
+                adds[bkey] = item
+                if held is not None:
+                    unheld.append(FillToken("cas", *held))
             if isinstance(token, FillToken) and token.mode == "alt":
                 alt = self.backend_key(token.key)
                 pointer = self.item(alt, Pointer(plan.deadline, plan.identity), now)
@@ -221,6 +251,8 @@ def fill(
         if undo:
             self.call("fill", backend.delete_if_many, undo)  # type: ignore[attr-defined]
             stored -= set(undo)
+    if unheld:
+        release(self, unheld)
     if not one_trip:
         for plan in plans:
             if self.backend_key(plan.identity) in stored:
@@ -299,6 +331,9 @@ def release(self: BytesStore, tokens: Sequence[Any]) -> None:
         for t in tokens
         if isinstance(t, FillToken) and t.mode in ("cas", "alt") and t.cas is not None
     }
+    for t in tokens:
+        if isinstance(t, FillToken) and t.held is not None:
+            held[self.backend_key(t.held[0])] = t.held[1]
     if held and hasattr(self.backend, "delete_if_many"):
         self.call("release", self.backend.delete_if_many, held)
 
@@ -307,25 +342,34 @@ def invalidate(self: BytesStore, objs: Sequence[Any]) -> None:
     """Remove (``serve_stale``: mark stale) each object's entry, the slots derived from the
     object and those its stored entry lists, so that every fill in flight fails."""
     slots: list[str] = []
+    hints = self._alt_hints if hasattr(self.backend, "lease_peek_many") else None
     for obj in objs:
         try:
-            (plan,) = self._plan_objects([obj], None, 0.0)
-            slots.extend(Plan._make(plan).slots)
+            (raw,) = self._plan_objects([obj], None, 0.0)
         except StockpyleError as exc:
             raise self._naming_store(exc) from None
+        plan = Plan._make(raw)
+        slots.extend(plan.slots)
+        if hints is not None:
+            # The next leased read by an alternate key peeks at (and claims) the tombstone
+            # left at the identity, so that its fill can replace it.
+            for slot in plan.slots[1:]:
+                if hints.get(slot) != plan.identity:
+                    _remember(hints, slot, plan.identity)
     identities = [i for o in objs if (i := layout_of(type(o)).identity.from_obj(o)) is not None]
     backend = self.backend
     stale = bool(getattr(self, "serve_stale", False))
     if backend.supports_leases and hasattr(backend, "read_invalidate_many"):
-        # One round trip: each server reads the stored entries, then removes the derived slots;
-        # a second only for slots the stored entries list beyond those (an alternate key that
-        # changed).
-        derived = [self.backend_key(s) for s in dict.fromkeys(slots)]
+        # One round trip: each server reads the stored entries, leaves a tombstone at each
+        # identity slot (so that a fill which adds the entry, leased by an alternate key this
+        # invalidation cannot know, fails too) and removes the other derived slots; a second
+        # only for slots the stored entries list beyond those (an alternate key that changed).
         read = {self.backend_key(i): i for i in identities}
+        derived = [k for s in dict.fromkeys(slots) if (k := self.backend_key(s)) not in read]
         raw = self.call(
             "invalidate", backend.read_invalidate_many, list(read), derived, stale=stale
         )
-        done = set(derived)
+        done = set(derived) | set(read)
         more: list[str] = []
         for bkey, data in raw.items():
             record = self.decode(bkey, data)

@@ -4,17 +4,20 @@ clients. Each race is forced: a second store over the same server plays the othe
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import memcache
+import meta_memcache
 import pytest
 from helpers_memcache import CountingProxy, PurgingStore, purge_created, unique_prefix
 from pymemcache.client.base import Client as PyClient
 
 from stockpyle._keys import layout_of
 from stockpyle.stores.memcache import MemcacheStore
+from stockpyle.stores.memcache_meta import TOMBSTONE
 from stockpyle.testing.models import Foo
 
 pytestmark = pytest.mark.memcached
@@ -189,7 +192,7 @@ def test_leased_batches_are_one_round_trip_per_server_per_step(
             proxy.reset()
         store.batch_invalidate(objs)
         for proxy in proxies:
-            assert set(proxy.commands) <= {"get", "delete"} and proxy.round_trips == 1
+            assert set(proxy.commands) <= {"get", "set", "delete"} and proxy.round_trips == 1
         assert store.batch_get(Foo, [{"zap": i, "bar": i} for i in range(50)]) == [None] * 50
     finally:
         purge_created()
@@ -197,12 +200,6 @@ def test_leased_batches_are_one_round_trip_per_server_per_step(
             proxy.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole, not fixed yet: an invalidation deletes the identity key, and a fill by"
-    " alternate key adds the identity entry when absent, so an old version loaded before an"
-    " update that changed the alternate value can land (see CHANGELOG, Known issues)",
-)
 def test_fill_by_alternate_key_after_the_object_changed_it_elsewhere(
     memcached_server: str,
 ) -> None:
@@ -298,3 +295,219 @@ def test_invalidation_reads_and_deletes_in_one_round_trip(memcached_server: str)
     finally:
         purge_created()
         proxy.close()
+
+
+IDENTITY = "stockpyle.testing.models.Foo|key=1"
+
+
+def _tombstoned(store: MemcacheStore, key: str = IDENTITY) -> bool:
+    """Whether the identity slot holds a tombstone (read raw: no store read tells)."""
+    backend: Any = store.backend
+    flags = backend._flags(return_value=True, return_client_flag=True)
+    (r,) = backend._get([store.backend_key(key)], flags).values()
+    return isinstance(r, meta_memcache.Value) and not r.size and r.flags.client_flag == TOMBSTONE
+
+
+def test_a_tombstone_refuses_a_fill_by_alternate_key_until_a_leased_read_claims_it(
+    memcached_server: str,
+) -> None:
+    """An invalidation leaves a tombstone at the identity key: a fill leased by alternate key
+    cannot add the entry there (the key is not absent). Its pointer lands, so the next leased
+    read by that alternate key follows it, claims the tombstone and fills: the cache heals."""
+    a, b = two_processes(memcached_server)
+    b.batch_invalidate([Foo(1, 2, 3)])  # not cached anywhere: only the tombstone is written
+    assert _tombstoned(b)
+    alt = [{"zap": 2, "bar": 3}]
+    (lease,) = a.batch_lease_entries(Foo, alt, lease_seconds=5)
+    assert lease.token is not None and lease.token.mode == "alt"
+    assert a.batch_fill([Foo(1, 2, 3)], [lease.token]) == [False]
+    assert b.get(Foo, {"key": 1}) is None and b.get(Foo, alt[0]) is None
+    (again,) = b.batch_lease_entries(Foo, alt, lease_seconds=5)
+    assert again.token is not None and again.token.mode == "cas" and not again.busy
+    assert b.batch_fill([Foo(1, 2, 3, name="fresh")], [again.token]) == [True]
+    assert a.get(Foo, alt[0]) == Foo(1, 2, 3, name="fresh")
+    assert a.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="fresh")
+
+
+def test_the_first_leased_reader_after_an_invalidation_claims_it_the_next_is_busy(
+    memcached_server: str,
+) -> None:
+    """The first leased read of an invalidated identity key claims its tombstone (one more
+    round trip than a lease on an absent key) and gets the fill token; a second leased reader
+    finds the claim and is busy, as on a lease's placeholder; the fill replaces the claim."""
+    proxy = CountingProxy(memcached_server)
+    try:
+        prefix = unique_prefix()
+        a = PurgingStore(servers=[proxy.address], prefix=prefix)
+        b = PurgingStore(servers=[memcached_server], prefix=prefix)
+        b.put(Foo(1, name="old"))
+        b.batch_invalidate([Foo(1)])
+        proxy.reset()
+        (first,) = a.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+        assert first.found is None and first.token is not None and not first.busy
+        assert proxy.round_trips == 2 and proxy.commands == Counter({"get": 1, "set": 1})
+        (second,) = b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+        assert second.found is None and second.token is None and second.busy
+        assert b.get(Foo, {"key": 1}) is None
+        assert a.batch_fill([Foo(1, name="new")], [first.token]) == [True]
+        assert b.get(Foo, {"key": 1}) == Foo(1, name="new")
+        proxy.reset()
+        b.delete(Foo(1))
+        (absent,) = a.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+        assert absent.token is not None and proxy.round_trips == 1  # no tombstone: no claim
+    finally:
+        purge_created()
+        proxy.close()
+
+
+def test_a_claim_taken_first_by_another_reader_leaves_this_one_busy(memcached_server: str) -> None:
+    """Two leased readers find the same tombstone; the other one claims it between this one's
+    read and its claim: this one's claim (a compare-and-set on the tombstone) fails, and it is
+    busy; the other one holds the only token."""
+    a, b = two_processes(memcached_server)
+    b.batch_invalidate([Foo(1)])
+    backend: Any = a.backend
+    claim = backend._claim
+    others: list[Any] = []
+
+    def claim_after_the_other(tombstones: Any, lease_seconds: int) -> Any:
+        others.extend(b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5))
+        return claim(tombstones, lease_seconds)
+
+    backend._claim = claim_after_the_other
+    (mine,) = a.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    (other,) = others
+    assert other.token is not None and not other.busy
+    assert mine.token is None and mine.busy and mine.found is None
+    assert b.batch_fill([Foo(1, name="by b")], [other.token]) == [True]
+    assert a.get(Foo, {"key": 1}) == Foo(1, name="by b")
+
+
+def test_plain_reads_take_a_tombstone_or_a_claim_for_a_miss_and_take_no_lease(
+    memcached_server: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A get (by identity or alternate key, single or batch) of an invalidated key is a miss,
+    logs nothing, and claims nothing: the next leased reader still gets the token. A claimed
+    tombstone reads as a miss too."""
+    a, b = two_processes(memcached_server)
+    b.put(Foo(1, 2, 3))
+    b.batch_invalidate([Foo(1, 2, 3)])
+    with caplog.at_level(logging.DEBUG, logger="stockpyle"):
+        assert a.get(Foo, {"key": 1}) is None
+        assert a.batch_get(Foo, [{"key": 1}, {"zap": 2, "bar": 3}]) == [None, None]
+        assert a.get_entry(Foo, {"key": 1}) is None
+        (lease,) = b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+        assert lease.token is not None and not lease.busy  # the plain reads claimed nothing
+        assert not _tombstoned(b)  # claimed
+        assert a.get(Foo, {"key": 1}) is None
+        assert a.batch_get(Foo, [{"key": 1}]) == [None]
+    assert [r.getMessage() for r in caplog.records] == []
+
+
+def test_put_and_delete_over_a_tombstone(memcached_server: str) -> None:
+    """A put replaces a tombstone (a plain write): the object is read back, by plain and leased
+    reads, without a token. A delete over a tombstone is a delete of an absent object: no
+    error, still a miss, and a put after it is read back."""
+    a, b = two_processes(memcached_server)
+    b.batch_invalidate([Foo(1, 2, 3)])
+    a.put(Foo(1, 2, 3, name="put"))
+    assert not _tombstoned(b)
+    assert b.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="put")
+    (hit,) = b.batch_lease_entries(Foo, [{"zap": 2, "bar": 3}], lease_seconds=5)
+    assert hit.found is not None and hit.found[0] == Foo(1, 2, 3, name="put")
+    assert hit.token is None and not hit.busy
+    b.batch_invalidate([Foo(1, 2, 3)])
+    assert _tombstoned(b)
+    a.delete(Foo(1, 2, 3))
+    assert b.get(Foo, {"key": 1}) is None
+    a.put(Foo(1, 2, 3, name="again"))
+    assert b.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, name="again")
+
+
+def test_a_claim_given_back_restores_the_tombstone(memcached_server: str) -> None:
+    """A claimed tombstone whose fill will not come (the object was found nowhere) is given
+    back as a tombstone, not deleted: a fill by alternate key leased before the invalidation
+    still fails, and the next leased reader claims it again."""
+    a, b = two_processes(memcached_server)
+    c = PurgingStore(servers=[memcached_server], prefix=a.prefix)
+    (early,) = c.batch_lease_entries(Foo, [{"zap": 2, "bar": 3}], lease_seconds=5)
+    b.batch_invalidate([Foo(1, 7, 8)])  # deleted in the database: found nowhere now
+    (claimed,) = a.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    assert claimed.token is not None
+    a.batch_release([claimed.token])
+    assert _tombstoned(b)
+    assert c.batch_fill([Foo(1, 2, 3, name="deleted")], [early.token]) == [False]
+    assert b.get(Foo, {"key": 1}) is None
+    (later,) = b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    assert later.token is not None and not later.busy
+
+
+def test_serve_stale_invalidation_of_an_absent_entry_leaves_a_tombstone(
+    memcached_server: str,
+) -> None:
+    """With serve_stale, an invalidation marks a cached entry stale (it is served while one
+    caller refreshes), and adds a tombstone where nothing is cached: the fill leased by an
+    alternate key that the update changed fails there too."""
+    a, b = two_processes(memcached_server, serve_stale=True)
+    (lease,) = a.batch_lease_entries(Foo, [{"zap": 2, "bar": 3}], lease_seconds=5)
+    b.batch_invalidate([Foo(1, 7, 8, name="v2")])
+    assert _tombstoned(b)
+    assert a.batch_fill([Foo(1, 2, 3, name="v1")], [lease.token]) == [False]
+    assert b.get(Foo, {"key": 1}) is None
+    b.put(Foo(5, name="cached"))
+    b.batch_invalidate([Foo(5)])  # marked stale (the tombstone is not added over it)
+    (stale,) = a.batch_lease_entries(Foo, [{"key": 5}], lease_seconds=5)
+    assert stale.stale and stale.token is not None
+    assert stale.found is not None and stale.found[0] == Foo(5, name="cached")
+
+
+def test_a_read_by_alternate_key_claims_the_tombstone_at_the_identity_it_guesses(
+    memcached_server: str,
+) -> None:
+    """A leased read by alternate key that guesses the identity (here: the process invalidated
+    the object itself) claims the tombstone there in the lease (one more round trip), before it
+    reads below; its fill replaces the claim (a compare-and-set), so the object is cached at
+    once. An invalidation between that lease and the fill replaces the claim: the fill fails."""
+    proxy = CountingProxy(memcached_server)
+    try:
+        prefix = unique_prefix()
+        a = PurgingStore(servers=[proxy.address], prefix=prefix)
+        b = PurgingStore(servers=[memcached_server], prefix=prefix)
+        alt = [{"zap": 2, "bar": 3}]
+        b.put(Foo(1, 2, 3, name="v1"))
+        a.batch_invalidate([Foo(1, 2, 3, name="v2")])  # a's own update
+        proxy.reset()
+        (lease,) = a.batch_lease_entries(Foo, alt, lease_seconds=5)
+        assert lease.token is not None and lease.token.held is not None
+        assert proxy.round_trips == 2 and proxy.commands == Counter({"get": 1, "set": 1})
+        assert b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)[0].busy
+        assert a.batch_fill([Foo(1, 2, 3, name="v2")], [lease.token]) == [True]
+        assert b.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="v2")
+        assert b.get(Foo, alt[0]) == Foo(1, 2, 3, name="v2")
+
+        a.batch_invalidate([Foo(1, 2, 3, name="v3")])
+        (lease,) = a.batch_lease_entries(Foo, alt, lease_seconds=5)
+        assert lease.token is not None and lease.token.held is not None
+        b.batch_invalidate([Foo(1, 2, 3, name="v4")])  # after a read v3 below
+        assert a.batch_fill([Foo(1, 2, 3, name="v3")], [lease.token]) == [False]
+        assert b.get(Foo, {"key": 1}) is None
+    finally:
+        purge_created()
+        proxy.close()
+
+
+def test_a_claim_held_for_a_wrong_guess_is_given_back(memcached_server: str) -> None:
+    """The identity guessed for an alternate key had its tombstone claimed, but the object
+    read below has another identity: the fill adds that one, and gives the claim back (the
+    tombstone is restored, so the next leased reader claims it again)."""
+    a, b = two_processes(memcached_server)
+    alt = [{"zap": 2, "bar": 3}]
+    a.batch_invalidate([Foo(1, 2, 3)])  # a now guesses key 1 for (2, 3)
+    (lease,) = a.batch_lease_entries(Foo, alt, lease_seconds=5)
+    assert lease.token is not None and lease.token.held is not None
+    assert not _tombstoned(b)  # claimed
+    assert a.batch_fill([Foo(9, 2, 3, name="moved")], [lease.token]) == [True]
+    assert b.get(Foo, alt[0]) == Foo(9, 2, 3, name="moved")
+    assert _tombstoned(b)
+    (later,) = b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    assert later.token is not None and not later.busy

@@ -333,3 +333,35 @@ def test_chain_batch_get_asks_each_layer_once(memcached_server: str, make_sql: M
     finally:
         purge_created()
         proxy.close()
+
+
+@pytest.mark.memcached
+def test_chain_batch_get_after_a_put_claims_the_tombstones_in_one_round_trip(
+    memcached_server: str, make_sql: MakeSql
+) -> None:
+    """A put of 500 rows through [memory, memcached, SQL] invalidates memcached in one round
+    trip (a tombstone at each identity key); a batch_get of them in a fresh process then costs
+    one round trip more than a cold one: the leased lookup, one pipeline claiming the 500
+    tombstones, then the fill."""
+    proxy = CountingProxy(memcached_server)
+    try:
+        sql = make_sql()
+        memcache = PurgingStore(servers=[proxy.address], prefix=unique_prefix())
+        chain = ChainedStore([ProcessMemoryStore(), memcache, sql])
+        proxy.reset()
+        chain.batch_put(_rows(500))
+        assert proxy.round_trips == 1 and proxy.commands["set"] == 500
+        fresh = ChainedStore([ProcessMemoryStore(), memcache, sql])
+        keys = [{"key": i} for i in range(1, 501)]
+        proxy.reset()
+        with counting(sql.engine) as seen:
+            found = fresh.batch_get(SqlFoo, keys)
+        assert [f.key if f else None for f in found] == list(range(1, 501))
+        assert len(seen) == _chunks(500, 1, sql.max_params)
+        assert proxy.round_trips == 3
+        assert proxy.commands["set"] == 500 + 1000  # the claims, then entry and pointer per row
+        cached = memcache.batch_get(SqlFoo, keys)
+        assert [(c.key, c.name) if c else None for c in cached] == [(f.key, f.name) for f in found]
+    finally:
+        purge_created()
+        proxy.close()

@@ -8,6 +8,17 @@ A ``CacheClient`` passed as ``client=`` should have connection pools with a
 Every failure raises: a connection error or timeout is a BackendError naming the server.
 Leases (``mg N``: one winner per missing key), conditional fills (``ms C<cas>``), add
 (``ms MA``), stale marking (``md I``) and recache (``mg R``) are memcached's own.
+
+An invalidation leaves a *tombstone* at each identity key instead of deleting it: an empty
+value with the client flag :data:`TOMBSTONE` that lives :data:`TOMBSTONE_SECONDS`. A fill that
+adds the identity entry (one leased by alternate key, whose reader could not know the object's
+identity, nor the invalidation its alternate key) then fails, as a compare-and-set does: the
+key is not absent. Plain reads see an empty value, a miss (as they see a lease's placeholder).
+The first leased read that finds a tombstone claims it (a compare-and-set on the tombstone's
+CAS writing an empty value flagged :data:`CLAIMED`, for the lease's seconds): one more round
+trip, and the claim's CAS token is its fill token; other leased readers find the claim, and are
+busy, as they are on a placeholder. Giving a claim back (:meth:`delete_if_many`) puts the
+tombstone back.
 """
 
 from __future__ import annotations
@@ -20,13 +31,39 @@ from typing import Any
 from stockpyle.bytes import BackendError, BytesBackend, Item, Leased
 from stockpyle.stores.memcache import MAX_KEY_LENGTH, exptime, first_error
 
-__all__ = ["READ_BUFFER", "MetaMemcacheBackend", "meta_client"]
+__all__ = [
+    "CLAIMED",
+    "READ_BUFFER",
+    "TOMBSTONE",
+    "TOMBSTONE_SECONDS",
+    "Claim",
+    "MetaMemcacheBackend",
+    "meta_client",
+]
 
 #: Read buffer of each connection built from ``servers=``: meta-memcache-socket 0.3 stalls for
 #: about 200 ms on many reads of a pipelined batch whose replies exceed its default 4 KiB
 #: buffer (measured: 64 gets of 170-byte values, 0.2 ms with 256 KiB, 200 ms with 4 KiB);
 #: with 256 KiB, 1000 gets of 2 KB values (2 MB of replies) take 2 ms.
 READ_BUFFER = 256 * 1024
+
+#: How long a tombstone lives (seconds): it must outlast every lease taken before the
+#: invalidation (a chain's ``lease_seconds``, 10 by default), whose fill it is there to refuse;
+#: a fill made later than this after the invalidation may add an old version again. Stale
+#: marks (``serve_stale``) live as long.
+TOMBSTONE_SECONDS = 30
+#: The client flags of the two markers, both empty values (never a record: every record has
+#: the envelope's header, and plain reads take an empty value for a miss, without a warning):
+#: an invalidated identity key, and a tombstone a leased read has claimed (it is filling).
+TOMBSTONE, CLAIMED = 0x5354_0001, 0x5354_0002
+
+
+class Claim(int):
+    """The CAS token of a claimed tombstone: a fill token like any other (a compare-and-set
+    on it), except that giving it back (:meth:`MetaMemcacheBackend.delete_if_many`) restores
+    the tombstone instead of deleting the claim."""
+
+    __slots__ = ()
 
 
 def meta_client(
@@ -96,7 +133,10 @@ class MetaMemcacheBackend(BytesBackend):
         self._pool: Any = None  # the only server's pool, once known (see _send)
         self._pools = list(pools)
         self._value_flags = mm.RequestFlags(return_value=True)
-        self._peek_flags = mm.RequestFlags(return_value=True, return_cas_token=True)
+        self._peek_flags = mm.RequestFlags(
+            return_value=True, return_cas_token=True, return_client_flag=True
+        )
+        self._tombstone_flags = mm.RequestFlags(cache_ttl=TOMBSTONE_SECONDS, client_flag=TOMBSTONE)
         self._ttl_flags: dict[int, Any] = {}  # exptime -> flags of a plain set
         self._lease_flags: tuple[tuple[int, int], Any] | None = None  # the last lease's flags
 
@@ -319,6 +359,7 @@ class MetaMemcacheBackend(BytesBackend):
             flags = self._flags(
                 return_value=True,
                 return_cas_token=True,
+                return_client_flag=True,
                 vivify_on_miss_ttl=max(1, lease_seconds),
                 recache_ttl=self.recache_seconds or None,
             )
@@ -333,22 +374,72 @@ class MetaMemcacheBackend(BytesBackend):
         busy = not r.flags.win and (value is None or bool(r.flags.stale))
         return Leased(value, token, busy=busy, stale=bool(r.flags.stale))
 
+    def _is_tombstone(self, r: Any) -> bool:
+        """Whether a reply is a tombstone (not a stale one: that hands out its own token)."""
+        return (
+            isinstance(r, self._mm.Value)
+            and not r.size
+            and r.flags.client_flag == TOMBSTONE
+            and r.flags.win is None
+            and not r.flags.stale
+        )
+
+    def _claim(self, tombstones: Mapping[str, Any], lease_seconds: int) -> dict[str, Leased]:
+        """Claim each tombstone (a compare-and-set on its CAS token ``tombstones[key]``): the
+        claim's token where this caller won, else busy (another reader claimed it first, or a
+        write replaced it: read it again)."""
+        mm, ttl = self._mm, max(1, lease_seconds)
+        requests = []
+        for key, cas in tombstones.items():
+            flags = self._flags(
+                cache_ttl=ttl, client_flag=CLAIMED, cas_token=cas, return_cas_token=True
+            )
+            requests.append((key, b"", flags))
+        got = self._pipeline(mm.MetaCommand.META_SET, requests)
+        return {
+            k: Leased(None, Claim(r.flags.cas_token))
+            if isinstance(r, mm.Success) and r.flags.cas_token is not None
+            else Leased(None, busy=True)
+            for k, r in got.items()
+        }
+
     def lease_many(self, keys: Sequence[str], lease_seconds: int) -> dict[str, Leased]:
+        """Read ``keys``, leasing each missing one; a tombstone is claimed (a second round
+        trip, only for the servers holding one)."""
         got = self._get(keys, self._leasing_flags(lease_seconds))
-        return {key: self._leased(r) for key, r in got.items()}
+        leased: dict[str, Leased] = {}
+        tombstones: dict[str, Any] = {}
+        for key, r in got.items():
+            if self._is_tombstone(r):
+                tombstones[key] = r.flags.cas_token
+            else:
+                leased[key] = self._leased(r)
+        if tombstones:
+            leased.update(self._claim(tombstones, lease_seconds))
+        return leased
 
     def lease_peek_many(
         self, keys: Sequence[str], peek: Sequence[str], lease_seconds: int
     ) -> dict[str, Leased]:
         """:meth:`lease_many` of ``keys`` and, in the same round trip, a read of ``peek``
         that takes no lease on a miss (a miss there is ``Leased(None)``, never a token; a stale
-        value there may still hand this caller its refresh token, as any read does)."""
+        value there may still hand this caller its refresh token, as any read does, and a
+        tombstone there is claimed, as in ``keys``)."""
         flags = self._leasing_flags(lease_seconds)
         peeking = self._peek_flags
         requests = [("get", k, None, flags) for k in keys]
         requests += [("get", k, None, peeking) for k in peek]
         replies = self._mixed(requests)
-        return {r[1]: self._leased(reply) for r, reply in zip(requests, replies, strict=True)}
+        leased: dict[str, Leased] = {}
+        tombstones: dict[str, Any] = {}
+        for (_, key, _, _), reply in zip(requests, replies, strict=True):
+            if self._is_tombstone(reply):
+                tombstones[key] = reply.flags.cas_token
+            else:
+                leased[key] = self._leased(reply)
+        if tombstones:
+            leased.update(self._claim(tombstones, lease_seconds))
+        return leased
 
     def write_many(self, requests: Sequence[tuple[str, str, Item, Any]]) -> list[Any]:
         """Conditional writes of several kinds in one round trip per server: each
@@ -375,12 +466,23 @@ class MetaMemcacheBackend(BytesBackend):
     def read_invalidate_many(
         self, read: Sequence[str], keys: Sequence[str], *, stale: bool = False
     ) -> Mapping[str, bytes]:
-        """Read ``read``, then :meth:`invalidate_many` ``keys``, in one round trip per server
-        (each server reads before it deletes); the values read."""
-        flags = self._flags(mark_stale=True, cache_ttl=30) if stale else None
+        """Read the identity keys ``read`` and leave a tombstone there (``stale``: mark the
+        value there stale, or add a tombstone where there is none), and delete (``stale``: mark
+        stale) the other keys ``keys``, in one round trip per server (each server reads before
+        it writes); the values read."""
         requests: list[tuple[str, str, bytes | None, Any]]
         requests = [("get", k, None, self._value_flags) for k in read]
-        requests += [("delete", k, None, flags) for k in keys]
+        if stale:
+            flags = self._flags(mark_stale=True, cache_ttl=TOMBSTONE_SECONDS)
+            add = self._flags(
+                cache_ttl=TOMBSTONE_SECONDS, client_flag=TOMBSTONE, mode=self._sock.SET_MODE_ADD
+            )
+            for k in read:
+                requests += [("delete", k, None, flags), ("set", k, b"", add)]
+            requests += [("delete", k, None, flags) for k in keys]
+        else:
+            requests += [("set", k, b"", self._tombstone_flags) for k in read]
+            requests += [("delete", k, None, None) for k in keys]
         replies = self._mixed(requests)
         return {
             k: r.value
@@ -397,9 +499,16 @@ class MetaMemcacheBackend(BytesBackend):
         return {k for k, r in got.items() if isinstance(r, self._mm.Success)}
 
     def delete_if_many(self, tokens: Mapping[str, Any]) -> None:
-        """Delete each key only if its CAS token is still ``tokens[key]``."""
-        requests = [(k, None, self._flags(cas_token=t)) for k, t in tokens.items()]
-        self._pipeline(self._mm.MetaCommand.META_DELETE, requests)
+        """Delete each key only if its CAS token is still ``tokens[key]``; a :class:`Claim`
+        gives the tombstone back instead (on the same condition)."""
+        requests: list[tuple[str, str, bytes | None, Any]] = []
+        for k, t in tokens.items():
+            if type(t) is Claim:
+                flags = self._flags(cache_ttl=TOMBSTONE_SECONDS, client_flag=TOMBSTONE, cas_token=t)
+                requests.append(("set", k, b"", flags))
+            else:
+                requests.append(("delete", k, None, self._flags(cas_token=t)))
+        self._mixed(requests)
 
     def invalidate_many(self, keys: Sequence[str], *, stale: bool = False) -> None:
         flags = self._flags(mark_stale=True, cache_ttl=30) if stale else None
