@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from stockpyle.bytes import BackendError, BytesBackend, Item, Leased
 from stockpyle.stores.memcache import MAX_KEY_LENGTH, exptime, first_error
@@ -40,6 +40,8 @@ __all__ = [
     "MetaMemcacheBackend",
     "meta_client",
 ]
+
+_B = TypeVar("_B")  # what one server's exchange sends
 
 #: Read buffer of each connection built from ``servers=``: meta-memcache-socket 0.3 stalls for
 #: about 200 ms on many reads of a pipelined batch whose replies exceed its default 4 KiB
@@ -196,23 +198,28 @@ class MetaMemcacheBackend(BytesBackend):
                 routed[provider.get_pool(mm.Key(request[0]))].append(request)
             by_pool = routed
         results: dict[str, Any] = {}
+        self._on_servers(by_pool, lambda conn, batch: self._exchange(conn, command, batch, results))
+        return results
+
+    def _on_servers(self, by_pool: Mapping[Any, _B], exchange: Callable[[Any, _B], None]) -> None:
+        """``exchange(connection, batch)`` on one pooled connection per server (a connection
+        that failed is closed); then the first failure raised, naming its server."""
         errors: list[BackendError] = []
         for pool, batch in by_pool.items():
             try:
                 conn = pool.pop_connection()
-            except mm.MemcacheError as exc:
+            except self._mm.MemcacheError as exc:
                 errors.append(self._server_error(exc))
                 continue
             error = True
             try:
-                self._exchange(conn, command, batch, results)
+                exchange(conn, batch)
                 error = False
             except Exception as exc:
                 errors.append(self._server_error(exc, pool.server))
             finally:
                 pool.release_connection(conn, error=error)
         first_error(errors)
-        return results
 
     def _exchange(
         self,
@@ -260,35 +267,24 @@ class MetaMemcacheBackend(BytesBackend):
             else:
                 routed[provider.get_pool(mm.Key(request[1]))].append(i)
         replies: list[Any] = [None] * len(requests)
-        errors: list[BackendError] = []
-        for pool, indexes in routed.items():
-            try:
-                conn = pool.pop_connection()
-            except mm.MemcacheError as exc:
-                errors.append(self._server_error(exc))
-                continue
-            error = True
-            try:
-                out = bytearray()
-                for i in indexes:
-                    kind, key, value, flags = requests[i]
-                    if kind == "get":
-                        out += sock.build_meta_get(key, flags)
-                    elif kind == "set":
-                        assert value is not None
-                        out += sock.build_meta_set(key, len(value), flags)
-                        out += value + b"\r\n"
-                    else:
-                        out += sock.build_meta_delete(key, flags)
-                conn.sendall(bytes(out), False)
-                for i in indexes:
-                    replies[i] = conn.get_response()
-                error = False
-            except Exception as exc:
-                errors.append(self._server_error(exc, pool.server))
-            finally:
-                pool.release_connection(conn, error=error)
-        first_error(errors)
+
+        def exchange(conn: Any, indexes: list[int]) -> None:
+            out = bytearray()
+            for i in indexes:
+                kind, key, value, flags = requests[i]
+                if kind == "get":
+                    out += sock.build_meta_get(key, flags)
+                elif kind == "set":
+                    assert value is not None
+                    out += sock.build_meta_set(key, len(value), flags)
+                    out += value + b"\r\n"  # the data block that follows an ms header
+                else:
+                    out += sock.build_meta_delete(key, flags)
+            conn.sendall(bytes(out), False)
+            for i in indexes:
+                replies[i] = conn.get_response()
+
+        self._on_servers(routed, exchange)
         return replies
 
     def _flags(self, **kw: Any) -> Any:
