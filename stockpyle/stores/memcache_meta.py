@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from stockpyle.bytes import BackendError, BytesBackend, Item, Leased
@@ -403,9 +403,14 @@ class MetaMemcacheBackend(BytesBackend):
         """Read ``keys``, leasing each missing one; a tombstone is claimed (a second round
         trip, only for the servers holding one)."""
         got = self._get(keys, self._leasing_flags(lease_seconds))
+        return self._leases(got.items(), lease_seconds)
+
+    def _leases(self, replies: Iterable[tuple[str, Any]], lease_seconds: int) -> dict[str, Leased]:
+        """What each ``(key, reply)`` of a leased read means; the tombstones among them
+        claimed (one more round trip, only to the servers holding one)."""
         leased: dict[str, Leased] = {}
         tombstones: dict[str, Any] = {}
-        for key, r in got.items():
+        for key, r in replies:
             if self._is_tombstone(r):
                 tombstones[key] = r.flags.cas_token
             else:
@@ -426,16 +431,8 @@ class MetaMemcacheBackend(BytesBackend):
         requests = [("get", k, None, flags) for k in keys]
         requests += [("get", k, None, peeking) for k in peek]
         replies = self._mixed(requests)
-        leased: dict[str, Leased] = {}
-        tombstones: dict[str, Any] = {}
-        for (_, key, _, _), reply in zip(requests, replies, strict=True):
-            if self._is_tombstone(reply):
-                tombstones[key] = reply.flags.cas_token
-            else:
-                leased[key] = self._leased(reply)
-        if tombstones:
-            leased.update(self._claim(tombstones, lease_seconds))
-        return leased
+        keyed = ((r[1], reply) for r, reply in zip(requests, replies, strict=True))
+        return self._leases(keyed, lease_seconds)
 
     def write_many(self, requests: Sequence[tuple[str, str, Item, Any]]) -> list[Any]:
         """Conditional writes of several kinds in one round trip per server: each
