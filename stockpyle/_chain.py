@@ -98,7 +98,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         self._suspect = self._healer.pending
         #: how a caller waits between two polls of a shared layer for another's fill
         self.sleep: Callable[[float], None] = time.sleep
-        self.poll_interval = 0.002
+        self.poll_interval = 0.0005
         #: The invalidation channel (:mod:`stockpyle.invalidation`) this chain publishes its
         #: writes to and whose subscriber guards its in-process layers, or ``None``.
         self.invalidation = invalidation

@@ -109,3 +109,32 @@ def test_records_are_compact() -> None:
         assert type(entry) is Entry and entry.obj is both
         assert records["stockpyle.testing.models.Foo|bar,zap=4,3"] is entry
         assert not any(type(r) is Pointer for r in records.values())
+
+
+def test_writes_with_deadlines_go_straight_to_the_compact_layout() -> None:
+    """A put or batch_put with deadlines still to come (what a chain's backfill passes) stores
+    one entry carrying the deadline at every slot, replaces the earlier version's alternate
+    slot, answers until the deadline and then misses; a deadline already past removes the
+    previous version (the general path), on both in-process stores."""
+    from stockpyle._kv import Entry
+    from stockpyle.testing import FakeClock
+
+    for make in (ProcessMemoryStore, ThreadLocalStore):
+        clock = FakeClock()
+        store = make(clock=clock)
+        store.batch_put([Foo(1, 2, 3, "v1"), Foo(5)], expires_at=[clock() + 10, clock() + 20])
+        entry = store.mapping["stockpyle.testing.models.Foo|key=1"]
+        assert type(entry) is Entry and entry.deadline == clock() + 10 and entry.obj.name == "v1"
+        assert store.mapping["stockpyle.testing.models.Foo|bar,zap=3,2"] is entry
+        assert type(store.mapping["stockpyle.testing.models.Foo|key=5"]) is Entry
+        store.put(Foo(1, 7, 8, "v2"), expires_at=clock() + 10)  # the alternate moved
+        assert store.get(Foo, {"zap": 2, "bar": 3}) is None
+        assert "stockpyle.testing.models.Foo|bar,zap=3,2" not in store.mapping
+        assert store.get(Foo, {"zap": 7, "bar": 8}).name == "v2"  # type: ignore[union-attr]
+        clock.advance(10)
+        assert store.get(Foo, {"key": 1}) is None
+        assert store.get(Foo, {"zap": 7, "bar": 8}) is None
+        assert store.get(Foo, {"key": 5}) is not None
+        store.put(Foo(5), expires_at=clock() - 1)  # already past: the previous version goes
+        assert store.get(Foo, {"key": 5}) is None
+        assert "stockpyle.testing.models.Foo|key=5" not in store.mapping

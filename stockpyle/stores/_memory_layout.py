@@ -89,24 +89,31 @@ def follow(
 
 
 def write_plain(
-    mapping: MutableMapping[str, Any], plans: Iterable[tuple[tuple[str, ...], Any]]
+    mapping: MutableMapping[str, Any],
+    plans: Iterable[tuple[tuple[str, ...], Any]],
+    deadlines: Iterable[Deadline] | None = None,
 ) -> None:
-    """Store objects with no deadline, one after the other (the caller holds the lock).
+    """Store objects, one after the other (the caller holds the lock), with no deadline or
+    with ``deadlines`` (one per plan, ``None`` or still to come: a deadline already past
+    means removing, which is the general path's to do).
 
     ``plans`` are ``(slots, obj)``, the identity slot first. Each object's earlier version's
     slots that the new one does not occupy are removed where they still point to it, exactly as
     the general write path does, without building its plan.
     """
+    if deadlines is not None:
+        for (slots, obj), deadline in zip(plans, deadlines, strict=True):
+            if deadline is None:
+                write_plain(mapping, ((slots, obj),))
+                continue
+            _unlink_old(mapping, slots)
+            entry = Entry(deadline, slots, obj)
+            for slot in slots:
+                mapping[slot] = entry
+        return
     for slots, obj in plans:
         identity = slots[0]
-        old = mapping.get(identity)
-        if type(old) is Entry and old.slots[0] == identity:
-            for slot in old.slots[1:]:
-                if slot not in slots and points_to(mapping.get(slot), identity):
-                    try:
-                        del mapping[slot]
-                    except KeyError:
-                        pass
+        _unlink_old(mapping, slots)
         if len(slots) == 1 and type(obj) is not Entry and type(obj) is not Pointer:
             mapping[identity] = obj
         else:
@@ -114,3 +121,17 @@ def write_plain(
             mapping[identity] = entry
             for slot in slots[1:]:
                 mapping[slot] = entry
+
+
+def _unlink_old(mapping: MutableMapping[str, Any], slots: tuple[str, ...]) -> None:
+    """Remove the slots of the version stored at ``slots[0]`` that ``slots`` does not hold,
+    where they still point to it."""
+    identity = slots[0]
+    old = mapping.get(identity)
+    if type(old) is Entry and old.slots[0] == identity:
+        for slot in old.slots[1:]:
+            if slot not in slots and points_to(mapping.get(slot), identity):
+                try:
+                    del mapping[slot]
+                except KeyError:
+                    pass

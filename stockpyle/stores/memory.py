@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from stockpyle._encoding import FAST_ENCODERS
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._keys import KeySpec, layout_of
-from stockpyle._kv import Entry, Record
+from stockpyle._kv import Entry, Record, is_dead
 from stockpyle._store import KeyDict
 from stockpyle.exceptions import StockpyleError
 from stockpyle.stores._memory_layout import compact, expand, points_to, write_plain
@@ -173,7 +173,10 @@ class _MemoryStore(BaseDictionaryStore):
 
     def put(self, obj: Any, *, expires_at: Deadline = None) -> None:
         if expires_at is not None or self.lifetime_cb is not None:
-            super().put(obj, expires_at=expires_at)
+            if self.lifetime_cb is None and not is_dead(expires_at, self.clock()):
+                self.batch_put([obj], expires_at=[expires_at])
+            else:
+                super().put(obj, expires_at=expires_at)
             return
         try:
             plan = self._planners.get(type(obj)) or self._planner(type(obj))
@@ -188,11 +191,14 @@ class _MemoryStore(BaseDictionaryStore):
         self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
     ) -> None:
         if self.lifetime_cb is not None or (
-            expires_at is not None
-            and (len(expires_at) != len(objs) or any(d is not None for d in expires_at))
+            expires_at is not None and (len(expires_at) != len(objs) or _any_dead(expires_at, self))
         ):
+            # A lifetime to work out, or a deadline already past (its previous version goes):
+            # the general path.
             super().batch_put(objs, expires_at=expires_at)
             return
+        if expires_at is not None and all(d is None for d in expires_at):
+            expires_at = None
         planners = self._planners
         try:  # every object validated before anything is written
             planned = [(planners.get(type(obj)) or self._planner(type(obj)))(obj) for obj in objs]
@@ -201,7 +207,7 @@ class _MemoryStore(BaseDictionaryStore):
         if planned:
             with self._lock:
                 if not self._suspended:
-                    write_plain(self.mapping, zip(planned, objs, strict=True))
+                    write_plain(self.mapping, zip(planned, objs, strict=True), expires_at)
 
     # -- eviction by encoded key (used by stockpyle.invalidation) ---------------------------------
 
@@ -316,3 +322,10 @@ class ThreadLocalStore(_MemoryStore):
 
 class _ThreadMap(dict[str, Any]):
     """One thread's records (a dict subclass, so that the store can hold it weakly)."""
+
+
+def _any_dead(deadlines: Sequence[Deadline], store: _MemoryStore) -> bool:
+    if all(d is None for d in deadlines):
+        return False
+    now = store.clock()
+    return any(is_dead(d, now) for d in deadlines)
