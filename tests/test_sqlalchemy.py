@@ -1098,8 +1098,11 @@ def test_postgres_small_reads_and_one_object_puts_run_in_autocommit(
         assert found is not None and found.email == "r@x"
         assert _autocommit_seen(strict, lambda: strict.get(SqlUser, {"id": 7})) == [False]
         assert _autocommit_seen(optioned, lambda: optioned.get(SqlUser, {"id": 7})) == [False]
+        checkouts: list[object] = []
+        event.listen(store.engine.pool, "checkout", lambda *args: checkouts.append(args))
         after = _autocommit_seen(store, lambda: store.put(SqlUser(id=7, email="s@x")))
         assert after == [True]
+        assert len(checkouts) == 1  # one pooled connection per put, nothing else
         assert strict.get(SqlUser, {"id": 7}).email == "s@x"  # type: ignore[union-attr]
         put = _autocommit_seen(strict, lambda: strict.put(SqlUser(id=7, email="v@x")))
         assert put == [False]

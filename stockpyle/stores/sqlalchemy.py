@@ -173,13 +173,13 @@ class SqlAlchemyStore(BaseStore):
         ``one_statement`` runs in autocommit where reads do (see :meth:`_reader`): a single
         statement is atomic by itself."""
         try:
+            reader = self._read_engine or self._reader()
             if write:
-                if one_statement and (self._read_engine or self._reader()) is not self.engine:
-                    with self._guard(write=True), self._reader().connect() as conn:
+                if one_statement and reader is not self.engine:  # autocommit: it commits itself
+                    with self._guard(write=True), reader.connect() as conn:
                         return work(conn)
                 with self._guard(write=True), self.engine.begin() as conn:
                     return work(conn)
-            reader = self._read_engine or self._reader()
             with self._guard(write=False), reader.connect() as conn:
                 return work(conn)
         except StockpyleError:
