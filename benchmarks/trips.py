@@ -28,10 +28,15 @@ if str(HERE) not in sys.path:
 import e2e  # noqa: E402 - needs the path above
 
 TRIPS = [0]
+COUNTING: list[bool] = []
 
 
 def count_round_trips() -> None:
-    """Count every request batch sent to memcached, whichever client sends it."""
+    """Count every request batch sent to memcached, whichever client sends it (once per
+    process: counting twice would count every trip twice)."""
+    if COUNTING:
+        return
+    COUNTING.append(True)
     import memcache
     from meta_memcache.connection.pool import ConnectionPool
 
