@@ -388,13 +388,19 @@ def test_batch_get_is_one_select(sql: SqlAlchemyStore) -> None:
 
 def test_batch_get_chunks_only_at_the_parameter_limit(make_sql: MakeSql) -> None:
     """With max_params=10, 25 single-column keys take 3 SELECTs and 12 composite keys
-    (2 parameters each) take 3; the results keep request order."""
+    (2 parameters each) take 3; the results keep request order. Ints by an integer column
+    are one parameter however many (SQLite, PostgreSQL): one SELECT."""
     sql = make_sql(max_params=10)
     sql.batch_put([SqlFoo(key=i, zap=i, bar=i, name=str(i)) for i in range(1, 31)])
+    names = [{"name": str(i)} for i in range(25, 0, -1)]
+    with count_statements(sql.engine) as seen:
+        found = sql.batch_get(SqlFoo, names)
+    assert len(seen["statements"]) == 3
+    assert [f.key for f in found if f] == list(range(25, 0, -1))
     keys = [{"key": i} for i in range(25, 0, -1)]
     with count_statements(sql.engine) as seen:
         found = sql.batch_get(SqlFoo, keys)
-    assert len(seen["statements"]) == 3
+    assert len(seen["statements"]) == 1
     assert [f.key for f in found if f] == list(range(25, 0, -1))
     alt = [{"zap": i, "bar": i} for i in range(12)]
     with count_statements(sql.engine) as seen:
@@ -929,11 +935,12 @@ def test_lookup_and_write_statements_are_built_once(
     first = core._statements[shape]
     sql.batch_get(SqlFoo, [{"key": k} for k in range(3, 15)] + [{"zap": 1, "bar": 1}])
     assert core._statements[shape] is first
-    # Larger batches are read through a session, with statements built once too: a second
-    # batch of the same shape builds no SELECT at all.
+    # Larger batches too: a second batch of the same shape builds no SELECT at all, and
+    # neither does a second batch of ints alone (one parameter: see ints_statement).
     many = [{"key": k} for k in range(3, 60)] + [{"zap": 1, "bar": 1}]
     sql.batch_get(SqlFoo, many)
-    orm_first = _sql_lookup._STATEMENTS[(SqlFoo, shape)]
+    sql.batch_get(SqlFoo, [{"key": k} for k in range(3, 60)])
+    ints = dict(core._statements)
     built: list[object] = []
     real_select = _sql_lookup.sa.select
 
@@ -943,9 +950,11 @@ def test_lookup_and_write_statements_are_built_once(
 
     monkeypatch.setattr(_sql_lookup.sa, "select", counting_select)
     sql.batch_get(SqlFoo, many[:40] + many[41:])
+    sql.batch_get(SqlFoo, [{"key": k} for k in range(1, 90)])
     monkeypatch.undo()
     assert built == []
-    assert _sql_lookup._STATEMENTS[(SqlFoo, shape)] is orm_first
+    assert core._statements[shape] is first
+    assert all(core._statements[k] is v for k, v in ints.items())
     sql.get(SqlFoo, {"zap": 1, "bar": 2})
     one = core._statements[("bar", "zap")]
     sql.get(SqlFoo, {"zap": 3, "bar": 4})
@@ -1113,3 +1122,61 @@ def test_postgres_small_reads_and_one_object_puts_run_in_autocommit(
         for other in (strict, optioned):
             other.release()
             other.engine.dispose()
+
+
+def test_ints_by_an_integer_column_are_one_parameter(make_sql: MakeSql) -> None:
+    """A batch of ints by one integer column (ids: the common batch) binds one parameter
+    (a JSON array on SQLite, an array on PostgreSQL): one SELECT, rows back in request order,
+    repeats and misses in place, and the same detached, loaded, unmodified instances a session
+    leaves (merge and add both work on them). Ints no column value can equal stay misses."""
+    sql = make_sql(max_params=10)
+    sql.batch_put([SqlFoo(key=i, zap=i % 3, bar=i, name=str(i)) for i in range(1, 41)])
+    wanted = [7, 40, 99, 7, 2**70, -(2**63) - 1, 1]
+    with count_statements(sql.engine) as seen:
+        found = sql.batch_get(SqlFoo, [{"key": i} for i in wanted])
+    assert len(seen["statements"]) == 1 and not seen["commit"]
+    (statement,) = seen["statements"]
+    assert "json_each" in statement or "ANY" in statement, statement
+    assert [f.key if f is not None else None for f in found] == [7, 40, None, 7, None, None, 1]
+    assert found[0] is found[3]
+    state = sa.inspect(found[0])
+    assert state.detached and state.key == (SqlFoo, (7,), None)
+    assert not state.modified and not state.unloaded and not state.expired_attributes
+    assert found[0].name == "7" and found[0].zap == 1
+    with orm.Session(sql.engine) as session, session.begin():
+        session.merge(found[1]).name = "merged"
+    with orm.Session(sql.engine) as session, session.begin():
+        session.add(found[6])
+        found[6].name = "added"
+    again = sql.batch_get(SqlFoo, [{"key": 40}, {"key": 1}])
+    assert [f.name for f in again if f is not None] == ["merged", "added"]
+
+
+def test_ints_by_a_column_several_rows_hold_raise(make_sql: MakeSql) -> None:
+    """Ints by an integer column that is not unique: a value one row holds is found; a value
+    several rows hold raises NonUniqueKeyError naming how many, and the rows stay."""
+    sql = make_sql()
+    sql.batch_put([SqlFoo(key=i, zap=i % 3, bar=i, name=str(i)) for i in range(1, 7)])
+    sql.put(SqlFoo(key=10, zap=9, bar=10, name="ten"))
+    found = sql.batch_get(SqlFoo, [{"zap": 9}, {"zap": 5}])
+    assert [f.key if f is not None else None for f in found] == [10, None]
+    with pytest.raises(NonUniqueKeyError, match=r"2 rows match zap=1; expected at most one"):
+        sql.batch_get(SqlFoo, [{"zap": 9}, {"zap": 1}])
+    assert len([f for f in sql.batch_get(SqlFoo, [{"key": i} for i in range(1, 11)]) if f]) == 7
+
+
+def test_ints_on_an_sqlite_without_json_use_an_in_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An SQLite older than 3.38 (no built-in JSON) reads a batch of ints with an IN list of
+    parameters, chunked at max_params, as any other batch."""
+    sql = SqlAlchemyStore("sqlite://", max_params=10)
+    try:
+        SqlBase.metadata.create_all(sql.engine)
+        monkeypatch.setattr(sql.engine.dialect.dbapi, "sqlite_version_info", (3, 37, 2))
+        sql.batch_put([SqlFoo(key=i, zap=i, bar=i, name=str(i)) for i in range(1, 31)])
+        with count_statements(sql.engine) as seen:
+            found = sql.batch_get(SqlFoo, [{"key": i} for i in range(25, 0, -1)])
+        assert len(seen["statements"]) == 3
+        assert not any("json_each" in s for s in seen["statements"])
+        assert [f.key for f in found if f] == list(range(25, 0, -1))
+    finally:
+        sql.release()

@@ -9,11 +9,13 @@ typed key rule (``1``, ``1.0`` and ``True`` never address the same row).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import orm
+from sqlalchemy.dialects import postgresql
 
 from stockpyle._encoding import encode_value
 from stockpyle._store import KeyDict
@@ -195,7 +197,17 @@ class CoreLoader:
     later (the store then loads through a session, as before).
     """
 
-    __slots__ = ("_build", "_dispatch", "_in", "_keys", "_pk", "_statements", "columns", "table")
+    __slots__ = (
+        "_build",
+        "_dispatch",
+        "_in",
+        "_int_columns",
+        "_keys",
+        "_pk",
+        "_statements",
+        "columns",
+        "table",
+    )
 
     def __init__(self, mapper: orm.Mapper[Any]) -> None:
         props = list(mapper.column_attrs)
@@ -206,17 +218,53 @@ class CoreLoader:
         by_column = {c: i for i, c in enumerate(self.columns)}
         self._pk = tuple(by_column[c] for c in mapper.primary_key)  # type: ignore[index]
         self._in = {p.key: p.columns[0] for p in props}
-        self._statements: dict[tuple[tuple[str, ...], ...] | tuple[str, ...], Any] = {}
+        #: Attributes of plain integer columns (no TypeDecorator: nothing converts the values
+        #: on their way to the database), by their position in a row.
+        self._int_columns = {
+            key: i
+            for i, (key, col) in enumerate(zip(self._keys, self.columns, strict=True))
+            if isinstance(col.type, sa.Integer) and not isinstance(col.type, sa.TypeDecorator)
+        }
+        self._statements: dict[Any, Any] = {}
         self._dispatch = mapper.class_manager.dispatch
-        new_instance = mapper.class_manager.new_instance
+        manager = mapper.class_manager
         keys = self._keys
-        detach = orm.make_transient_to_detached
+        # What make_transient_to_detached() leaves, without its per-object work: the identity
+        # key (a plain mapper is its own identity class; no identity token), the columns in
+        # the instance dict, nothing modified, expired or pending. A session's loading leaves
+        # the same (relationships not loaded are absent, not expired). The instance is made as
+        # ClassManager.new_instance() makes it, minus its calls (one loop per batch of rows).
+        cls: Any = mapper.class_
+        new = cls.__new__
+        state_of = getattr(manager, "_state_constructor", None)
+        pk = self._pk
+        if state_of is not None and len(pk) == 1 and cls.__setattr__ is object.__setattr__:
+            (at,) = pk
 
-        def build(row: Any) -> Any:
-            obj = new_instance()
-            instance_dict(obj).update(zip(keys, row, strict=True))
-            detach(obj)  # the identity key from the primary key; loaded, unmodified
-            return obj
+            def build(rows: Iterable[Any]) -> list[Any]:
+                out: list[Any] = []
+                add = out.append
+                for row in rows:
+                    obj = new(cls)
+                    state = state_of(obj, manager)
+                    state.key = (cls, (row[at],), None)
+                    values = obj.__dict__
+                    values["_sa_instance_state"] = state  # what new_instance sets (setattr)
+                    values.update(zip(keys, row, strict=True))
+                    add(obj)
+                return out
+
+        else:
+            new_instance = manager.new_instance
+
+            def build(rows: Iterable[Any]) -> list[Any]:
+                out = []
+                for row in rows:
+                    obj = new_instance()
+                    obj._sa_instance_state.key = (cls, tuple([row[i] for i in pk]), None)
+                    obj.__dict__.update(zip(keys, row, strict=True))
+                    out.append(obj)
+                return out
 
         self._build = build
 
@@ -242,9 +290,7 @@ class CoreLoader:
                     terms.append(sa.tuple_(*(self._in[n] for n in names)).in_(param))
             where = terms[0] if len(terms) == 1 else sa.or_(*terms)
             stmt = sa.select(*self.columns).where(where)
-            if len(self._statements) >= _MAX_STATEMENTS:
-                self._statements.clear()
-            self._statements[keys] = stmt
+            self._remember(keys, stmt)
         return stmt
 
     def one_statement(self, names: tuple[str, ...]) -> Any:
@@ -254,20 +300,76 @@ class CoreLoader:
         stmt = self._statements.get(names)
         if stmt is None:
             where = sa.and_(*(self._in[n] == sa.bindparam(f"p{i}") for i, n in enumerate(names)))
-            if len(self._statements) >= _MAX_STATEMENTS:
-                self._statements.clear()
-            stmt = self._statements[names] = sa.select(*self.columns).where(where)
+            stmt = sa.select(*self.columns).where(where)
+            self._remember(names, stmt)
         return stmt
+
+    def ints_statement(self, name: str, dialect: str) -> Any | None:
+        """``SELECT`` of every column whose integer column ``name`` holds any of the ints in
+        one parameter, ``ints``: a JSON array read by ``json_each`` on SQLite (3.38 or later,
+        where JSON is built in), a ``BIGINT[]`` on PostgreSQL. One parameter, whatever the
+        number of keys: no ``IN (?, ?, ...)`` list to render and bind per value, no chunks.
+        ``None`` where no such form applies (another dialect, a column that is no plain
+        integer: its values might be converted on their way to the database)."""
+        if name not in self._int_columns or dialect not in _INT_ARRAYS:
+            return None
+        shape = ("ints", name, dialect)
+        stmt = self._statements.get(shape)
+        if stmt is None:
+            column = self._in[name]
+            param: Any
+            where: Any
+            if dialect == "sqlite":
+                param = sa.bindparam("ints", type_=sa.String())
+                values = sa.select(sa.column("value", sa.Integer)).select_from(
+                    sa.func.json_each(param)
+                )
+                where = column.in_(values.scalar_subquery())
+            else:
+                param = sa.bindparam("ints", type_=postgresql.ARRAY(sa.BigInteger()))
+                where = column == sa.any_(param)
+            stmt = sa.select(*self.columns).where(where)
+            self._remember(shape, stmt)
+        return stmt
+
+    def _remember(self, shape: Any, stmt: Any) -> None:
+        if len(self._statements) >= _MAX_STATEMENTS:
+            self._statements.clear()
+        self._statements[shape] = stmt
 
     def load(self, conn: sa.Connection, stmt: Any, params: Any, into: dict[Any, Any]) -> None:
         """Run ``stmt`` and add each row's instance to ``into`` by primary key (a row that
         two chunks both found stays one instance)."""
         pk = self._pk
-        build = self._build
-        for row in conn.execute(stmt, params):
-            key = tuple(row[i] for i in pk)
-            if key not in into:
-                into[key] = build(row)
+        rows = [
+            row
+            for row in conn.execute(stmt, params).all()
+            if tuple([row[i] for i in pk]) not in into
+        ]
+        for obj in self._build(rows):
+            into[obj._sa_instance_state.key[1]] = obj
+
+    def load_ints(
+        self, conn: sa.Connection, stmt: Any, ints: list[int], name: str
+    ) -> tuple[dict[int, Any], dict[int, int]]:
+        """Run an :meth:`ints_statement` of ``name`` for ``ints``: the instances by the value
+        of ``name``, and how many rows hold each value that several rows hold (a column that
+        is not unique)."""
+        at = self._int_columns[name]
+        param = json.dumps(ints) if conn.dialect.name == "sqlite" else ints
+        rows = conn.execute(stmt, {"ints": param}).all()
+        found: dict[int, Any] = {}
+        shared: dict[int, int] = {}
+        keep = found.setdefault
+        for row, obj in zip(rows, self._build(rows), strict=True):
+            value = row[at]
+            if keep(value, obj) is not obj:
+                shared[value] = shared.get(value, 1) + 1
+        return found, shared
+
+
+#: Dialects with a one-parameter form of ``IN`` for a list of ints (see ints_statement).
+_INT_ARRAYS = frozenset({"sqlite", "postgresql"})
 
 
 _LOADERS: dict[type, CoreLoader | None] = {}
@@ -342,6 +444,12 @@ def fetch(
                 params = {f"p{i}": v for i, v in enumerate(values)}
                 core.load(conn, core.one_statement(names), params, rows)
                 return _match(info, groups, rows, requests)
+            if len(names) == 1 and all(type(m) is int for m in group):
+                # Ints by one integer column (ids, the common batch): one parameter.
+                stmt = core.ints_statement(names[0], _int_dialect(conn.dialect))
+                if stmt is not None:
+                    found = core.load_ints(conn, stmt, list(group), names[0])
+                    return _match_ints(info, found, requests)
 
         def run(chunk: dict[tuple[str, ...], list[Any]]) -> None:
             params = {f"k{i}": vals for i, vals in enumerate(chunk.values())}
@@ -368,6 +476,35 @@ def fetch(
 
     _chunked(groups, max_params, run_orm)
     return _match(info, groups, rows, requests)
+
+
+def _int_dialect(dialect: sa.Dialect) -> str:
+    """The dialect name for :meth:`CoreLoader.ints_statement`; ``""`` for an SQLite without
+    built-in JSON (before 3.38)."""
+    if dialect.name == "sqlite":
+        version = getattr(dialect.dbapi, "sqlite_version_info", (0,))
+        return "sqlite" if version >= (3, 38) else ""
+    return dialect.name
+
+
+def _match_ints(
+    info: MappedInfo,
+    found: tuple[dict[int, Any], dict[int, int]],
+    requests: Sequence[Request | None],
+) -> list[Any]:
+    """One row (or ``None``) per request of an int key value, from :meth:`CoreLoader.load_ints`;
+    :class:`NonUniqueKeyError` when several rows hold one."""
+    rows, shared = found
+    if shared:
+        for req in requests:
+            if req is not None and req[2] in shared:
+                msg = (
+                    f"{info.layout.path}: {shared[req[2]]} rows match"
+                    f" {_describe(req[0], req[1])}; expected at most one"
+                )
+                raise NonUniqueKeyError(msg)
+    get = rows.get
+    return [None if req is None else get(req[2]) for req in requests]
 
 
 def _chunked(

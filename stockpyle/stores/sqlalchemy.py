@@ -48,10 +48,6 @@ __all__ = ["SQLAlchemyStore", "SqlAlchemyStore"]
 T = TypeVar("T")
 R = TypeVar("R")
 
-#: Reads of at most this many keys skip the session (see ``_rows``): measured, a batch of 1,000
-#: read through the session costs about half as much per row, a single get about 1.6x more.
-CORE_READS_UP_TO = 16
-
 #: Bound parameters per statement, by dialect (a driver refuses more).
 _PARAM_LIMITS = {"postgresql": 32_000, "mysql": 32_000, "mariadb": 32_000}
 _DEFAULT_PARAM_LIMIT = 2_000  # SQL Server allows 2,100; unknown dialects get the same margin
@@ -226,12 +222,11 @@ class SqlAlchemyStore(BaseStore):
         requests = parse_requests(info, key_dicts, self._bounds(info))
         if all(r is None for r in requests):
             return [None] * len(requests)
-        core = core_loader(info) if self._core_reads and len(requests) <= CORE_READS_UP_TO else None
+        core = core_loader(info) if self._core_reads else None
         if core is not None and core.usable():
-            # A plain class, a few keys: Core statements on a connection, the instances made
-            # detached directly (the same objects a session would leave behind, at half the
-            # CPU of a one-row read). Larger batches go through a session, whose loading of
-            # many rows costs less per row than detaching each instance here.
+            # A plain class: Core statements on a connection, the instances made detached
+            # directly (the same objects a session would leave behind, at about half the CPU
+            # of a session's read, per row and per call).
             def load(conn: sa.Connection) -> list[Any]:
                 return fetch(conn, info, requests, max_params=self.max_params, core=core)
 
