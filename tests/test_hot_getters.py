@@ -327,3 +327,60 @@ def test_a_failure_below_a_first_layer_miss_is_read_and_raised_once() -> None:
             repo.get(**key)
         assert (bottom.reads, top.stats().misses) == (i, i)
     chain.release()
+
+
+def test_the_identity_keyword_is_the_getters_own_parameter() -> None:
+    """The keyword getter takes the identity's name as a keyword-only parameter (no dict
+    built for it): a positional value is refused as ``Repo.get`` refuses it, the internal
+    placeholder name is no key, and the identity mixed with other names is what the general
+    path makes of it."""
+    import inspect
+
+    repo = Repo(Foo, ProcessMemoryStore())
+    obj = Foo(1, 2, 3)
+    repo.put(obj)
+    params = inspect.signature(repo.get).parameters
+    assert params["key"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert repo.get(key=1) is obj and repo.get(**{"key": 1}) is obj
+    with pytest.raises(TypeError):
+        repo.get(1)  # type: ignore[misc]
+    with pytest.raises(UnknownKeyError):
+        repo.get(_one=1)
+    with pytest.raises(UnknownKeyError):
+        repo.get(key=1, zap=2)
+    assert repo.get(key=1.0) is None and repo.get(key="1") is None
+    assert (repo.store.stats().hits, repo.store.stats().misses) == (2, 2)
+
+
+@stockpyle.keyed("slow", ("one", "fixed"))
+@attrs.define
+class _Clashing:
+    """Key names that the keyword getter's own closure uses."""
+
+    slow: int
+    one: int
+    fixed: int
+
+
+@stockpyle.keyed("_others")
+@attrs.define
+class _Underscored:
+    """An identity named like the keyword getter's ``**`` parameter."""
+
+    _others: int = attrs.field(alias="_others")
+
+
+def test_key_names_the_getter_uses_itself_still_answer() -> None:
+    """An identity named like one of the keyword getter's own names leaves the parameter
+    unnamed (every key goes through the dict path): hits, misses and alternate keys answer
+    as anywhere else."""
+    clash = Repo(_Clashing, ProcessMemoryStore())
+    obj = _Clashing(1, 2, 3)
+    clash.put(obj)
+    assert clash.get(slow=1) is obj and clash.get(one=2, fixed=3) is obj
+    assert clash.get(slow=2) is None and clash.get(one=3, fixed=3) is None
+    assert (clash.store.stats().hits, clash.store.stats().misses) == (2, 2)
+    under = Repo(_Underscored, ProcessMemoryStore())
+    found = _Underscored(5)
+    under.put(found)
+    assert under.get(_others=5) is found and under.get(_others=6) is None

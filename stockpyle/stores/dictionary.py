@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, MutableMapping, Sequence, Sized
 from functools import partial
 from typing import Any, ClassVar, TypeVar
@@ -267,64 +268,143 @@ class BaseDictionaryStore(KeyValueStore):
         count_miss = self.counters.misses.__next__
         lookup: Callable[[str], Any] = fixed.get
 
-        def get(**key: Any) -> T | None:
-            # get_by_key above, inline: a call costs as much as the lookups. A KeyError
-            # (another key, a value without a fast encoder, a slot not remembered yet, an
-            # identity slot emptied since) leaves the key to slow(); so does any record
-            # but a current one. Callbacks run outside the try: their errors are theirs.
-            if not bypass:
+        # Whether the first one-name key is the identity (it is unless the identity has
+        # several names): its slot then holds the object's current entry by construction.
+        one_is_identity = layout_of(cls).identity.single == one
+
+        def get(*, _one: Any = _ABSENT, **_others: Any) -> T | None:
+            # get_by_key above, inline: a call costs as much as the lookups. The keyword of
+            # the first one-name key (the identity, usually) is this function's parameter
+            # (renamed from _one below: binding it costs less than building a dict of one
+            # key); that key alone is read first, the first two-name key next, every other
+            # key in rest(). A KeyError (a value without a fast encoder, a slot not
+            # remembered yet) leaves the key to rest(); any record but a current one to
+            # slow(). Callbacks run outside the try: their errors are theirs. Locals start
+            # with _, to leave the likely key names free for the parameter (_name_keyword).
+            if bypass:
+                return slow(_others if _one is _ABSENT else {one: _one, **_others})
+            if _others:
+                if _one is not _ABSENT or len(_others) != 2:
+                    return rest(_others if _one is _ABSENT else {one: _one, **_others})
                 try:
-                    size = len(key)
-                    if size == 1:
-                        if one in key:  # the first one-name key (the identity, usually)
-                            value = key[one]
-                            kind = type(value)
-                            if kind is int or kind is str:
-                                slot = one_memo[value]
-                            else:
-                                slot = one_prefix + fast[kind](value)
-                        else:
-                            (name,) = key
-                            value = key[name]
-                            kind = type(value)
-                            if kind is int or kind is str:
-                                slot = memos[name][value]
-                            else:
-                                slot = singles[name].prefix + fast[kind](value)
-                    elif size == 2:
-                        a = key[first]
-                        b = key[second]
-                        slot = pairs[(type(a), type(b), a, b)]
-                    else:
-                        slot = _encode(by_names[tuple(key)], key)
-                    record = lookup(slot)
-                    if record is not None:
-                        kind = type(record)
-                        if kind is Entry:
-                            identity = record.slots[0]
-                            if identity == slot or fixed[identity] is record:
-                                deadline = record.deadline
-                                if deadline is None or deadline > clock():
-                                    next(count_hit)
-                                    return record.obj  # type: ignore[no-any-return]
-                        elif kind is not Pointer:
+                    _a = _others[first]
+                    _b = _others[second]
+                    _slot = pairs[(type(_a), type(_b), _a, _b)]
+                except (KeyError, TypeError):
+                    return rest(_others)
+                _record = lookup(_slot)
+                if type(_record) is Entry:
+                    _identity = _record.slots[0]
+                    if _identity == _slot or fixed.get(_identity) is _record:
+                        _deadline = _record.deadline
+                        if _deadline is None or _deadline > clock():
                             next(count_hit)
-                            return record  # type: ignore[no-any-return]
-                except (KeyError, TypeError, StockpyleError):
-                    pass
+                            return _record.obj  # type: ignore[no-any-return]
+                elif _record is None:
+                    count_miss()
+                    return None if miss is None else miss(_others)
+                elif type(_record) is not Pointer:
+                    next(count_hit)
+                    return _record  # type: ignore[no-any-return]
+                return slow(_others)
+            if _one is _ABSENT:
+                return rest(_others)
+            try:
+                _kind = type(_one)
+                if _kind is int or _kind is str:
+                    _record = lookup(one_memo[_one])
                 else:
-                    if record is None:
-                        count_miss()
-                        return None if miss is None else miss(key)
+                    _record = lookup(one_prefix + fast[_kind](_one))
+            except (KeyError, TypeError, StockpyleError):
+                return rest({one: _one})
+            if type(_record) is Entry:
+                if one_is_identity or fixed.get(_record.slots[0]) is _record:
+                    _deadline = _record.deadline
+                    if _deadline is None or _deadline > clock():
+                        next(count_hit)
+                        return _record.obj  # type: ignore[no-any-return]
+            elif _record is None:
+                count_miss()
+                return None if miss is None else miss({one: _one})
+            elif type(_record) is not Pointer:
+                next(count_hit)
+                return _record  # type: ignore[no-any-return]
+            return slow({one: _one})
+
+        def rest(key: KeyDict) -> T | None:
+            # Every other key: one-name keys by their memos, the first two-name key by its
+            # pair memo, anything else encoded here.
+            try:
+                size = len(key)
+                if size == 1:
+                    (name,) = key
+                    value = key[name]
+                    kind = type(value)
+                    if kind is int or kind is str:
+                        slot = memos[name][value]
+                    else:
+                        slot = singles[name].prefix + fast[kind](value)
+                elif size == 2:
+                    a = key[first]
+                    b = key[second]
+                    slot = pairs[(type(a), type(b), a, b)]
+                else:
+                    slot = _encode(by_names[tuple(key)], key)
+                record = lookup(slot)
+                if record is not None:
+                    kind = type(record)
+                    if kind is Entry:
+                        identity = record.slots[0]
+                        if identity == slot or fixed[identity] is record:
+                            deadline = record.deadline
+                            if deadline is None or deadline > clock():
+                                next(count_hit)
+                                return record.obj  # type: ignore[no-any-return]
+                    elif kind is not Pointer:
+                        next(count_hit)
+                        return record  # type: ignore[no-any-return]
+            except (KeyError, TypeError, StockpyleError):
+                pass
+            else:
+                if record is None:
+                    count_miss()
+                    return None if miss is None else miss(key)
             return slow(key)
 
+        getter: Callable[..., T | None] = get
+        if not _name_keyword(get, "_one", one):
+            # A name this function already uses (or none at all): every key through rest().
+            def getter(**key: Any) -> T | None:
+                return slow(key) if bypass else rest(key)
+
         if plain:
-            self._keyword_getters[cls] = get
-        return get
+            self._keyword_getters[cls] = getter
+        return getter
 
     def _fixed_mapping(self) -> MutableMapping[str, Any] | None:
         """The one mapping of a plain store; ``None`` when a subclass picks one per call."""
         return self._dict if type(self).mapping is BaseDictionaryStore.mapping else None
+
+
+#: The default of a renamed keyword parameter: the caller did not pass it.
+_ABSENT: Any = object()
+
+
+def _name_keyword(fn: Callable[..., Any], old: str, new: Any) -> bool:
+    """Rename ``fn``'s keyword-only parameter ``old`` (default :data:`_ABSENT`) to ``new``:
+    a call ``fn(new=value)`` then binds ``value`` to it directly, without building the dict of
+    ``**`` keywords. ``False`` (``fn`` unchanged) when ``new`` is no string or a name ``fn``
+    already uses."""
+    code = fn.__code__
+    taken = {*code.co_varnames, *code.co_freevars, *code.co_cellvars}
+    if type(new) is not str or new in taken:
+        return False
+    new = sys.intern(new)  # a call's keyword matches an interned name by identity, first
+    fn.__code__ = code.replace(
+        co_varnames=tuple(new if name == old else name for name in code.co_varnames)
+    )
+    fn.__kwdefaults__ = {new: _ABSENT}
+    return True
 
 
 def _encode(spec: KeySpec, key: KeyDict) -> str:
