@@ -1150,6 +1150,15 @@ def test_ints_by_an_integer_column_are_one_parameter(make_sql: MakeSql) -> None:
         found[6].name = "added"
     again = sql.batch_get(SqlFoo, [{"key": 40}, {"key": 1}])
     assert [f.name for f in again if f is not None] == ["merged", "added"]
+    # the extremes of the column (int64 on SQLite, int32 here on PostgreSQL) come back exact
+    from stockpyle.stores._sql_objects import mapped_info
+
+    info = mapped_info(SqlFoo)
+    assert info is not None
+    low, high = sql._bounds(info)["key"]
+    sql.batch_put([SqlFoo(key=low, zap=0, bar=-1, name="low"), SqlFoo(key=high, zap=0, bar=-2)])
+    edges = sql.batch_get(SqlFoo, [{"key": high}, {"key": low}, {"key": high - 1}])
+    assert [f.key if f is not None else None for f in edges] == [high, low, None]
 
 
 def test_ints_by_a_column_several_rows_hold_raise(make_sql: MakeSql) -> None:
