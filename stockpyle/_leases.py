@@ -69,6 +69,8 @@ def lease_entries(
         found = self.batch_get_entries(cls, key_dicts)
         token = _ADD if backend.supports_add else None
         return [Lease(f, token=None if f is not None else token) for f in found]
+    if len(key_dicts) == 1:  # a chain's get: the same answer, without a batch's bookkeeping
+        return [_lease_one(self, cls, key_dicts[0], lease_seconds)]
     try:
         layout = layout_of(cls)
         slots = layout.encode_all(key_dicts)
@@ -81,7 +83,7 @@ def lease_entries(
     wanted = [s for s in dict.fromkeys(slots) if s]
     # The identity an alternate slot pointed to last time is read in the same round trip (a
     # guess: the pointer still decides, and a wrong guess costs the second round as before).
-    peeking = hasattr(backend, "lease_peek_many")
+    peeking = hasattr(self.backend, "lease_peek_many")
     hints = self._alt_hints
     peek: list[str] = []
     guessed: dict[str, str] = {}  # alternate slot -> the identity peeked for it
@@ -147,6 +149,81 @@ def lease_entries(
             release(self, unused)
     self._count([r.found for r in results])
     return results
+
+
+def _lease_one(self: BytesStore, cls: type[T], key_dict: KeyDict, lease_seconds: float) -> Lease:
+    """:func:`lease_entries` of one key (a backend with leases), step for step."""
+    try:
+        layout = layout_of(cls)
+        slot = layout.encode_all([key_dict])[0]
+        identity = layout.spec_for(key_dict) is layout.identity
+    except StockpyleError as exc:
+        raise self._naming_store(exc) from None
+    if slot is None:
+        next(self.counters.misses)
+        return Lease(None)
+    seconds = max(1, round(lease_seconds))
+    records: dict[str, Record] = {}
+    leases: dict[str, Any] = {}
+    peeking = hasattr(self.backend, "lease_peek_many")
+    hints = self._alt_hints
+    peek: list[str] = []
+    hint = None
+    if not identity and hints and peeking:
+        hint = hints.get(slot)
+        if hint is not None and hint != slot:
+            peek.append(hint)
+        else:
+            hint = None
+    _lease_round(self, [slot], seconds, records, leases, peek)
+    targets = [
+        r.identity for r in records.values() if type(r) is Pointer and r.identity not in leases
+    ]
+    if targets:
+        _lease_round(self, list(dict.fromkeys(targets)), seconds, records, leases)
+    record, leased = records.get(slot), leases[slot]
+    at = slot
+    result: Lease | None = None
+    if type(record) is Pointer:
+        at = record.identity
+        if peeking and hints.get(slot) != at:
+            _remember(hints, slot, at)
+        record, leased = records.get(at), leases.get(at, leased)
+        if type(record) is Entry and slot not in record.slots:
+            result = Lease(None, token=_ADD)  # a stale pointer
+    if result is not None:
+        pass
+    elif type(record) is Entry and not is_dead(record.deadline, self.clock()):
+        token = None if leased.token is None else FillToken("cas", at, leased.token)
+        result = Lease((record.obj, record.deadline), token, leased.busy, leased.stale)
+    elif leased.token is not None:
+        if identity or at != slot:
+            result = Lease(None, token=FillToken("cas", at, leased.token))
+        else:
+            # A miss by alternate key: see lease_entries.
+            held = None
+            if hint is not None and hint not in records and (h := leases.get(hint)) is not None:
+                held = None if h.token is None else (hint, h.token)
+            result = Lease(None, token=FillToken("alt", at, leased.token, held))
+    else:
+        result = Lease(None, token=None if leased.busy else _ADD, busy=leased.busy)
+    if peek:
+        # A guessed identity whose stale value handed this caller its refresh token, and that
+        # the result does not use: give the token back.
+        used = set()
+        if isinstance(result.token, FillToken):
+            used.add(result.token.key)
+            if result.token.held:
+                used.add(result.token.held[0])
+        unused = [
+            FillToken("cas", h, leases[h].token)
+            for h in peek
+            if h in leases and leases[h].token is not None and h not in used
+        ]
+        if unused:
+            release(self, unused)
+    next(self.counters.misses if result.found is None else self.counters.hits)
+    return result
 
 
 def _remember(hints: dict[str, str], slot: str, identity: str) -> None:
