@@ -71,6 +71,13 @@ def lease_entries(
         return [Lease(f, token=None if f is not None else token) for f in found]
     if len(key_dicts) == 1:  # a chain's get: the same answer, without a batch's bookkeeping
         return [_lease_one(self, cls, key_dicts[0], lease_seconds)]
+    return _lease_many(self, cls, key_dicts, lease_seconds)
+
+
+def _lease_many(
+    self: BytesStore, cls: type[T], key_dicts: Sequence[KeyDict], lease_seconds: float
+) -> list[Lease]:
+    """:func:`lease_entries` of any number of keys (a backend with leases)."""
     try:
         layout = layout_of(cls)
         slots = layout.encode_all(key_dicts)
