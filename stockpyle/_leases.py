@@ -290,6 +290,7 @@ def fill(
     alts: dict[str, tuple[Item, Any]] = {}
     pointers: dict[str, Item] = {}
     hints = self._alt_hints if hasattr(backend, "lease_peek_many") else None
+    inline = self._inline_dumps  # the pickle protocol where records encode inline
     unheld: list[FillToken] = []  # claims held for another identity than the object's
     for plan, token in zip(plans, tokens, strict=True):
         held = token.held if isinstance(token, FillToken) else None
@@ -298,7 +299,20 @@ def fill(
                 unheld.append(FillToken("cas", *held))
             continue
         bkey = self.backend_key(plan.identity)
-        item = self.item(bkey, Entry(plan.deadline, plan.slots, plan.obj), now)
+        entry = Entry(plan.deadline, plan.slots, plan.obj)
+        if inline is not None:
+            # The entry and (one round trip) its pointers encoded in one pass, as a put
+            # encodes them; a record that cannot be encoded raises as item() does.
+            records: dict[str, Record] = {plan.identity: entry}
+            if one_trip and len(plan.slots) > 1:
+                pointer = Pointer(plan.deadline, plan.identity)
+                for slot in plan.slots[1:]:
+                    records[slot] = pointer
+            encoded = self._items_inline(records, now, inline)
+            item = encoded[bkey]
+        else:
+            encoded = {}
+            item = self.item(bkey, entry, now)
         if isinstance(token, FillToken) and token.mode == "cas" and token.key == plan.identity:
             cas[bkey] = (item, token.cas)
         else:
@@ -310,15 +324,19 @@ def fill(
                     unheld.append(FillToken("cas", *held))
             if isinstance(token, FillToken) and token.mode == "alt":
                 alt = self.backend_key(token.key)
-                pointer = self.item(alt, Pointer(plan.deadline, plan.identity), now)
-                alts[alt] = (pointer, token.cas)
+                leased = encoded.get(alt) or self.item(
+                    alt, Pointer(plan.deadline, plan.identity), now
+                )
+                alts[alt] = (leased, token.cas)
         for slot in plan.slots[1:]:
             if hints is not None and hints.get(slot) != plan.identity:
                 _remember(hints, slot, plan.identity)
             if one_trip:  # pointers of an entry that is not stored are never followed
                 pkey = self.backend_key(slot)
                 if pkey not in alts:
-                    pointers[pkey] = self.item(pkey, Pointer(plan.deadline, plan.identity), now)
+                    pointers[pkey] = encoded.get(pkey) or self.item(
+                        pkey, Pointer(plan.deadline, plan.identity), now
+                    )
     if one_trip:
         stored, added, pointed = _write_once(self, cas, adds, alts, pointers)
     else:
