@@ -88,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ops", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--memcached", default=os.environ.get("STOCKPYLE_MEMCACHED"))
+    parser.add_argument("--profile", metavar="OPERATION", help="cProfile one operation instead")
     args = parser.parse_args(argv)
     if not args.memcached:
         print("replay.py needs --memcached (or STOCKPYLE_MEMCACHED)")
@@ -161,6 +162,18 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(KEYS):
                 fn(k)
         recorded = conn.recorded
+        if args.profile:
+            import cProfile
+            import pstats
+
+            profiler = cProfile.Profile()
+            fn = ops[args.profile]
+            profiler.enable()
+            for i in range(args.ops):
+                fn(i % KEYS)
+            profiler.disable()
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(30)
+            return 0
         results: dict[str, list[float]] = {name: [] for name in ops}
         for _ in range(args.rounds):
             for name, fn in ops.items():

@@ -285,6 +285,27 @@ def fill(
         raise self._naming_store(exc) from None
     backend = self.backend
     one_trip = hasattr(backend, "write_many")
+    hints = self._alt_hints if hasattr(backend, "lease_peek_many") else None
+    inline = self._inline_dumps  # the pickle protocol where records encode inline
+    if len(plans) == 1 == len(tokens) and one_trip and inline is not None:
+        plan, token = plans[0], tokens[0]
+        if (
+            type(token) is FillToken
+            and token.mode == "cas"
+            and token.key == plan.identity
+            and token.held is None
+            and not is_dead(plan.deadline, now)
+        ):
+            return [_fill_leased(self, plan, token.cas, now, inline, hints)]
+    return _fill_plans(self, plans, tokens, now)
+
+
+def _fill_plans(
+    self: BytesStore, plans: list[Plan], tokens: Sequence[Any], now: float
+) -> list[bool]:
+    """:func:`fill` of planned objects, any tokens."""
+    backend = self.backend
+    one_trip = hasattr(backend, "write_many")
     cas: dict[str, tuple[Item, Any]] = {}
     adds: dict[str, Item] = {}
     alts: dict[str, tuple[Item, Any]] = {}
@@ -367,6 +388,33 @@ def fill(
             with contextlib.suppress(StockpyleError):  # the entry is stored; pointers may miss
                 self.call("fill", add, pointers)
     return [self.backend_key(p.identity) in stored for p in plans]
+
+
+def _fill_leased(
+    self: BytesStore,
+    plan: Plan,
+    cas: Any,
+    now: float,
+    inline: int,
+    hints: dict[str, str] | None,
+) -> bool:
+    """:func:`fill` of one object leased at its identity (a chain's get that missed by
+    identity), on a backend that pipelines (``write_many``): the same requests in one round
+    trip, the entry compare-and-set on the lease, each pointer added; whether it was stored."""
+    records: dict[str, Record] = {plan.identity: Entry(plan.deadline, plan.slots, plan.obj)}
+    if len(plan.slots) > 1:
+        pointer = Pointer(plan.deadline, plan.identity)
+        for slot in plan.slots[1:]:
+            records[slot] = pointer
+    requests: list[tuple[str, str, Item, Any]] = []
+    for bkey, item in self._items_inline(records, now, inline).items():  # raises as item()
+        requests.append(("add", bkey, item, None) if requests else ("cas", bkey, item, cas))
+    if hints is not None:
+        for slot in plan.slots[1:]:
+            if hints.get(slot) != plan.identity:
+                _remember(hints, slot, plan.identity)
+    result = self.call("fill", self.backend.write_many, requests)[0]  # type: ignore[attr-defined]
+    return result is not None and result is not False
 
 
 def _write_once(

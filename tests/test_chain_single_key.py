@@ -234,3 +234,68 @@ def test_get_takes_the_single_key_path(memcached_server: str, monkeypatch: Any) 
     finally:
         shared.release()
         memory.release()
+
+
+def test_a_leased_fill_of_one_object_writes_as_the_general_fill_does(
+    memcached_server: str,
+) -> None:
+    """The fill of one object leased at its identity (``_fill_leased``, a chain's miss by
+    identity) and the general fill (``_fill_plans``) store the same records, report the same
+    outcome and remember the same identities, on twin stores: a fill on a live lease, a fill
+    whose lease a write voided, a fill after the object's alternate key changed."""
+    prefixes = [f"fill{uuid.uuid4().hex[:10]}" for _ in range(2)]
+    twins = [MemcacheStore(servers=[memcached_server], prefix=p) for p in prefixes]
+    taken: list[list[Any]] = []
+
+    def fill_both(obj: Foo, tokens: list[Any]) -> None:
+        outcomes = []
+        for which, s in enumerate(twins):
+            token = tokens[which]
+            if which == 0:
+                taken.append([])
+                real = _leases._fill_plans
+                try:  # the fast path must not fall back to the general one
+                    _leases._fill_plans = lambda *a: taken[-1].append(a)  # type: ignore[assignment,return-value]
+                    outcomes.append(s.batch_fill([obj], [token]))
+                finally:
+                    _leases._fill_plans = real
+                assert taken[-1] == []
+            else:
+                now = s.clock()
+                plans = [_leases.Plan._make(p) for p in s._plan_objects([obj], None, now)]
+                outcomes.append(_leases._fill_plans(s, plans, [token], now))
+        assert outcomes[0] == outcomes[1]
+        assert twins[0]._alt_hints == twins[1]._alt_hints
+
+    def lease(key: dict[str, Any]) -> list[Any]:
+        return [s.batch_lease_entries(Foo, [key], lease_seconds=10)[0].token for s in twins]
+
+    def stored() -> list[Any]:
+        return [
+            s.batch_get(Foo, [{"key": 1}, {"zap": 2, "bar": 3}, {"zap": 5, "bar": 6}])
+            for s in twins
+        ]
+
+    try:
+        tokens = lease({"key": 1})
+        assert all(isinstance(t, _leases.FillToken) and t.mode == "cas" for t in tokens)
+        fill_both(Foo(1, 2, 3, "v1"), tokens)
+        a, b = stored()
+        assert a == b == [Foo(1, 2, 3, "v1"), Foo(1, 2, 3, "v1"), None]
+        for s in twins:
+            s.batch_invalidate([Foo(1, 2, 3)])
+        tokens = lease({"key": 1})  # claims the tombstone
+        for s in twins:
+            s.batch_invalidate([Foo(1, 2, 3)])  # a write voids the claim
+        fill_both(Foo(1, 2, 3, "v2"), tokens)
+        a, b = stored()
+        assert a == b == [None, None, None]
+        tokens = lease({"key": 1})
+        fill_both(Foo(1, 5, 6, "v3"), tokens)  # the alternate key changed
+        a, b = stored()
+        assert a == b == [Foo(1, 5, 6, "v3"), None, Foo(1, 5, 6, "v3")]
+        assert dict(twins[0].stats()) == dict(twins[1].stats())
+    finally:
+        for s in twins:
+            s.batch_delete([Foo(1, 2, 3)])
+            s.release()
