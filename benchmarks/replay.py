@@ -28,6 +28,7 @@ Printed per operation: the minimum and median over ``--rounds`` rounds of ``--op
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import pickle
 import sys
@@ -119,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     hit_repo = stockpyle.Repo(cls, hit_chain)
     miss_cache = memcache()
     miss_repo = stockpyle.Repo(cls, ChainedStore([miss_cache, below]))
-    top = ProcessMemoryStore(lifetime_cb=lambda obj: 600)  # (a chain warns without one)
+    top = ProcessMemoryStore()  # as e2e's: no lifetime (the chain warns: no channel here)
+    logging.getLogger("stockpyle.chain").setLevel(logging.ERROR)
     miss3_repo = stockpyle.Repo(cls, ChainedStore([top, memcache(), below]))
     fills = memcache()
     raw = [pickle.dumps(o, pickle.HIGHEST_PROTOCOL) for o in objs]

@@ -326,7 +326,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 break
             asked.append(layer)
         for layer, identity, item in backfill:
-            self._backfill(layer, {identity: item}, begun, mark)
+            self._backfill_one(layer, identity, item, begun, mark)
         for layer, token in tokens.items():  # a leased miss found nowhere: let others in
             try:
                 stores[layer].batch_release([token])
@@ -512,6 +512,35 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             inv = self.invalidation
             if objs and inv is not None and inv.guards(store):  # an eviction raced the fill
                 inv.settle(store, list(items), mark)  # type: ignore[arg-type]  # guarded: one
+
+    def _backfill_one(
+        self, layer: int, identity: str, item: tuple[Any, Deadline, Any], begun: int, mark: int
+    ) -> None:
+        """:meth:`_backfill` of one object."""
+        store = self.stores[layer]
+        obj, deadline, token = item
+        objs = [obj]
+        try:
+            if store.shared:
+                if not store.batch_fill(objs, [token], expires_at=[deadline])[0]:
+                    objs = []
+            else:
+                writes = self._writes
+                with writes.lock:  # no write of this key may slip between check and fill
+                    if writes.quiet_since(identity, begun):
+                        store.batch_put(objs, expires_at=[deadline])
+                    else:
+                        objs = []
+        except StoreError as exc:
+            self._failed(layer, "backfill", exc)
+            self._healer.add(layer, objs)
+        else:
+            if objs:
+                next(store.counters.backfills)
+                self._healer.discard(layer, objs)
+                inv = self.invalidation
+                if inv is not None and inv.guards(store):  # an eviction raced the fill
+                    inv.settle(store, [identity], mark)  # type: ignore[arg-type]  # guarded
 
     def release(self) -> None:
         self._healer.stop()
