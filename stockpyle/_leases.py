@@ -182,7 +182,14 @@ def _lease_one(self: BytesStore, cls: type[T], key_dict: KeyDict, lease_seconds:
             peek.append(hint)
         else:
             hint = None
-    _lease_round(self, [slot], seconds, records, leases, peek)
+    lease_one = None if peek else getattr(self.backend, "lease_one", None)
+    if lease_one is not None:  # _lease_round of one slot, in the backend's single form
+        bkey = self._bkeys.get(slot) or self.backend_key(slot)
+        leases[slot] = first = self.call("lease", lease_one, bkey, seconds)
+        if first.value is not None and (record := self.decode(bkey, first.value)):
+            records[slot] = record
+    else:
+        _lease_round(self, [slot], seconds, records, leases, peek)
     targets = [
         r.identity for r in records.values() if type(r) is Pointer and r.identity not in leases
     ]

@@ -419,6 +419,47 @@ class MetaMemcacheBackend(BytesBackend):
             leased.update(self._claim(tombstones, lease_seconds))
         return leased
 
+    def lease_one(self, key: str, lease_seconds: int) -> Leased:
+        """:meth:`lease_many` of one key (a chain's get): the same request and reply, without
+        a batch's routing and bookkeeping."""
+        reply = self._get_one(key, self._leasing_flags(lease_seconds))
+        return self._leases(((key, reply),), lease_seconds)[key]
+
+    def _get_one(self, key: str, flags: Any) -> Any:
+        """One ``mg`` on its server's pooled connection; once more if that connection was
+        found closed (a restarted server), as :meth:`_pipeline` does."""
+        try:
+            return self._send_one(key, flags)
+        except BackendError as error:
+            if not self._retryable(error):
+                raise
+            return self._send_one(key, flags)
+
+    def _send_one(self, key: str, flags: Any) -> Any:
+        """:meth:`_send` of one get: its reply, or the server's failure raised."""
+        pool = self._pool
+        if pool is None or not self._one_server:
+            pool = self.client.router.pool_provider.get_pool(self._mm.Key(key))
+            if self._one_server:
+                self._pool = pool
+        try:
+            conn = pool.pop_connection()
+        except self._mm.MemcacheError as exc:
+            failure = self._server_error(exc)
+        else:
+            error = True
+            try:
+                conn.sendall(self._sock.build_meta_get(key, flags), False)
+                reply = conn.get_response()
+                error = False
+            except Exception as exc:
+                failure = self._server_error(exc, pool.server)
+            finally:
+                pool.release_connection(conn, error=error)
+            if not error:
+                return reply
+        raise failure
+
     def lease_peek_many(
         self, keys: Sequence[str], peek: Sequence[str], lease_seconds: int
     ) -> dict[str, Leased]:
