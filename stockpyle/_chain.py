@@ -12,6 +12,7 @@ from stockpyle._flight import LED, OWN, FlightTable, FollowTimeout
 from stockpyle._heal import Healer
 from stockpyle._keys import layout_of
 from stockpyle._leased_reads import LeasedReads
+from stockpyle._leases import encode_one
 from stockpyle._stats import ChainStats, StoreStats
 from stockpyle._store import BaseStore, Found, KeyDict
 from stockpyle._writes import WriteTracker
@@ -240,7 +241,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             begun = self._writes.now
         if start == 0 and self._last and not self.stores[0].shared:
             return self._fetch(cls, [key_dict], start=0, begun=begun, asked=asked)[0]
-        key = layout_of(cls).encode_all([key_dict])[0]  # declared keys only; validates
+        key = encode_one(layout_of(cls), key_dict)  # declared keys only; validates
         if key is None:
             return None
         return self._fly_one(cls, key_dict, key, start, begun, asked)

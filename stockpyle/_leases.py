@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from stockpyle._expiry import Deadline
-from stockpyle._keys import layout_of
+from stockpyle._keys import KeyLayout, layout_of
 from stockpyle._kv import Entry, Plan, Pointer, Record, is_dead
 from stockpyle._store import KeyDict, Lease
 from stockpyle.exceptions import StockpyleError
@@ -35,7 +35,7 @@ from stockpyle.exceptions import StockpyleError
 if TYPE_CHECKING:
     from stockpyle.bytes import BytesStore, Item
 
-__all__ = ["FillToken", "fill", "invalidate", "lease_entries", "release"]
+__all__ = ["FillToken", "encode_one", "fill", "invalidate", "lease_entries", "release"]
 
 T = TypeVar("T")
 
@@ -158,11 +158,32 @@ def _lease_many(
     return results
 
 
+def encode_one(layout: KeyLayout, key_dict: KeyDict) -> str | None:
+    """``layout.encode_all([key_dict])[0]`` (the same slot, the same errors), through the
+    memos of the key's spec where the values allow: a one-attribute key's by value, a
+    two-attribute key's by the pair of values (as the in-process stores' getters do)."""
+    try:
+        spec = layout.specs_by_names.get(tuple(key_dict))
+        if spec is not None:
+            single = spec.single
+            if single is not None:
+                value = key_dict[single]
+                kind = type(value)
+                if kind is int or kind is str:
+                    return spec.memo.get(value) or spec.remember(value)
+            elif len(spec.names) == 2:
+                a, b = key_dict[spec.names[0]], key_dict[spec.names[1]]
+                return spec.pairs.get((type(a), type(b), a, b)) or spec.remember_pair(a, b)
+    except (KeyError, TypeError, StockpyleError):
+        pass  # a type without a fast encoder (None too), an unhashable or invalid value
+    return layout.encode_all([key_dict])[0]  # answers, or raises the proper error
+
+
 def _lease_one(self: BytesStore, cls: type[T], key_dict: KeyDict, lease_seconds: float) -> Lease:
     """:func:`lease_entries` of one key (a backend with leases), step for step."""
     try:
         layout = layout_of(cls)
-        slot = layout.encode_all([key_dict])[0]
+        slot = encode_one(layout, key_dict)
         identity = layout.spec_for(key_dict) is layout.identity
     except StockpyleError as exc:
         raise self._naming_store(exc) from None

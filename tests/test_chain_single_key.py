@@ -299,3 +299,41 @@ def test_a_leased_fill_of_one_object_writes_as_the_general_fill_does(
         for s in twins:
             s.batch_delete([Foo(1, 2, 3)])
             s.release()
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        {"key": 1},
+        {"key": "a"},
+        {"key": True},
+        {"key": None},
+        {"key": 2**63},
+        {"key": (1, "x")},
+        {"key": 1.5},
+        {"zap": 2, "bar": 3},
+        {"bar": 3, "zap": 2},
+        {"zap": "x", "bar": 1},
+        {"zap": True, "bar": 1},
+        {"zap": None, "bar": 1},
+        {"zap": 2**63, "bar": 1},
+        {"zap": [1], "bar": 1},
+        {"zap": "\ud800", "bar": 1},
+        {"zap": 1},
+        {"nope": 1},
+    ],
+)
+def test_encode_one_is_encode_all_of_one(key: dict[str, Any]) -> None:
+    """``encode_one`` (the single-key paths' encoding, through the specs' memos) gives the
+    slot ``encode_all`` gives, or raises the same error, twice in a row (memo filled)."""
+    layout = _leases.layout_of(Foo)
+
+    def outcome(fn: Any) -> Any:
+        try:
+            return fn()
+        except Exception as exc:
+            return type(exc), str(exc)
+
+    for _ in range(2):
+        expected = outcome(lambda: layout.encode_all([key])[0])
+        assert outcome(lambda: _leases.encode_one(layout, key)) == expected
