@@ -281,8 +281,12 @@ def _lease_round(
     bkeys = {self.backend_key(s): s for s in slots}
     peeked = {self.backend_key(s): s for s in peek}
     if peeked:
-        lease_peek = self.backend.lease_peek_many  # type: ignore[attr-defined]
-        got = self.call("lease", lease_peek, list(bkeys), list(peeked), seconds)
+        backend: Any = self.backend
+        one = getattr(backend, "lease_peek_one", None) if len(bkeys) == 1 == len(peeked) else None
+        if one is not None:  # a chain's get by alternate key: the backend's single form
+            got = self.call("lease", one, next(iter(bkeys)), next(iter(peeked)), seconds)
+        else:
+            got = self.call("lease", backend.lease_peek_many, list(bkeys), list(peeked), seconds)
         bkeys.update(peeked)
     else:
         got = self.call("lease", self.backend.lease_many, list(bkeys), seconds)
