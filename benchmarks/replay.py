@@ -18,6 +18,8 @@ Printed per operation: the minimum and median over ``--rounds`` rounds of ``--op
 * ``mc->db get(id) hit`` / ``get(zap,bar) hit``: ``Repo.get`` through ``[MemcacheStore,
   below]``, a leased hit (by alternate key: pointer and identity in one round trip);
 * ``mc->db get(id) miss``: the same chain over an empty memcached: lease, read below, fill;
+* ``mc->db get(zap,bar) miss``: the same by alternate key (the fill adds the entry and
+  compare-and-sets the leased pointer);
 * ``mem->mc->db get(id) miss``: ``[ProcessMemoryStore, MemcacheStore, below]``, a miss of
   the memory layer and of memcached (then the memory copy is deleted again, that delete
   measured on its own as ``memory delete`` to subtract);
@@ -133,11 +135,19 @@ def main(argv: list[str] | None = None) -> int:
         miss3_repo.get(id=k)
         top.batch_delete([objs[k]])
 
+    alt_cache = memcache()
+    alt_repo = stockpyle.Repo(cls, ChainedStore([alt_cache, below]))
+
+    def alt_miss(k: int) -> None:
+        alt_cache._alt_hints.clear()  # (a fill remembers the identity: a miss never peeks)
+        alt_repo.get(zap=k, bar=-k)
+
     tokens: dict[int, Any] = {}
     ops: dict[str, Callable[[int], Any]] = {
         "mc->db get(id) hit": lambda k: hit_repo.get(id=k),
         "mc->db get(zap,bar) hit": lambda k: hit_repo.get(zap=k, bar=-k),
         "mc->db get(id) miss": lambda k: miss_repo.get(id=k),
+        "mc->db get(zap,bar) miss": alt_miss,
         "mem->mc->db get(id) miss": mem_miss,
         "memory delete": lambda k: top.batch_delete([objs[k]]),
         "fill": lambda k: fills.batch_fill([objs[k]], [tokens[k]]),

@@ -329,6 +329,13 @@ def fill(
             and not is_dead(plan.deadline, now)
         ):
             return [_fill_leased(self, plan, token.cas, now, inline, hints)]
+        if (
+            type(token) is FillToken
+            and token.mode == "alt"
+            and token.held is None
+            and not is_dead(plan.deadline, now)
+        ):
+            return [_fill_by_alternate(self, plan, token, now, inline, hints)]
     return _fill_plans(self, plans, tokens, now)
 
 
@@ -447,6 +454,44 @@ def _fill_leased(
                 _remember(hints, slot, plan.identity)
     result = self.call("fill", self.backend.write_many, requests)[0]  # type: ignore[attr-defined]
     return result is not None and result is not False
+
+
+def _fill_by_alternate(
+    self: BytesStore,
+    plan: Plan,
+    token: FillToken,
+    now: float,
+    inline: int,
+    hints: dict[str, str] | None,
+) -> bool:
+    """:func:`fill` of one object leased at an alternate slot (a chain's miss by alternate
+    key) holding no claim, on a backend that pipelines: the same requests in one round trip
+    (the entry added, the leased pointer compare-and-set, the other pointers added), and the
+    added entry deleted again if the leased pointer was refused; whether it was stored."""
+    records: dict[str, Record] = {plan.identity: Entry(plan.deadline, plan.slots, plan.obj)}
+    pointer = Pointer(plan.deadline, plan.identity)
+    for slot in plan.slots[1:]:
+        records[slot] = pointer
+    encoded = self._items_inline(records, now, inline)  # raises as item() does
+    bkey = self.backend_key(plan.identity)
+    alt = self.backend_key(token.key)
+    leased = encoded.get(alt) or self.item(alt, pointer, now)
+    requests: list[tuple[str, str, Item, Any]] = [("add_cas", bkey, encoded[bkey], None)]
+    requests.append(("cas", alt, leased, token.cas))
+    for slot in plan.slots[1:]:
+        if hints is not None and hints.get(slot) != plan.identity:
+            _remember(hints, slot, plan.identity)
+        pkey = self.backend_key(slot)
+        if pkey != alt:
+            requests.append(("add", pkey, encoded[pkey], None))
+    results = self.call("fill", self.backend.write_many, requests)  # type: ignore[attr-defined]
+    added, pointed = results[0], results[1]
+    if added is None or added is False:
+        return False
+    if not pointed:  # the leased pointer was refused: the entry added goes again
+        self.call("fill", self.backend.delete_if_many, {bkey: added})  # type: ignore[attr-defined]
+        return False
+    return True
 
 
 def _write_once(

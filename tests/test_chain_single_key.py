@@ -236,13 +236,14 @@ def test_get_takes_the_single_key_path(memcached_server: str, monkeypatch: Any) 
         memory.release()
 
 
-def test_a_leased_fill_of_one_object_writes_as_the_general_fill_does(
+def test_a_fill_of_one_leased_object_writes_as_the_general_fill_does(
     memcached_server: str,
 ) -> None:
-    """The fill of one object leased at its identity (``_fill_leased``, a chain's miss by
-    identity) and the general fill (``_fill_plans``) store the same records, report the same
-    outcome and remember the same identities, on twin stores: a fill on a live lease, a fill
-    whose lease a write voided, a fill after the object's alternate key changed."""
+    """The fill of one object leased at its identity or at an alternate key (``_fill_leased``,
+    ``_fill_by_alternate``: a chain's miss) and the general fill (``_fill_plans``) store the
+    same records, report the same outcome and remember the same identities, on twin stores:
+    a fill on a live lease, a fill whose lease a write voided, a fill after the object's
+    alternate key changed, fills by alternate key whose pointer is stored or refused."""
     prefixes = [f"fill{uuid.uuid4().hex[:10]}" for _ in range(2)]
     twins = [MemcacheStore(servers=[memcached_server], prefix=p) for p in prefixes]
     taken: list[list[Any]] = []
@@ -294,10 +295,22 @@ def test_a_leased_fill_of_one_object_writes_as_the_general_fill_does(
         fill_both(Foo(1, 5, 6, "v3"), tokens)  # the alternate key changed
         a, b = stored()
         assert a == b == [Foo(1, 5, 6, "v3"), None, Foo(1, 5, 6, "v3")]
+        tokens = lease({"zap": 7, "bar": 8})  # leased by alternate key
+        assert all(isinstance(t, _leases.FillToken) and t.mode == "alt" for t in tokens)
+        fill_both(Foo(2, 7, 8, "a1"), tokens)
+        a, b = [s.batch_get(Foo, [{"key": 2}, {"zap": 7, "bar": 8}]) for s in twins]
+        assert a == b == [Foo(2, 7, 8, "a1")] * 2
+        tokens = lease({"zap": 9, "bar": 9})
+        slot = "stockpyle.testing.models.Foo|bar,zap=9,9"
+        for s in twins:  # a write of the leased slot: its pointer's fill is refused...
+            s.backend.delete_many([s.backend_key(slot)])
+        fill_both(Foo(3, 9, 9, "a2"), tokens)
+        a, b = [s.batch_get(Foo, [{"key": 3}, {"zap": 9, "bar": 9}]) for s in twins]
+        assert a == b == [None, None]  # ...and the entry it added is taken back
         assert dict(twins[0].stats()) == dict(twins[1].stats())
     finally:
         for s in twins:
-            s.batch_delete([Foo(1, 2, 3)])
+            s.batch_delete([Foo(1, 2, 3), Foo(2, 7, 8), Foo(3, 9, 9)])
             s.release()
 
 
