@@ -17,6 +17,7 @@ import argparse
 import os
 import random
 import sys
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ def run(config: str, args: argparse.Namespace, scoped: str) -> dict[str, float]:
         versions: dict[int, int] = {}
         TRIPS[0] = 0
         statements = worker.statements
+        cpu = time.process_time()
         for key in keys:
             draw = rng.random()
             if draw < e2e.UPDATE_SHARE:
@@ -79,7 +81,9 @@ def run(config: str, args: argparse.Namespace, scoped: str) -> dict[str, float]:
                 worker.read_id(key)
             else:
                 worker.read_alt(key, -key)
+        cpu = time.process_time() - cpu
         return {
+            "cpu_us_per_op": 1e6 * cpu / args.ops,
             "memcached_round_trips_per_op": TRIPS[0] / args.ops,
             "db_statements_per_op": (worker.statements - statements) / args.ops,
         }
@@ -95,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--warm", action="store_true", help="read every row once by both keys first"
     )
+    parser.add_argument("--only", action="append", choices=e2e.CONFIGS, help="run only these")
     parser.add_argument("--postgres", default=os.environ.get("STOCKPYLE_POSTGRES_URL"))
     parser.add_argument("--memcached", default=os.environ.get("STOCKPYLE_MEMCACHED"))
     args = parser.parse_args(argv)
@@ -110,11 +115,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.ops} operations in one thread, {args.rows} rows, {'warm' if args.warm else 'cold'}"
     )
     try:
-        for config in e2e.CONFIGS:
+        for config in args.only or e2e.CONFIGS:
             row = run(config, args, scoped)
             print(
                 f"{config:<22} memcached round trips/op {row['memcached_round_trips_per_op']:.3f}"
                 f"  db statements/op {row['db_statements_per_op']:.3f}"
+                f"  cpu {row['cpu_us_per_op']:5.1f} us/op"
             )
     finally:
         drop_isolated_schema(args.postgres, schema)

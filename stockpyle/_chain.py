@@ -8,10 +8,11 @@ from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any, TypeVar
 
 from stockpyle._expiry import Deadline
-from stockpyle._flight import FlightTable, FollowTimeout
+from stockpyle._flight import LED, OWN, FlightTable, FollowTimeout
 from stockpyle._heal import Healer
 from stockpyle._keys import layout_of
 from stockpyle._leased_reads import LeasedReads
+from stockpyle._leases import encode_one
 from stockpyle._stats import ChainStats, StoreStats
 from stockpyle._store import BaseStore, Found, KeyDict
 from stockpyle._writes import WriteTracker
@@ -165,11 +166,11 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 found = self.stores[0].get_entry(cls, key_dict)
             except StoreError as exc:
                 self._failed(0, "get", exc)
-                return self._fetch(cls, [key_dict], start=1, begun=begun, asked=())[0]
+                return self._fetch_one(cls, key_dict, start=1, begun=begun, asked=())
             if found is not None:
                 return found
-            return self._fetch(cls, [key_dict], start=1, begun=begun, asked=(0,))[0]
-        return self._fetch(cls, [key_dict], start=0)[0]
+            return self._fetch_one(cls, key_dict, start=1, begun=begun, asked=(0,))
+        return self._fetch_one(cls, key_dict, start=0)
 
     def batch_get_entries(
         self, cls: type[T], key_dicts: Sequence[KeyDict]
@@ -179,13 +180,13 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
     def getter(self, cls: type[T]) -> Callable[[KeyDict], T | None]:
         if not self._last:
             return self.stores[0].getter(cls)
-        fetch = self._fetch
+        fetch = self._fetch_one
         writes = self._writes
 
         def from_second(key: KeyDict) -> T | None:
             # begun is read after the first layer missed: a write that ended before that
             # miss cannot have been overtaken by this read.
-            found = fetch(cls, [key], start=1, begun=writes.now, asked=(0,))[0]
+            found = fetch(cls, key, start=1, begun=writes.now, asked=(0,))
             return None if found is None else found[0]
 
         def general(key: KeyDict) -> T | None:
@@ -209,18 +210,130 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             return self.stores[0].keyword_getter(cls, slow, miss=miss, bypass=bypass)
         if bypass != ():  # a chain inside a chain: its own getter decides
             return None
-        fetch = self._fetch
+        fetch = self._fetch_one
         writes = self._writes
 
         def from_second(key: KeyDict) -> T | None:
             # As in getter(): begun is read after the first layer missed.
-            found = fetch(cls, [key], start=1, begun=writes.now, asked=(0,))[0]
+            found = fetch(cls, key, start=1, begun=writes.now, asked=(0,))
             if found is not None:
                 return found[0]
             return None if miss is None else miss(key)
 
         # The warm path is the first layer's, exactly as in getter().
         return self.stores[0].keyword_getter(cls, slow, miss=from_second, bypass=self._suspect[0])
+
+    # One key (get, and a miss of an in-process first layer): what _fetch, _fly and
+    # _read_layers do for a batch of one, without the batch's bookkeeping. Each step mirrors
+    # its batch counterpart line for line (same reads, fills, counters and errors).
+
+    def _fetch_one(
+        self,
+        cls: type[T],
+        key_dict: KeyDict,
+        *,
+        start: int,
+        begun: int | None = None,
+        asked: Sequence[int] = (),
+    ) -> tuple[T, Deadline] | None:
+        """:meth:`_fetch` of one key."""
+        if begun is None:
+            begun = self._writes.now
+        if start == 0 and self._last and not self.stores[0].shared:
+            return self._fetch(cls, [key_dict], start=0, begun=begun, asked=asked)[0]
+        key = encode_one(layout_of(cls), key_dict)  # declared keys only; validates
+        if key is None:
+            return None
+        return self._fly_one(cls, key_dict, key, start, begun, asked)
+
+    def _fly_one(
+        self,
+        cls: type[Any],
+        key_dict: KeyDict,
+        key: str,
+        start: int,
+        begun: int,
+        asked: Sequence[int],
+    ) -> Found | None:
+        """:meth:`_fly` of one key."""
+        flights = self._flights
+        role, flight = flights.claim_one(key, begun)
+        stop = len(self.stores)
+        if role == LED:
+            next(self.counters.loads)
+            try:
+                hit = self._read_one(cls, key_dict, key, start, stop, begun, list(asked), True)
+            except BaseException as exc:
+                flights.land_one(key, flight, error=exc)
+                raise
+            flights.land_one(key, flight, hit)
+            return hit
+        if role == OWN:
+            return self._read_one(cls, key_dict, key, start, stop, begun, list(asked), True)
+        next(self.counters.lease_waits)
+        try:
+            hit = flights.wait(flight, self.follow_timeout)
+        except FollowTimeout:  # the leader is stuck: read ourselves, fill nothing
+            return self._read_one(cls, key_dict, key, start, stop, begun, [], False)
+        writes = self._writes
+        if writes.now != flight.begun and (  # a write since that load began: of this?
+            hit is None or not writes.quiet_since(identity_or_none(hit[0]) or "", flight.begun)
+        ):
+            # What that load read may be older than a write this caller saw return.
+            return self._read_one(cls, key_dict, key, start, stop, begun, [], False)
+        return hit  # type: ignore[no-any-return]
+
+    def _read_one(
+        self,
+        cls: type[Any],
+        key_dict: KeyDict,
+        key: str,
+        start: int,
+        stop: int,
+        begun: int,
+        asked: list[int],
+        fill: bool,
+    ) -> Found | None:
+        """:meth:`_read_layers` of one key."""
+        inv = self.invalidation  # evictions heard from now on also void this read's fills
+        mark = 0 if inv is None else inv.mark()
+        found: Found | None = None
+        tokens: dict[int, Any] = {}  # shared layer -> lease token
+        backfill: list[tuple[int, str, tuple[Any, Deadline, Any]]] = []
+        stores, last = self.stores, self._last
+        for layer in range(start, stop):
+            store = stores[layer]
+            if layer:  # every layer above missed this key: this read loads it
+                next(store.counters.loads)
+            try:
+                if fill and store.shared and layer != last:
+                    hit = self._leased_one(cls, layer, key, key_dict, tokens)
+                else:
+                    hit = store.batch_get_entries(cls, [key_dict])[0]
+            except StoreError as exc:
+                if layer == last:
+                    raise
+                self._failed(layer, "get", exc)
+                continue
+            if hit is not None and (layer == last or not self._is_suspect(layer, hit[0])):
+                found = hit
+                if fill and asked:  # (a hit in the first layer read fills nothing)
+                    obj, deadline = hit
+                    identity = layout_of(type(obj)).identity_of(obj)
+                    for upper in asked:
+                        token = tokens.pop(upper, None)
+                        if not stores[upper].shared or token is not None:
+                            backfill.append((upper, identity, (obj, deadline, token)))
+                break
+            asked.append(layer)
+        for layer, identity, item in backfill:
+            self._backfill_one(layer, identity, item, begun, mark)
+        for layer, token in tokens.items():  # a leased miss found nowhere: let others in
+            try:
+                stores[layer].batch_release([token])
+            except StoreError as exc:
+                self._failed(layer, "release", exc)
+        return found
 
     def _fetch(
         self,
@@ -400,6 +513,35 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             inv = self.invalidation
             if objs and inv is not None and inv.guards(store):  # an eviction raced the fill
                 inv.settle(store, list(items), mark)  # type: ignore[arg-type]  # guarded: one
+
+    def _backfill_one(
+        self, layer: int, identity: str, item: tuple[Any, Deadline, Any], begun: int, mark: int
+    ) -> None:
+        """:meth:`_backfill` of one object."""
+        store = self.stores[layer]
+        obj, deadline, token = item
+        objs = [obj]
+        try:
+            if store.shared:
+                if not store.batch_fill(objs, [token], expires_at=[deadline])[0]:
+                    objs = []
+            else:
+                writes = self._writes
+                with writes.lock:  # no write of this key may slip between check and fill
+                    if writes.quiet_since(identity, begun):
+                        store.batch_put(objs, expires_at=[deadline])
+                    else:
+                        objs = []
+        except StoreError as exc:
+            self._failed(layer, "backfill", exc)
+            self._healer.add(layer, objs)
+        else:
+            if objs:
+                next(store.counters.backfills)
+                self._healer.discard(layer, objs)
+                inv = self.invalidation
+                if inv is not None and inv.guards(store):  # an eviction raced the fill
+                    inv.settle(store, [identity], mark)  # type: ignore[arg-type]  # guarded
 
     def release(self) -> None:
         self._healer.stop()

@@ -16,9 +16,13 @@ import threading
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Claim", "FlightTable", "FollowTimeout"]
+__all__ = ["FOLLOWED", "LED", "OWN", "Claim", "FlightTable", "FollowTimeout"]
 
 K = TypeVar("K", bound=Hashable)
+
+#: What :meth:`FlightTable.claim_one` made of a caller's key: it leads the load, it follows
+#: another thread's, or this very thread is already loading it (see :class:`Claim`).
+LED, FOLLOWED, OWN = 0, 1, 2
 
 
 class FollowTimeout(Exception):
@@ -85,6 +89,38 @@ class FlightTable(Generic[K]):
                         flight._event = threading.Event()
                     claim.followed[key] = flight
         return claim
+
+    def claim_one(self, key: K, begun: int = 0) -> tuple[int, _Flight]:
+        """:meth:`claim` of one key, without a :class:`Claim`: ``(LED | FOLLOWED | OWN,
+        flight)``; a led flight is ended with :meth:`land_one`."""
+        me = threading.get_ident()
+        with self._lock:
+            flights = self._flights
+            flight = flights.get(key)
+            if flight is None:
+                flight = flights[key] = _Flight(me, begun)
+                return LED, flight
+            if flight.leader == me:
+                return OWN, flight
+            if flight._event is None:  # the first follower: under the table's lock
+                flight._event = threading.Event()
+            return FOLLOWED, flight
+
+    def land_one(
+        self, key: K, flight: _Flight, result: Any = None, error: BaseException | None = None
+    ) -> None:
+        """:meth:`land` of one flight led with :meth:`claim_one`."""
+        with self._lock:
+            flights = self._flights
+            if flights.get(key) is flight:
+                del flights[key]
+            if error is not None:
+                flight.error = error
+            else:
+                flight.result = result
+            event = flight._event
+        if event is not None:
+            event.set()
 
     def land(
         self,

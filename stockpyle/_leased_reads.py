@@ -59,6 +59,35 @@ class LeasedReads:
             )
         return hits
 
+    def _leased_one(
+        self,
+        cls: type[Any],
+        layer: int,
+        key: str,
+        key_dict: KeyDict,
+        tokens: dict[int, Any],
+    ) -> Found | None:
+        """:meth:`_leased_read` of one key (its token, if any, goes to ``tokens[layer]``)."""
+        store = self.stores[layer]
+        (lease,) = store.batch_lease_entries(cls, [key_dict], lease_seconds=self.lease_seconds)
+        if lease.token is not None:  # a miss, a stale value or one due for refresh: ours
+            tokens[layer] = lease.token
+            return None
+        found = lease.found
+        if found is not None:
+            if not lease.stale:
+                return found
+            stale_ok = (
+                self.serve_stale if type(self.serve_stale) is bool else cls in self.serve_stale
+            )
+            if stale_ok:  # (while another caller refreshes it)
+                store.counters.add("stale_served")
+                next(self.counters.stale_served)
+                return found
+        if lease.busy and self.lease_wait > 0:
+            return self._await_fill(cls, store, [key], [key_dict]).get(key)
+        return None
+
     def _await_fill(
         self, cls: type[Any], store: BaseStore, keys: list[str], wanted: list[KeyDict]
     ) -> dict[str, Found | None]:

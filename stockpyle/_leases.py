@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
 
 from stockpyle._expiry import Deadline
-from stockpyle._keys import layout_of
+from stockpyle._keys import KeyLayout, layout_of
 from stockpyle._kv import Entry, Plan, Pointer, Record, is_dead
 from stockpyle._store import KeyDict, Lease
 from stockpyle.exceptions import StockpyleError
@@ -35,7 +35,7 @@ from stockpyle.exceptions import StockpyleError
 if TYPE_CHECKING:
     from stockpyle.bytes import BytesStore, Item
 
-__all__ = ["FillToken", "fill", "invalidate", "lease_entries", "release"]
+__all__ = ["FillToken", "encode_one", "fill", "invalidate", "lease_entries", "release"]
 
 T = TypeVar("T")
 
@@ -69,6 +69,15 @@ def lease_entries(
         found = self.batch_get_entries(cls, key_dicts)
         token = _ADD if backend.supports_add else None
         return [Lease(f, token=None if f is not None else token) for f in found]
+    if len(key_dicts) == 1:  # a chain's get: the same answer, without a batch's bookkeeping
+        return [_lease_one(self, cls, key_dicts[0], lease_seconds)]
+    return _lease_many(self, cls, key_dicts, lease_seconds)
+
+
+def _lease_many(
+    self: BytesStore, cls: type[T], key_dicts: Sequence[KeyDict], lease_seconds: float
+) -> list[Lease]:
+    """:func:`lease_entries` of any number of keys (a backend with leases)."""
     try:
         layout = layout_of(cls)
         slots = layout.encode_all(key_dicts)
@@ -81,7 +90,7 @@ def lease_entries(
     wanted = [s for s in dict.fromkeys(slots) if s]
     # The identity an alternate slot pointed to last time is read in the same round trip (a
     # guess: the pointer still decides, and a wrong guess costs the second round as before).
-    peeking = hasattr(backend, "lease_peek_many")
+    peeking = hasattr(self.backend, "lease_peek_many")
     hints = self._alt_hints
     peek: list[str] = []
     guessed: dict[str, str] = {}  # alternate slot -> the identity peeked for it
@@ -149,6 +158,109 @@ def lease_entries(
     return results
 
 
+def encode_one(layout: KeyLayout, key_dict: KeyDict) -> str | None:
+    """``layout.encode_all([key_dict])[0]`` (the same slot, the same errors), through the
+    memos of the key's spec where the values allow: a one-attribute key's by value, a
+    two-attribute key's by the pair of values (as the in-process stores' getters do)."""
+    try:
+        spec = layout.specs_by_names.get(tuple(key_dict))
+        if spec is not None:
+            single = spec.single
+            if single is not None:
+                value = key_dict[single]
+                kind = type(value)
+                if kind is int or kind is str:
+                    return spec.memo.get(value) or spec.remember(value)
+            elif len(spec.names) == 2:
+                a, b = key_dict[spec.names[0]], key_dict[spec.names[1]]
+                return spec.pairs.get((type(a), type(b), a, b)) or spec.remember_pair(a, b)
+    except (KeyError, TypeError, StockpyleError):
+        pass  # a type without a fast encoder (None too), an unhashable or invalid value
+    return layout.encode_all([key_dict])[0]  # answers, or raises the proper error
+
+
+def _lease_one(self: BytesStore, cls: type[T], key_dict: KeyDict, lease_seconds: float) -> Lease:
+    """:func:`lease_entries` of one key (a backend with leases), step for step."""
+    try:
+        layout = layout_of(cls)
+        slot = encode_one(layout, key_dict)
+        identity = layout.spec_for(key_dict) is layout.identity
+    except StockpyleError as exc:
+        raise self._naming_store(exc) from None
+    if slot is None:
+        next(self.counters.misses)
+        return Lease(None)
+    seconds = max(1, round(lease_seconds))
+    records: dict[str, Record] = {}
+    leases: dict[str, Any] = {}
+    peeking = hasattr(self.backend, "lease_peek_many")
+    hints = self._alt_hints
+    peek: list[str] = []
+    hint = None
+    if not identity and hints and peeking:
+        hint = hints.get(slot)
+        if hint is not None and hint != slot:
+            peek.append(hint)
+        else:
+            hint = None
+    lease_one = None if peek else getattr(self.backend, "lease_one", None)
+    if lease_one is not None:  # _lease_round of one slot, in the backend's single form
+        bkey = self._bkeys.get(slot) or self.backend_key(slot)
+        leases[slot] = first = self.call("lease", lease_one, bkey, seconds)
+        if first.value is not None and (record := self.decode(bkey, first.value)):
+            records[slot] = record
+    else:
+        _lease_round(self, [slot], seconds, records, leases, peek)
+    targets = [
+        r.identity for r in records.values() if type(r) is Pointer and r.identity not in leases
+    ]
+    if targets:
+        _lease_round(self, list(dict.fromkeys(targets)), seconds, records, leases)
+    record, leased = records.get(slot), leases[slot]
+    at = slot
+    result: Lease | None = None
+    if type(record) is Pointer:
+        at = record.identity
+        if peeking and hints.get(slot) != at:
+            _remember(hints, slot, at)
+        record, leased = records.get(at), leases.get(at, leased)
+        if type(record) is Entry and slot not in record.slots:
+            result = Lease(None, token=_ADD)  # a stale pointer
+    if result is not None:
+        pass
+    elif type(record) is Entry and not is_dead(record.deadline, self.clock()):
+        token = None if leased.token is None else FillToken("cas", at, leased.token)
+        result = Lease((record.obj, record.deadline), token, leased.busy, leased.stale)
+    elif leased.token is not None:
+        if identity or at != slot:
+            result = Lease(None, token=FillToken("cas", at, leased.token))
+        else:
+            # A miss by alternate key: see lease_entries.
+            held = None
+            if hint is not None and hint not in records and (h := leases.get(hint)) is not None:
+                held = None if h.token is None else (hint, h.token)
+            result = Lease(None, token=FillToken("alt", at, leased.token, held))
+    else:
+        result = Lease(None, token=None if leased.busy else _ADD, busy=leased.busy)
+    if peek:
+        # A guessed identity whose stale value handed this caller its refresh token, and that
+        # the result does not use: give the token back.
+        used = set()
+        if isinstance(result.token, FillToken):
+            used.add(result.token.key)
+            if result.token.held:
+                used.add(result.token.held[0])
+        unused = [
+            FillToken("cas", h, leases[h].token)
+            for h in peek
+            if h in leases and leases[h].token is not None and h not in used
+        ]
+        if unused:
+            release(self, unused)
+    next(self.counters.misses if result.found is None else self.counters.hits)
+    return result
+
+
 def _remember(hints: dict[str, str], slot: str, identity: str) -> None:
     if len(hints) >= HINTS:
         hints.clear()
@@ -169,8 +281,12 @@ def _lease_round(
     bkeys = {self.backend_key(s): s for s in slots}
     peeked = {self.backend_key(s): s for s in peek}
     if peeked:
-        lease_peek = self.backend.lease_peek_many  # type: ignore[attr-defined]
-        got = self.call("lease", lease_peek, list(bkeys), list(peeked), seconds)
+        backend: Any = self.backend
+        one = getattr(backend, "lease_peek_one", None) if len(bkeys) == 1 == len(peeked) else None
+        if one is not None:  # a chain's get by alternate key: the backend's single form
+            got = self.call("lease", one, next(iter(bkeys)), next(iter(peeked)), seconds)
+        else:
+            got = self.call("lease", backend.lease_peek_many, list(bkeys), list(peeked), seconds)
         bkeys.update(peeked)
     else:
         got = self.call("lease", self.backend.lease_many, list(bkeys), seconds)
@@ -201,11 +317,40 @@ def fill(
         raise self._naming_store(exc) from None
     backend = self.backend
     one_trip = hasattr(backend, "write_many")
+    hints = self._alt_hints if hasattr(backend, "lease_peek_many") else None
+    inline = self._inline_dumps  # the pickle protocol where records encode inline
+    if len(plans) == 1 == len(tokens) and one_trip and inline is not None:
+        plan, token = plans[0], tokens[0]
+        if (
+            type(token) is FillToken
+            and token.mode == "cas"
+            and token.key == plan.identity
+            and token.held is None
+            and not is_dead(plan.deadline, now)
+        ):
+            return [_fill_leased(self, plan, token.cas, now, inline, hints)]
+        if (
+            type(token) is FillToken
+            and token.mode == "alt"
+            and token.held is None
+            and not is_dead(plan.deadline, now)
+        ):
+            return [_fill_by_alternate(self, plan, token, now, inline, hints)]
+    return _fill_plans(self, plans, tokens, now)
+
+
+def _fill_plans(
+    self: BytesStore, plans: list[Plan], tokens: Sequence[Any], now: float
+) -> list[bool]:
+    """:func:`fill` of planned objects, any tokens."""
+    backend = self.backend
+    one_trip = hasattr(backend, "write_many")
     cas: dict[str, tuple[Item, Any]] = {}
     adds: dict[str, Item] = {}
     alts: dict[str, tuple[Item, Any]] = {}
     pointers: dict[str, Item] = {}
     hints = self._alt_hints if hasattr(backend, "lease_peek_many") else None
+    inline = self._inline_dumps  # the pickle protocol where records encode inline
     unheld: list[FillToken] = []  # claims held for another identity than the object's
     for plan, token in zip(plans, tokens, strict=True):
         held = token.held if isinstance(token, FillToken) else None
@@ -214,7 +359,20 @@ def fill(
                 unheld.append(FillToken("cas", *held))
             continue
         bkey = self.backend_key(plan.identity)
-        item = self.item(bkey, Entry(plan.deadline, plan.slots, plan.obj), now)
+        entry = Entry(plan.deadline, plan.slots, plan.obj)
+        if inline is not None:
+            # The entry and (one round trip) its pointers encoded in one pass, as a put
+            # encodes them; a record that cannot be encoded raises as item() does.
+            records: dict[str, Record] = {plan.identity: entry}
+            if one_trip and len(plan.slots) > 1:
+                pointer = Pointer(plan.deadline, plan.identity)
+                for slot in plan.slots[1:]:
+                    records[slot] = pointer
+            encoded = self._items_inline(records, now, inline)
+            item = encoded[bkey]
+        else:
+            encoded = {}
+            item = self.item(bkey, entry, now)
         if isinstance(token, FillToken) and token.mode == "cas" and token.key == plan.identity:
             cas[bkey] = (item, token.cas)
         else:
@@ -226,15 +384,19 @@ def fill(
                     unheld.append(FillToken("cas", *held))
             if isinstance(token, FillToken) and token.mode == "alt":
                 alt = self.backend_key(token.key)
-                pointer = self.item(alt, Pointer(plan.deadline, plan.identity), now)
-                alts[alt] = (pointer, token.cas)
+                leased = encoded.get(alt) or self.item(
+                    alt, Pointer(plan.deadline, plan.identity), now
+                )
+                alts[alt] = (leased, token.cas)
         for slot in plan.slots[1:]:
             if hints is not None and hints.get(slot) != plan.identity:
                 _remember(hints, slot, plan.identity)
             if one_trip:  # pointers of an entry that is not stored are never followed
                 pkey = self.backend_key(slot)
                 if pkey not in alts:
-                    pointers[pkey] = self.item(pkey, Pointer(plan.deadline, plan.identity), now)
+                    pointers[pkey] = encoded.get(pkey) or self.item(
+                        pkey, Pointer(plan.deadline, plan.identity), now
+                    )
     if one_trip:
         stored, added, pointed = _write_once(self, cas, adds, alts, pointers)
     else:
@@ -265,6 +427,71 @@ def fill(
             with contextlib.suppress(StockpyleError):  # the entry is stored; pointers may miss
                 self.call("fill", add, pointers)
     return [self.backend_key(p.identity) in stored for p in plans]
+
+
+def _fill_leased(
+    self: BytesStore,
+    plan: Plan,
+    cas: Any,
+    now: float,
+    inline: int,
+    hints: dict[str, str] | None,
+) -> bool:
+    """:func:`fill` of one object leased at its identity (a chain's get that missed by
+    identity), on a backend that pipelines (``write_many``): the same requests in one round
+    trip, the entry compare-and-set on the lease, each pointer added; whether it was stored."""
+    records: dict[str, Record] = {plan.identity: Entry(plan.deadline, plan.slots, plan.obj)}
+    if len(plan.slots) > 1:
+        pointer = Pointer(plan.deadline, plan.identity)
+        for slot in plan.slots[1:]:
+            records[slot] = pointer
+    requests: list[tuple[str, str, Item, Any]] = []
+    for bkey, item in self._items_inline(records, now, inline).items():  # raises as item()
+        requests.append(("add", bkey, item, None) if requests else ("cas", bkey, item, cas))
+    if hints is not None:
+        for slot in plan.slots[1:]:
+            if hints.get(slot) != plan.identity:
+                _remember(hints, slot, plan.identity)
+    result = self.call("fill", self.backend.write_many, requests)[0]  # type: ignore[attr-defined]
+    return result is not None and result is not False
+
+
+def _fill_by_alternate(
+    self: BytesStore,
+    plan: Plan,
+    token: FillToken,
+    now: float,
+    inline: int,
+    hints: dict[str, str] | None,
+) -> bool:
+    """:func:`fill` of one object leased at an alternate slot (a chain's miss by alternate
+    key) holding no claim, on a backend that pipelines: the same requests in one round trip
+    (the entry added, the leased pointer compare-and-set, the other pointers added), and the
+    added entry deleted again if the leased pointer was refused; whether it was stored."""
+    records: dict[str, Record] = {plan.identity: Entry(plan.deadline, plan.slots, plan.obj)}
+    pointer = Pointer(plan.deadline, plan.identity)
+    for slot in plan.slots[1:]:
+        records[slot] = pointer
+    encoded = self._items_inline(records, now, inline)  # raises as item() does
+    bkey = self.backend_key(plan.identity)
+    alt = self.backend_key(token.key)
+    leased = encoded.get(alt) or self.item(alt, pointer, now)
+    requests: list[tuple[str, str, Item, Any]] = [("add_cas", bkey, encoded[bkey], None)]
+    requests.append(("cas", alt, leased, token.cas))
+    for slot in plan.slots[1:]:
+        if hints is not None and hints.get(slot) != plan.identity:
+            _remember(hints, slot, plan.identity)
+        pkey = self.backend_key(slot)
+        if pkey != alt:
+            requests.append(("add", pkey, encoded[pkey], None))
+    results = self.call("fill", self.backend.write_many, requests)  # type: ignore[attr-defined]
+    added, pointed = results[0], results[1]
+    if added is None or added is False:
+        return False
+    if not pointed:  # the leased pointer was refused: the entry added goes again
+        self.call("fill", self.backend.delete_if_many, {bkey: added})  # type: ignore[attr-defined]
+        return False
+    return True
 
 
 def _write_once(

@@ -153,6 +153,34 @@ def test_restart_between_calls_reconnects_transparently(
     store.delete(Foo(1))  # on a stale connection too
 
 
+def test_a_leased_read_of_one_key_reconnects_and_names_a_dead_server(
+    private: MemcachedProcess,
+) -> None:
+    """The leased read of one key (a chain's get: the backend's single-key form) reconnects
+    after a restart, as batches do, instead of failing once; against a dead server it raises
+    a StoreError naming the lease and the server, and a chain over it reads below."""
+    store = meta_memcache(private.address)
+
+    def lease() -> Any:
+        return store.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=10)[0]
+
+    store.put(Foo(1, name="cached"))
+    assert lease().found == (Foo(1, name="cached"), None)
+    private.kill()
+    private.start()
+    again = lease()  # on the connection left over from before the restart
+    assert again.found is None and again.token is not None  # a fresh server: leased
+    private.kill()
+    with pytest.raises(StoreError, match="lease failed") as info:
+        lease()
+    assert private.address in str(info.value) and info.value.cause is not None
+    below = ProcessMemoryStore()
+    below.put(Foo(1, name="below"))
+    chain = ChainedStore([store, below])
+    assert chain.get(Foo, {"key": 1}) == Foo(1, name="below")
+    assert chain.failures == [1, 0]
+
+
 def test_one_of_two_servers_down(memcached_server: str, private: MemcachedProcess) -> None:
     """With two servers, keys on the live one keep working; calls touching the dead one raise
     (keys are never silently moved to the other server)."""

@@ -419,6 +419,61 @@ class MetaMemcacheBackend(BytesBackend):
             leased.update(self._claim(tombstones, lease_seconds))
         return leased
 
+    def lease_one(self, key: str, lease_seconds: int) -> Leased:
+        """:meth:`lease_many` of one key (a chain's get): the same request and reply, without
+        a batch's routing and bookkeeping."""
+        (reply,) = self._gets(((key, self._leasing_flags(lease_seconds)),))
+        return self._leases(((key, reply),), lease_seconds)[key]
+
+    def lease_peek_one(self, key: str, peek: str, lease_seconds: int) -> dict[str, Leased]:
+        """:meth:`lease_peek_many` of one key and one peek (a chain's get by alternate key),
+        in the same one round trip."""
+        if not self._one_server:  # the two keys may live on two servers
+            return self.lease_peek_many([key], [peek], lease_seconds)
+        gets = ((key, self._leasing_flags(lease_seconds)), (peek, self._peek_flags))
+        leased, peeked = self._gets(gets)
+        return self._leases(((key, leased), (peek, peeked)), lease_seconds)
+
+    def _gets(self, gets: tuple[tuple[str, Any], ...]) -> list[Any]:
+        """``mg`` of each ``(key, flags)`` on one server's pooled connection (one key, or
+        several on the only server), in one round trip; once more if that connection was
+        found closed (a restarted server), as :meth:`_pipeline` does."""
+        try:
+            return self._send_gets(gets)
+        except BackendError as error:
+            if not self._retryable(error):
+                raise
+            return self._send_gets(gets)
+
+    def _send_gets(self, gets: tuple[tuple[str, Any], ...]) -> list[Any]:
+        """:meth:`_send` of gets bound for one server: the replies, or its failure raised."""
+        pool = self._pool
+        if pool is None or not self._one_server:
+            pool = self.client.router.pool_provider.get_pool(self._mm.Key(gets[0][0]))
+            if self._one_server:
+                self._pool = pool
+        try:
+            conn = pool.pop_connection()
+        except self._mm.MemcacheError as exc:
+            failure = self._server_error(exc)
+        else:
+            error = True
+            try:
+                build = self._sock.build_meta_get
+                if len(gets) == 1:
+                    conn.sendall(build(*gets[0]), False)
+                else:
+                    conn.sendall(b"".join(build(key, flags) for key, flags in gets), False)
+                replies = [conn.get_response() for _ in gets]
+                error = False
+            except Exception as exc:
+                failure = self._server_error(exc, pool.server)
+            finally:
+                pool.release_connection(conn, error=error)
+            if not error:
+                return replies
+        raise failure
+
     def lease_peek_many(
         self, keys: Sequence[str], peek: Sequence[str], lease_seconds: int
     ) -> dict[str, Leased]:
