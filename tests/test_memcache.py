@@ -15,6 +15,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -271,10 +272,14 @@ def test_describe_names_the_servers(memcached_servers: list[str]) -> None:
         {"servers": ["127.0.0.1:1"], "prefix": "a#b"},
         {"servers": ["127.0.0.1:1"], "prefix": "a b"},
         {"servers": ["127.0.0.1:1"], "timeout": 0},
+        {"servers": ["127.0.0.1:1"], "pool_size": 0},
+        {"servers": ["127.0.0.1:1"], "pool_size": 2.0},
+        {"client": PyClient("127.0.0.1:1"), "pool_size": 4},
     ],
 )
 def test_bad_arguments_raise_value_error(kwargs: dict[str, Any]) -> None:
-    """Both or neither of servers/client, no servers, a bad prefix or timeout: ValueError."""
+    """Both or neither of servers/client, no servers, a bad prefix, timeout or pool size, a
+    pool size with a ready client: ValueError."""
     with pytest.raises(ValueError):
         MemcacheStore(**kwargs)
 
@@ -812,3 +817,28 @@ def test_release_closes_pooled_connections_and_they_reopen(memcached_server: str
     assert store.get(Foo, {"key": 1}) == Foo(1)
     (counters,) = store.client.router.get_counters().values()
     assert counters.available == 1 and counters.total_created == 2  # a new one
+
+
+@pytest.mark.parametrize(("pool_size", "kept"), [(None, 6), (2, 2)])
+def test_pool_size_is_what_a_server_keeps_open_between_calls(
+    memcached_server: str, pool_size: int | None, kept: int
+) -> None:
+    """Six callers at once on one server (six connections taken from the store's pool, each
+    used for a real request) give them back: by default all six stay open for the next
+    callers (no reconnect), with ``pool_size=2`` two stay and four are closed."""
+    prefix = f"pool{uuid.uuid4().hex[:8]}"
+    store = MemcacheStore([memcached_server], prefix=prefix, pool_size=pool_size)
+    try:
+        store.put(Foo(1, 2, 3))
+        (pool,) = store.backend._pools  # type: ignore[attr-defined]
+        taken = [pool.pop_connection() for _ in range(6)]
+        for conn in taken:
+            assert conn.get_version()  # a real request on each connection
+        for conn in taken:
+            pool.release_connection(conn, error=False)
+        counters = pool.get_counters()
+        assert (counters.total_created, counters.available) == (6, kept)
+        assert store.get(Foo, {"key": 1}) is not None
+        assert pool.get_counters().total_created == 6  # answered on a kept connection
+    finally:
+        store.release()

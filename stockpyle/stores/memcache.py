@@ -97,8 +97,10 @@ class MemcacheStore(BytesStore):
     """A store in memcached: one server or many, shared by every process that uses them.
 
     Give ``servers`` (``["host:port", ...]``: a meta-memcache client is built, with ``timeout``
-    for connects and replies and ``dead_retry`` seconds during which a failed server is not
-    retried) or a ready ``client``: a meta-memcache ``CacheClient``, a python-memcached
+    for connects and replies, ``dead_retry`` seconds during which a failed server is not
+    retried, and ``pool_size`` connections at most kept open per server between calls; ``None``,
+    the default, keeps every one it opened, as many as threads used a server at once) or a
+    ready ``client``: a meta-memcache ``CacheClient``, a python-memcached
     ``Client`` or a pymemcache ``Client``, ``PooledClient`` or ``HashClient`` (give pymemcache
     clients ``connect_timeout`` and ``timeout``). docs/stores/memcache.md says what each client
     reports and which coherence guarantees it gives.
@@ -137,6 +139,7 @@ class MemcacheStore(BytesStore):
         secret: bytes | str | None = None,
         timeout: float = 1.0,
         dead_retry: float = 0.0,
+        pool_size: int | None = None,
         max_item_size: int = DEFAULT_MAX_ITEM_SIZE,
         serve_stale: bool = False,
         recache_seconds: int = 0,
@@ -159,6 +162,12 @@ class MemcacheStore(BytesStore):
         if timeout <= 0:
             msg = "timeout must be positive"
             raise ValueError(msg)
+        if pool_size is not None and (type(pool_size) is not int or pool_size < 1):
+            msg = f"pool_size must be a positive int or None: {pool_size!r}"
+            raise ValueError(msg)
+        if pool_size is not None and client is not None:
+            msg = "pool_size only applies with servers=[...], not with client=..."
+            raise ValueError(msg)
         if client is None:
             assert servers is not None
             server_list = [servers] if isinstance(servers, str) else list(servers)
@@ -169,7 +178,13 @@ class MemcacheStore(BytesStore):
             from stockpyle.stores.memcache_meta import meta_client
 
             pools: list[Any] = []
-            client = meta_client(server_list, timeout=timeout, dead_retry=dead_retry, pools=pools)
+            client = meta_client(
+                server_list,
+                timeout=timeout,
+                dead_retry=dead_retry,
+                pools=pools,
+                pool_size=pool_size,
+            )
             from stockpyle.stores.memcache_meta import MetaMemcacheBackend
 
             backend: BytesBackend = MetaMemcacheBackend(client, pools=pools)

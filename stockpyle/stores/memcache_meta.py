@@ -68,11 +68,23 @@ class Claim(int):
     __slots__ = ()
 
 
+#: What ``pool_size=None`` keeps: every connection opened (it is opened only while that many
+#: threads use one server at once). meta-memcache's own default keeps 3, and closes the
+#: connection of a fourth concurrent caller when it is given back.
+UNBOUNDED_POOL = 1 << 30
+
+
 def meta_client(
-    servers: Sequence[str], *, timeout: float, dead_retry: float, pools: list[Any] | None = None
+    servers: Sequence[str],
+    *,
+    timeout: float,
+    dead_retry: float,
+    pools: list[Any] | None = None,
+    pool_size: int | None = None,
 ) -> Any:
-    """A meta-memcache ``CacheClient`` over ``servers`` (``host:port``), values as raw bytes;
-    the connection pools it creates are appended to ``pools``."""
+    """A meta-memcache ``CacheClient`` over ``servers`` (``host:port``), values as raw bytes,
+    keeping at most ``pool_size`` idle connections per server (``None``: all of them); the
+    connection pools it creates are appended to ``pools``."""
     from meta_memcache import (
         CacheClient,
         ServerAddress,
@@ -96,6 +108,7 @@ def meta_client(
         addresses.append(ServerAddress(host, int(port)))
     build_pool = connection_pool_factory_builder(
         initial_pool_size=0,  # connect on first use, not when the store is created
+        max_pool_size=UNBOUNDED_POOL if pool_size is None else pool_size,
         read_buffer_size=READ_BUFFER,  # see READ_BUFFER
         connection_timeout=timeout,
         recv_timeout=timeout,
