@@ -384,3 +384,25 @@ def test_key_names_the_getter_uses_itself_still_answer() -> None:
     found = _Underscored(5)
     under.put(found)
     assert under.get(_others=5) is found and under.get(_others=6) is None
+
+
+@stockpyle.keyed("class", "not an identifier")
+class _OddNames:
+    """Keys named by strings no ``def`` could use as a parameter."""
+
+    def __init__(self, cls: int, odd: int) -> None:
+        setattr(self, "class", cls)
+        setattr(self, "not an identifier", odd)
+
+
+def test_key_names_that_are_no_identifiers_still_answer() -> None:
+    """A key named by a Python keyword or by a string with spaces keeps the ``**key`` form:
+    hits and misses answer, and the getter's signature can still be inspected."""
+    import inspect
+
+    repo = Repo(_OddNames, ProcessMemoryStore())
+    obj = _OddNames(1, 2)
+    repo.put(obj)
+    assert repo.get(**{"class": 1}) is obj and repo.get(**{"not an identifier": 2}) is obj
+    assert repo.get(**{"class": 2}) is None
+    assert "key" in inspect.signature(repo.get).parameters

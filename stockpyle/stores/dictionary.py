@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, MutableMapping, Sequence, Sized
 from functools import partial
+from keyword import iskeyword
 from typing import Any, ClassVar, TypeVar
 
 from stockpyle._encoding import FAST_ENCODERS
@@ -394,11 +395,11 @@ def _name_keyword(fn: Callable[..., Any], old: str, new: Any) -> bool:
     """Rename ``fn``'s keyword-only parameter ``old`` (default :data:`_ABSENT`) to ``new``:
     a call ``fn(new=value)`` then binds ``value`` to it directly, without building the dict of
     ``**`` keywords. ``False`` (``fn`` unchanged) when ``new`` is no string or a name ``fn``
-    already uses."""
+    already uses, or no identifier a ``def`` could name."""
     code = fn.__code__
     taken = {*code.co_varnames, *code.co_freevars, *code.co_cellvars}
-    if type(new) is not str or new in taken:
-        return False
+    if type(new) is not str or new in taken or not new.isidentifier() or iskeyword(new):
+        return False  # (inspect.signature() refuses parameters that are no identifiers)
     new = sys.intern(new)  # a call's keyword matches an interned name by identity, first
     fn.__code__ = code.replace(
         co_varnames=tuple(new if name == old else name for name in code.co_varnames)
