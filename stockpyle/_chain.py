@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from stockpyle._expiry import Deadline
 from stockpyle._flight import LED, OWN, FlightTable, FollowTimeout
-from stockpyle._heal import Healer
+from stockpyle._heal import HELD, Healer
 from stockpyle._keys import layout_of
 from stockpyle._leased_reads import LeasedReads
 from stockpyle._leases import encode_one
@@ -153,7 +153,15 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
 
     def _is_suspect(self, layer: int, obj: Any) -> bool:
         keys = self._suspect[layer]
-        return bool(keys) and layout_of(type(obj)).identity_of(obj) in keys
+        return bool(keys) and (HELD in keys or layout_of(type(obj)).identity_of(obj) in keys)
+
+    def _hold_layers(self, layers: Sequence[int]) -> None:
+        """Read below ``layers`` for every key until :meth:`_release_layers` (an invalidation
+        channel does this across a long pause of the process: see its ``pause_threshold``)."""
+        self._healer.hold(layers)
+
+    def _release_layers(self, layers: Sequence[int]) -> None:
+        self._healer.release(layers)
 
     # -- reads ---------------------------------------------------------------------------------
 

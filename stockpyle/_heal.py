@@ -19,9 +19,14 @@ from typing import Any
 from stockpyle._store import BaseStore
 from stockpyle.exceptions import StoreError
 
-__all__ = ["Healer"]
+__all__ = ["HELD", "Healer"]
 
 log = logging.getLogger("stockpyle.chain")
+
+#: A marker in a layer's pending (suspect) keys: the layer is *held*, every read skips it (an
+#: invalidation channel holds in-process layers across a long pause of the process). It is no
+#: identity key, never invalidated, and not listed by :meth:`Healer.keys`.
+HELD = "\x00held"
 
 
 class Healer:
@@ -61,7 +66,18 @@ class Healer:
     def keys(self, layer: int) -> frozenset[str]:
         """The identity keys pending in ``layer`` now."""
         with self._lock:
-            return frozenset(self.pending[layer])
+            return frozenset(self.pending[layer]) - {HELD}
+
+    def hold(self, layers: Sequence[int]) -> None:
+        """Skip ``layers`` for every key until :meth:`release` (no lock: a garbage collector
+        callback calls this; setting one dict item is atomic)."""
+        for layer in layers:
+            self.pending[layer][HELD] = None
+
+    def release(self, layers: Sequence[int]) -> None:
+        """Undo :meth:`hold`."""
+        for layer in layers:
+            self.pending[layer].pop(HELD, None)
 
     def discard(self, layer: int, objs: Sequence[Any]) -> None:
         """A later write of ``objs`` reached ``layer``: nothing to heal for them there."""
@@ -78,6 +94,7 @@ class Healer:
         """Invalidate everything pending in ``layer`` now; whether it all succeeded."""
         with self._lock:
             batch = dict(self.pending[layer])
+        batch.pop(HELD, None)
         if not batch:
             return True
         try:
@@ -143,7 +160,7 @@ def _retry(ref: weakref.ref[Healer], stop: threading.Event) -> None:
             return
         if healer.heal_all():
             with healer._lock:
-                if not any(healer.pending):
+                if not any(len(p) > (HELD in p) for p in healer.pending):
                     healer._thread = None
                     return
         del healer

@@ -8,7 +8,7 @@ import gc
 import json
 import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import attrs
@@ -399,5 +399,162 @@ def test_listener_backs_off_exponentially_while_it_cannot_connect() -> None:
         assert enough.wait(20)
         assert waits[:4] == [0.1, 0.2, 0.4, 0.5]
         assert not channel.listening and memory.suspended
+    finally:
+        channel.stop()
+
+
+# -- pauses of the whole process ------------------------------------------------------------------
+
+
+class SteppedClock:
+    """A clock that moves only when told (the collector's pause length is injected)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.step = 0.0
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+@pytest.fixture
+def no_automatic_gc() -> Iterator[None]:
+    """Only the test's own gc.collect() calls pause (an automatic one would, too)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+def paused_chain(
+    bus: Bus, pause: float, *, front: type[ProcessMemoryStore] = ProcessMemoryStore
+) -> tuple[LoopbackChannel, ChainedStore, ProcessMemoryStore, ProcessMemoryStore]:
+    """A listening channel (threshold 10 ms) whose collector pauses last ``pause`` seconds
+    each, guarding ``[front(), shared]`` with Foo 1 in both layers (use no_automatic_gc)."""
+    assert not gc.isenabled()
+    channel = LoopbackChannel(bus, pause_threshold=0.010)
+    clock = SteppedClock()
+    clock.step = pause  # each reading of the clock: one more pause length
+    channel.pauses.clock = clock
+    channel.start()
+    assert channel.wait_listening(5)
+    memory, shared = front(), ProcessMemoryStore()
+    chain = ChainedStore([memory, shared], invalidation=channel)
+    chain.put(Foo(1, 2, 3, "old"))  # (which evicts it from this process's memory)
+    memory.put(Foo(1, 2, 3, "old"))
+    return channel, chain, memory, shared
+
+
+@pytest.mark.usefixtures("no_automatic_gc")
+def test_long_pause_holds_memory_until_drained_then_serves_it_again(bus: Bus) -> None:
+    """A full collection measured at 50 ms (>= the 10 ms threshold) holds the guarded layer:
+    every read goes below it, by identity and by alternate key, through the keyword getter
+    and the batch path, and the healer sees no key to invalidate. drained() releases it."""
+    channel, chain, memory, shared = paused_chain(bus, 0.050)
+    foos = stockpyle.Repo(Foo, chain)
+    try:
+        shared.put(Foo(1, 2, 3, "new"))  # what memory missed while the process was paused
+        assert foos.get(key=1).name == "old"  # type: ignore[union-attr]
+        gc.collect()
+        assert channel.pauses.held and channel.pauses.owed
+        assert channel.stats["long_pauses"] == 1
+        assert foos.get(key=1).name == "new"  # type: ignore[union-attr]
+        assert foos.get(zap=2, bar=3).name == "new"  # type: ignore[union-attr]
+        assert [f.name for f in foos.get_many([{"key": 1}])] == ["new"]  # type: ignore[union-attr]
+        assert chain.suspect_keys(0) == frozenset() and chain.heal()
+        memory.put(Foo(1, 2, 3, "old"))  # memory keeps an old copy: still not served
+        assert foos.get(key=1).name == "new"  # type: ignore[union-attr]
+
+        channel.pauses.drained(channel.pauses.owed)
+        assert not channel.pauses.held and channel.stats["pause_releases"] == 1
+        below = shared.stats().hits
+        assert foos.get(key=1).name == "new"  # type: ignore[union-attr]  # the read's fill
+        assert shared.stats().hits == below  # memory serves again
+    finally:
+        channel.stop()
+
+
+@pytest.mark.usefixtures("no_automatic_gc")
+def test_short_and_young_collections_hold_nothing_afterwards(bus: Bus) -> None:
+    """A collection shorter than the threshold releases its hold when it ends, and the
+    youngest generation's collections take none: memory keeps serving."""
+    channel, chain, _memory, shared = paused_chain(bus, 0.001)
+    foos = stockpyle.Repo(Foo, chain)
+    try:
+        shared.put(Foo(1, 2, 3, "new"))
+        gc.collect()
+        gc.collect(0)
+        assert not channel.pauses.held and not channel.pauses.owed
+        assert channel.stats["long_pauses"] == 0
+        assert foos.get(key=1).name == "old"  # type: ignore[union-attr]
+        channel.pauses.clock.step = 1.0  # type: ignore[attr-defined]
+        gc.collect(0)  # a young collection is never held, however long
+        assert not channel.pauses.held
+    finally:
+        channel.stop()
+
+
+@pytest.mark.usefixtures("no_automatic_gc")
+def test_hold_reaches_thread_local_and_chains_attached_during_a_hold(bus: Bus) -> None:
+    """A ThreadLocalStore front is held the same way; a chain attached while a hold is owed
+    starts held; a short pause does not release a long one's hold before the listener
+    drained."""
+    channel, chain, _memory, shared = paused_chain(bus, 0.050, front=ThreadLocalStore)
+    try:
+        shared.put(Foo(1, 2, 3, "new"))
+        gc.collect()
+        later_memory = ProcessMemoryStore()
+        later = ChainedStore([later_memory, shared], invalidation=channel)
+        later_memory.put(Foo(1, 2, 3, "old"))
+        assert chain.get(Foo, {"key": 1}).name == "new"  # type: ignore[union-attr]
+        assert later.get(Foo, {"key": 1}).name == "new"  # type: ignore[union-attr]
+        channel.pauses.clock.step = 0.001  # type: ignore[attr-defined]
+        gc.collect()  # short: yet the long one is still owed
+        assert channel.pauses.held
+        channel.pauses.drained(channel.pauses.owed)
+        later_memory.put(Foo(1, 2, 3, "old"))
+        assert later.get(Foo, {"key": 1}).name == "old"  # type: ignore[union-attr]
+    finally:
+        channel.stop()
+
+
+@pytest.mark.usefixtures("no_automatic_gc")
+def test_stopping_releases_and_unregisters_and_none_watches_nothing(bus: Bus) -> None:
+    """stop() removes the collector callback and the holds (the stores are suspended instead);
+    pause_threshold=None registers nothing; a negative threshold is refused."""
+    before = list(gc.callbacks)
+    channel, chain, _memory, _shared = paused_chain(bus, 0.050)
+    assert len(gc.callbacks) == len(before) + 1
+    gc.collect()
+    assert channel.pauses.held
+    channel.stop()
+    assert gc.callbacks == before and not channel.pauses.held
+    assert chain.suspect_keys(0) == frozenset() and not chain._suspect[0]
+
+    off = LoopbackChannel(bus, pause_threshold=None).start()
+    assert off.wait_listening(5)
+    assert gc.callbacks == before
+    off.stop()
+    with pytest.raises(ValueError, match="pause_threshold"):
+        LoopbackChannel(bus, pause_threshold=-1.0)
+
+
+@pytest.mark.usefixtures("no_automatic_gc")
+def test_fence_holds_chains_weakly(bus: Bus) -> None:
+    """A chain dropped after attaching is not kept alive by the fence, and a collection after
+    it is gone holds nothing and raises nothing."""
+    channel, chain, _memory, _shared = paused_chain(bus, 0.050)
+    try:
+        import weakref
+
+        ref = weakref.ref(chain)
+        del chain
+        gc.collect()
+        assert ref() is None
+        channel.pauses.drained(channel.pauses.owed)
+        gc.collect()
+        assert channel.pauses.owed
     finally:
         channel.stop()

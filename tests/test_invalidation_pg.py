@@ -122,9 +122,7 @@ def _terminate(pg_url: str, pid: int) -> None:
 # -- real processes -------------------------------------------------------------------------------
 
 
-def test_four_processes_never_serve_an_old_value_from_memory(
-    pg_url: str, clean: sa.Engine
-) -> None:
+def test_four_processes_never_serve_an_old_value_from_memory(pg_url: str, clean: sa.Engine) -> None:
     """With 4 processes, each with [ProcessMemoryStore, SqlAlchemyStore] on its own channel,
     after any process's put or delete returns, every other process stops serving the old value
     from memory (it reads through its chain until it sees the new one); the measured delay is
@@ -251,9 +249,99 @@ def test_killed_listener_flushes_and_bypasses_until_it_listens_again(
         database.release()
 
 
-def test_failed_publish_is_sent_later(
-    pg_url: str, channel_name: str, recorder: Recorder
+def _park_listener(channel: PostgresChannel) -> tuple[threading.Event, threading.Event]:
+    """Park ``channel``'s listener just before it next reads its connection: returns (parked,
+    go). Messages sent meanwhile wait in its socket, as they do while the process is paused."""
+    parked, go = threading.Event(), threading.Event()
+    conn = channel._listener
+    assert conn is not None
+    real = conn.notifies
+
+    def notifies(**kwargs: Any) -> Any:
+        if not go.is_set():
+            parked.set()
+            assert go.wait(30)
+        return real(**kwargs)
+
+    conn.notifies = notifies  # type: ignore[method-assign]
+    return parked, go
+
+
+@pytest.mark.parametrize("threshold", [0.0, 3600.0])
+def test_long_collector_pause_holds_memory_until_the_listener_drained(
+    pg_url: str, clean: sa.Engine, channel_name: str, threshold: float
 ) -> None:
+    """A message that waits in the listener's socket while the process collects garbage: with
+    the pause at or above pause_threshold (0: injected), reads through the chain's keyword
+    getter go below the memory layer from the collection on, and memory serves again only
+    after the listener delivered the message. Below the threshold (3600 s) nothing is held,
+    and memory serves the old copy until the listener runs: that is the window the fence
+    closes."""
+    import gc
+
+    import stockpyle
+
+    here = PostgresChannel(
+        pg_url, channel=channel_name, poll_interval=0.05, pause_threshold=threshold
+    )
+    there = PostgresChannel(pg_url, channel=channel_name)
+    database = SqlAlchemyStore(uri=pg_url)
+    memory = ProcessMemoryStore()
+    chain = ChainedStore([memory, database], invalidation=here)
+    other = ChainedStore([ProcessMemoryStore(), database], invalidation=there)
+    foos = stockpyle.Repo(SqlFoo, chain)
+    go = threading.Event()
+    try:
+        here.start()
+        there.start()
+        assert here.wait_listening(30) and there.wait_listening(30)
+        other.put(SqlFoo(key=1, zap=1, bar=1, name="old"))
+        assert _hears(here, 1)
+        assert foos.get(key=1).name == "old"  # type: ignore[union-attr]
+        assert memory.get(SqlFoo, {"key": 1}) is not None
+
+        parked, go = _park_listener(here)
+        assert parked.wait(30)  # the listener is about to read its socket, and waits
+        other.put(SqlFoo(key=1, zap=1, bar=1, name="new"))  # its message waits in the socket
+        assert foos.get(key=1).name == "old"  # type: ignore[union-attr]  # the window
+
+        gc.collect()  # a pause of the whole process (a full collection)
+        below = database.stats().hits
+        if threshold:
+            assert not here.pauses.held and here.stats["long_pauses"] == 0
+            assert foos.get(key=1).name == "old"  # type: ignore[union-attr]
+            assert database.stats().hits == below
+            go.set()
+            assert _hears(here, 2)
+            assert foos.get(key=1).name == "new"  # type: ignore[union-attr]
+            return
+        assert here.pauses.held and here.stats["long_pauses"] == 1
+        assert chain.suspect_keys(0) == frozenset()  # a hold, no suspect key
+        for _ in range(3):
+            assert foos.get(key=1).name == "new"  # type: ignore[union-attr]  # from below
+            assert chain.get(SqlFoo, {"zap": 1, "bar": 1}).name == "new"
+        assert database.stats().hits == below + 6  # memory's copy was skipped every time
+        assert here.stats["received_messages"] == 1
+
+        go.set()  # the listener runs: it reads the waiting message, drains, releases
+        deadline = time.monotonic() + 30
+        while here.pauses.held and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert not here.pauses.held
+        assert here.stats["received_messages"] == 2 and here.stats["pause_releases"] >= 1
+        assert foos.get(key=1).name == "new"  # type: ignore[union-attr]  # fills memory
+        below = database.stats().hits
+        assert foos.get(key=1).name == "new"  # type: ignore[union-attr]
+        assert database.stats().hits == below  # memory serves again
+    finally:
+        go.set()
+        here.stop()
+        there.stop()
+        database.release()
+    assert not any(getattr(cb, "__qualname__", "").startswith("PauseFence") for cb in gc.callbacks)
+
+
+def test_failed_publish_is_sent_later(pg_url: str, channel_name: str, recorder: Recorder) -> None:
     """A publish that fails (server unreachable for the moment) is counted, kept, and sent with
     the next attempt: late, not lost."""
     channel = PostgresChannel(pg_url, channel=channel_name)
@@ -294,7 +382,7 @@ def test_large_publish_is_split_under_the_payload_limit(
 ) -> None:
     """Keys worth far more than 8,000 bytes travel as several NOTIFYs, each under the limit,
     and arrive complete and in order."""
-    keys = [f"app.models.Foo|key=\"{i:060d}\"" for i in range(2000)]
+    keys = [f'app.models.Foo|key="{i:060d}"' for i in range(2000)]
     channel = PostgresChannel(pg_url, channel=channel_name)
     try:
         assert channel.publish(keys)
@@ -307,9 +395,7 @@ def test_large_publish_is_split_under_the_payload_limit(
         channel.stop()
 
 
-def test_concurrent_publishers_coalesce(
-    pg_url: str, channel_name: str, recorder: Recorder
-) -> None:
+def test_concurrent_publishers_coalesce(pg_url: str, channel_name: str, recorder: Recorder) -> None:
     """Publishers that arrive while a send is in flight are sent together, in one round trip:
     with the first send held, 8 more publishes go out in a single batch."""
     channel = PostgresChannel(pg_url, channel=channel_name)
@@ -329,9 +415,7 @@ def test_concurrent_publishers_coalesce(
         first = threading.Thread(target=channel.publish, args=(["k0"],))
         first.start()
         assert entered.wait(10)
-        others = [
-            threading.Thread(target=channel.publish, args=([f"k{i}"],)) for i in range(1, 9)
-        ]
+        others = [threading.Thread(target=channel.publish, args=([f"k{i}"],)) for i in range(1, 9)]
         for thread in others:
             thread.start()
         deadline = time.monotonic() + 10

@@ -65,6 +65,11 @@ class InvalidationChannel(GuardedStores, abc.ABC):
 
     ``max_keys`` bounds the work of one publish or one received batch: beyond it, a flush of
     the guarded stores replaces key-by-key eviction, so a storm of writes cannot pile up.
+
+    ``pause_threshold`` (seconds; ``None``: off) guards against pauses of the whole process: a
+    garbage collection of an older generation holds the attached chains' guarded layers (their
+    reads go below them) while it runs and, if it lasted at least this long, until the
+    listener has delivered every message that arrived meanwhile.
     """
 
     def __init__(
@@ -74,8 +79,9 @@ class InvalidationChannel(GuardedStores, abc.ABC):
         skip_own: bool = True,
         backoff: Callable[[int], float] | None = None,
         sleep: Callable[[float], Any] | None = None,
+        pause_threshold: float | None = 0.005,
     ) -> None:
-        super().__init__(max_keys=max_keys)
+        super().__init__(max_keys=max_keys, pause_threshold=pause_threshold)
         self.skip_own = skip_own
         self.backoff = backoff if backoff is not None else exponential_backoff()
         self._stopping = threading.Event()
@@ -93,9 +99,12 @@ class InvalidationChannel(GuardedStores, abc.ABC):
                 "flushes",
                 "publish_failures",
                 "disconnects",
+                "long_pauses",
+                "pause_releases",
             ),
             0,
         )
+        self.pauses.stats = self.stats
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -189,7 +198,9 @@ class InvalidationChannel(GuardedStores, abc.ABC):
 
     @abc.abstractmethod
     def _listen(self) -> None:
-        """Run the listener until :attr:`_stopping` is set (reconnecting as needed)."""
+        """Run the listener until :attr:`_stopping` is set (reconnecting as needed). While
+        ``self.pauses.owed`` is set, it reads every message its connection holds without
+        waiting, delivers them, then calls ``self.pauses.drained(owed)``."""
 
     def start(self) -> Self:
         """Start the listener thread (one per channel); returns ``self``. Guarded stores are

@@ -15,6 +15,8 @@ import weakref
 from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
+from stockpyle.invalidation._pauses import PauseFence
+
 if TYPE_CHECKING:
     from stockpyle._store import BaseStore
 
@@ -46,11 +48,16 @@ class GuardedStores:
     #: Counters (set by the channel): ``flushes`` and ``disconnects`` are counted here.
     stats: dict[str, int]
 
-    def __init__(self, *, max_keys: int) -> None:
+    def __init__(self, *, max_keys: int, pause_threshold: float | None = 0.005) -> None:
         if max_keys < 1:
             msg = "max_keys must be a positive number"
             raise ValueError(msg)
+        if pause_threshold is not None and pause_threshold < 0:
+            msg = "pause_threshold must be a number of seconds (or None)"
+            raise ValueError(msg)
         self.max_keys = max_keys
+        #: Holds the attached chains' guarded layers across long collector pauses.
+        self.pauses = PauseFence(pause_threshold)
         self._lock = threading.RLock()
         # Held weakly: a chain built per request must not keep its memory layer alive here.
         self._guarded: weakref.WeakValueDictionary[int, Guardable] = weakref.WeakValueDictionary()
@@ -102,9 +109,13 @@ class GuardedStores:
     def attach(self, chain: Any) -> None:
         """Guard the in-process layers of ``chain`` (a ``ChainedStore``): every layer above
         the last that implements :class:`Guardable` and is not shared with other processes."""
-        for store in chain.stores[:-1]:
+        layers = []
+        for layer, store in enumerate(chain.stores[:-1]):
             if isinstance(store, Guardable) and not getattr(store, "shared", False):
                 self.guard(store)
+                layers.append(layer)
+        with self._lock:
+            self.pauses.watch(chain, tuple(layers))
 
     def subscribe(self, callback: Callable[[Sequence[str] | None], Any]) -> Callable[[], None]:
         """Call ``callback(keys)`` for every batch of keys evicted in this process (published
@@ -193,6 +204,7 @@ class GuardedStores:
                 store.evict_all()
                 store.resume()
             self._listening = True
+            self.pauses.start()
         log.info("%s: listening", self.describe())
 
     def went_down(self, reason: object = None) -> None:
@@ -204,6 +216,7 @@ class GuardedStores:
             self._epoch = self._seq
             for store in list(self._guarded.values()):
                 store.suspend()
+            self.pauses.stop()
         if was and reason is not None:
             self.stats["disconnects"] += 1
             log.warning(

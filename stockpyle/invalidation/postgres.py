@@ -57,7 +57,9 @@ class PostgresChannel(InvalidationChannel):
     connection (not through PgBouncer in transaction or statement mode, which does not keep a
     session's ``LISTEN``). ``backoff(attempt)`` gives the delay before each reconnection attempt
     and ``sleep(seconds)`` waits it (injectable; the default wakes up on :meth:`stop`).
-    ``poll_interval`` is how often an idle listener checks whether it should stop.
+    ``poll_interval`` is how often an idle listener checks whether it should stop (and how
+    long at most an idle one keeps layers held after a long pause: see ``pause_threshold`` on
+    :class:`~stockpyle.invalidation.InvalidationChannel`).
     """
 
     def __init__(
@@ -71,8 +73,15 @@ class PostgresChannel(InvalidationChannel):
         skip_own: bool = True,
         backoff: Callable[[int], float] | None = None,
         sleep: Callable[[float], Any] | None = None,
+        pause_threshold: float | None = 0.005,
     ) -> None:
-        super().__init__(max_keys=max_keys, skip_own=skip_own, backoff=backoff, sleep=sleep)
+        super().__init__(
+            max_keys=max_keys,
+            skip_own=skip_own,
+            backoff=backoff,
+            sleep=sleep,
+            pause_threshold=pause_threshold,
+        )
         self.conninfo = conninfo_of(dsn)
         self.channel = channel
         self.poll_interval = poll_interval
@@ -230,6 +239,11 @@ class PostgresChannel(InvalidationChannel):
                 self.came_up()
                 attempt = 0
                 while not self._stopping.is_set():
+                    owed = self.pauses.owed
+                    if owed:  # after a long pause: deliver all that waited, then release
+                        self._drain(conn)
+                        self.pauses.drained(owed)
+                        continue
                     # One packet at a time: every notification that arrived together is one
                     # batch, its keys coalesced into one eviction.
                     payloads = [
@@ -255,6 +269,11 @@ class PostgresChannel(InvalidationChannel):
                 self.sleep(self.backoff(attempt))
                 attempt += 1
         self.went_down()
+
+    def _drain(self, conn: psycopg.Connection[Any]) -> None:
+        """Deliver every notification ``conn`` has received, without waiting for more."""
+        while payloads := [n.payload for n in conn.notifies(timeout=0)]:
+            self.received(payloads)
 
     def _close(self) -> None:
         with self._publish_lock:
