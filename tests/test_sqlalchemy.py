@@ -1174,6 +1174,56 @@ def test_ints_by_a_column_several_rows_hold_raise(make_sql: MakeSql) -> None:
     assert len([f for f in sql.batch_get(SqlFoo, [{"key": i} for i in range(1, 11)]) if f]) == 7
 
 
+def test_batches_of_plain_ints_skip_the_request_per_key(
+    make_sql: MakeSql, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose every key is {name: int} for one integer column, all within its bounds,
+    is read without a request per key (parse_requests is not called): one statement, answers
+    in order with repeats and misses, NonUniqueKeyError for a value several rows hold. Any
+    other batch (a None, a bool, an int out of bounds, another name among them, one value
+    only) takes the general path and answers the same as one key at a time."""
+    import stockpyle.stores.sqlalchemy as module
+    from stockpyle.stores._sql_objects import mapped_info
+
+    sql = make_sql()
+    sql.batch_put([SqlFoo(key=i, zap=i % 3, bar=i, name=str(i)) for i in range(1, 21)])
+    general = module.parse_requests
+    parsed: list[int] = []
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        parsed.append(1)
+        return general(*args, **kwargs)
+
+    monkeypatch.setattr(module, "parse_requests", counting)
+    with count_statements(sql.engine) as seen:
+        found = sql.batch_get(SqlFoo, [{"key": i} for i in (5, 99, 5, 20, -3)])
+    assert [f.key if f else None for f in found] == [5, None, 5, 20, None]
+    assert found[0] is found[2] and len(seen["statements"]) == 1 and not parsed
+    with pytest.raises(NonUniqueKeyError, match=r"rows match zap=1; expected at most one"):
+        sql.batch_get(SqlFoo, [{"zap": 7}, {"zap": 1}])
+    assert not parsed
+
+    low, high = sql._bounds(mapped_info(SqlFoo))["key"]  # type: ignore[arg-type]
+    others: list[list[dict[str, Any]]] = [
+        [{"key": 3}, {"key": None}],
+        [{"key": 3}, {"key": True}],
+        [{"key": 3}, {"key": high + 1}],
+        [{"key": 3}, {"key": low - 1}],
+        [{"key": 3}, {"zap": 2, "bar": 2}],
+        [{"key": 3}, {"bar": 4}],
+        [{"key": 3}, {"key": 3}],
+        [{"bar": 4}, {"key": 3}],
+    ]
+    for keys in others:
+        parsed.clear()
+        one_by_one = [sql.get(SqlFoo, key) for key in keys]
+        batch = sql.batch_get(SqlFoo, keys)
+        assert [f.key if f else None for f in batch] == [
+            f.key if f else None for f in one_by_one
+        ], keys
+        assert parsed, keys  # the general path answered
+
+
 def test_ints_on_an_sqlite_without_json_use_an_in_list(monkeypatch: pytest.MonkeyPatch) -> None:
     """An SQLite older than 3.38 (no built-in JSON) reads a batch of ints with an IN list of
     parameters, chunked at max_params, as any other batch."""

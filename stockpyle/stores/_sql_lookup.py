@@ -22,7 +22,15 @@ from stockpyle._store import KeyDict
 from stockpyle.exceptions import InvalidKeyError, NonUniqueKeyError, UnknownKeyError
 from stockpyle.stores._sql_objects import MappedInfo
 
-__all__ = ["CoreLoader", "Request", "core_loader", "fetch", "parse_requests"]
+__all__ = [
+    "CoreLoader",
+    "Request",
+    "core_loader",
+    "fetch",
+    "fetch_ints",
+    "int_batch",
+    "parse_requests",
+]
 
 #: ``(names, values, match)``: one key dict, its attribute names sorted, and what a row's
 #: values must give to match it (see :func:`_match_single`).
@@ -97,6 +105,57 @@ def parse_requests(
         else:
             parsed.append(None)
     return parsed
+
+
+def int_batch(
+    info: MappedInfo,
+    core: CoreLoader,
+    key_dicts: Sequence[KeyDict],
+    bounds: Mapping[str, tuple[int, int]],
+) -> tuple[str, list[int]] | None:
+    """``(name, values)`` when every key dict of a batch is ``{name: int}`` for one plain
+    integer column ``name`` whose type accepts every int, every value within the column's
+    ``bounds`` and at least two distinct: what :func:`parse_requests` and :func:`fetch` would
+    turn into one :meth:`CoreLoader.ints_statement`, found without a request per key. ``None``
+    for any other batch (it takes the general path, which validates and answers the same)."""
+    first = key_dicts[0]
+    if len(first) != 1:
+        return None
+    (name,) = first
+    if name not in core._int_columns or name not in info.accepts_int:
+        return None
+    try:
+        values = [key[name] for key in key_dicts]
+    except (KeyError, TypeError):
+        return None
+    if not all(type(v) is int for v in values) or any(len(key) != 1 for key in key_dicts):
+        return None
+    limits = bounds.get(name)
+    if limits is not None and (min(values) < limits[0] or max(values) > limits[1]):
+        return None
+    if values.count(values[0]) == len(values):  # one value: the equality statement
+        return None
+    return name, values
+
+
+def fetch_ints(
+    conn: sa.Connection, info: MappedInfo, core: CoreLoader, name: str, values: list[int]
+) -> list[Any] | None:
+    """One row (or ``None``) per value of an :func:`int_batch`, in one statement;
+    :class:`NonUniqueKeyError` when several rows hold a value asked for. ``None`` where the
+    connection's dialect has no one-parameter form (the caller takes the general path)."""
+    stmt = core.ints_statement(name, _int_dialect(conn.dialect))
+    if stmt is None:
+        return None
+    found, shared = core.load_ints(conn, stmt, list(dict.fromkeys(values)), name)
+    if shared:
+        value = next(v for v in values if v in shared)
+        msg = (
+            f"{info.layout.path}: {shared[value]} rows match"
+            f" {_describe((name,), (value,))}; expected at most one"
+        )
+        raise NonUniqueKeyError(msg)
+    return list(map(found.get, values))
 
 
 def _fits(value: int, bounds: tuple[int, int]) -> bool:
@@ -358,13 +417,13 @@ class CoreLoader:
         at = self._int_columns[name]
         param = json.dumps(ints) if conn.dialect.name == "sqlite" else ints
         rows = conn.execute(stmt, {"ints": param}).all()
-        found: dict[int, Any] = {}
+        values = [row[at] for row in rows]
+        found = dict(zip(values, self._build(rows), strict=True))
         shared: dict[int, int] = {}
-        keep = found.setdefault
-        for row, obj in zip(rows, self._build(rows), strict=True):
-            value = row[at]
-            if keep(value, obj) is not obj:
-                shared[value] = shared.get(value, 1) + 1
+        if len(found) != len(rows):  # a value that several rows hold: count them
+            for value in values:
+                shared[value] = shared.get(value, 0) + 1
+            shared = {value: count for value, count in shared.items() if count > 1}
         return found, shared
 
 

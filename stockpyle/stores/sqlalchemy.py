@@ -29,7 +29,14 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 from stockpyle._expiry import Deadline
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
-from stockpyle.stores._sql_lookup import Request, core_loader, fetch, parse_requests
+from stockpyle.stores._sql_lookup import (
+    Request,
+    core_loader,
+    fetch,
+    fetch_ints,
+    int_batch,
+    parse_requests,
+)
 from stockpyle.stores._sql_objects import MappedInfo, load_columns, mapped_info, read_attr
 from stockpyle.stores._sql_write import (
     VersionConflict,
@@ -219,11 +226,25 @@ class SqlAlchemyStore(BaseStore):
         info = mapped_info(cls)
         if info is None:
             return [None] * len(key_dicts)
-        requests = parse_requests(info, key_dicts, self._bounds(info))
+        bounds = self._bounds(info)
+        core = core_loader(info) if self._core_reads else None
+        usable = core is not None and core.usable()
+        if usable and len(key_dicts) > 1:
+            assert core is not None
+            batch = int_batch(info, core, key_dicts, bounds)
+            if batch is not None:  # ids, the usual batch: no request per key
+                name, values = batch
+
+                def load_ints(conn: sa.Connection) -> list[Any] | None:
+                    return fetch_ints(conn, info, core, name, values)
+
+                by_ints: list[T | None] | None = self._run_connection("get", load_ints)
+                if by_ints is not None:
+                    return by_ints
+        requests = parse_requests(info, key_dicts, bounds)
         if all(r is None for r in requests):
             return [None] * len(requests)
-        core = core_loader(info) if self._core_reads else None
-        if core is not None and core.usable():
+        if usable:
             # A plain class: Core statements on a connection, the instances made detached
             # directly (the same objects a session would leave behind, at about half the CPU
             # of a session's read, per row and per call).
