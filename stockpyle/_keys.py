@@ -78,7 +78,10 @@ def _known_fields(cls: type) -> set[str] | None:
         known = True
     mapper = _mapper_of(cls)
     if mapper is not None:
-        fields.update(mapper.attrs.keys())
+        # The attributes instrumented when the class was mapped (not mapper.attrs: that would
+        # configure every mapper of the registry now, and fail on a relationship to a class
+        # defined further down the module).
+        fields.update(getattr(cls, "_sa_class_manager", {}).keys())
         known = True
     for klass in cls.__mro__:
         annotations = inspect.get_annotations(klass)

@@ -156,6 +156,59 @@ def test_unknown_field_fails_at_decoration_when_fields_are_known() -> None:
             key: int
 
 
+MODELS_WITH_A_LATER_CLASS = """
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from stockpyle import keyed
+
+class Base(DeclarativeBase):
+    pass
+
+@keyed("id", "name")
+class Parent(Base):
+    __tablename__ = "keys_parent"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(20))
+    kids: Mapped[list["Kid"]] = relationship(back_populates="parent")
+
+CONFIGURED_AFTER_PARENT = Parent.__mapper__.configured
+
+@keyed("id")
+class Kid(Base):
+    __tablename__ = "keys_kid"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    parent_id: Mapped[int] = mapped_column(sa.ForeignKey("keys_parent.id"))
+    parent: Mapped[Parent] = relationship(back_populates="kids")
+"""
+
+TYPO_IN_A_MAPPED_CLASS = """
+@keyed("nope")
+class Other(Base):
+    __tablename__ = "keys_other"
+    id: Mapped[int] = mapped_column(primary_key=True)
+"""
+
+
+def test_mapped_class_with_a_relationship_to_a_later_class_can_be_keyed() -> None:
+    """@keyed on a SQLAlchemy class whose relationship names a class defined further down
+    (the usual order of a models module) neither configures the mappers early nor fails; a key
+    naming no mapped attribute still fails at decoration."""
+    import types
+
+    module = types.ModuleType("stockpyle_test_keys_models")
+    sys.modules[module.__name__] = module
+    try:
+        exec(compile(MODELS_WITH_A_LATER_CLASS, "<models>", "exec"), module.__dict__)
+        ns: Any = module
+        assert ns.CONFIGURED_AFTER_PARENT is False
+        assert layout_of(ns.Parent).names == (("id",), ("name",))
+        assert ns.Parent.__mapper__.attrs["kids"].mapper.class_ is ns.Kid  # configures now
+        with pytest.raises(KeyDeclarationError, match="nope"):
+            exec(compile(TYPO_IN_A_MAPPED_CLASS, "<models>", "exec"), module.__dict__)
+    finally:
+        del sys.modules[module.__name__]
+
+
 def test_raw_protocol_errors_surface_on_first_use() -> None:
     """A bad raw declaration on a class without known fields fails on first use."""
 
