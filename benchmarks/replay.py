@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print("replay.py needs --memcached (or STOCKPYLE_MEMCACHED)")
         return 2
     from models import BenchVersionedRow
-    from sqlalchemy.orm import configure_mappers
+    from sqlalchemy.orm import configure_mappers, make_transient_to_detached
 
     import stockpyle
     from stockpyle.stores import ChainedStore, MemcacheStore, ProcessMemoryStore
@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     objs = [
         cls(id=k, zap=k, bar=-k, name=f"row-{k}", score=k / 7, version=0) for k in range(KEYS)
     ]
+    for obj in objs:  # as the database layer returns them: detached, with their identity
+        make_transient_to_detached(obj)
     below = ProcessMemoryStore()
     below.batch_put(objs)
     # One client, so that one pool (one connection stand-in) serves every store below.

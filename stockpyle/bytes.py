@@ -44,6 +44,7 @@ from stockpyle._bytes_types import (
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._keys import layout_of
 from stockpyle._kv import Entry, KeyValueStore, Pointer, Record, resolve
+from stockpyle._mapped_pickle import reduce_obj
 from stockpyle._serializer import (
     HEADER,
     UNSIGNED,
@@ -73,6 +74,12 @@ __all__ = [
 ]
 
 _ENTRY, _POINTER = 0, 1  # the first field of a serialized record (the wire format)
+
+
+def _same(obj: Any) -> Any:
+    return obj
+
+
 _log = logging.getLogger("stockpyle.bytes")
 T = TypeVar("T")
 
@@ -195,6 +202,11 @@ class BytesStore(KeyValueStore):
         #: lets a leased read fetch both in one round trip; see stockpyle._leases)
         self._alt_hints: dict[str, str] = {}
         serial = self.envelope.serializer
+        #: what pickles in place of an entry's object (compact mapped instances: see
+        #: stockpyle._mapped_pickle), only for this package's own pickle serializer
+        self._reduce: Callable[[Any], Any] | None = (
+            reduce_obj if type(serial) is PickleSerializer else None
+        )
         self._fast_loads = (
             pickle.loads if secret is None and type(serial) is PickleSerializer else None
         )
@@ -230,7 +242,12 @@ class BytesStore(KeyValueStore):
 
     def encode(self, key: str, record: Record) -> bytes:
         """The framed (and signed) bytes for ``record`` at the backend key ``key``."""
-        wire = (_ENTRY, *record) if type(record) is Entry else (_POINTER, *record)
+        wire: tuple[Any, ...]
+        if type(record) is Entry:
+            obj = record.obj if self._reduce is None else self._reduce(record.obj)
+            wire = (_ENTRY, record.deadline, record.slots, obj)
+        else:
+            wire = (_POINTER, *record)
         try:
             return self.envelope.pack(key.encode("utf-8", "surrogatepass"), wire)
         except Exception as exc:  # whatever the serializer raises (PicklingError, TypeError)
@@ -378,12 +395,14 @@ class BytesStore(KeyValueStore):
         record it cannot take goes through item(), which raises the proper error."""
         bkeys, limit, dumps = self._bkeys, self.backend.max_value_size, pickle.dumps
         ceil, margin, new = math.ceil, NATIVE_EXPIRY_MARGIN, tuple.__new__
+        reduce = self._reduce or _same
         items: dict[str, Item] = {}
         for key, record in records.items():
             bkey = bkeys.get(key) or self.backend_key(key)
             try:
                 if type(record) is Entry:
-                    wire: tuple[Any, ...] = (_ENTRY, record.deadline, record.slots, record.obj)
+                    obj = reduce(record.obj)
+                    wire: tuple[Any, ...] = (_ENTRY, record.deadline, record.slots, obj)
                 else:
                     wire = (_POINTER, record.deadline, record.identity)  # type: ignore[union-attr]
                 data = UNSIGNED + dumps(wire, protocol)

@@ -327,6 +327,15 @@ class CoreLoader:
 
         self._build = build
 
+    def build_one(self, values: tuple[Any, ...]) -> Any:
+        """The detached instance of one row of column values (in :attr:`columns` order)."""
+        return self._build((values,))[0]
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """The attribute names of :attr:`columns`, in order."""
+        return self._keys
+
     def usable(self) -> bool:
         """Whether no listener expects this class's loads to go through a session."""
         return not (
