@@ -189,6 +189,10 @@ class Worker:
             return []
         return [dict(layer) for layer in self.chain.stats().layers]
 
+    def long_pauses(self) -> int:
+        """Collector pauses the invalidation channel held its memory layer for, so far."""
+        return 0 if self.channel is None else int(self.channel.stats["long_pauses"])
+
     def close(self) -> None:
         if self.channel is not None:
             self.channel.stop()
@@ -364,6 +368,7 @@ def process_main(job: dict[str, Any]) -> dict[str, Any]:
             "statements": worker.statements - statements_before[0],
             "cpu_seconds": cpu,
             "gc_max_ms": 1000 * max(gc_pauses, default=0.0),
+            "long_pauses": worker.long_pauses(),
             "layers": [
                 {name: after[name] - before.get(name, 0) for name in after}
                 for before, after in itertools.zip_longest(
@@ -462,6 +467,7 @@ def run_slice(
         "cpu_seconds": sum(out["cpu_seconds"] for out in outs),
         "stale": stale_reads(parts),  # versions restart with each slice's fresh table
         "gc_max_ms": max(out["gc_max_ms"] for out in outs),
+        "long_pauses": sum(out["long_pauses"] for out in outs),
         "layers": _sum_layers([out["layers"] for out in outs]),
     }
 
@@ -508,6 +514,9 @@ def summarize(config: str, slices: list[dict[str, Any]]) -> dict[str, Any]:
         "stale_violations": sum(s["stale"][1] for s in slices),
         "oldest_stale_ms": round(max(s["stale"][2] for s in slices), 2),
         "gc_max_pause_ms": max(s["gc_max_ms"] for s in slices),
+        # collections long enough (pause_threshold) that the channel held memory until its
+        # listener had drained (see docs/invalidation.md)
+        "long_pauses_held": sum(s["long_pauses"] for s in slices),
         # the chain's own counters while measured: hits, misses, lease waits per layer
         "layers": _sum_layers([s["layers"] for s in slices]),
     }
@@ -611,6 +620,7 @@ def main(argv: list[str] | None = None) -> int:
                 f" stmt/s  cpu {row['client_cpu_us_per_op']:4.0f} us/op"
                 f"  stale {row['stale_reads']} ({row['stale_violations']} > 50 ms)"
                 f"  gc max {row['gc_max_pause_ms']:.0f} ms"
+                + (f" ({row['long_pauses_held']} held)" if row["long_pauses_held"] else "")
             )
             for i, layer in enumerate(row["layers"][:-1]):  # the cache layers
                 asked = layer.get("hits", 0) + layer.get("misses", 0)
