@@ -12,14 +12,20 @@ about 110 bytes, 3 to 4 us each way.
 Anything else pickles as before: a modified or expired instance, one without an identity,
 one holding more than its columns (a loaded relationship, an attribute of its own), a class
 with its own pickling methods or ``pickle``/``unpickle`` event listeners.
+
+The values travel with a fingerprint of the column attributes they belong to (their names, in
+order). A process whose class maps other columns (a rolling deploy that changed the table)
+raises :class:`ShapeChanged` instead of putting values under the wrong names: the store reads
+that value as a miss, logged at DEBUG level only, and the next fill or put replaces it.
 """
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["MappedRow", "rebuild", "reduce_obj"]
+__all__ = ["MappedRow", "ShapeChanged", "rebuild", "reduce_obj"]
 
 #: class -> its reducer (None: not a plain mapped class; pickled as Python does).
 _REDUCERS: dict[type, Callable[[Any], Any] | None] = {}
@@ -28,28 +34,42 @@ _LOADERS: dict[type, Any] = {}
 _PICKLING = ("__reduce_ex__", "__reduce__", "__getstate__")
 
 
+class ShapeChanged(Exception):
+    """A compact row written for other columns than its class maps here."""
+
+
 class MappedRow:
-    """What a plain mapped instance is pickled as: ``rebuild(cls, values)``."""
+    """What a plain mapped instance is pickled as: ``rebuild(cls, shape, values)``."""
 
     __slots__ = ("args",)
 
-    def __init__(self, args: tuple[type, tuple[Any, ...]]) -> None:
+    def __init__(self, args: tuple[type, int, tuple[Any, ...]]) -> None:
         self.args = args
 
-    def __reduce__(self) -> tuple[Callable[..., Any], tuple[type, tuple[Any, ...]]]:
+    def __reduce__(self) -> tuple[Callable[..., Any], tuple[type, int, tuple[Any, ...]]]:
         return rebuild, self.args
 
 
-def rebuild(cls: type, values: tuple[Any, ...]) -> Any:
+def rebuild(cls: type, shape: int, values: tuple[Any, ...]) -> Any:
     """The detached instance of ``cls`` with these column values (unpickling a
-    :class:`MappedRow`)."""
-    loader = _LOADERS.get(cls)
-    if loader is None:
-        loader = _LOADERS[cls] = _loader(cls)
+    :class:`MappedRow`); :class:`ShapeChanged` when ``shape`` is not the fingerprint of the
+    columns ``cls`` maps here."""
+    known = _LOADERS.get(cls)
+    if known is None:
+        loader = _loader(cls)
         if loader is None:
             msg = f"{cls.__qualname__} is no plain mapped class here: cannot rebuild its row"
-            raise TypeError(msg)
-    return loader.build_one(values)
+            raise ShapeChanged(msg)
+        known = _LOADERS[cls] = (loader, _shape(loader.keys))
+    if shape != known[1]:
+        msg = f"{cls.__qualname__} maps other columns here than where this row was written"
+        raise ShapeChanged(msg)
+    return known[0].build_one(values)
+
+
+def _shape(keys: tuple[str, ...]) -> int:
+    """The fingerprint of a class's column attributes, in order."""
+    return zlib.crc32(",".join(keys).encode("utf-8"))
 
 
 def reduce_obj(obj: Any) -> Any:
@@ -88,6 +108,7 @@ def _reducer(cls: type) -> Callable[[Any], Any] | None:
     if loader is None:
         return None
     keys = loader.keys
+    shape = _shape(keys)
     width = len(keys) + 1  # the columns and _sa_instance_state
     dispatch = cls._sa_class_manager.dispatch  # type: ignore[attr-defined]
 
@@ -107,7 +128,7 @@ def _reducer(cls: type) -> Callable[[Any], Any] | None:
         ):
             return obj
         try:
-            return MappedRow((cls, tuple([values[k] for k in keys])))
+            return MappedRow((cls, shape, tuple([values[k] for k in keys])))
         except KeyError:  # a column not loaded (another attribute in its place)
             return obj
 

@@ -44,7 +44,7 @@ from stockpyle._bytes_types import (
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._keys import layout_of
 from stockpyle._kv import Entry, KeyValueStore, Pointer, Record, resolve
-from stockpyle._mapped_pickle import reduce_obj
+from stockpyle._mapped_pickle import ShapeChanged, reduce_obj
 from stockpyle._serializer import (
     HEADER,
     UNSIGNED,
@@ -269,7 +269,10 @@ class BytesStore(KeyValueStore):
                 wire = self.envelope.unpack(key.encode("utf-8", "surrogatepass"), data)
             except Exception as exc:  # BadValueError, or whatever the serializer raises
                 why = exc if isinstance(exc, BadValueError) else f"{type(exc).__name__}: {exc}"
-                _log.warning("%s: ignoring the value at %r: %s", self.describe(), key, why)
+                # A row written where its class mapped other columns (a rolling deploy): a
+                # miss to expect, replaced by the next fill or put, not worth a warning each.
+                level = logging.DEBUG if isinstance(exc, ShapeChanged) else logging.WARNING
+                _log.log(level, "%s: ignoring the value at %r: %s", self.describe(), key, why)
                 return None
         try:
             if wire[0] == _ENTRY:

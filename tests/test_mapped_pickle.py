@@ -186,3 +186,30 @@ def test_pickle_listeners_keep_the_default(engine: sa.Engine) -> None:
     finally:
         event.remove(SqlFoo, "pickle", on_pickle)
     assert type(reduce_obj(foo)) is MappedRow
+
+
+def test_a_row_written_for_other_columns_is_a_quiet_miss(
+    engine: sa.Engine, memcached: MemcacheStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reader whose class maps other columns than the writer's (a rolling deploy that
+    changed the table; here: another fingerprint of the columns) never puts the values under
+    the wrong names: the value is a miss, logged at DEBUG only, and the next put replaces it."""
+    import logging
+
+    from stockpyle import _mapped_pickle
+
+    foo = loaded(engine, SqlFoo, 1)
+    memcached.put(foo)
+    assert memcached.get(SqlFoo, {"key": 1}) is not None  # this process's class: read back
+    loader, shape = _mapped_pickle._LOADERS[SqlFoo]
+    _mapped_pickle._LOADERS[SqlFoo] = (loader, shape + 1)  # as another deploy maps it
+    try:
+        with caplog.at_level(logging.DEBUG, logger="stockpyle"):
+            assert memcached.get(SqlFoo, {"key": 1}) is None
+            assert memcached.get(SqlFoo, {"zap": 2, "bar": 3}) is None
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert any("maps other columns" in r.getMessage() for r in caplog.records)
+    finally:
+        _mapped_pickle._LOADERS[SqlFoo] = (loader, shape)
+    memcached.put(loaded(engine, SqlFoo, 1))
+    assert memcached.get(SqlFoo, {"key": 1}).name == "one"  # type: ignore[union-attr]
