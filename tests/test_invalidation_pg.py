@@ -119,6 +119,17 @@ def _terminate(pg_url: str, pid: int) -> None:
         engine.dispose()
 
 
+def _listen_after_an_old_write(
+    here: PostgresChannel, there: PostgresChannel, other: ChainedStore
+) -> None:
+    """Start both channels; ``other`` (on ``there``) writes Foo 1 "old"; ``here`` hears it."""
+    here.start()
+    there.start()
+    assert here.wait_listening(30) and there.wait_listening(30)
+    other.put(SqlFoo(key=1, zap=1, bar=1, name="old"))
+    assert _hears(here, 1)
+
+
 # -- real processes -------------------------------------------------------------------------------
 
 
@@ -212,11 +223,7 @@ def test_killed_listener_flushes_and_bypasses_until_it_listens_again(
     chain = ChainedStore([memory, database], invalidation=here)
     other = ChainedStore([ProcessMemoryStore(), database], invalidation=there)
     try:
-        here.start()
-        there.start()
-        assert here.wait_listening(30) and there.wait_listening(30)
-        other.put(SqlFoo(key=1, zap=1, bar=1, name="old"))
-        assert _hears(here, 1)
+        _listen_after_an_old_write(here, there, other)
         assert chain.get(SqlFoo, {"key": 1}).name == "old"
         assert memory.get(SqlFoo, {"key": 1}) is not None
 
@@ -292,11 +299,7 @@ def test_long_collector_pause_holds_memory_until_the_listener_drained(
     foos = stockpyle.Repo(SqlFoo, chain)
     go = threading.Event()
     try:
-        here.start()
-        there.start()
-        assert here.wait_listening(30) and there.wait_listening(30)
-        other.put(SqlFoo(key=1, zap=1, bar=1, name="old"))
-        assert _hears(here, 1)
+        _listen_after_an_old_write(here, there, other)
         assert foos.get(key=1).name == "old"  # type: ignore[union-attr]
         assert memory.get(SqlFoo, {"key": 1}) is not None
 
