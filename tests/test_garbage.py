@@ -179,6 +179,7 @@ def store_calls(subject: Subject) -> list[Call]:
             "batch_get",
             lambda: store.batch_get(cls, [{"key": 3}, {"zap": 4, "bar": 4}, {"key": 10_001}]),
         ),
+        ("batch_get by ids", lambda: store.batch_get(cls, [{"key": 3}, {"key": 4}, {"key": 9}])),
         ("put", lambda: store.put(objs[5])),
         ("batch_put", lambda: store.batch_put(objs[6:16])),
         ("delete", lambda: (store.delete(objs[16]), store.put(objs[16]))),
