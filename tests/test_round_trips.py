@@ -281,7 +281,8 @@ def test_sql_batch_get_chunks_exactly_at_the_parameter_limit(
     """With an explicit ``max_params``, N lookups by a key of one or two columns take exactly
     ceil(N / (max_params // columns)) SELECTs: 100 keys fit one statement of 100 parameters,
     101 take two, 250 composite keys take five. (One-column keys here are names: ints by an
-    integer column are one parameter, see the test above.)"""
+    integer column are one parameter, see the test above; so are composite keys of ints on
+    SQLite, a JSON array: one SELECT.)"""
     store = make_sql(max_params=max_params)
     store.batch_put(_rows(size))
     if params_per_key == 1:
@@ -291,7 +292,9 @@ def test_sql_batch_get_chunks_exactly_at_the_parameter_limit(
     with counting(store.engine) as seen:
         found = store.batch_get(SqlFoo, keys)
     assert [f.key if f else None for f in found] == list(range(1, size + 1))
-    assert len(_selects(seen)) == len(seen) == _chunks(size, params_per_key, max_params)
+    one_parameter = params_per_key == 2 and store.engine.dialect.name == "sqlite"
+    expected = 1 if one_parameter else _chunks(size, params_per_key, max_params)
+    assert len(_selects(seen)) == len(seen) == expected
 
 
 def test_sql_batch_get_of_only_misses_and_nones_is_one_select(make_sql: MakeSql) -> None:

@@ -388,8 +388,9 @@ def test_batch_get_is_one_select(sql: SqlAlchemyStore) -> None:
 
 def test_batch_get_chunks_only_at_the_parameter_limit(make_sql: MakeSql) -> None:
     """With max_params=10, 25 single-column keys take 3 SELECTs and 12 composite keys
-    (2 parameters each) take 3; the results keep request order. Ints by an integer column
-    are one parameter however many (SQLite, PostgreSQL): one SELECT."""
+    (2 parameters each) take 3 on PostgreSQL; the results keep request order. Ints by an
+    integer column are one parameter however many (SQLite, PostgreSQL), and so are composite
+    keys of ints on SQLite (a JSON array): one SELECT."""
     sql = make_sql(max_params=10)
     sql.batch_put([SqlFoo(key=i, zap=i, bar=i, name=str(i)) for i in range(1, 31)])
     names = [{"name": str(i)} for i in range(25, 0, -1)]
@@ -405,7 +406,7 @@ def test_batch_get_chunks_only_at_the_parameter_limit(make_sql: MakeSql) -> None
     alt = [{"zap": i, "bar": i} for i in range(12)]
     with count_statements(sql.engine) as seen:
         found = sql.batch_get(SqlFoo, alt)
-    assert len(seen["statements"]) == 3
+    assert len(seen["statements"]) == (1 if sql.engine.dialect.name == "sqlite" else 3)
     assert [f.key if f else None for f in found] == [None, *range(1, 12)]
 
 
@@ -1224,9 +1225,106 @@ def test_batches_of_plain_ints_skip_the_request_per_key(
         assert parsed, keys  # the general path answered
 
 
+class _TenantBase(orm.DeclarativeBase):
+    pass
+
+
+@stockpyle.keyed("id", ("tenant", "slug"))
+class TenantPage(_TenantBase):
+    """A composite alternate key of an int and a string (the common shape)."""
+
+    __tablename__ = "stockpyle_test_tenant_page"
+    id: orm.Mapped[int] = orm.mapped_column(primary_key=True, autoincrement=False)
+    tenant: orm.Mapped[int]
+    slug: orm.Mapped[str] = orm.mapped_column(sa.String(40))
+    __table_args__ = (sa.Index("ix_stockpyle_test_tenant_page", "tenant", "slug", unique=True),)
+
+
+def test_batches_by_a_composite_key_are_matched_by_value_and_use_the_index(
+    make_sql: MakeSql, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose every key names the same composite key of plain int and string columns is
+    read without a request per key (parse_requests is not called): answers in order, repeats
+    and misses in place, one statement; on SQLite through one JSON parameter that SQLite reads
+    by the index (a row-value IN list of VALUES made it scan the whole table). Any other batch
+    takes the general path and answers the same as one key at a time."""
+    import stockpyle.stores.sqlalchemy as module
+
+    sql = make_sql()
+    _TenantBase.metadata.create_all(sql.engine)
+    try:
+        pages = [TenantPage(id=i, tenant=i % 3, slug=f"p\u00e9-{i}") for i in range(1, 31)]
+        sql.batch_put(pages)
+        general = module.parse_requests
+        parsed: list[int] = []
+
+        def counting(*args: Any, **kwargs: Any) -> Any:
+            parsed.append(1)
+            return general(*args, **kwargs)
+
+        monkeypatch.setattr(module, "parse_requests", counting)
+        wanted = [
+            (2, "p\u00e9-5"),
+            (1, "nope"),
+            (2, "p\u00e9-5"),
+            (0, "p\u00e9-30"),
+            (1, "P\u00e9-1"),
+        ]
+        with count_statements(sql.engine) as seen:
+            found = sql.batch_get(TenantPage, [{"tenant": t, "slug": g} for t, g in wanted])
+        assert [f.id if f else None for f in found] == [5, None, 5, 30, None]
+        assert found[0] is found[2] and len(seen["statements"]) == 1 and not parsed
+        (statement,) = seen["statements"]
+        if sql.engine.dialect.name == "sqlite":
+            assert "json_each" in statement, statement
+            with sql.engine.connect() as conn:
+                plan = conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + statement, ('[[2, "x"]]',)
+                ).all()
+            index = "INDEX ix_stockpyle_test_tenant_page (tenant=? AND slug=?)"
+            assert any(index in str(r) for r in plan), plan
+            assert not any("SCAN stockpyle_test_tenant_page" in str(r) for r in plan), plan
+        by_pk = sql.batch_get(SqlPair, [{"a": 1, "b": 2}, {"a": 3, "b": 4}])
+        assert by_pk == [None, None] and not parsed  # a composite primary key, nothing stored
+
+        others: list[list[dict[str, Any]]] = [
+            [{"tenant": 2, "slug": "p\u00e9-5"}, {"tenant": None, "slug": "x"}],
+            [{"tenant": 2, "slug": "p\u00e9-5"}, {"tenant": 2.0, "slug": "p\u00e9-5"}],
+            [{"tenant": 2, "slug": "p\u00e9-5"}, {"tenant": True, "slug": "p\u00e9-1"}],
+            [{"tenant": 2, "slug": "p\u00e9-5"}, {"tenant": 2**70, "slug": "x"}],
+            [{"tenant": 2, "slug": "p\u00e9-5"}, {"id": 7}],
+            [{"tenant": 2, "slug": "p\u00e9-5"}, {"tenant": 1, "slug": 5}],
+            [{"slug": "p\u00e9-5", "id": 5}, {"tenant": 2, "slug": "p\u00e9-5"}],
+        ]
+        for keys in others:
+            parsed.clear()
+            one_by_one = [sql.get(TenantPage, key) for key in keys]
+            batch = sql.batch_get(TenantPage, keys)
+            assert [f.id if f else None for f in batch] == [
+                f.id if f else None for f in one_by_one
+            ], keys
+            assert parsed, keys  # the general path answered
+    finally:
+        sql.release()
+        _TenantBase.metadata.drop_all(sql.engine)
+
+
+def test_a_composite_key_several_rows_hold_raises(make_sql: MakeSql) -> None:
+    """A composite key that is not unique: a value several rows hold raises NonUniqueKeyError
+    naming how many, read by value as by the general path; the rows stay."""
+    sql = make_sql()
+    sql.batch_put([SqlFoo(key=i, zap=1, bar=i % 2, name=str(i)) for i in range(1, 6)])
+    sql.put(SqlFoo(key=9, zap=9, bar=9, name="nine"))
+    found = sql.batch_get(SqlFoo, [{"zap": 9, "bar": 9}, {"zap": 8, "bar": 8}])
+    assert [f.key if f else None for f in found] == [9, None]
+    with pytest.raises(NonUniqueKeyError, match=r"3 rows match .*expected at most one"):
+        sql.batch_get(SqlFoo, [{"zap": 9, "bar": 9}, {"zap": 1, "bar": 1}])
+    assert len([f for f in sql.batch_get(SqlFoo, [{"key": i} for i in range(1, 10)]) if f]) == 6
+
+
 def test_ints_on_an_sqlite_without_json_use_an_in_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An SQLite older than 3.38 (no built-in JSON) reads a batch of ints with an IN list of
-    parameters, chunked at max_params, as any other batch."""
+    """An SQLite older than 3.38 (no built-in JSON) reads a batch of ints, and one of pairs by
+    a composite key, with IN lists of parameters, chunked at max_params, as any other batch."""
     sql = SqlAlchemyStore("sqlite://", max_params=10)
     try:
         SqlBase.metadata.create_all(sql.engine)
@@ -1235,6 +1333,12 @@ def test_ints_on_an_sqlite_without_json_use_an_in_list(monkeypatch: pytest.Monke
         with count_statements(sql.engine) as seen:
             found = sql.batch_get(SqlFoo, [{"key": i} for i in range(25, 0, -1)])
         assert len(seen["statements"]) == 3
+        assert not any("json_each" in s for s in seen["statements"])
+        assert [f.key for f in found if f] == list(range(25, 0, -1))
+        pairs = [{"zap": i, "bar": i} for i in range(25, 0, -1)]  # two parameters a key
+        with count_statements(sql.engine) as seen:
+            found = sql.batch_get(SqlFoo, pairs)
+        assert len(seen["statements"]) == 5
         assert not any("json_each" in s for s in seen["statements"])
         assert [f.key for f in found if f] == list(range(25, 0, -1))
     finally:

@@ -28,8 +28,10 @@ __all__ = [
     "core_loader",
     "fetch",
     "fetch_ints",
+    "fetch_tuples",
     "int_batch",
     "parse_requests",
+    "tuple_batch",
 ]
 
 #: ``(names, values, match)``: one key dict, its attribute names sorted, and what a row's
@@ -158,6 +160,73 @@ def fetch_ints(
     return list(map(found.get, values))
 
 
+def tuple_batch(
+    info: MappedInfo,
+    core: CoreLoader,
+    key_dicts: Sequence[KeyDict],
+    bounds: Mapping[str, tuple[int, int]],
+) -> tuple[tuple[str, ...], list[tuple[Any, ...]]] | None:
+    """``(names, value tuples)`` when every key dict of a batch names the same declared
+    composite key, each of its columns a plain integer column (values: exact ints within its
+    bounds) or a plain string column (values: exact strs): what :func:`fetch_tuples` reads
+    and matches by the values themselves, without a request or an encoding per key. ``None``
+    for any other batch (the general path validates and answers the same)."""
+    first = key_dicts[0]
+    width = len(first)
+    if width < 2:
+        return None
+    try:
+        names = info.layout.spec_for(first).names
+    except (UnknownKeyError, TypeError):
+        return None
+    kinds: list[Any] = []
+    for name in names:
+        if name in core._int_columns and name in info.accepts_int:
+            kinds.append(bounds.get(name, ()))
+        elif name in core._str_columns:
+            kinds.append(str)
+        else:
+            return None
+    try:
+        tuples = [tuple([key[n] for n in names]) for key in key_dicts]
+    except (KeyError, TypeError):
+        return None
+    if any(len(key) != width for key in key_dicts):
+        return None
+    for i, kind in enumerate(kinds):
+        column = [t[i] for t in tuples]
+        if kind is str:
+            if not all(type(v) is str for v in column):
+                return None
+        elif not all(type(v) is int for v in column) or (
+            kind and (min(column) < kind[0] or max(column) > kind[1])
+        ):
+            return None
+    return names, tuples
+
+
+def fetch_tuples(
+    conn: sa.Connection,
+    info: MappedInfo,
+    core: CoreLoader,
+    names: tuple[str, ...],
+    tuples: list[tuple[Any, ...]],
+    *,
+    max_params: int,
+) -> list[Any]:
+    """One row (or ``None``) per value tuple of a :func:`tuple_batch`;
+    :class:`NonUniqueKeyError` when several rows hold a value tuple asked for."""
+    found, shared = core.load_tuples(conn, names, list(dict.fromkeys(tuples)), max_params)
+    if shared:
+        value = next(t for t in tuples if t in shared)
+        msg = (
+            f"{info.layout.path}: {shared[value]} rows match"
+            f" {_describe(names, value)}; expected at most one"
+        )
+        raise NonUniqueKeyError(msg)
+    return list(map(found.get, tuples))
+
+
 def _fits(value: int, bounds: tuple[int, int]) -> bool:
     if bounds[0] <= value <= bounds[1]:
         return True
@@ -264,6 +333,7 @@ class CoreLoader:
         "_keys",
         "_pk",
         "_statements",
+        "_str_columns",
         "columns",
         "table",
     )
@@ -283,6 +353,14 @@ class CoreLoader:
             key: i
             for i, (key, col) in enumerate(zip(self._keys, self.columns, strict=True))
             if isinstance(col.type, sa.Integer) and not isinstance(col.type, sa.TypeDecorator)
+        }
+        #: Attributes of plain string columns (varying strings without a collation of their
+        #: own, no Enum, no CHAR, which pads: the database compares their values exactly as
+        #: Python does), by position.
+        self._str_columns = {
+            key: i
+            for i, (key, col) in enumerate(zip(self._keys, self.columns, strict=True))
+            if type(col.type) in _PLAIN_STRINGS and col.type.collation is None  # type: ignore[attr-defined]
         }
         self._statements: dict[Any, Any] = {}
         self._dispatch = mapper.class_manager.dispatch
@@ -400,6 +478,63 @@ class CoreLoader:
             self._remember(shape, stmt)
         return stmt
 
+    def tuples_statement(self, names: tuple[str, ...], dialect: str) -> Any | None:
+        """``SELECT`` of every column whose columns ``names`` hold any of the value tuples in
+        one parameter, ``tuples`` (a JSON array of arrays), on SQLite 3.38 or later: SQLite
+        reads a row-value ``IN`` list of ``VALUES`` by scanning the whole table, while this
+        form is read through the index on ``names``. ``None`` elsewhere (PostgreSQL reads
+        the ``IN`` list through its index)."""
+        if dialect != "sqlite":
+            return None
+        shape = ("tuples", names)
+        stmt = self._statements.get(shape)
+        if stmt is None:
+            param = sa.bindparam("tuples", type_=sa.String())
+            value: Any = sa.column("value")
+            rows = sa.select(
+                *(self._json_item(value, i, name) for i, name in enumerate(names))
+            ).select_from(sa.func.json_each(param))
+            where = sa.tuple_(*(self._in[n] for n in names)).in_(rows)
+            stmt = sa.select(*self.columns).where(where)
+            self._remember(shape, stmt)
+        return stmt
+
+    def _json_item(self, value: Any, index: int, name: str) -> Any:
+        """Item ``index`` of a JSON array ``value``, as column ``name`` compares it: a string
+        is cast to TEXT (without an affinity, SQLite would not read a text column's index)."""
+        item = sa.func.json_extract(value, sa.literal_column(f"'$[{index}]'"))
+        return sa.cast(item, sa.Text()) if name in self._str_columns else item
+
+    def load_tuples(
+        self,
+        conn: sa.Connection,
+        names: tuple[str, ...],
+        tuples: list[tuple[Any, ...]],
+        max_params: int,
+    ) -> tuple[dict[tuple[Any, ...], Any], dict[tuple[Any, ...], int]]:
+        """The instances whose columns ``names`` hold each of ``tuples`` (distinct), by those
+        values, and how many rows hold each value tuple that several rows hold: with
+        :meth:`tuples_statement` where it applies, else row-value ``IN`` lists of at most
+        ``max_params`` parameters."""
+        stmt = self.tuples_statement(names, _int_dialect(conn.dialect))
+        if stmt is not None:
+            rows = conn.execute(stmt, {"tuples": json.dumps(tuples)}).all()
+        else:
+            stmt = self.statement((names,))
+            step = max(1, max_params // len(names))
+            rows = []
+            for i in range(0, len(tuples), step):
+                rows += conn.execute(stmt, {"k0": tuples[i : i + step]}).all()
+        at = [self._keys.index(n) for n in names]
+        values = [tuple([row[i] for i in at]) for row in rows]
+        found = dict(zip(values, self._build(rows), strict=True))
+        shared: dict[tuple[Any, ...], int] = {}
+        if len(found) != len(rows):
+            for value in values:
+                shared[value] = shared.get(value, 0) + 1
+            shared = {value: count for value, count in shared.items() if count > 1}
+        return found, shared
+
     def _remember(self, shape: Any, stmt: Any) -> None:
         if len(self._statements) >= _MAX_STATEMENTS:
             self._statements.clear()
@@ -436,6 +571,10 @@ class CoreLoader:
         return found, shared
 
 
+#: String types whose values compare as Python's ``str`` do (without a collation).
+_PLAIN_STRINGS = frozenset(
+    {sa.String, sa.Text, sa.Unicode, sa.UnicodeText, sa.VARCHAR, sa.NVARCHAR, sa.TEXT}
+)
 #: Dialects with a one-parameter form of ``IN`` for a list of ints (see ints_statement).
 _INT_ARRAYS = frozenset({"sqlite", "postgresql"})
 

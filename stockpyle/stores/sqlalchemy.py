@@ -34,8 +34,10 @@ from stockpyle.stores._sql_lookup import (
     core_loader,
     fetch,
     fetch_ints,
+    fetch_tuples,
     int_batch,
     parse_requests,
+    tuple_batch,
 )
 from stockpyle.stores._sql_objects import MappedInfo, load_columns, mapped_info, read_attr
 from stockpyle.stores._sql_write import (
@@ -241,6 +243,15 @@ class SqlAlchemyStore(BaseStore):
                 by_ints: list[T | None] | None = self._run_connection("get", load_ints)
                 if by_ints is not None:
                     return by_ints
+            pairs = tuple_batch(info, core, key_dicts, bounds)
+            if pairs is not None:  # a composite key: matched by its values, not encoded
+                names, tuples = pairs
+
+                def load_tuples(conn: sa.Connection) -> list[Any]:
+                    return fetch_tuples(conn, info, core, names, tuples, max_params=self.max_params)
+
+                by_tuples: list[T | None] = self._run_connection("get", load_tuples)
+                return by_tuples
         requests = parse_requests(info, key_dicts, bounds)
         if all(r is None for r in requests):
             return [None] * len(requests)
