@@ -1287,6 +1287,27 @@ def test_batches_by_a_composite_key_are_matched_by_value_and_use_the_index(
         by_pk = sql.batch_get(SqlPair, [{"a": 1, "b": 2}, {"a": 3, "b": 4}])
         assert by_pk == [None, None] and not parsed  # a composite primary key, nothing stored
 
+        # mixed with ids (the general path): still one statement, the pairs by the index
+        mixed = [
+            {"id": 7},
+            {"tenant": 2, "slug": "p\u00e9-8"},
+            {"id": 99},
+            {"tenant": 1, "slug": 1},
+        ]
+        with count_statements(sql.engine) as seen:
+            found = sql.batch_get(TenantPage, mixed)
+        assert [f.id if f else None for f in found] == [7, 8, None, None]
+        assert len(seen["statements"]) == 1 and parsed
+        (statement,) = seen["statements"]
+        if sql.engine.dialect.name == "sqlite":
+            assert "json_each" in statement, statement
+            with sql.engine.connect() as conn:
+                plan = conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + statement, (7, 99, '[[2, "x"]]')
+                ).all()
+            assert not any("SCAN stockpyle_test_tenant_page" in str(r) for r in plan), plan
+        parsed.clear()
+
         others: list[list[dict[str, Any]]] = [
             [{"tenant": 2, "slug": "p\u00e9-5"}, {"tenant": None, "slug": "x"}],
             [{"tenant": 2, "slug": "p\u00e9-5"}, {"tenant": 2.0, "slug": "p\u00e9-5"}],

@@ -311,6 +311,10 @@ def _statement(cls: type, keys: tuple[tuple[str, ...], ...]) -> Any:
     return stmt
 
 
+#: No composite key read through JSON.
+_NONE: frozenset[tuple[str, ...]] = frozenset()
+
+
 class CoreLoader:
     """Loads the rows of one *plain* mapped class with Core statements on a connection, and
     makes each a detached instance itself (what a session would return after closing, with
@@ -422,13 +426,21 @@ class CoreLoader:
             or _SESSION_PROBE.dispatch.loaded_as_persistent
         )
 
-    def statement(self, keys: tuple[tuple[str, ...], ...]) -> Any:
+    def statement(
+        self, keys: tuple[tuple[str, ...], ...], json_keys: frozenset[tuple[str, ...]] = _NONE
+    ) -> Any:
         """``SELECT`` of every column ``WHERE`` any of ``keys`` is ``IN`` its parameter
-        (``k0``, ``k1``, ...: expanding), built once per key combination."""
-        stmt = self._statements.get(keys)
+        (``k0``, ``k1``, ...: expanding; for the composite keys in ``json_keys``, a JSON array
+        of arrays read as :meth:`tuples_statement` reads it, SQLite only), built once per key
+        combination."""
+        shape = (keys, json_keys) if json_keys else keys
+        stmt = self._statements.get(shape)
         if stmt is None:
             terms: list[Any] = []
             for i, names in enumerate(keys):
+                if names in json_keys:
+                    terms.append(self._json_in(names, sa.bindparam(f"k{i}", type_=sa.String())))
+                    continue
                 param: Any = sa.bindparam(f"k{i}", expanding=True)
                 if len(names) == 1:
                     terms.append(self._in[names[0]].in_(param))
@@ -436,8 +448,24 @@ class CoreLoader:
                     terms.append(sa.tuple_(*(self._in[n] for n in names)).in_(param))
             where = terms[0] if len(terms) == 1 else sa.or_(*terms)
             stmt = sa.select(*self.columns).where(where)
-            self._remember(keys, stmt)
+            self._remember(shape, stmt)
         return stmt
+
+    def json_tuples(self, names: tuple[str, ...], values: Iterable[tuple[Any, ...]]) -> bool:
+        """Whether a composite key's value tuples can be sent as JSON and compared as SQLite
+        compares them in its index: every column a plain integer or string column, every
+        value an exact int or str to match."""
+        kinds: list[type] = []
+        for name in names:
+            if name in self._int_columns:
+                kinds.append(int)
+            elif name in self._str_columns:
+                kinds.append(str)
+            else:
+                return False
+        return all(
+            all(type(v) is kind for v, kind in zip(value, kinds, strict=True)) for value in values
+        )
 
     def one_statement(self, names: tuple[str, ...]) -> Any:
         """``SELECT`` of every column ``WHERE`` each of ``names`` equals its parameter (named
@@ -489,15 +517,18 @@ class CoreLoader:
         shape = ("tuples", names)
         stmt = self._statements.get(shape)
         if stmt is None:
-            param = sa.bindparam("tuples", type_=sa.String())
-            value: Any = sa.column("value")
-            rows = sa.select(
-                *(self._json_item(value, i, name) for i, name in enumerate(names))
-            ).select_from(sa.func.json_each(param))
-            where = sa.tuple_(*(self._in[n] for n in names)).in_(rows)
+            where = self._json_in(names, sa.bindparam("tuples", type_=sa.String()))
             stmt = sa.select(*self.columns).where(where)
             self._remember(shape, stmt)
         return stmt
+
+    def _json_in(self, names: tuple[str, ...], param: Any) -> Any:
+        """``(names) IN (SELECT ... FROM json_each(param))``: SQLite reads it by the index."""
+        value: Any = sa.column("value")
+        rows = sa.select(
+            *(self._json_item(value, i, name) for i, name in enumerate(names))
+        ).select_from(sa.func.json_each(param))
+        return sa.tuple_(*(self._in[n] for n in names)).in_(rows)
 
     def _json_item(self, value: Any, index: int, name: str) -> Any:
         """Item ``index`` of a JSON array ``value``, as column ``name`` compares it: a string
@@ -658,11 +689,31 @@ def fetch(
                     found = core.load_ints(conn, stmt, list(group), names[0])
                     return _match_ints(info, found, requests)
 
-        def run(chunk: dict[tuple[str, ...], list[Any]]) -> None:
-            params = {f"k{i}": vals for i, vals in enumerate(chunk.values())}
-            core.load(conn, core.statement(tuple(chunk)), params, rows)
+        # Composite keys SQLite would read by a scan of the table (a row-value IN list of
+        # VALUES): one JSON parameter each, read by the index, in the first statement.
+        jsons: dict[tuple[str, ...], str] = {}
+        if _int_dialect(conn.dialect) == "sqlite":
+            for names, group in groups.items():
+                if len(names) > 1 and core.json_tuples(names, group.values()):
+                    jsons[names] = json.dumps(list(group.values()))
+        others = {n: g for n, g in groups.items() if n not in jsons}
 
-        _chunked(groups, max_params, run)
+        def run(chunk: dict[tuple[str, ...], list[Any]]) -> None:
+            params: dict[str, Any] = {f"k{i}": vals for i, vals in enumerate(chunk.values())}
+            keys = tuple(chunk)
+            if jsons:  # (once, with the first chunk)
+                params.update({f"k{len(keys) + i}": v for i, v in enumerate(jsons.values())})
+                keys += tuple(jsons)
+                json_keys = frozenset(jsons)
+                jsons.clear()
+            else:
+                json_keys = _NONE
+            core.load(conn, core.statement(keys, json_keys), params, rows)
+
+        if others:
+            _chunked(others, max(1, max_params - len(jsons)), run)
+        if jsons:
+            run({})
         return _match(info, groups, rows, requests)
     assert isinstance(session, orm.Session)
     dialect = session.get_bind().dialect.name
