@@ -1317,6 +1317,11 @@ def test_batches_by_a_composite_key_are_matched_by_value_and_use_the_index(
             [{"tenant": 2, "slug": "p\u00e9-5"}, {"tenant": 1, "slug": 5}],
             [{"slug": "p\u00e9-5", "id": 5}, {"tenant": 2, "slug": "p\u00e9-5"}],
         ]
+        surrogate = [{"tenant": 2, "slug": "p\u00e9-5"}, {"tenant": 1, "slug": "x\ud800"}]
+        with pytest.raises(InvalidKeyError, match="lone surrogate"):
+            sql.get(TenantPage, surrogate[1])
+        with pytest.raises(InvalidKeyError, match="lone surrogate"):
+            sql.batch_get(TenantPage, surrogate)  # refused before any I/O, as one key is
         for keys in others:
             parsed.clear()
             one_by_one = [sql.get(TenantPage, key) for key in keys]

@@ -198,6 +198,12 @@ def tuple_batch(
         if kind is str:
             if not all(type(v) is str for v in column):
                 return None
+            text = "".join(column)
+            if not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:  # a lone surrogate: the general path refuses it
+                    return None
         elif not all(type(v) is int for v in column) or (
             kind and (min(column) < kind[0] or max(column) > kind[1])
         ):
@@ -549,7 +555,7 @@ class CoreLoader:
         ``max_params`` parameters."""
         stmt = self.tuples_statement(names, _int_dialect(conn.dialect))
         if stmt is not None:
-            rows = conn.execute(stmt, {"tuples": json.dumps(tuples)}).all()
+            rows = conn.execute(stmt, {"tuples": json.dumps(tuples, ensure_ascii=False)}).all()
         else:
             stmt = self.statement((names,))
             step = max(1, max_params // len(names))
@@ -695,7 +701,7 @@ def fetch(
         if _int_dialect(conn.dialect) == "sqlite":
             for names, group in groups.items():
                 if len(names) > 1 and core.json_tuples(names, group.values()):
-                    jsons[names] = json.dumps(list(group.values()))
+                    jsons[names] = json.dumps(list(group.values()), ensure_ascii=False)
         others = {n: g for n, g in groups.items() if n not in jsons}
 
         def run(chunk: dict[tuple[str, ...], list[Any]]) -> None:
