@@ -121,6 +121,31 @@ def test_checker_reports_an_incoherent_chain(pg_url: str) -> None:
     assert result.examples["resurrected deletes"]
 
 
+def test_a_hung_worker_fails_the_run_instead_of_hanging_it(pg_url: str) -> None:
+    """Workers whose every read hangs: the checker gives up finish_grace_seconds after its
+    budget (both injected short) and raises, and no worker process is left behind."""
+    import multiprocessing
+
+    with pytest.raises(TimeoutError, match="did not finish"):
+        run_checker(
+            CheckerConfig(
+                database_url=pg_url,
+                factory="helpers_coherence:stuck_store",
+                processes=2,
+                operations=10**6,
+                seconds=1,
+                finish_grace_seconds=2,
+                memcached=[],
+                faults=(),
+                closing_races=0,
+                pause_probability=0.0,
+                quiesce_seconds=0.1,
+                seed=1,
+            )
+        )
+    assert not multiprocessing.active_children()
+
+
 def _op(
     op: str, key: int, result: list[Any], start: float, end: float, kind: Any = None
 ) -> list[Any]:

@@ -54,6 +54,9 @@ class CheckerConfig:
       held between its database read and its fill, in one process, and a put or delete of
       the same key in another (about 0.6 s each; they need two processes or more).
     * ``keep_table``: leave the ``stockpyle_coherence_item`` table (else it is dropped).
+    * ``finish_grace_seconds``: how long past ``seconds`` the workers may take to finish their
+      last operations; then the run raises ``TimeoutError`` (a hung worker fails the run
+      instead of hanging it).
     """
 
     database_url: str
@@ -73,6 +76,7 @@ class CheckerConfig:
     down_grace_seconds: float = 1.0
     mix: Mapping[str, int] = field(default_factory=lambda: dict(OPERATIONS))
     closing_races: int = 8
+    finish_grace_seconds: float = 120.0
     seed: int = 0
     keep_table: bool = False
 
@@ -238,6 +242,13 @@ def run_checker(config: CheckerConfig) -> Report:
                         elapsed = time.monotonic() - t0
                         if elapsed > config.seconds:
                             signals.stop.set()
+                        if elapsed > config.seconds + config.finish_grace_seconds:
+                            msg = (
+                                "the workers did not finish within"
+                                f" {config.finish_grace_seconds:g} s after the"
+                                f" {config.seconds:g} s budget (a hang?)"
+                            )
+                            raise TimeoutError(msg)
                         fraction = max(signals.progress.value / max(config.operations, 1),
                                        elapsed / config.seconds)  # fmt: skip
                         schedule.tick(fraction)
