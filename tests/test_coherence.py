@@ -97,22 +97,30 @@ def test_duplicate_loads_are_reported(report: Report) -> None:
     print(f"database loads {report.loads}, duplicate loads {report.duplicate_loads}")
 
 
+def _two_workers_no_faults(pg_url: str, factory: str, **config: Any) -> CheckerConfig:
+    """A short run of two workers without faults or closing races, cut by its time budget
+    (``seconds``) long before its operation budget."""
+    defaults: dict[str, Any] = {"quiesce_seconds": 0.5}
+    return CheckerConfig(
+        database_url=pg_url,
+        factory=factory,
+        processes=2,
+        operations=10**7,
+        faults=(),
+        closing_races=0,
+        pause_probability=0.0,
+        seed=1,
+        **{**defaults, **config},
+    )
+
+
 def test_checker_reports_an_incoherent_chain(pg_url: str) -> None:
     """A chain whose memcached layer ignores deletes must come out not ok, with the deleted
     objects reported as resurrected: the checker can fail. (The run is cut by its time
     budget, long before its operation budget.)"""
     result = run_checker(
-        CheckerConfig(
-            database_url=pg_url,
-            factory="stockpyle.testing.coherence.chains:forgetful_chain",
-            processes=2,
-            operations=10**7,
-            seconds=3,
-            faults=(),
-            closing_races=0,
-            pause_probability=0.0,
-            quiesce_seconds=0.5,
-            seed=1,
+        _two_workers_no_faults(
+            pg_url, "stockpyle.testing.coherence.chains:forgetful_chain", seconds=3
         )
     )
     assert 0 < result.operations < 10**7
@@ -128,19 +136,13 @@ def test_a_hung_worker_fails_the_run_instead_of_hanging_it(pg_url: str) -> None:
 
     with pytest.raises(TimeoutError, match="did not finish"):
         run_checker(
-            CheckerConfig(
-                database_url=pg_url,
-                factory="helpers_coherence:stuck_store",
-                processes=2,
-                operations=10**6,
+            _two_workers_no_faults(
+                pg_url,
+                "helpers_coherence:stuck_store",
                 seconds=1,
                 finish_grace_seconds=2,
                 memcached=[],
-                faults=(),
-                closing_races=0,
-                pause_probability=0.0,
                 quiesce_seconds=0.1,
-                seed=1,
             )
         )
     assert not multiprocessing.active_children()

@@ -22,6 +22,7 @@ from sqlalchemy import event, orm
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 import stockpyle
+from stockpyle._keys import layout_of
 from stockpyle.exceptions import (
     InvalidKeyError,
     NonUniqueKeyError,
@@ -1175,19 +1176,10 @@ def test_ints_by_a_column_several_rows_hold_raise(make_sql: MakeSql) -> None:
     assert len([f for f in sql.batch_get(SqlFoo, [{"key": i} for i in range(1, 11)]) if f]) == 7
 
 
-def test_batches_of_plain_ints_skip_the_request_per_key(
-    make_sql: MakeSql, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A batch whose every key is {name: int} for one integer column, all within its bounds,
-    is read without a request per key (parse_requests is not called): one statement, answers
-    in order with repeats and misses, NonUniqueKeyError for a value several rows hold. Any
-    other batch (a None, a bool, an int out of bounds, another name among them, one value
-    only) takes the general path and answers the same as one key at a time."""
+def _count_general_path(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one each time a batch takes the general path (parse_requests)."""
     import stockpyle.stores.sqlalchemy as module
-    from stockpyle.stores._sql_objects import mapped_info
 
-    sql = make_sql()
-    sql.batch_put([SqlFoo(key=i, zap=i % 3, bar=i, name=str(i)) for i in range(1, 21)])
     general = module.parse_requests
     parsed: list[int] = []
 
@@ -1196,6 +1188,37 @@ def test_batches_of_plain_ints_skip_the_request_per_key(
         return general(*args, **kwargs)
 
     monkeypatch.setattr(module, "parse_requests", counting)
+    return parsed
+
+
+def _assert_general_path_answers_as_single_gets(
+    sql: SqlAlchemyStore, cls: type, batches: list[list[dict[str, Any]]], parsed: list[int]
+) -> None:
+    """Each batch takes the general path and finds what one get per key finds."""
+    identity = layout_of(cls).identity.names[0]
+    for keys in batches:
+        parsed.clear()
+        one_by_one = [sql.get(cls, key) for key in keys]
+        batch = sql.batch_get(cls, keys)
+        assert [getattr(f, identity) if f else None for f in batch] == [
+            getattr(f, identity) if f else None for f in one_by_one
+        ], keys
+        assert parsed, keys  # the general path answered
+
+
+def test_batches_of_plain_ints_skip_the_request_per_key(
+    make_sql: MakeSql, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch whose every key is {name: int} for one integer column, all within its bounds,
+    is read without a request per key (parse_requests is not called): one statement, answers
+    in order with repeats and misses, NonUniqueKeyError for a value several rows hold. Any
+    other batch (a None, a bool, an int out of bounds, another name among them, one value
+    only) takes the general path and answers the same as one key at a time."""
+    from stockpyle.stores._sql_objects import mapped_info
+
+    sql = make_sql()
+    sql.batch_put([SqlFoo(key=i, zap=i % 3, bar=i, name=str(i)) for i in range(1, 21)])
+    parsed = _count_general_path(monkeypatch)
     with count_statements(sql.engine) as seen:
         found = sql.batch_get(SqlFoo, [{"key": i} for i in (5, 99, 5, 20, -3)])
     assert [f.key if f else None for f in found] == [5, None, 5, 20, None]
@@ -1215,14 +1238,7 @@ def test_batches_of_plain_ints_skip_the_request_per_key(
         [{"key": 3}, {"key": 3}],
         [{"bar": 4}, {"key": 3}],
     ]
-    for keys in others:
-        parsed.clear()
-        one_by_one = [sql.get(SqlFoo, key) for key in keys]
-        batch = sql.batch_get(SqlFoo, keys)
-        assert [f.key if f else None for f in batch] == [
-            f.key if f else None for f in one_by_one
-        ], keys
-        assert parsed, keys  # the general path answered
+    _assert_general_path_answers_as_single_gets(sql, SqlFoo, others, parsed)
 
 
 class _TenantBase(orm.DeclarativeBase):
@@ -1248,21 +1264,12 @@ def test_batches_by_a_composite_key_are_matched_by_value_and_use_the_index(
     and misses in place, one statement; on SQLite through one JSON parameter that SQLite reads
     by the index (a row-value IN list of VALUES made it scan the whole table). Any other batch
     takes the general path and answers the same as one key at a time."""
-    import stockpyle.stores.sqlalchemy as module
-
     sql = make_sql()
     _TenantBase.metadata.create_all(sql.engine)
     try:
         pages = [TenantPage(id=i, tenant=i % 3, slug=f"p\u00e9-{i}") for i in range(1, 31)]
         sql.batch_put(pages)
-        general = module.parse_requests
-        parsed: list[int] = []
-
-        def counting(*args: Any, **kwargs: Any) -> Any:
-            parsed.append(1)
-            return general(*args, **kwargs)
-
-        monkeypatch.setattr(module, "parse_requests", counting)
+        parsed = _count_general_path(monkeypatch)
         wanted = [
             (2, "p\u00e9-5"),
             (1, "nope"),
@@ -1322,14 +1329,7 @@ def test_batches_by_a_composite_key_are_matched_by_value_and_use_the_index(
             sql.get(TenantPage, surrogate[1])
         with pytest.raises(InvalidKeyError, match="lone surrogate"):
             sql.batch_get(TenantPage, surrogate)  # refused before any I/O, as one key is
-        for keys in others:
-            parsed.clear()
-            one_by_one = [sql.get(TenantPage, key) for key in keys]
-            batch = sql.batch_get(TenantPage, keys)
-            assert [f.id if f else None for f in batch] == [
-                f.id if f else None for f in one_by_one
-            ], keys
-            assert parsed, keys  # the general path answered
+        _assert_general_path_answers_as_single_gets(sql, TenantPage, others, parsed)
     finally:
         sql.release()
         _TenantBase.metadata.drop_all(sql.engine)

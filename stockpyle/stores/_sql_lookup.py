@@ -150,14 +150,7 @@ def fetch_ints(
     if stmt is None:
         return None
     found, shared = core.load_ints(conn, stmt, list(dict.fromkeys(values)), name)
-    if shared:
-        value = next(v for v in values if v in shared)
-        msg = (
-            f"{info.layout.path}: {shared[value]} rows match"
-            f" {_describe((name,), (value,))}; expected at most one"
-        )
-        raise NonUniqueKeyError(msg)
-    return list(map(found.get, values))
+    return _by_value(info, (name,), values, found, shared, single=True)
 
 
 def tuple_batch(
@@ -223,14 +216,27 @@ def fetch_tuples(
     """One row (or ``None``) per value tuple of a :func:`tuple_batch`;
     :class:`NonUniqueKeyError` when several rows hold a value tuple asked for."""
     found, shared = core.load_tuples(conn, names, list(dict.fromkeys(tuples)), max_params)
+    return _by_value(info, names, tuples, found, shared, single=False)
+
+
+def _by_value(
+    info: MappedInfo,
+    names: tuple[str, ...],
+    values: Sequence[Any],
+    found: Mapping[Any, Any],
+    shared: Mapping[Any, int],
+    *,
+    single: bool,
+) -> list[Any]:
+    """The row found for each of ``values`` (``None``: none); :class:`NonUniqueKeyError`
+    when several rows hold one (``shared``: how many). ``single``: each value is one column's,
+    else a tuple of the columns ``names``."""
     if shared:
-        value = next(t for t in tuples if t in shared)
-        msg = (
-            f"{info.layout.path}: {shared[value]} rows match"
-            f" {_describe(names, value)}; expected at most one"
-        )
+        value = next(v for v in values if v in shared)
+        shown = _describe(names, (value,) if single else value)
+        msg = f"{info.layout.path}: {shared[value]} rows match {shown}; expected at most one"
         raise NonUniqueKeyError(msg)
-    return list(map(found.get, tuples))
+    return list(map(found.get, values))
 
 
 def _fits(value: int, bounds: tuple[int, int]) -> bool:
