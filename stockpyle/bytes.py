@@ -243,12 +243,12 @@ class BytesStore(KeyValueStore):
     def encode(self, key: str, record: Record) -> bytes:
         """The framed (and signed) bytes for ``record`` at the backend key ``key``."""
         wire: tuple[Any, ...]
-        if type(record) is Entry:
-            obj = record.obj if self._reduce is None else self._reduce(record.obj)
-            wire = (_ENTRY, record.deadline, record.slots, obj)
-        else:
-            wire = (_POINTER, *record)
         try:
+            if type(record) is Entry:
+                obj = record.obj if self._reduce is None else self._reduce(record.obj)
+                wire = (_ENTRY, record.deadline, record.slots, obj)
+            else:
+                wire = (_POINTER, *record)
             return self.envelope.pack(key.encode("utf-8", "surrogatepass"), wire)
         except Exception as exc:  # whatever the serializer raises (PicklingError, TypeError)
             what = type(record.obj).__qualname__ if type(record) is Entry else "record"
