@@ -109,51 +109,14 @@ def _lease_many(
     ]
     _lease_round(self, list(dict.fromkeys(targets)), seconds, records, leases)
     now = self.clock()
-    results: list[Lease] = []
-    for slot, identity in zip(slots, is_identity, strict=True):
-        if slot is None:
-            results.append(Lease(None))
-            continue
-        record, leased = records.get(slot), leases[slot]
-        at = slot
-        if type(record) is Pointer:
-            at = record.identity
-            if peeking and hints.get(slot) != at:
-                _remember(hints, slot, at)
-            record, leased = records.get(at), leases.get(at, leased)
-            if type(record) is Entry and slot not in record.slots:
-                results.append(Lease(None, token=_ADD))  # a stale pointer
-                continue
-        if type(record) is Entry and not is_dead(record.deadline, now):
-            token = None if leased.token is None else FillToken("cas", at, leased.token)
-            hit = (record.obj, record.deadline)
-            results.append(Lease(hit, token=token, busy=leased.busy, stale=leased.stale))
-        elif leased.token is not None:
-            if identity or at != slot:
-                results.append(Lease(None, token=FillToken("cas", at, leased.token)))
-                continue
-            # A miss by alternate key: its fill adds the identity entry, which a tombstone
-            # (an invalidation) refuses, unless this caller claimed that tombstone when it
-            # peeked at the identity it guessed (before reading below).
-            held = None
-            hint = guessed.get(slot)
-            if hint is not None and hint not in records and (h := leases.get(hint)) is not None:
-                held = None if h.token is None else (hint, h.token)
-            results.append(Lease(None, token=FillToken("alt", at, leased.token, held)))
-        else:
-            results.append(Lease(None, token=None if leased.busy else _ADD, busy=leased.busy))
+    results = [
+        Lease(None)
+        if slot is None
+        else _answer(self, slot, identity, guessed.get(slot), records, leases, peeking, now)
+        for slot, identity in zip(slots, is_identity, strict=True)
+    ]
     if peek:
-        # A guessed identity whose stale value handed this caller its refresh token, and that
-        # no result uses: give the token back.
-        used = {r.token.key for r in results if isinstance(r.token, FillToken)}
-        used |= {h[0] for r in results if isinstance(r.token, FillToken) and (h := r.token.held)}
-        unused = [
-            FillToken("cas", h, leases[h].token)
-            for h in peek
-            if h in leases and leases[h].token is not None and h not in used
-        ]
-        if unused:
-            release(self, unused)
+        _release_unused(self, peek, leases, results)
     self._count([r.found for r in results])
     return results
 
@@ -216,49 +179,70 @@ def _lease_one(self: BytesStore, cls: type[T], key_dict: KeyDict, lease_seconds:
     ]
     if targets:
         _lease_round(self, list(dict.fromkeys(targets)), seconds, records, leases)
+    result = _answer(self, slot, identity, hint, records, leases, peeking, self.clock())
+    if peek:
+        _release_unused(self, peek, leases, (result,))
+    next(self.counters.misses if result.found is None else self.counters.hits)
+    return result
+
+
+def _answer(
+    self: BytesStore,
+    slot: str,
+    identity: bool,
+    hint: str | None,
+    records: dict[str, Record],
+    leases: dict[str, Any],
+    peeking: bool,
+    now: float,
+) -> Lease:
+    """The lease answering ``slot`` (an identity slot or not) from the records and leases read
+    for it; ``hint``: the identity peeked for it, if any."""
     record, leased = records.get(slot), leases[slot]
     at = slot
-    result: Lease | None = None
     if type(record) is Pointer:
         at = record.identity
+        hints = self._alt_hints
         if peeking and hints.get(slot) != at:
             _remember(hints, slot, at)
         record, leased = records.get(at), leases.get(at, leased)
         if type(record) is Entry and slot not in record.slots:
-            result = Lease(None, token=_ADD)  # a stale pointer
-    if result is not None:
-        pass
-    elif type(record) is Entry and not is_dead(record.deadline, self.clock()):
+            return Lease(None, token=_ADD)  # a stale pointer
+    if type(record) is Entry and not is_dead(record.deadline, now):
         token = None if leased.token is None else FillToken("cas", at, leased.token)
-        result = Lease((record.obj, record.deadline), token, leased.busy, leased.stale)
-    elif leased.token is not None:
-        if identity or at != slot:
-            result = Lease(None, token=FillToken("cas", at, leased.token))
-        else:
-            # A miss by alternate key: see lease_entries.
-            held = None
-            if hint is not None and hint not in records and (h := leases.get(hint)) is not None:
-                held = None if h.token is None else (hint, h.token)
-            result = Lease(None, token=FillToken("alt", at, leased.token, held))
-    else:
-        result = Lease(None, token=None if leased.busy else _ADD, busy=leased.busy)
-    if peek:
-        # A guessed identity whose stale value handed this caller its refresh token, and that
-        # the result does not use: give the token back.
-        used = set()
-        if isinstance(result.token, FillToken):
-            used.add(result.token.key)
-            if result.token.held:
-                used.add(result.token.held[0])
-        unused = [
-            FillToken("cas", h, leases[h].token)
-            for h in peek
-            if h in leases and leases[h].token is not None and h not in used
-        ]
-        if unused:
-            release(self, unused)
-    next(self.counters.misses if result.found is None else self.counters.hits)
-    return result
+        return Lease((record.obj, record.deadline), token, leased.busy, leased.stale)
+    if leased.token is None:
+        return Lease(None, token=None if leased.busy else _ADD, busy=leased.busy)
+    if identity or at != slot:
+        return Lease(None, token=FillToken("cas", at, leased.token))
+    # A miss by alternate key: its fill adds the identity entry, which a tombstone (an
+    # invalidation) refuses, unless this caller claimed that tombstone when it peeked at the
+    # identity it guessed (before reading below).
+    held = None
+    if hint is not None and hint not in records and (h := leases.get(hint)) is not None:
+        held = None if h.token is None else (hint, h.token)
+    return Lease(None, token=FillToken("alt", at, leased.token, held))
+
+
+def _release_unused(
+    self: BytesStore, peek: Sequence[str], leases: dict[str, Any], results: Sequence[Lease]
+) -> None:
+    """Give back the refresh tokens that a peeked identity's stale value handed this caller
+    and that none of ``results`` uses (neither as its fill token nor as a held claim)."""
+    used = set()
+    for result in results:
+        token = result.token
+        if isinstance(token, FillToken):
+            used.add(token.key)
+            if token.held:
+                used.add(token.held[0])
+    unused = [
+        FillToken("cas", h, leases[h].token)
+        for h in peek
+        if h in leases and leases[h].token is not None and h not in used
+    ]
+    if unused:
+        release(self, unused)
 
 
 def _remember(hints: dict[str, str], slot: str, identity: str) -> None:
