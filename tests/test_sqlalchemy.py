@@ -1126,6 +1126,117 @@ def test_postgres_small_reads_and_one_object_puts_run_in_autocommit(
             other.engine.dispose()
 
 
+@pytest.mark.postgres
+def test_postgres_autocommit_reads_give_their_connection_back_as_they_found_it(
+    pg_url: str, pg_engine: sa.Engine
+) -> None:
+    """A read in autocommit (psycopg: the driver connection switched for the call) returns its
+    connection to the pool out of autocommit, so the engine's own transactions still roll back;
+    an engine that is in autocommit itself stays so."""
+    clear_tables(pg_engine)
+    engine = sa.create_engine(pg_url, pool_size=1, max_overflow=0)
+    store = SqlAlchemyStore(engine=engine)
+    auto = SqlAlchemyStore(engine=sa.create_engine(pg_url, isolation_level="AUTOCOMMIT"))
+    try:
+        store.put(SqlUser(id=7, email="r@x"))
+        assert _autocommit_seen(store, lambda: store.get(SqlUser, {"id": 7})) == [True]
+        with engine.connect() as conn:  # the pool's only connection, the read's
+            assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
+            conn.execute(sa.text("UPDATE stockpyle_test_user SET email = 'lost' WHERE id = 7"))
+            conn.rollback()
+        assert store.get(SqlUser, {"id": 7}).email == "r@x"  # type: ignore[union-attr]
+        assert _autocommit_seen(auto, lambda: auto.get(SqlUser, {"id": 7})) == [True]
+        with auto.engine.connect() as conn:
+            assert conn.connection.driver_connection.autocommit is True  # type: ignore[union-attr]
+    finally:
+        store.batch_delete([SqlUser(id=7, email="")])
+        for each in (store, auto):
+            each.release()
+            each.engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_a_connection_that_breaks_in_an_autocommit_read_never_returns_to_the_pool(
+    pg_url: str, pg_engine: sa.Engine
+) -> None:
+    """The server ends the connection while a read runs on it in autocommit: the read fails
+    with StoreError, the connection is not handed out again (the next call gets a new one, out
+    of autocommit), and the store reads again. A connection that cannot leave autocommit after
+    a read is not handed out again either."""
+    clear_tables(pg_engine)
+    engine = sa.create_engine(pg_url, pool_size=1, max_overflow=0)
+    store = SqlAlchemyStore(engine=engine)
+    try:
+        store.put(SqlUser(id=7, email="r@x"))
+        killed: list[int] = []
+
+        def kill(conn: sa.Connection, *args: Any) -> None:
+            if not killed:
+                pid = conn.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+                killed.append(pid)
+                with pg_engine.connect() as other:
+                    stmt = sa.text("SELECT pg_terminate_backend(:p)")
+                    assert other.execute(stmt, {"p": pid}).scalar()
+
+        event.listen(engine, "before_cursor_execute", kill)
+        try:
+            with pytest.raises(StoreError):
+                store.get(SqlUser, {"id": 7})
+        finally:
+            event.remove(engine, "before_cursor_execute", kill)
+        assert killed
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            assert driver.info.backend_pid != killed[0]  # type: ignore[union-attr]
+            assert driver.autocommit is False  # type: ignore[union-attr]
+        assert store.get(SqlUser, {"id": 7}).email == "r@x"  # type: ignore[union-attr]
+
+        # A listener leaves the connection inside a transaction the driver will not leave
+        # autocommit from: the connection is invalidated, not given back to the pool so.
+        def begin(conn: sa.Connection, cursor: Any, *args: Any) -> None:
+            cursor.connection.execute("BEGIN")
+
+        with engine.connect() as conn:
+            used = conn.connection.driver_connection.info.backend_pid  # type: ignore[union-attr]
+        event.listen(engine, "after_cursor_execute", begin)
+        try:
+            assert store.get(SqlUser, {"id": 7}).email == "r@x"  # type: ignore[union-attr]
+        finally:
+            event.remove(engine, "after_cursor_execute", begin)
+        with engine.connect() as conn:
+            driver = conn.connection.driver_connection
+            assert driver.info.backend_pid != used  # type: ignore[union-attr]
+            assert driver.autocommit is False  # type: ignore[union-attr]
+    finally:
+        store.batch_delete([SqlUser(id=7, email="")])
+        store.release()
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_reads_in_autocommit_by_the_engine_option_for_other_drivers(
+    pg_url: str, pg_engine: sa.Engine
+) -> None:
+    """Drivers other than psycopg get autocommit from SQLAlchemy's engine option (psycopg is the
+    only PostgreSQL driver installed here: the store is told to take that path)."""
+    from stockpyle.stores import sqlalchemy as module
+
+    clear_tables(pg_engine)
+    store = SqlAlchemyStore(pg_url)
+    try:
+        store._mode = module._ENGINE_AUTOCOMMIT  # what _read_mode picks for psycopg2, pg8000
+        store._read_engine = store.engine.execution_options(isolation_level="AUTOCOMMIT")
+        assert _autocommit_seen(store, lambda: store.put(SqlUser(id=7, email="r@x"))) == [True]
+        assert _autocommit_seen(store, lambda: store.get(SqlUser, {"id": 7})) == [True]
+        two = [SqlUser(id=8, email="t@x"), SqlUser(id=9, email="u@x")]
+        assert _autocommit_seen(store, lambda: store.batch_put(two)) == [False]
+        with store.engine.connect() as conn:
+            assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
+    finally:
+        store.batch_delete([SqlUser(id=i, email="") for i in (7, 8, 9)])
+        store.release()
+
+
 def test_ints_by_an_integer_column_are_one_parameter(make_sql: MakeSql) -> None:
     """A batch of ints by one integer column (ids: the common batch) binds one parameter
     (a JSON array on SQLite, an array on PostgreSQL): one SELECT, rows back in request order,

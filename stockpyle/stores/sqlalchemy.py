@@ -57,6 +57,32 @@ __all__ = ["SQLAlchemyStore", "SqlAlchemyStore"]
 T = TypeVar("T")
 R = TypeVar("R")
 
+#: How a store's reads run (see SqlAlchemyStore._read_mode).
+_IN_TRANSACTION = "transaction"
+_DRIVER_AUTOCOMMIT = "driver autocommit"
+_ENGINE_AUTOCOMMIT = "engine autocommit"
+
+
+def _in_autocommit(conn: sa.Connection, work: Callable[[sa.Connection], R]) -> R:
+    """``work`` with ``conn``'s driver connection (psycopg) in autocommit, put back as it was
+    afterwards: two attribute sets, where the engine option ``isolation_level="AUTOCOMMIT"``
+    costs 20-50 us more CPU per call (SQLAlchemy sets and resets two driver attributes, with
+    its bookkeeping). A connection that cannot be put back (it broke meanwhile) is
+    invalidated, never returned to the pool in autocommit."""
+    driver = conn.connection.driver_connection
+    if driver is None or driver.autocommit:
+        return work(conn)
+    driver.autocommit = True
+    try:
+        return work(conn)
+    finally:
+        try:
+            driver.autocommit = False
+        except Exception:
+            if not conn.invalidated:
+                conn.invalidate()
+
+
 #: Bound parameters per statement, by dialect (a driver refuses more).
 _PARAM_LIMITS = {"postgresql": 32_000, "mysql": 32_000, "mariadb": 32_000}
 _DEFAULT_PARAM_LIMIT = 2_000  # SQL Server allows 2,100; unknown dialects get the same margin
@@ -134,8 +160,9 @@ class SqlAlchemyStore(BaseStore):
         self._checkers: dict[type, Callable[[Any], None]] = {}
         # SQL Server has no row-value IN: its lookups are written out through the ORM path.
         self._core_reads = dialect != "mssql"
-        #: Where Core reads get their connection (decided at the first read: see _reader).
-        self._read_engine: sa.Engine | None = None
+        #: How reads (and one-statement writes) run: decided at the first call, see _read_mode.
+        self._mode: str | None = None
+        self._read_engine = engine
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.engine.url.render_as_string(hide_password=True)})"
@@ -175,39 +202,44 @@ class SqlAlchemyStore(BaseStore):
     ) -> R:
         """Run ``work`` on one pooled connection, in one transaction (committed if ``write``,
         else rolled back: it only read); wrap database errors like :meth:`_run`. A write of
-        ``one_statement`` runs in autocommit where reads do (see :meth:`_reader`): a single
+        ``one_statement`` runs in autocommit where reads do (see :meth:`_read_mode`): a single
         statement is atomic by itself."""
         try:
-            reader = self._read_engine or self._reader()
-            if write:
-                if one_statement and reader is not self.engine:  # autocommit: it commits itself
-                    with self._guard(write=True), reader.connect() as conn:
-                        return work(conn)
+            mode = self._mode or self._read_mode()
+            if write and (not one_statement or mode is _IN_TRANSACTION):
                 with self._guard(write=True), self.engine.begin() as conn:
                     return work(conn)
-            with self._guard(write=False), reader.connect() as conn:
+            with self._guard(write=write), self._read_engine.connect() as conn:
+                if mode is _DRIVER_AUTOCOMMIT:
+                    return _in_autocommit(conn, work)
                 return work(conn)
         except StockpyleError:
             raise
         except (sa.exc.SQLAlchemyError, ValueError, OverflowError) as exc:
             raise StoreError(self, f"{action} failed", exc) from exc
 
-    def _reader(self) -> sa.Engine:
-        """The engine Core reads use. On PostgreSQL at READ COMMITTED (its default, where every
-        statement reads its own snapshot anyway), the engine in autocommit: a read is one round
-        trip instead of three (BEGIN, the SELECT, ROLLBACK). Any other isolation level, given to
+    def _read_mode(self) -> str:
+        """How Core reads run. On PostgreSQL at READ COMMITTED (its default, where every
+        statement reads its own snapshot anyway), in autocommit: a read is one round trip
+        instead of three (BEGIN, the SELECT, ROLLBACK). With psycopg, the driver connection is
+        put in autocommit and back (:func:`_in_autocommit`); with other drivers, the engine's
+        ``isolation_level="AUTOCOMMIT"`` option does it. Any other isolation level, given to
         the engine or found on the server, keeps reads in a transaction."""
         engine = self.engine
-        reader = engine
+        mode = _IN_TRANSACTION
         if engine.dialect.name == "postgresql" and "isolation_level" not in (
             engine.get_execution_options()
         ):
             with engine.connect():  # the dialect learns the level on its first connection
                 pass
             if engine.dialect.default_isolation_level == "READ COMMITTED":
-                reader = engine.execution_options(isolation_level="AUTOCOMMIT")
-        self._read_engine = reader
-        return reader
+                if engine.dialect.driver == "psycopg":
+                    mode = _DRIVER_AUTOCOMMIT
+                else:
+                    mode = _ENGINE_AUTOCOMMIT
+                    self._read_engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._mode = mode
+        return mode
 
     # -- reads ---------------------------------------------------------------------------------
 
