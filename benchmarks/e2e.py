@@ -120,6 +120,7 @@ class Worker:
         engine = sa.create_engine(url, pool_size=16, max_overflow=4)
 
         def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            _THREAD.statements = getattr(_THREAD, "statements", 0) + 1
             if statement.lstrip()[:6].upper() in STATEMENTS:
                 with self._count_lock:
                     self.statements += 1
@@ -228,6 +229,7 @@ def run_thread(
     cls = worker.cls
     versions: dict[int, int] = {}
     read_lat = array("d")
+    db_read_lat = array("d")  # the reads that ran a statement on the database
     update_lat = array("d")
     # stale-read evidence: reads (key, version, began) and completed updates (key, version, at)
     read_key, read_ver, read_began = array("l"), array("l"), array("d")
@@ -268,6 +270,7 @@ def run_thread(
             if began >= measure_from:
                 update_lat.append(took)
             continue
+        before = getattr(_THREAD, "statements", 0)
         start = clock()
         found = worker.read_id(key) if draw < 0.5 else worker.read_alt(key, -key)
         took = clock() - start
@@ -276,11 +279,14 @@ def run_thread(
             raise AssertionError(msg)
         if began >= measure_from:
             read_lat.append(took)
+            if getattr(_THREAD, "statements", 0) != before:
+                db_read_lat.append(took)
             read_key.append(key)
             read_ver.append(found.version)
             read_began.append(began)
     return {
         "read_lat": read_lat,
+        "db_read_lat": db_read_lat,
         "update_lat": update_lat,
         "reads": (read_key, read_ver, read_began),
         "updates": (upd_key, upd_ver, upd_done),
@@ -383,6 +389,8 @@ def process_main(job: dict[str, Any]) -> dict[str, Any]:
 
 
 _SHARED: list[Any] = []
+#: statements run by this thread so far (counted by the engine listener of Worker)
+_THREAD = threading.local()
 
 
 def _init(barrier: Any) -> None:
@@ -465,6 +473,7 @@ def run_slice(
     return {
         "seconds": seconds,
         "reads": [x for part in parts for x in part["read_lat"]],
+        "db_reads": [x for part in parts for x in part["db_read_lat"]],
         "updates": [x for part in parts for x in part["update_lat"]],
         "statements": sum(out["statements"] for out in outs),
         "cpu_seconds": sum(out["cpu_seconds"] for out in outs),
@@ -492,6 +501,7 @@ def summarize(config: str, slices: list[dict[str, Any]]) -> dict[str, Any]:
     seconds = sum(s["seconds"] for s in slices)
     reads = sorted(x for s in slices for x in s["reads"])
     updates = sorted(x for s in slices for x in s["updates"])
+    db_reads = sorted(x for s in slices for x in s["db_reads"])
     return {
         "config": config,
         "seconds": seconds,
@@ -507,6 +517,11 @@ def summarize(config: str, slices: list[dict[str, Any]]) -> dict[str, Any]:
         "read_p999_ms": 1000 * percentile(reads, 0.999),
         "read_max_ms": 1000 * (reads[-1] if reads else float("nan")),
         "update_p99_ms": 1000 * percentile(updates, 0.99),
+        # the reads that reached the database (a cache's misses; every read without one):
+        # what a cache's read tail is made of
+        "db_read_share": len(db_reads) / max(1, len(reads)),
+        "db_read_p50_ms": 1000 * percentile(db_reads, 0.50),
+        "db_read_p99_ms": 1000 * percentile(db_reads, 0.99),
         "db_statements_per_s": sum(s["statements"] for s in slices) / seconds,
         # CPU the benchmark processes spent per operation: less sensitive than ops/s to what
         # else runs on the machine (the database's and memcached's CPU are not included)
@@ -631,6 +646,10 @@ def main(argv: list[str] | None = None) -> int:
                 f"  stale {row['stale_reads']} ({row['stale_violations']} > 50 ms)"
                 f"  gc max {row['gc_max_pause_ms']:.0f} ms"
                 + (f" ({row['long_pauses_held']} held)" if row["long_pauses_held"] else "")
+            )
+            print(
+                f"{'':<22}   {row['db_read_share']:.1%} of reads reached the database:"
+                f" p50 {row['db_read_p50_ms']:5.2f} p99 {row['db_read_p99_ms']:6.2f} ms"
             )
             for i, layer in enumerate(row["layers"][:-1]):  # the cache layers
                 asked = layer.get("hits", 0) + layer.get("misses", 0)
