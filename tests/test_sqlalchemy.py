@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 from sqlalchemy import event, orm
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.pool import StaticPool
 
 import stockpyle
 from stockpyle._keys import layout_of
@@ -1207,6 +1208,32 @@ def test_postgres_a_connection_that_breaks_in_an_autocommit_read_never_returns_t
             driver = conn.connection.driver_connection
             assert driver.info.backend_pid != used  # type: ignore[union-attr]
             assert driver.autocommit is False  # type: ignore[union-attr]
+    finally:
+        store.batch_delete([SqlUser(id=7, email="")])
+        store.release()
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_a_read_on_a_shared_connection_inside_a_transaction_leaves_it_so(
+    pg_url: str, pg_engine: sa.Engine
+) -> None:
+    """One connection for everyone (``StaticPool``) and its other user inside a transaction:
+    the store reads in that transaction instead of failing to switch the connection into
+    autocommit, and the transaction stays the other user's to roll back."""
+    clear_tables(pg_engine)
+    engine = sa.create_engine(pg_url, poolclass=StaticPool)
+    store = SqlAlchemyStore(engine=engine)
+    try:
+        store.put(SqlUser(id=7, email="r@x"))
+        with engine.connect() as mine:
+            mine.execute(sa.text("UPDATE stockpyle_test_user SET email = 'mine' WHERE id = 7"))
+            driver = mine.connection.driver_connection
+            assert driver.info.transaction_status  # type: ignore[union-attr]
+            assert store.get(SqlUser, {"id": 7}).email == "mine"  # type: ignore[union-attr]
+            assert driver.autocommit is False  # type: ignore[union-attr]
+            mine.rollback()
+        assert store.get(SqlUser, {"id": 7}).email == "r@x"  # type: ignore[union-attr]
     finally:
         store.batch_delete([SqlUser(id=7, email="")])
         store.release()

@@ -68,9 +68,11 @@ def _in_autocommit(conn: sa.Connection, work: Callable[[sa.Connection], R]) -> R
     afterwards: two attribute sets, where the engine option ``isolation_level="AUTOCOMMIT"``
     costs 20-50 us more CPU per call (SQLAlchemy sets and resets two driver attributes, with
     its bookkeeping). A connection that cannot be put back (it broke meanwhile) is
-    invalidated, never returned to the pool in autocommit."""
+    invalidated, never returned to the pool in autocommit. A connection already inside a
+    transaction (one connection shared with its other users: ``StaticPool``) is left as it
+    is: the read runs in that transaction."""
     driver = conn.connection.driver_connection
-    if driver is None or driver.autocommit:
+    if driver is None or driver.autocommit or driver.info.transaction_status:  # not IDLE
         return work(conn)
     driver.autocommit = True
     try:
