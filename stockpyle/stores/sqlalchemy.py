@@ -69,11 +69,15 @@ def _in_autocommit(conn: sa.Connection, work: Callable[[sa.Connection], R]) -> R
     costs 20-50 us more CPU per call (SQLAlchemy sets and resets two driver attributes, with
     its bookkeeping). A connection that cannot be put back (it broke meanwhile) is
     invalidated, never returned to the pool in autocommit. A connection already inside a
-    transaction (one connection shared with its other users: ``StaticPool``) is left as it
-    is: the read runs in that transaction."""
+    transaction (one connection shared with its other users: ``StaticPool``) is refused with
+    an error that says so: reading there would see, and a chain would cache, rows that
+    transaction has not committed."""
     driver = conn.connection.driver_connection
-    if driver is None or driver.autocommit or driver.info.transaction_status:  # not IDLE
+    if driver is None or driver.autocommit:
         return work(conn)
+    if driver.info.transaction_status:  # not IDLE: somebody else's transaction
+        msg = "the connection is inside another user's transaction (a shared connection?)"
+        raise sa.exc.InvalidRequestError(msg)
     driver.autocommit = True
     try:
         return work(conn)
