@@ -1127,6 +1127,18 @@ def test_postgres_small_reads_and_one_object_puts_run_in_autocommit(
             other.engine.dispose()
 
 
+@contextmanager
+def _own_pg_store(pg_url: str, **engine_options: Any) -> Iterator[SqlAlchemyStore]:
+    """A store on an engine of its own, disposed of afterwards (rows 7-9 of SqlUser removed)."""
+    store = SqlAlchemyStore(engine=sa.create_engine(pg_url, **engine_options))
+    try:
+        yield store
+    finally:
+        store.batch_delete([SqlUser(id=i, email="") for i in (7, 8, 9)])
+        store.release()
+        store.engine.dispose()
+
+
 @pytest.mark.postgres
 def test_postgres_autocommit_reads_give_their_connection_back_as_they_found_it(
     pg_url: str, pg_engine: sa.Engine
@@ -1135,13 +1147,13 @@ def test_postgres_autocommit_reads_give_their_connection_back_as_they_found_it(
     connection to the pool out of autocommit, so the engine's own transactions still roll back;
     an engine that is in autocommit itself stays so."""
     clear_tables(pg_engine)
-    engine = sa.create_engine(pg_url, pool_size=1, max_overflow=0)
-    store = SqlAlchemyStore(engine=engine)
-    auto = SqlAlchemyStore(engine=sa.create_engine(pg_url, isolation_level="AUTOCOMMIT"))
-    try:
+    with (
+        _own_pg_store(pg_url, pool_size=1, max_overflow=0) as store,
+        _own_pg_store(pg_url, isolation_level="AUTOCOMMIT") as auto,
+    ):
         store.put(SqlUser(id=7, email="r@x"))
         assert _autocommit_seen(store, lambda: store.get(SqlUser, {"id": 7})) == [True]
-        with engine.connect() as conn:  # the pool's only connection, the read's
+        with store.engine.connect() as conn:  # the pool's only connection, the read's
             assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
             conn.execute(sa.text("UPDATE stockpyle_test_user SET email = 'lost' WHERE id = 7"))
             conn.rollback()
@@ -1149,11 +1161,6 @@ def test_postgres_autocommit_reads_give_their_connection_back_as_they_found_it(
         assert _autocommit_seen(auto, lambda: auto.get(SqlUser, {"id": 7})) == [True]
         with auto.engine.connect() as conn:
             assert conn.connection.driver_connection.autocommit is True  # type: ignore[union-attr]
-    finally:
-        store.batch_delete([SqlUser(id=7, email="")])
-        for each in (store, auto):
-            each.release()
-            each.engine.dispose()
 
 
 @pytest.mark.postgres
@@ -1165,9 +1172,8 @@ def test_postgres_a_connection_that_breaks_in_an_autocommit_read_never_returns_t
     of autocommit), and the store reads again. A connection that cannot leave autocommit after
     a read is not handed out again either."""
     clear_tables(pg_engine)
-    engine = sa.create_engine(pg_url, pool_size=1, max_overflow=0)
-    store = SqlAlchemyStore(engine=engine)
-    try:
+    with _own_pg_store(pg_url, pool_size=1, max_overflow=0) as store:
+        engine = store.engine
         store.put(SqlUser(id=7, email="r@x"))
         killed: list[int] = []
 
@@ -1208,10 +1214,6 @@ def test_postgres_a_connection_that_breaks_in_an_autocommit_read_never_returns_t
             driver = conn.connection.driver_connection
             assert driver.info.backend_pid != used  # type: ignore[union-attr]
             assert driver.autocommit is False  # type: ignore[union-attr]
-    finally:
-        store.batch_delete([SqlUser(id=7, email="")])
-        store.release()
-        engine.dispose()
 
 
 @pytest.mark.postgres
@@ -1222,19 +1224,13 @@ def test_postgres_a_read_on_a_shared_connection_inside_a_transaction_is_refused(
     the store refuses to read there (it would see, and a chain would cache, rows that
     transaction has not committed) with StoreError saying why, not the driver's own error."""
     clear_tables(pg_engine)
-    engine = sa.create_engine(pg_url, poolclass=StaticPool)
-    store = SqlAlchemyStore(engine=engine)
-    try:
+    with _own_pg_store(pg_url, poolclass=StaticPool) as store:
         store.put(SqlUser(id=7, email="r@x"))
-        with engine.connect() as mine:
+        with store.engine.connect() as mine:
             mine.execute(sa.text("UPDATE stockpyle_test_user SET email = 'mine' WHERE id = 7"))
             with pytest.raises(StoreError, match="inside another user's transaction"):
                 store.get(SqlUser, {"id": 7})
         assert store.get(SqlUser, {"id": 7}).email == "r@x"  # type: ignore[union-attr]
-    finally:
-        store.batch_delete([SqlUser(id=7, email="")])
-        store.release()
-        engine.dispose()
 
 
 @pytest.mark.postgres
@@ -1246,8 +1242,7 @@ def test_postgres_reads_in_autocommit_by_the_engine_option_for_other_drivers(
     from stockpyle.stores import sqlalchemy as module
 
     clear_tables(pg_engine)
-    store = SqlAlchemyStore(pg_url)
-    try:
+    with _own_pg_store(pg_url) as store:
         store._mode = module._ENGINE_AUTOCOMMIT  # what _read_mode picks for psycopg2, pg8000
         store._read_engine = store.engine.execution_options(isolation_level="AUTOCOMMIT")
         assert _autocommit_seen(store, lambda: store.put(SqlUser(id=7, email="r@x"))) == [True]
@@ -1256,9 +1251,6 @@ def test_postgres_reads_in_autocommit_by_the_engine_option_for_other_drivers(
         assert _autocommit_seen(store, lambda: store.batch_put(two)) == [False]
         with store.engine.connect() as conn:
             assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
-    finally:
-        store.batch_delete([SqlUser(id=i, email="") for i in (7, 8, 9)])
-        store.release()
 
 
 def test_ints_by_an_integer_column_are_one_parameter(make_sql: MakeSql) -> None:
