@@ -3,8 +3,9 @@
 # memcached and PostgreSQL servers (installed and started here), the docs build and a quick
 # benchmark smoke run. Needs only python3 and root (for apt-get: python3-venv when missing,
 # memcached, PostgreSQL); one line per phase, apt-get and pip output in .ci/logs/.
-# Usage: bash .ci/test.sh [extra pytest args]. The servers keep running afterwards (the next
-# run reuses them): stop them with `bash .ci/services.sh stop`.
+# Usage: bash .ci/test.sh [extra pytest args]. Servers this run started are stopped when it
+# ends; servers that were already running (say, from `eval "$(bash .ci/services.sh start)"`)
+# are reused and left running.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . .ci/lib.sh
@@ -14,9 +15,18 @@ ensure_venv .venv
 pip_install .venv -e '.[test]'
 
 phase "servers (memcached, PostgreSQL)"
+already_running=0
+for port in ${STOCKPYLE_MEMCACHED_PORTS:-11311 11312} ${STOCKPYLE_POSTGRES_PORT:-55432}; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then already_running=1; fi
+done
+if [ "$already_running" = 1 ]; then
+  trap 'echo "== servers that were running before are still running (bash .ci/services.sh stop)" >&2' EXIT
+else
+  # this run starts them: nothing is left behind (and the run's own exit status is kept)
+  trap 'rc=$?; bash .ci/services.sh stop || true; exit $rc' EXIT
+fi
 services_env=$(bash .ci/services.sh start)
 eval "$services_env"
-trap 'echo "== the servers are still running; stop them with: bash .ci/services.sh stop" >&2' EXIT
 # Server-backed tests fail instead of skipping when a server is missing.
 export CI=${CI:-true}
 
