@@ -12,7 +12,8 @@ memcached key prefix of its own:
 
 * ``no cache``: ``SqlAlchemyStore`` alone;
 * ``stockpyle mc->pg``: ``Repo`` over ``ChainedStore([MemcacheStore, SqlAlchemyStore])`` (the
-  coherent chain: leased fills, puts invalidate memcached);
+  coherent chain: leased fills, a put stores the new value in memcached on the token it read
+  before its database write, or invalidates);
 * ``stockpyle mem->mc->pg``: ``ChainedStore([ProcessMemoryStore, MemcacheStore,
   SqlAlchemyStore], invalidation=PostgresChannel(...))``, one channel per process;
 * ``dogpile.cache``: a memcached region (``dogpile.cache.memcached``), ``get_or_create`` around

@@ -220,6 +220,26 @@ class BaseStore(abc.ABC):
         """Give back leases that no fill will use (the key was found nowhere), so that other
         callers do not wait for them. The default has no leases."""
 
+    def batch_write_tokens(self, objs: Sequence[Any]) -> list[Any] | None:
+        """Tokens a chain takes here before it writes ``objs`` to the layers below (``None``
+        for an object it must invalidate here instead), so that it can then store them here
+        with :meth:`batch_put_on_tokens`. The default, ``None``: this store is invalidated
+        after every write below."""
+        return None
+
+    def batch_put_on_tokens(
+        self,
+        objs: Sequence[Any],
+        tokens: Sequence[Any],
+        *,
+        expires_at: Sequence[Deadline] | None = None,
+    ) -> list[bool]:
+        """Store each object (just written below) only if nothing wrote, invalidated, leased
+        or filled it here since its token (from :meth:`batch_write_tokens`) was taken; say
+        which were stored. One that was not is for the caller to invalidate. The default
+        (stores without such tokens) stores nothing."""
+        return [False] * len(objs)
+
     def batch_invalidate(self, objs: Sequence[Any]) -> None:
         """Remove each object so that no fill in flight for it can land afterwards.
 

@@ -2,9 +2,11 @@
 
 A put or delete is registered with the chain's :class:`~stockpyle._writes.WriteTracker`
 before any layer is touched and until every layer was written. The last layer is written
-first; above it, a *shared* layer (memcached) is invalidated, so that fills in flight there
-fail, and an in-process layer is written, or evicted when another write of one of the keys
-overlapped this one. A cache layer that fails is handed to the chain's healer.
+first; above it, a *shared* layer (memcached) gets the new value conditionally (on tokens
+read before the last layer was written: stored only if nothing wrote, invalidated, leased or
+filled the key there since) or, where that fails or cannot be done, is invalidated, so that
+fills in flight there fail; an in-process layer is written, or evicted when another write of
+one of the keys overlapped this one. A cache layer that fails is handed to the chain's healer.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class WriteThrough:
         error: StoreError | None = None
         try:
             last = self.stores[self._last]
+            tokens = {} if delete else self._write_tokens(objs)
             if delete:
                 last.batch_delete(objs)
             else:
@@ -75,8 +78,11 @@ class WriteThrough:
                 store = self.stores[layer]
                 try:
                     if store.shared:
-                        store.batch_invalidate(objs)
-                        store.counters.add("invalidations_sent", len(objs))
+                        written = self._write_shared(store, objs, tokens.get(layer), expires_at)
+                        rest = [o for o, w in zip(objs, written, strict=True) if not w]
+                        if rest:
+                            store.batch_invalidate(rest)
+                            store.counters.add("invalidations_sent", len(rest))
                     elif delete:
                         store.batch_delete(objs)
                     else:
@@ -97,6 +103,49 @@ class WriteThrough:
                 self.invalidation.after_write(objs)
         if error is not None:
             raise error
+
+    def _write_tokens(self, objs: list[Any]) -> dict[int, list[Any]]:
+        """Before a put reaches the last layer: each shared layer's tokens for ``objs``
+        (:meth:`~stockpyle._store.BaseStore.batch_write_tokens`), by layer, where it has them.
+        A layer that cannot answer now is invalidated after the write, as one without tokens
+        is (which fails too, and is healed, if it is still down then)."""
+        tokens: dict[int, list[Any]] = {}
+        for layer in range(self._last - 1, -1, -1):
+            store = self.stores[layer]
+            if store.shared:
+                try:
+                    taken = store.batch_write_tokens(objs)
+                except StoreError:
+                    continue
+                if taken is not None:
+                    tokens[layer] = taken
+        return tokens
+
+    @staticmethod
+    def _write_shared(
+        store: BaseStore,
+        objs: list[Any],
+        tokens: list[Any] | None,
+        expires_at: Sequence[Deadline] | None,
+    ) -> list[bool]:
+        """Store the objects just written below into a shared layer, each only if nothing
+        changed any of its keys there since its token was read before that write (SPEC
+        section 11: the next reader then finds the new value instead of reading below); which
+        were stored. Those that were not (another write, invalidation, lease or fill came
+        between, no token: an identity the write generated) are for the caller to invalidate."""
+        if tokens is None:
+            return [False] * len(objs)
+        chosen = [i for i, token in enumerate(tokens) if token is not None]
+        written = [False] * len(objs)
+        if chosen:
+            stored = store.batch_put_on_tokens(
+                [objs[i] for i in chosen],
+                [tokens[i] for i in chosen],
+                expires_at=None if expires_at is None else [expires_at[i] for i in chosen],
+            )
+            for i, ok in zip(chosen, stored, strict=True):
+                written[i] = ok
+        return written
 
     def _put_in_process(
         self,

@@ -447,6 +447,25 @@ class BytesStore(KeyValueStore):
         """Give back leases no fill will use (the key was found nowhere), if still held."""
         _leases.release(self, tokens)
 
+    def batch_write_tokens(self, objs: Sequence[Any]) -> list[Any] | None:
+        """Where the backend reads compare-and-set tokens without values and pipelines
+        conditional writes (memcached's meta protocol) and stale values are not served: the
+        tokens of every key of each object, for :meth:`batch_put_on_tokens` after a write
+        below; else ``None`` (the chain invalidates)."""
+        return _leases.write_tokens(self, objs)
+
+    def batch_put_on_tokens(
+        self,
+        objs: Sequence[Any],
+        tokens: Sequence[Any],
+        *,
+        expires_at: Sequence[Deadline] | None = None,
+    ) -> list[bool]:
+        """Store each object at each of its keys only if that key holds what it held when
+        its token was read (compare-and-set, or add where it held nothing); say which objects
+        were stored at all their keys."""
+        return _leases.write_on_tokens(self, objs, tokens, expires_at=expires_at)
+
     def batch_invalidate(self, objs: Sequence[Any]) -> None:
         """Delete (``serve_stale``: mark stale) each object's entries, by the keys derived from
         it and those its stored entry lists, so that every fill in flight for them fails."""

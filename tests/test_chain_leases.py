@@ -109,7 +109,8 @@ def test_a_lease_loser_reads_below_after_the_bound_and_fills_nothing(world: Any)
 def test_a_slow_fill_never_overwrites_another_process_write(world: Any, write: str) -> None:
     """A reads version 1 from the database and is held before its fill; B puts version 2 (or
     deletes the object) through its own chain. A's fill is refused: memcached never holds
-    version 1 afterwards, and the next read sees what the database holds."""
+    version 1 afterwards (B's put stored version 2 there), and the next read sees what the
+    database holds."""
     database, process = world
     a, b = process(), process()
     database.put(Foo(1, 2, 3, name="v1"))
@@ -124,7 +125,10 @@ def test_a_slow_fill_never_overwrites_another_process_write(world: Any, write: s
     thread.join(WAIT)
     assert got[0].name == "v1"  # A read before the write, and returns what it read
     cached = a.stores[0].get(Foo, {"key": 1})
-    assert cached is None  # the fill was refused
+    if write == "put":  # A's fill was refused; B stored its own version (the newest)
+        assert cached is not None and cached.name == "v2"
+    else:
+        assert cached is None  # the fill was refused
     expected = None if write == "delete" else "v2"
     for chain in (a, b):
         found = chain.get(Foo, {"key": 1})
@@ -168,20 +172,35 @@ def test_serve_stale_answers_the_old_value_while_one_caller_refreshes(
     assert b.get(Foo, {"key": 1}).name == "v2"  # type: ignore[union-attr]
 
 
-def test_a_failed_cache_invalidation_heals_for_every_process(memcached_server: str) -> None:
-    """A put whose memcached invalidation fails leaves the old version readable by other
-    processes only until the writer's healer reaches memcached again."""
+@pytest.mark.parametrize("failing", ["every call", "the write after the database"])
+def test_a_failed_cache_write_heals_for_every_process(memcached_server: str, failing: str) -> None:
+    """A put whose memcached write fails (memcached unreachable: the tokens read before the
+    database write fails too, then the invalidation; or only the conditional write of the new
+    value after it) leaves the old version readable by other processes only until the
+    writer's healer reaches memcached again."""
     database = ProcessMemoryStore()
     prefix = f"heal{uuid.uuid4().hex[:10]}"
 
     class Failing(MemcacheStore):
         down = False
 
-        def batch_invalidate(self, objs: Sequence[Any]) -> None:
+        def _fail(self) -> None:
             if self.down:
                 from stockpyle import StoreError
 
                 raise StoreError(self, "timed out (injected)")
+
+        def batch_write_tokens(self, objs: Sequence[Any]) -> Any:
+            if failing == "every call":
+                self._fail()
+            return super().batch_write_tokens(objs)
+
+        def batch_put_on_tokens(self, objs: Sequence[Any], tokens: Sequence[Any], **kw: Any) -> Any:
+            self._fail()
+            return super().batch_put_on_tokens(objs, tokens, **kw)
+
+        def batch_invalidate(self, objs: Sequence[Any]) -> None:
+            self._fail()
             super().batch_invalidate(objs)
 
     writer_cache = Failing(servers=[memcached_server], prefix=prefix)

@@ -346,20 +346,46 @@ def test_chain_batch_get_asks_each_layer_once(memcached_server: str, make_sql: M
 
 
 @pytest.mark.memcached
-def test_chain_batch_get_after_a_put_claims_the_tombstones_in_one_round_trip(
+def test_chain_put_of_a_generated_identity_invalidates_memcached(
     memcached_server: str, make_sql: MakeSql
 ) -> None:
-    """A put of 500 rows through [memory, memcached, SQL] invalidates memcached in one round
-    trip (a tombstone at each identity key); a batch_get of them in a fresh process then costs
-    one round trip more than a cold one: the leased lookup, one pipeline claiming the 500
-    tombstones, then the fill."""
+    """A put whose identity the database generates has no token in memcached (the key was
+    not known before the write): memcached is invalidated at the generated key, as a put did
+    before, not written; the next read fills it."""
     proxy = CountingProxy(memcached_server)
     try:
         sql = make_sql()
         memcache = PurgingStore(servers=[proxy.address], prefix=unique_prefix())
-        chain = ChainedStore([ProcessMemoryStore(), memcache, sql])
+        chain = ChainedStore([memcache, sql])
         proxy.reset()
-        chain.batch_put(_rows(500))
+        anon = SqlFoo(key=None, zap=7, bar=8, name="anon")
+        chain.put(anon)
+        assert anon.key is not None
+        assert proxy.round_trips == 1  # the invalidation; no token read (there was no key)
+        assert memcache.stats().invalidations_sent == 1
+        assert memcache.get(SqlFoo, {"key": anon.key}) is None
+        found = chain.get(SqlFoo, {"key": anon.key})
+        assert found is not None and found.name == "anon"
+        assert memcache.get(SqlFoo, {"key": anon.key}) is not None  # filled by the read
+    finally:
+        purge_created()
+        proxy.close()
+
+
+def test_chain_batch_get_after_an_invalidation_claims_the_tombstones_in_one_round_trip(
+    memcached_server: str, make_sql: MakeSql
+) -> None:
+    """An invalidation of 500 rows (what a put does where it cannot store the new value)
+    is one round trip (a tombstone at each identity key); a batch_get of them in a fresh
+    process then costs one round trip more than a cold one: the leased lookup, one pipeline
+    claiming the 500 tombstones, then the fill."""
+    proxy = CountingProxy(memcached_server)
+    try:
+        sql = make_sql()
+        memcache = PurgingStore(servers=[proxy.address], prefix=unique_prefix())
+        ChainedStore([ProcessMemoryStore(), memcache, sql]).batch_put(_rows(500))
+        proxy.reset()
+        memcache.batch_invalidate(_rows(500))
         assert proxy.round_trips == 1 and proxy.commands["set"] == 500
         fresh = ChainedStore([ProcessMemoryStore(), memcache, sql])
         keys = [{"key": i} for i in range(1, 501)]
@@ -372,6 +398,39 @@ def test_chain_batch_get_after_a_put_claims_the_tombstones_in_one_round_trip(
         assert proxy.commands["set"] == 500 + 1000  # the claims, then entry and pointer per row
         cached = memcache.batch_get(SqlFoo, keys)
         assert [(c.key, c.name) if c else None for c in cached] == [(f.key, f.name) for f in found]
+    finally:
+        purge_created()
+        proxy.close()
+
+
+def test_chain_batch_put_writes_memcached_in_two_round_trips_and_reads_hit(
+    memcached_server: str, make_sql: MakeSql
+) -> None:
+    """A put of 500 rows through [memory, memcached, SQL] reads memcached's tokens for the 500
+    rows' identity and alternate keys (one round trip, before the SQL write), then stores
+    each row there on them, entry and pointer (one round trip after it); a batch_get of them in a fresh
+    process is then one round trip to memcached, with no database read at all."""
+    proxy = CountingProxy(memcached_server)
+    try:
+        sql = make_sql()
+        memcache = PurgingStore(servers=[proxy.address], prefix=unique_prefix())
+        chain = ChainedStore([ProcessMemoryStore(), memcache, sql])
+        proxy.reset()
+        chain.batch_put(_rows(500))
+        assert proxy.round_trips == 2
+        assert proxy.get_keys == 1000  # each row's identity and alternate key
+        assert proxy.commands["set"] == 1000
+        assert proxy.commands["delete"] == 0
+        fresh = ChainedStore([ProcessMemoryStore(), memcache, sql])
+        keys = [{"key": i} for i in range(1, 501)]
+        proxy.reset()
+        with counting(sql.engine) as seen:
+            found = fresh.batch_get(SqlFoo, keys)
+        assert [(f.key, f.name) if f else None for f in found] == [
+            (r.key, r.name) for r in _rows(500)
+        ]
+        assert seen == []
+        assert proxy.round_trips == 1 and proxy.commands["set"] == 0
     finally:
         purge_created()
         proxy.close()

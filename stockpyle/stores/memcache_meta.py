@@ -152,6 +152,7 @@ class MetaMemcacheBackend(BytesBackend):
             return_value=True, return_cas_token=True, return_client_flag=True
         )
         self._tombstone_flags = mm.RequestFlags(cache_ttl=TOMBSTONE_SECONDS, client_flag=TOMBSTONE)
+        self._token_flags = mm.RequestFlags(return_cas_token=True)
         self._ttl_flags: dict[int, Any] = {}  # exptime -> flags of a plain set
         self._lease_flags: tuple[tuple[int, int], Any] | None = None  # the last lease's flags
 
@@ -501,6 +502,18 @@ class MetaMemcacheBackend(BytesBackend):
         replies = self._mixed(requests)
         keyed = ((r[1], reply) for r, reply in zip(requests, replies, strict=True))
         return self._leases(keyed, lease_seconds)
+
+    def tokens_many(self, keys: Sequence[str]) -> dict[str, Any]:
+        """The CAS token of whatever each key holds (a value, a tombstone, a lease's
+        placeholder), ``None`` where it holds nothing: no value is sent, and a miss takes no
+        lease. A write below a cache takes these first, so that the cache write after it can
+        be conditional on nothing having changed the key meanwhile."""
+        got = self._get(keys, self._token_flags)
+        mm = self._mm
+        return {
+            k: r.flags.cas_token if isinstance(r, (mm.Success, mm.Value)) else None
+            for k, r in got.items()
+        }
 
     def write_many(self, requests: Sequence[tuple[str, str, Item, Any]]) -> list[Any]:
         """Conditional writes of several kinds in one round trip per server: each
