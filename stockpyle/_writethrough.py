@@ -58,9 +58,51 @@ class WriteThrough:
     def batch_delete(self, objs: Sequence[Any]) -> None:
         self._write(list(objs), None, delete=True)
 
+    def batch_write_tokens(self, objs: Sequence[Any]) -> list[Any] | None:
+        """Tokens of this chain's shared layers, the last one included, for a write made
+        elsewhere (a session's commit) that :meth:`batch_put_on_tokens` then applies to every
+        layer; ``None`` when no layer has such tokens."""
+        objs = list(objs)
+        by_layer = self._write_tokens(objs, self._last)
+        if not by_layer:
+            return None
+        return [{layer: tokens[i] for layer, tokens in by_layer.items()} for i in range(len(objs))]
+
+    def batch_put_on_tokens(
+        self,
+        objs: Sequence[Any],
+        tokens: Sequence[Any],
+        *,
+        expires_at: Sequence[Deadline] | None = None,
+    ) -> list[bool]:
+        """Put ``objs``, already written where they come from (a database this chain's
+        layers cache), into every layer, the last one first: a shared layer on the tokens
+        :meth:`batch_write_tokens` read there before that write, invalidated where they were
+        overtaken; the others as a put writes them. A failure of the last layer raises, as a
+        put's does. Every object is handled: all ``True``."""
+        objs = list(objs)
+        for obj in objs:  # every key value is valid before any layer is touched
+            for spec in layout_of(type(obj)).specs:
+                spec.from_obj(obj)
+        by_layer: dict[int, list[Any]] = {}
+        for i, token in enumerate(tokens):
+            for layer, taken in (token or {}).items():
+                by_layer.setdefault(layer, [None] * len(objs))[i] = taken
+        self._write(objs, expires_at, delete=False, tokens=by_layer)
+        return [True] * len(objs)
+
     def _write(
-        self, objs: list[Any], expires_at: Sequence[Deadline] | None, *, delete: bool
+        self,
+        objs: list[Any],
+        expires_at: Sequence[Deadline] | None,
+        *,
+        delete: bool,
+        tokens: dict[int, list[Any]] | None = None,
     ) -> None:
+        """Write every layer, the last first. ``tokens`` (by layer): the objects were
+        already written where the last layer caches them, with these tokens taken before;
+        the last layer is then written as a shared cache layer is (on its tokens), if it is
+        one."""
         writes = self._writes
         before = [i for i in map(identity_or_none, objs) if i is not None]
         seq = writes.begin(before)
@@ -68,21 +110,22 @@ class WriteThrough:
         error: StoreError | None = None
         try:
             last = self.stores[self._last]
-            tokens = {} if delete else self._write_tokens(objs)
             if delete:
                 last.batch_delete(objs)
+            elif tokens is None:
+                tokens = self._write_tokens(objs, self._last - 1)
+                last.batch_put(objs, expires_at=expires_at)
+            elif last.shared:
+                self._put_shared(last, objs, tokens.get(self._last), expires_at)
             else:
                 last.batch_put(objs, expires_at=expires_at)
+            tokens = tokens or {}
             identities = [identity_or_none(o) for o in objs]  # now known, if generated below
             for layer in range(self._last - 1, -1, -1):
                 store = self.stores[layer]
                 try:
                     if store.shared:
-                        written = self._write_shared(store, objs, tokens.get(layer), expires_at)
-                        rest = [o for o, w in zip(objs, written, strict=True) if not w]
-                        if rest:
-                            store.batch_invalidate(rest)
-                            store.counters.add("invalidations_sent", len(rest))
+                        self._put_shared(store, objs, tokens.get(layer), expires_at)
                     elif delete:
                         store.batch_delete(objs)
                     else:
@@ -104,13 +147,13 @@ class WriteThrough:
         if error is not None:
             raise error
 
-    def _write_tokens(self, objs: list[Any]) -> dict[int, list[Any]]:
-        """Before a put reaches the last layer: each shared layer's tokens for ``objs``
-        (:meth:`~stockpyle._store.BaseStore.batch_write_tokens`), by layer, where it has them.
-        A layer that cannot answer now is invalidated after the write, as one without tokens
-        is (which fails too, and is healed, if it is still down then)."""
+    def _write_tokens(self, objs: list[Any], top: int) -> dict[int, list[Any]]:
+        """Before a put reaches the last layer: the tokens for ``objs`` of each shared layer
+        from ``top`` up (:meth:`~stockpyle._store.BaseStore.batch_write_tokens`), by layer,
+        where it has them. A layer that cannot answer now is invalidated after the write, as
+        one without tokens is (which fails too, and is healed, if it is still down then)."""
         tokens: dict[int, list[Any]] = {}
-        for layer in range(self._last - 1, -1, -1):
+        for layer in range(top, -1, -1):
             store = self.stores[layer]
             if store.shared:
                 try:
@@ -120,6 +163,20 @@ class WriteThrough:
                 if taken is not None:
                     tokens[layer] = taken
         return tokens
+
+    def _put_shared(
+        self,
+        store: BaseStore,
+        objs: list[Any],
+        tokens: list[Any] | None,
+        expires_at: Sequence[Deadline] | None,
+    ) -> None:
+        """Store ``objs`` in a shared layer on their tokens; invalidate the rest there."""
+        written = self._write_shared(store, objs, tokens, expires_at)
+        rest = [o for o, w in zip(objs, written, strict=True) if not w]
+        if rest:
+            store.batch_invalidate(rest)
+            store.counters.add("invalidations_sent", len(rest))
 
     @staticmethod
     def _write_shared(

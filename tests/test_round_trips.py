@@ -408,8 +408,8 @@ def test_chain_batch_put_writes_memcached_in_two_round_trips_and_reads_hit(
 ) -> None:
     """A put of 500 rows through [memory, memcached, SQL] reads memcached's tokens for the 500
     rows' identity and alternate keys (one round trip, before the SQL write), then stores
-    each row there on them, entry and pointer (one round trip after it); a batch_get of them in a fresh
-    process is then one round trip to memcached, with no database read at all."""
+    each row there on them, entry and pointer (one round trip after it); a batch_get of them
+    in a fresh process is then one round trip to memcached, with no database read at all."""
     proxy = CountingProxy(memcached_server)
     try:
         sql = make_sql()

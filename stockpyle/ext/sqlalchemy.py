@@ -32,6 +32,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
         "SQLAlchemy", "sqlalchemy", store="StockpyleSessionExtension"
     ) from exc
 
+from stockpyle._keys import layout_of
 from stockpyle._store import BaseStore
 from stockpyle.exceptions import StockpyleError
 from stockpyle.ext._sqlalchemy_rows import load_missing, old_versions, touched_rows
@@ -62,7 +63,7 @@ _Ops = dict[str, tuple[str, Any, list[Any]]]
 class _SessionState:
     """The pending cache work of one session, per open (root or savepoint) transaction."""
 
-    __slots__ = ("flushing", "notified", "ops", "released")
+    __slots__ = ("flushing", "notified", "ops", "released", "tokens")
 
     def __init__(self) -> None:
         #: Whether invalidation messages were sent inside the transaction (else: after commit).
@@ -71,6 +72,10 @@ class _SessionState:
         self.released: set[orm.SessionTransaction] = set()
         #: Objects of the flush in progress: (kind, obj, old versions), between the two events.
         self.flushing: list[tuple[str, Any, list[Any]]] = []
+        #: identity -> the store's token for it, read at the first flush that put it (before
+        #: the commit), so that the commit's put is conditional on nothing having changed it
+        #: there since (see BaseStore.batch_write_tokens).
+        self.tokens: dict[str, Any] = {}
 
 
 class StockpyleSessionExtension:
@@ -199,9 +204,26 @@ class StockpyleSessionExtension:
                 kind = _DELETE  # could not load everything: invalidate rather than cache
             previous = ops.get(identity)
             ops[identity] = (kind, copy, (previous[2] if previous else []) + olds)
+        self._take_tokens(state, ops)
         if self.invalidation is not None:
             changed = [c[1] for c in copies] + [old for c in copies for old in c[3]]
             self._notify(session, changed)
+
+    def _take_tokens(self, state: _SessionState, ops: _Ops) -> None:
+        """Read the store's tokens for the objects this transaction puts that have none yet
+        (one round trip to a shared layer, before the commit). Without them (a store without
+        tokens, or one that cannot answer now), the commit's put is a plain put."""
+        tokens = state.tokens
+        new = [(i, copy) for i, (kind, copy, _) in ops.items() if kind == _PUT and i not in tokens]
+        if not new:
+            return
+        try:
+            taken = self.store.batch_write_tokens([copy for _, copy in new])
+        except StockpyleError:
+            return
+        if taken is not None:
+            for (identity, _), token in zip(new, taken, strict=True):
+                tokens[identity] = token
 
     def _after_commit(self, session: orm.Session) -> None:
         state = self._state(session)
@@ -212,7 +234,7 @@ class StockpyleSessionExtension:
         root = session.get_transaction()
         ops = state.ops.pop(root, None) if root is not None else None
         if ops:
-            self._apply(ops)
+            self._apply(ops, state.tokens)
             if self.invalidation is not None:
                 self._publish_committed(ops, state.notified)
 
@@ -305,27 +327,46 @@ class StockpyleSessionExtension:
 
     # -- applying ------------------------------------------------------------------------------
 
-    def _apply(self, ops: _Ops) -> None:
+    def _apply(self, ops: _Ops, tokens: dict[str, Any]) -> None:
         deletes: list[Any] = []
         puts: list[Any] = []
-        for kind, copy, olds in ops.values():
+        conditional: list[tuple[Any, Any]] = []
+        for identity, (kind, copy, olds) in ops.items():
+            if kind == _PUT and identity in tokens:
+                # An old version under the same identity (an alternate key changed) is not
+                # deleted first, which would void the tokens: the conditional write replaces
+                # it, and its old alternate keys stop answering (the new entry does not list
+                # them). Where the write is refused, the invalidation removes them.
+                deletes.extend(
+                    o for o in olds if layout_of(type(o)).identity.from_obj(o) != identity
+                )
+                conditional.append((copy, tokens[identity]))
+                continue
             deletes.extend(olds)
             (puts if kind == _PUT else deletes).append(copy)
+        store = self.store
+        puts_all = puts + [copy for copy, _ in conditional]
         try:
             if deletes:
-                self.store.batch_delete(deletes)
+                store.batch_delete(deletes)
+            if conditional:
+                objs = [copy for copy, _ in conditional]
+                stored = store.batch_put_on_tokens(objs, [token for _, token in conditional])
+                refused = [obj for obj, ok in zip(objs, stored, strict=True) if not ok]
+                if refused:  # another write overtook this commit's there: invalidate
+                    store.batch_invalidate(refused)
             if puts:
-                self.store.batch_put(puts)
+                store.batch_put(puts)
         except StockpyleError as exc:
             self.failures += 1
             _log.error(
                 "%r: applying a commit to the cache failed (%s); evicting %d objects",
                 self,
                 exc,
-                len(deletes) + len(puts),
+                len(deletes) + len(puts_all),
             )
             try:
-                self.store.batch_delete(deletes + puts)
+                self.store.batch_delete(deletes + puts_all)
             except StockpyleError as again:
                 _log.error("%r: eviction failed too (%s): the cache may be stale", self, again)
             if self.strict:
