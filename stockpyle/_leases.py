@@ -30,7 +30,7 @@ from stockpyle._expiry import Deadline
 from stockpyle._keys import KeyLayout, layout_of
 from stockpyle._kv import Entry, Plan, Pointer, Record, is_dead
 from stockpyle._store import KeyDict, Lease
-from stockpyle.exceptions import StockpyleError
+from stockpyle.exceptions import StockpyleError, StoreError
 
 if TYPE_CHECKING:
     from stockpyle.bytes import BytesStore, Item
@@ -617,8 +617,9 @@ def write_on_tokens(
     read, each slot only if it still holds what it held then (compare-and-set on its token,
     or add where it held nothing), all in one pipelined round trip per server; which objects
     were stored at every slot. An object that was not (a slot changed meanwhile, its slots are
-    not those its token read, no token, its lifetime is over) may be stored at some of its
-    slots: the caller invalidates it. Of several versions of one object in a batch, the last
+    not those its token read, no token, its lifetime is over, it cannot be stored here: too
+    large, or it cannot be pickled) may be stored at some of its slots: the caller
+    invalidates it. Of several versions of one object in a batch, the last
     is written (the one a database keeps); the others count as stored."""
     now = self.clock()
     try:
@@ -645,13 +646,16 @@ def write_on_tokens(
             records[slot] = pointer
             if hints is not None and hints.get(slot) != plan.identity:
                 _remember(hints, slot, plan.identity)
-        if inline is not None:
-            items = self._items_inline(records, now, inline)  # raises as item() does
-        else:
-            items = {
-                self.backend_key(k): self.item(self.backend_key(k), r, now)
-                for k, r in records.items()
-            }
+        try:
+            if inline is not None:
+                items = self._items_inline(records, now, inline)  # raises as item() does
+            else:
+                items = {
+                    self.backend_key(k): self.item(self.backend_key(k), r, now)
+                    for k, r in records.items()
+                }
+        except StoreError:
+            continue  # cannot be stored here (too large, cannot be pickled): invalidated
         first = len(requests)
         for slot, cas in zip(plan.slots, token.cas, strict=True):
             bkey = self.backend_key(slot)

@@ -221,3 +221,22 @@ def test_an_older_put_never_leaves_its_alternate_key_pointing_at_it(world: Any) 
         found = chain.get(Foo, {"zap": 2, "bar": 3})
         assert found is not None and found.name == "nine"
     assert database.get(Foo, {"zap": 2, "bar": 3}).name == "nine"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("bad", ["too large", "unpicklable"])
+def test_a_put_memcached_cannot_hold_invalidates_the_older_version(world: Any, bad: str) -> None:
+    """A put whose new version memcached cannot hold (larger than its item limit, or not
+    picklable) still succeeds, as before: the database has it, and memcached's older version
+    is invalidated rather than left for other processes to read (no cache failure: there is
+    nothing to heal)."""
+    database, process = world
+    a, b = process(), process()
+    a.put(Foo(1, 2, 3, name="v1"))
+    assert names(b) == ("v1", "v1")
+    name: Any = "x" * 2_000_000 if bad == "too large" else (lambda: "v2")
+    a.put(Foo(1, 2, 3, name=name))
+    assert a.failures == [0, 0]
+    assert a.stores[0].get(Foo, {"key": 1}) is None
+    assert a.stores[0].stats().invalidations_sent == 1
+    found = database.get(Foo, {"key": 1})
+    assert found is not None and found.name is name
