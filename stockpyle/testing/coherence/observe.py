@@ -54,6 +54,20 @@ class Recorder:
         """Hold the next read of the calling thread ``seconds``, whatever the probability."""
         self._forced.seconds = seconds
 
+    def hold_next_write(self, seconds: float) -> None:
+        """Hold the next database write of the calling thread ``seconds`` after it wrote, before
+        it returns (to the chain, which then writes the layers above)."""
+        self._forced.write_seconds = seconds
+
+    def hold_write(self) -> None:
+        """Hold this writer if :meth:`hold_next_write` asked for it (called after its write)."""
+        forced = getattr(self._forced, "write_seconds", 0.0)
+        if forced:
+            self._forced.write_seconds = 0.0
+            with self._lock:
+                self.pauses += 1
+            time.sleep(forced)
+
     def hold(self) -> None:
         """Maybe hold this reader (called after its read, before it returns)."""
         forced = getattr(self._forced, "seconds", 0.0)
@@ -96,7 +110,8 @@ class LoadObserver(BaseStore):
     Every read (``get``, ``get_entry``, ``batch_get``, ``batch_get_entries``, however they call
     each other) is counted once per key, with its start and end; the checker uses these to
     find duplicate loads. Some reads are held after the read and before they return, as
-    configured by the checker (``pause_probability``, ``pause_seconds``).
+    configured by the checker (``pause_probability``, ``pause_seconds``), and a writer that
+    a closing race asks for is held after its ``batch_put`` (``put`` goes through it).
     """
 
     _depth = threading.local()
@@ -132,6 +147,13 @@ class LoadObserver(BaseStore):
     def get(self, cls: type[T], key_dict: KeyDict) -> T | None:
         read = super().get
         return self._observe(lambda: read(cls, key_dict), [key_dict])
+
+    def batch_put(self, objs: Sequence[Any], *, expires_at: Any = None) -> None:
+        # safe-super: LoadObserver is always mixed in before a concrete store class
+        super().batch_put(objs, expires_at=expires_at)  # type: ignore[safe-super]
+        recorder = _recorder
+        if recorder is not None:
+            recorder.hold_write()  # a writer the checker holds after its write (closing races)
 
 
 class ObservedSqlAlchemyStore(LoadObserver, SqlAlchemyStore):

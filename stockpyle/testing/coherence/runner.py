@@ -51,8 +51,9 @@ class CheckerConfig:
       the caches are audited; ``down_grace_seconds``: how long after a database restart a
       ``StoreError`` still counts as expected.
     * ``closing_races``: after the operations, that many deliberate races between a reader
-      held between its database read and its fill, in one process, and a put or delete of
-      the same key in another (about 0.6 s each; they need two processes or more).
+      held between its database read and its fill (or, every third, a writer held between its
+      database write and its cache writes), in one process, and a put or delete of the same
+      key in another (about 0.6 s each; they need two processes or more).
     * ``keep_table``: leave the ``stockpyle_coherence_item`` table (else it is dropped).
     * ``finish_grace_seconds``: how long past ``seconds`` the workers may take to finish their
       last operations; then the run raises ``TimeoutError`` (a hung worker fails the run

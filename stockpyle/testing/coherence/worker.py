@@ -120,28 +120,37 @@ class _Thread:
             _bump(self.signals.progress)
 
     def closing_races(self, at: float, recorder: Recorder) -> None:
-        """Race a held reader in one process against a writer in the next, key after key.
+        """Race a held reader, or a held writer, in one process against a writer in the next,
+        key after key.
 
         In step ``j`` (from ``at + j * gap``), process ``j % processes`` puts key ``j``,
         evicts it from its cache layers and reads it through its chain, held ``hold`` seconds
         between its database read and its fill; meanwhile process ``j + 1`` puts a new
-        version of the key (even steps) or deletes it (odd steps). Nothing touches the key
-        afterwards: a fill that lands anyway leaves a stale or resurrected entry for the audit.
+        version of the key (``j % 3 == 0``) or deletes it (``j % 3 == 1``). In every third
+        step (``j % 3 == 2``) process ``j`` instead puts the key held ``hold`` seconds between
+        its database write and its cache writes, while process ``j + 1`` puts a newer version.
+        Nothing touches the key afterwards: a fill or a cache write that lands anyway leaves a
+        stale or resurrected entry for the audit.
         """
         hold, gap = 0.5, 0.6
         processes, index = self.plan.processes, self.plan.context.index
         for step in range(self.plan.closing_races):
             key = step % self.plan.keys
             begin = at + step * gap
+            race = step % 3
             if index == step % processes:
                 _sleep_until(begin)
+                if race == 2:
+                    recorder.hold_next_write(hold)
+                    self.one("put", key)
+                    continue
                 self.one("put", key)
                 self.one("evict", key)
                 recorder.hold_next(hold)
                 self.one("get", key)
             elif index == (step + 1) % processes:
                 _sleep_until(begin + hold / 3)
-                self.one("put" if step % 2 == 0 else "delete", key)
+                self.one("delete" if race == 1 else "put", key)
 
     def one(self, op: str, chosen: int | None = None) -> None:
         key = self.rng.randrange(self.plan.keys) if chosen is None else chosen
