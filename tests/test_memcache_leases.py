@@ -511,3 +511,53 @@ def test_a_claim_held_for_a_wrong_guess_is_given_back(memcached_server: str) -> 
     assert _tombstoned(b)
     (later,) = b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
     assert later.token is not None and not later.busy
+
+
+def test_write_tokens_cover_every_key_and_any_change_voids_them(memcached_server: str) -> None:
+    """batch_write_tokens reads a token for each key an object is stored at (a held value, a
+    tombstone or a lease's placeholder; none where nothing is held), and batch_put_on_tokens
+    stores the object only while every one of those keys is unchanged: a plain put, an
+    invalidation or a lease of any of them since voids the write (nothing is half-written
+    that a read would serve)."""
+    a, b = two_processes(memcached_server)
+    obj = Foo(1, 2, 3, name="v1")
+    (token,) = a.batch_write_tokens([obj])
+    assert token is not None and len(token.slots) == 2 and token.cas == (None, None)
+    assert a.batch_put_on_tokens([obj], [token]) == [True]
+    assert b.get(Foo, {"zap": 2, "bar": 3}) == obj
+    assert a.batch_put_on_tokens([Foo(1, 2, 3, name="again")], [token]) == [False]
+    for change in ("put", "invalidate", "lease"):
+        (token,) = a.batch_write_tokens([obj])
+        assert token is not None and all(cas is not None for cas in token.cas)
+        if change == "put":
+            b.put(Foo(1, 2, 3, name="other"))
+        elif change == "invalidate":
+            b.batch_invalidate([obj])
+        else:
+            b.batch_invalidate([obj])
+            (token,) = a.batch_write_tokens([obj])  # the tombstone's token
+            assert token is not None and token.cas[0] is not None
+            (lease,) = b.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+            assert lease.token is not None  # b claimed the tombstone
+        assert a.batch_put_on_tokens([Foo(1, 2, 3, name="late")], [token]) == [False], change
+        found = b.get(Foo, {"key": 1})
+        assert found is None or found.name != "late", change
+        a.batch_invalidate([obj])
+        (token,) = a.batch_write_tokens([obj])
+        assert a.batch_put_on_tokens([obj], [token]) == [True]
+
+
+def test_write_tokens_are_none_without_them(memcached_server: str) -> None:
+    """Stores whose client has no value-less token reads (python-memcached, pymemcache), and
+    a serve_stale store, give no tokens: a chain invalidates them after a put instead."""
+    stale, _ = two_processes(memcached_server, serve_stale=True)
+    assert stale.batch_write_tokens([Foo(1)]) is None
+    clients: list[Any] = [
+        memcache.Client([memcached_server]),
+        PyClient(memcached_server, connect_timeout=1, timeout=1),
+    ]
+    for client in clients:
+        store = PurgingStore(client=client, prefix=unique_prefix())
+        assert store.batch_write_tokens([Foo(1)]) is None
+    meta, _ = two_processes(memcached_server)
+    assert meta.batch_write_tokens([Foo(None)]) == [None]  # no identity yet: nothing to read
