@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,13 @@ from sqlalchemy import orm
 
 from stockpyle.exceptions import StoreError
 from stockpyle.ext.sqlalchemy import StockpyleSessionExtension
-from stockpyle.stores import BaseStore, ProcessMemoryStore
+from stockpyle.stores import (
+    BaseStore,
+    ChainedStore,
+    MemcacheStore,
+    ProcessMemoryStore,
+    SqlAlchemyStore,
+)
 from stockpyle.testing.sqlmodels import (
     SqlBase,
     SqlFoo,
@@ -358,3 +365,137 @@ def test_cache_failure_after_commit(engine: sa.Engine, caplog: pytest.LogCapture
 def test_tables_are_created_by_the_application(engine: sa.Engine) -> None:
     """The store and the hook never create tables: that is metadata.create_all's job."""
     assert set(SqlBase.metadata.tables) <= set(sa.inspect(engine).get_table_names())
+
+
+# -- over a real memcached: a commit's put is conditional on tokens read at the flush ---------
+# (SPEC sections 9 and 11) so that two sessions racing on one row never leave the older version
+# in memcached. The race is forced: the first session's commit is held inside the hook, after
+# the commit and before its memcached write, while a second session commits a newer version.
+
+WAIT = 10  # seconds: a bound on waiting for another thread, never a duration under test
+
+
+class HeldMemcache(MemcacheStore):
+    """A MemcacheStore whose puts (conditional or not) hold the thread named
+    ``hold_thread`` at an Event, once, before they write."""
+
+    hold_thread: threading.Thread | None = None
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.held = threading.Event()
+        self.go = threading.Event()
+
+    def _hold(self) -> None:
+        if threading.current_thread() is self.hold_thread:
+            self.hold_thread = None
+            self.held.set()
+            assert self.go.wait(WAIT)
+
+    def batch_put_on_tokens(
+        self, objs: Sequence[Any], tokens: Sequence[Any], **kw: Any
+    ) -> list[bool]:
+        self._hold()
+        return super().batch_put_on_tokens(objs, tokens, **kw)
+
+    def batch_put(self, objs: Sequence[Any], **kw: Any) -> None:
+        self._hold()
+        super().batch_put(objs, **kw)
+
+
+@pytest.fixture
+def hooked(engine: sa.Engine, memcached_server: str) -> Iterator[tuple[Any, ...]]:
+    """A sessionmaker whose hook keeps [memory, memcached] in step, that memcached, and a
+    reader: another process's chain [memcached, SQL] over the same prefix and database."""
+    prefix = f"ext{uuid.uuid4().hex[:10]}"
+    memcache = HeldMemcache(servers=[memcached_server], prefix=prefix)
+    maker = orm.sessionmaker(engine)
+    StockpyleSessionExtension(store=ChainedStore([ProcessMemoryStore(), memcache])).attach(maker)
+    sql = SqlAlchemyStore(engine=engine)
+    reader = ChainedStore([MemcacheStore(servers=[memcached_server], prefix=prefix), sql])
+    yield maker, memcache, reader, sql
+    reader.release()
+    memcache.release()
+
+
+def statements(engine: sa.Engine) -> list[str]:
+    seen: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    return seen
+
+
+@pytest.mark.memcached
+def test_a_commit_lands_in_memcached_and_other_processes_read_it(hooked: Any) -> None:
+    """A commit's insert, then its update, is in memcached for another process's chain,
+    which reads it without a statement on the database."""
+    maker, memcache, reader, sql = hooked
+    with maker() as session:
+        session.add(SqlFoo(key=1, zap=2, bar=3, name="v1"))
+        session.commit()
+    seen = statements(sql.engine)
+    found = reader.get(SqlFoo, {"zap": 2, "bar": 3})
+    assert found is not None and found.name == "v1"
+    with maker() as session:
+        row = session.get(SqlFoo, 1)
+        assert row is not None
+        row.name = "v2"
+        session.commit()
+    seen.clear()
+    found = reader.get(SqlFoo, {"key": 1})
+    assert found is not None and found.name == "v2"
+    assert seen == []
+    assert memcache.stats().invalidations_sent == 0
+
+
+@pytest.mark.memcached
+def test_racing_commits_never_leave_the_older_version_in_memcached(hooked: Any) -> None:
+    """Session A commits version 1 of a row and is held in the hook before its memcached
+    write; session B then commits version 2, which the hook writes. A's write, conditional on
+    the token read at its flush (before B's write), is refused and A invalidates: memcached
+    never holds version 1 afterwards, and every read sees version 2."""
+    maker, memcache, reader, _ = hooked
+    with maker() as session:
+        session.add(SqlFoo(key=1, zap=2, bar=3, name="v0"))
+        session.commit()
+
+    def update(name: str) -> None:
+        with maker() as session:
+            row = session.get(SqlFoo, 1)
+            assert row is not None
+            row.name = name
+            session.commit()
+
+    a = threading.Thread(target=update, args=("v1",))
+    memcache.hold_thread = a
+    a.start()
+    assert memcache.held.wait(WAIT)  # A committed; its memcached write is held
+    update("v2")
+    assert memcache.get(SqlFoo, {"key": 1}).name == "v2"  # type: ignore[union-attr]
+    memcache.go.set()
+    a.join(WAIT)
+    assert memcache.get(SqlFoo, {"key": 1}) is None  # A's write refused: invalidated
+    for key in ({"key": 1}, {"zap": 2, "bar": 3}):
+        found = reader.get(SqlFoo, key)
+        assert found is not None and found.name == "v2"
+
+
+@pytest.mark.memcached
+def test_a_commit_that_changes_an_alternate_key_moves_it_in_memcached(hooked: Any) -> None:
+    """A commit that changes a row's alternate key stores the new version on its tokens: the
+    new value answers from memcached, the old one no longer answers anywhere."""
+    maker, memcache, reader, sql = hooked
+    with maker() as session:
+        session.add(SqlFoo(key=1, zap=2, bar=3, name="v1"))
+        session.commit()
+    with maker() as session:
+        row = session.get(SqlFoo, 1)
+        assert row is not None
+        row.zap, row.name = 5, "v2"
+        session.commit()
+    seen = statements(sql.engine)
+    found = reader.get(SqlFoo, {"zap": 5, "bar": 3})
+    assert found is not None and found.name == "v2"
+    assert seen == []  # from memcached
+    assert memcache.get(SqlFoo, {"zap": 2, "bar": 3}) is None
+    assert reader.get(SqlFoo, {"zap": 2, "bar": 3}) is None
+    assert memcache.stats().invalidations_sent == 0
