@@ -171,29 +171,14 @@ class WriteThrough:
         tokens: list[Any] | None,
         expires_at: Sequence[Deadline] | None,
     ) -> None:
-        """Store ``objs`` in a shared layer on their tokens; invalidate the rest there."""
-        written = self._write_shared(store, objs, tokens, expires_at)
-        rest = [o for o, w in zip(objs, written, strict=True) if not w]
-        if rest:
-            store.batch_invalidate(rest)
-            store.counters.add("invalidations_sent", len(rest))
-
-    @staticmethod
-    def _write_shared(
-        store: BaseStore,
-        objs: list[Any],
-        tokens: list[Any] | None,
-        expires_at: Sequence[Deadline] | None,
-    ) -> list[bool]:
         """Store the objects just written below into a shared layer, each only if nothing
         changed any of its keys there since its token was read before that write (SPEC
-        section 11: the next reader then finds the new value instead of reading below); which
-        were stored. Those that were not (another write, invalidation, lease or fill came
-        between, no token: an identity the write generated) are for the caller to invalidate."""
-        if tokens is None:
-            return [False] * len(objs)
-        chosen = [i for i, token in enumerate(tokens) if token is not None]
+        section 11: the next reader then finds the new value instead of reading below), and
+        invalidate the others there: another write, invalidation, lease or fill came between,
+        or there is no token (the layer has none, or the write generated the identity)."""
         written = [False] * len(objs)
+        tokens = tokens or [None] * len(objs)
+        chosen = [i for i, t in enumerate(tokens) if t is not None]
         if chosen:
             stored = store.batch_put_on_tokens(
                 [objs[i] for i in chosen],
@@ -202,7 +187,10 @@ class WriteThrough:
             )
             for i, ok in zip(chosen, stored, strict=True):
                 written[i] = ok
-        return written
+        rest = [o for o, w in zip(objs, written, strict=True) if not w]
+        if rest:
+            store.batch_invalidate(rest)
+            store.counters.add("invalidations_sent", len(rest))
 
     def _put_in_process(
         self,
