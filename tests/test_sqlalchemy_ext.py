@@ -499,3 +499,25 @@ def test_a_commit_that_changes_an_alternate_key_moves_it_in_memcached(hooked: An
     assert memcache.get(SqlFoo, {"zap": 2, "bar": 3}) is None
     assert reader.get(SqlFoo, {"zap": 2, "bar": 3}) is None
     assert memcache.stats().invalidations_sent == 0
+
+
+@pytest.mark.memcached
+def test_a_rolled_back_savepoint_leaves_memcached_to_the_commit(hooked: Any) -> None:
+    """Tokens read at a savepoint's flush serve the commit that follows its rollback: what
+    lands in memcached is what the transaction committed, never the rolled-back version."""
+    maker, memcache, reader, _ = hooked
+    with maker() as session:
+        session.add(SqlFoo(key=1, zap=2, bar=3, name="v0"))
+        session.commit()
+    with maker() as session:
+        row = session.get(SqlFoo, 1)
+        assert row is not None
+        savepoint = session.begin_nested()
+        row.name = "rolled back"
+        session.flush()
+        savepoint.rollback()
+        row.name = "v1"
+        session.commit()
+    assert memcache.get(SqlFoo, {"key": 1}).name == "v1"  # type: ignore[union-attr]
+    found = reader.get(SqlFoo, {"zap": 2, "bar": 3})
+    assert found is not None and found.name == "v1"
