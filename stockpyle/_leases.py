@@ -255,6 +255,27 @@ def _release_unused(
         release(self, unused)
 
 
+def _plans(
+    self: BytesStore, objs: Sequence[Any], expires_at: Sequence[Deadline] | None, now: float
+) -> list[Plan]:
+    """Each object's :class:`Plan`; an invalid key raises naming this store."""
+    try:
+        return [Plan._make(p) for p in self._plan_objects(objs, expires_at, now)]
+    except StockpyleError as exc:
+        raise self._naming_store(exc) from None
+
+
+def _records(plan: Plan) -> dict[str, Record]:
+    """What storing ``plan`` writes: its entry at its identity slot, and a pointer to it at
+    each of its other slots."""
+    records: dict[str, Record] = {plan.identity: Entry(plan.deadline, plan.slots, plan.obj)}
+    if len(plan.slots) > 1:
+        pointer = Pointer(plan.deadline, plan.identity)
+        for slot in plan.slots[1:]:
+            records[slot] = pointer
+    return records
+
+
 def _remember(hints: dict[str, str], slot: str, identity: str) -> None:
     if len(hints) >= HINTS:
         hints.clear()
@@ -305,10 +326,7 @@ def fill(
     and the other pointers (add) go in one round trip per server where the backend pipelines
     them (``write_many``), else one per step."""
     now = self.clock()
-    try:
-        plans = [Plan._make(p) for p in self._plan_objects(objs, expires_at, now)]
-    except StockpyleError as exc:
-        raise self._naming_store(exc) from None
+    plans = _plans(self, objs, expires_at, now)
     backend = self.backend
     one_trip = hasattr(backend, "write_many")
     hints = self._alt_hints if hasattr(backend, "lease_peek_many") else None
@@ -434,11 +452,7 @@ def _fill_leased(
     """:func:`fill` of one object leased at its identity (a chain's get that missed by
     identity), on a backend that pipelines (``write_many``): the same requests in one round
     trip, the entry compare-and-set on the lease, each pointer added; whether it was stored."""
-    records: dict[str, Record] = {plan.identity: Entry(plan.deadline, plan.slots, plan.obj)}
-    if len(plan.slots) > 1:
-        pointer = Pointer(plan.deadline, plan.identity)
-        for slot in plan.slots[1:]:
-            records[slot] = pointer
+    records = _records(plan)
     requests: list[tuple[str, str, Item, Any]] = []
     for bkey, item in self._items_inline(records, now, inline).items():  # raises as item()
         requests.append(("add", bkey, item, None) if requests else ("cas", bkey, item, cas))
@@ -622,10 +636,7 @@ def write_on_tokens(
     invalidates it. Of several versions of one object in a batch, the last
     is written (the one a database keeps); the others count as stored."""
     now = self.clock()
-    try:
-        plans = [Plan._make(p) for p in self._plan_objects(objs, expires_at, now)]
-    except StockpyleError as exc:
-        raise self._naming_store(exc) from None
+    plans = _plans(self, objs, expires_at, now)
     inline = self._inline_dumps
     hints = self._alt_hints if hasattr(self.backend, "lease_peek_many") else None
     requests: list[tuple[str, str, Item, Any]] = []
@@ -640,12 +651,11 @@ def write_on_tokens(
         seen.add(plan.identity)
         if token is None or token.slots != plan.slots or is_dead(plan.deadline, now):
             continue
-        records: dict[str, Record] = {plan.identity: Entry(plan.deadline, plan.slots, plan.obj)}
-        pointer = Pointer(plan.deadline, plan.identity)
-        for slot in plan.slots[1:]:
-            records[slot] = pointer
-            if hints is not None and hints.get(slot) != plan.identity:
-                _remember(hints, slot, plan.identity)
+        records = _records(plan)
+        if hints is not None:
+            for slot in plan.slots[1:]:
+                if hints.get(slot) != plan.identity:
+                    _remember(hints, slot, plan.identity)
         try:
             if inline is not None:
                 items = self._items_inline(records, now, inline)  # raises as item() does

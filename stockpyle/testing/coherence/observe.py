@@ -59,23 +59,25 @@ class Recorder:
         it returns (to the chain, which then writes the layers above)."""
         self._forced.write_seconds = seconds
 
+    def _forced_hold(self, name: str) -> bool:
+        """Hold the calling thread as its ``hold_next*`` call (thread-local ``name``) asked,
+        once; whether it did."""
+        forced = getattr(self._forced, name, 0.0)
+        if not forced:
+            return False
+        setattr(self._forced, name, 0.0)
+        with self._lock:
+            self.pauses += 1
+        time.sleep(forced)
+        return True
+
     def hold_write(self) -> None:
         """Hold this writer if :meth:`hold_next_write` asked for it (called after its write)."""
-        forced = getattr(self._forced, "write_seconds", 0.0)
-        if forced:
-            self._forced.write_seconds = 0.0
-            with self._lock:
-                self.pauses += 1
-            time.sleep(forced)
+        self._forced_hold("write_seconds")
 
     def hold(self) -> None:
         """Maybe hold this reader (called after its read, before it returns)."""
-        forced = getattr(self._forced, "seconds", 0.0)
-        if forced:
-            self._forced.seconds = 0.0
-            with self._lock:
-                self.pauses += 1
-            time.sleep(forced)
+        if self._forced_hold("seconds"):
             return
         if not self.enabled or self.pause_probability <= 0:
             return
