@@ -418,6 +418,23 @@ def hooked(engine: sa.Engine, memcached_server: str) -> Iterator[tuple[Any, ...]
     memcache.release()
 
 
+def commit_new(maker: orm.sessionmaker[orm.Session], name: str) -> None:
+    """Commit row 1 (alternate key zap=2, bar=3) through a hooked session."""
+    with maker() as session:
+        session.add(SqlFoo(key=1, zap=2, bar=3, name=name))
+        session.commit()
+
+
+def commit_update(maker: orm.sessionmaker[orm.Session], **values: Any) -> None:
+    """Commit ``values`` onto row 1 through a hooked session."""
+    with maker() as session:
+        row = session.get(SqlFoo, 1)
+        assert row is not None
+        for name, value in values.items():
+            setattr(row, name, value)
+        session.commit()
+
+
 def statements(engine: sa.Engine) -> list[str]:
     seen: list[str] = []
     sa.event.listen(engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
@@ -429,17 +446,11 @@ def test_a_commit_lands_in_memcached_and_other_processes_read_it(hooked: Any) ->
     """A commit's insert, then its update, is in memcached for another process's chain,
     which reads it without a statement on the database."""
     maker, memcache, reader, sql = hooked
-    with maker() as session:
-        session.add(SqlFoo(key=1, zap=2, bar=3, name="v1"))
-        session.commit()
+    commit_new(maker, "v1")
     seen = statements(sql.engine)
     found = reader.get(SqlFoo, {"zap": 2, "bar": 3})
     assert found is not None and found.name == "v1"
-    with maker() as session:
-        row = session.get(SqlFoo, 1)
-        assert row is not None
-        row.name = "v2"
-        session.commit()
+    commit_update(maker, name="v2")
     seen.clear()
     found = reader.get(SqlFoo, {"key": 1})
     assert found is not None and found.name == "v2"
@@ -454,22 +465,13 @@ def test_racing_commits_never_leave_the_older_version_in_memcached(hooked: Any) 
     the token read at its flush (before B's write), is refused and A invalidates: memcached
     never holds version 1 afterwards, and every read sees version 2."""
     maker, memcache, reader, _ = hooked
-    with maker() as session:
-        session.add(SqlFoo(key=1, zap=2, bar=3, name="v0"))
-        session.commit()
+    commit_new(maker, "v0")
 
-    def update(name: str) -> None:
-        with maker() as session:
-            row = session.get(SqlFoo, 1)
-            assert row is not None
-            row.name = name
-            session.commit()
-
-    a = threading.Thread(target=update, args=("v1",))
+    a = threading.Thread(target=commit_update, args=(maker,), kwargs={"name": "v1"})
     memcache.hold_thread = a
     a.start()
     assert memcache.held.wait(WAIT)  # A committed; its memcached write is held
-    update("v2")
+    commit_update(maker, name="v2")
     assert memcache.get(SqlFoo, {"key": 1}).name == "v2"  # type: ignore[union-attr]
     memcache.go.set()
     a.join(WAIT)
@@ -484,14 +486,8 @@ def test_a_commit_that_changes_an_alternate_key_moves_it_in_memcached(hooked: An
     """A commit that changes a row's alternate key stores the new version on its tokens: the
     new value answers from memcached, the old one no longer answers anywhere."""
     maker, memcache, reader, sql = hooked
-    with maker() as session:
-        session.add(SqlFoo(key=1, zap=2, bar=3, name="v1"))
-        session.commit()
-    with maker() as session:
-        row = session.get(SqlFoo, 1)
-        assert row is not None
-        row.zap, row.name = 5, "v2"
-        session.commit()
+    commit_new(maker, "v1")
+    commit_update(maker, zap=5, name="v2")
     seen = statements(sql.engine)
     found = reader.get(SqlFoo, {"zap": 5, "bar": 3})
     assert found is not None and found.name == "v2"
@@ -506,9 +502,7 @@ def test_a_rolled_back_savepoint_leaves_memcached_to_the_commit(hooked: Any) -> 
     """Tokens read at a savepoint's flush serve the commit that follows its rollback: what
     lands in memcached is what the transaction committed, never the rolled-back version."""
     maker, memcache, reader, _ = hooked
-    with maker() as session:
-        session.add(SqlFoo(key=1, zap=2, bar=3, name="v0"))
-        session.commit()
+    commit_new(maker, "v0")
     with maker() as session:
         row = session.get(SqlFoo, 1)
         assert row is not None
