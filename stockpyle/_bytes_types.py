@@ -36,13 +36,16 @@ class Leased(NamedTuple):
 
     ``value`` is the stored bytes or ``None``. ``token`` is set when this caller may fill (it
     won the lease on a miss, or is asked to refresh a stale or expiring value), ``busy`` when
-    another caller holds the lease, ``stale`` when ``value`` was invalidated.
+    another caller holds the lease, ``stale`` when ``value`` was invalidated. ``cas`` is the
+    CAS token of the value found, where the backend returns one (a read by alternate key that
+    finds a pointer its entry no longer lists replaces that pointer on it).
     """
 
     value: bytes | None
     token: Any = None
     busy: bool = False
     stale: bool = False
+    cas: Any = None
 
 
 class BackendError(Exception):

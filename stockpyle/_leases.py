@@ -17,7 +17,11 @@ names lists it), so only the entry's write needs to be conditional:
 * backends with add only: a miss's token means "fill only if absent";
 * other backends: fills are plain writes.
 
-Pointers written beside a fill are added (never replacing what is there).
+Pointers written beside a fill are added (never replacing what is there), except the one a
+read by alternate key found and could not use (a pointer its entry no longer lists, or one to a
+missing entry): the read hands out that pointer's CAS token, and the fill replaces it on it as
+it would a leased alternate slot, so that a dead pointer does not make every read of its value
+miss until it expires.
 """
 
 from __future__ import annotations
@@ -210,19 +214,29 @@ def _answer(
     for it; ``hint``: the identity peeked for it, if any."""
     record, leased = records.get(slot), leases[slot]
     at = slot
+    pointer = None  # the CAS token of the pointer found at slot, if one was
     if type(record) is Pointer:
+        pointer = leased.cas
         at = record.identity
         hints = self._alt_hints
         if peeking and hints.get(slot) != at:
             _remember(hints, slot, at)
         record, leased = records.get(at), leases.get(at, leased)
         if type(record) is Entry and slot not in record.slots:
-            return Lease(None, token=_ADD)  # a stale pointer
+            # A pointer its entry no longer lists (the object's alternate value changed): a
+            # miss, whose fill replaces the pointer on its token (an add would leave it, and
+            # every read of the value would miss again until it expired).
+            return Lease(None, token=_ADD if pointer is None else FillToken("alt", slot, pointer))
     if type(record) is Entry and not is_dead(record.deadline, now):
         token = None if leased.token is None else FillToken("cas", at, leased.token)
         return Lease((record.obj, record.deadline), token, leased.busy, leased.stale)
     if leased.token is None:
         return Lease(None, token=None if leased.busy else _ADD, busy=leased.busy)
+    if at != slot and pointer is not None:
+        # A pointer to a missing entry, leased (or its tombstone claimed) there: the fill
+        # compare-and-sets the entry on that token if the object is still that identity (else
+        # adds its own and gives the token back), and the pointer on its own token.
+        return Lease(None, token=FillToken("alt", slot, pointer, (at, leased.token)))
     if identity or at != slot:
         return Lease(None, token=FillToken("cas", at, leased.token))
     # A miss by alternate key: its fill adds the identity entry, which a tombstone (an
@@ -344,7 +358,7 @@ def fill(
         if (
             type(token) is FillToken
             and token.mode == "alt"
-            and token.held is None
+            and (token.held is None or token.held[0] == plan.identity)
             and not is_dead(plan.deadline, now)
         ):
             return [_fill_by_alternate(self, plan, token, now, inline, hints)]
@@ -473,9 +487,10 @@ def _fill_by_alternate(
     hints: dict[str, str] | None,
 ) -> bool:
     """:func:`fill` of one object leased at an alternate slot (a chain's miss by alternate
-    key) holding no claim, on a backend that pipelines: the same requests in one round trip
-    (the entry added, the leased pointer compare-and-set, the other pointers added), and the
-    added entry deleted again if the leased pointer was refused; whether it was stored."""
+    key), holding no claim or one at the object's identity, on a backend that pipelines: the
+    same requests in one round trip (the entry added, or compare-and-set on the claim; the
+    leased pointer compare-and-set; the other pointers added), and an added entry deleted
+    again if the leased pointer was refused; whether the entry was stored."""
     records: dict[str, Record] = {plan.identity: Entry(plan.deadline, plan.slots, plan.obj)}
     pointer = Pointer(plan.deadline, plan.identity)
     for slot in plan.slots[1:]:
@@ -484,7 +499,9 @@ def _fill_by_alternate(
     bkey = self.backend_key(plan.identity)
     alt = self.backend_key(token.key)
     leased = encoded.get(alt) or self.item(alt, pointer, now)
-    requests: list[tuple[str, str, Item, Any]] = [("add_cas", bkey, encoded[bkey], None)]
+    held = token.held
+    first = ("add_cas", None) if held is None else ("cas", held[1])
+    requests: list[tuple[str, str, Item, Any]] = [(first[0], bkey, encoded[bkey], first[1])]
     requests.append(("cas", alt, leased, token.cas))
     for slot in plan.slots[1:]:
         if hints is not None and hints.get(slot) != plan.identity:
@@ -496,7 +513,7 @@ def _fill_by_alternate(
     added, pointed = results[0], results[1]
     if added is None or added is False:
         return False
-    if not pointed:  # the leased pointer was refused: the entry added goes again
+    if not pointed and held is None:  # the leased pointer was refused: the entry added goes
         self.call("fill", self.backend.delete_if_many, {bkey: added})  # type: ignore[attr-defined]
         return False
     return True

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from stockpyle._keys import layout_of
 from stockpyle.stores import ChainedStore, MemcacheStore, ProcessMemoryStore
 from stockpyle.testing.models import Foo
 
@@ -114,6 +115,86 @@ def test_a_put_that_changes_the_alternate_key_moves_it(world: Any) -> None:
     assert database.reads == 0  # the new alternate value was stored with the entry
     assert b.get(Foo, {"zap": 2, "bar": 3}) is None
     assert b.stores[0].get(Foo, {"zap": 2, "bar": 3}) is None
+
+
+def read_alt(chain: ChainedStore, how: str) -> Any:
+    """Foo by alternate key (2, 3), through the single-key path or in a batch with Foo 50
+    (which memcached holds: see :func:`hold_foo_50`)."""
+    if how == "get":
+        return chain.get(Foo, {"zap": 2, "bar": 3})
+    return chain.batch_get(Foo, [{"zap": 2, "bar": 3}, {"key": 50}])[0]
+
+
+def hold_foo_50(chain: ChainedStore) -> None:
+    chain.put(Foo(50, 50, 50, name="fifty"))
+
+
+@pytest.mark.parametrize("how", ["get", "batch"])
+def test_an_old_alternate_value_another_row_takes_is_read_below_once(world: Any, how: str) -> None:
+    """A put that moves Foo 1's alternate value from (2, 3) leaves the old pointer behind (it
+    no longer answers). When another row takes (2, 3) in the database alone (not through a
+    chain: raw SQL, another program), the first read of it reads the database and its fill
+    replaces the dead pointer on its token; every later read, in any process, is answered by
+    memcached (an add would leave the dead pointer, and every read would miss until it
+    expired)."""
+    database, process = world
+    a, b = process(), process()
+    hold_foo_50(a)
+    a.put(Foo(1, 2, 3, name="one"))
+    a.put(Foo(1, 5, 6, name="one, moved"))
+    database.put(Foo(7, 2, 3, name="seven"))  # below the caches
+    before = database.reads
+    for chain in (b, b, a, b):
+        found = read_alt(chain, how)
+        assert found is not None and found.key == 7
+    assert database.reads - before == 1
+    assert b.get(Foo, {"zap": 5, "bar": 6}).name == "one, moved"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("how", ["get", "batch"])
+def test_a_pointer_to_a_missing_entry_is_replaced_and_its_lease_given_back(
+    world: Any, how: str
+) -> None:
+    """memcached evicted Foo 1's entry but kept its alternate pointer (2, 3), which another
+    row then took in the database alone. The read of (2, 3) leases Foo 1's missing entry,
+    reads Foo 7, fills it and replaces the pointer on its token, and gives Foo 1's lease
+    back: the next reads of (2, 3) are memcached's, and a read of Foo 1 does not wait for a
+    fill that will not come."""
+    database, process = world
+    a, b = process(), process()
+    hold_foo_50(a)
+    a.put(Foo(1, 2, 3, name="one"))
+    cache = a.stores[0]
+    (slot,) = layout_of(Foo).encode_all([{"key": 1}])
+    cache.backend.delete_many([cache.backend_key(slot)])  # evicted
+    database.put(Foo(1, 5, 6, name="one, moved"))  # below the caches
+    database.put(Foo(7, 2, 3, name="seven"))
+    before = database.reads
+    for chain in (b, a, b):
+        found = read_alt(chain, how)
+        assert found is not None and found.key == 7
+    assert database.reads - before == 1
+    found = a.get(Foo, {"key": 1})
+    assert found is not None and found.name == "one, moved"
+    assert a.stores[0].stats().lease_waits == 0
+
+
+def test_a_pointer_to_a_missing_entry_of_the_same_object_fills_it_on_the_lease(
+    world: Any,
+) -> None:
+    """memcached evicted Foo 1's entry but kept its alternate pointer: the read by alternate
+    key fills Foo 1's entry on the lease it took there, and the next read by identity is
+    memcached's."""
+    database, process = world
+    a, b = process(), process()
+    a.put(Foo(1, 2, 3, name="one"))
+    cache = a.stores[0]
+    (slot,) = layout_of(Foo).encode_all([{"key": 1}])
+    cache.backend.delete_many([cache.backend_key(slot)])
+    before = database.reads
+    assert names(b) == ("one", "one")
+    assert names(a) == ("one", "one")
+    assert database.reads - before == 1
 
 
 def test_an_older_put_held_after_its_database_write_never_lands(world: Any) -> None:

@@ -313,7 +313,8 @@ def test_a_tombstone_refuses_a_fill_by_alternate_key_until_a_leased_read_claims_
 ) -> None:
     """An invalidation leaves a tombstone at the identity key: a fill leased by alternate key
     cannot add the entry there (the key is not absent). Its pointer lands, so the next leased
-    read by that alternate key follows it, claims the tombstone and fills: the cache heals."""
+    read by that alternate key follows it, claims the tombstone and fills (the entry on the
+    claim, the pointer on its own token): the cache heals."""
     a, b = two_processes(memcached_server)
     b.batch_invalidate([Foo(1, 2, 3)])  # not cached anywhere: only the tombstone is written
     assert _tombstoned(b)
@@ -323,7 +324,9 @@ def test_a_tombstone_refuses_a_fill_by_alternate_key_until_a_leased_read_claims_
     assert a.batch_fill([Foo(1, 2, 3)], [lease.token]) == [False]
     assert b.get(Foo, {"key": 1}) is None and b.get(Foo, alt[0]) is None
     (again,) = b.batch_lease_entries(Foo, alt, lease_seconds=5)
-    assert again.token is not None and again.token.mode == "cas" and not again.busy
+    token = again.token  # the pointer's own token, holding the claim at the identity
+    assert token is not None and token.mode == "alt" and not again.busy
+    assert token.held is not None and token.held[0] == IDENTITY
     assert b.batch_fill([Foo(1, 2, 3, name="fresh")], [again.token]) == [True]
     assert a.get(Foo, alt[0]) == Foo(1, 2, 3, name="fresh")
     assert a.get(Foo, {"key": 1}) == Foo(1, 2, 3, name="fresh")

@@ -379,10 +379,11 @@ class MetaMemcacheBackend(BytesBackend):
     def _leased(self, r: Any) -> Leased:
         if not isinstance(r, self._mm.Value):
             return Leased(None)
-        token = r.flags.cas_token if r.flags.win else None
+        cas = r.flags.cas_token
+        token = cas if r.flags.win else None
         value = r.value if r.size else None
         busy = not r.flags.win and (value is None or bool(r.flags.stale))
-        return Leased(value, token, busy=busy, stale=bool(r.flags.stale))
+        return Leased(value, token, busy, bool(r.flags.stale), cas if value is not None else None)
 
     def _is_tombstone(self, r: Any) -> bool:
         """Whether a reply is a tombstone (not a stale one: that hands out its own token)."""
