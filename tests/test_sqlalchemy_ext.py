@@ -375,9 +375,9 @@ def test_tables_are_created_by_the_application(engine: sa.Engine) -> None:
 WAIT = 10  # seconds: a bound on waiting for another thread, never a duration under test
 
 
-class HeldMemcache(MemcacheStore):
-    """A MemcacheStore whose puts (conditional or not) hold the thread named
-    ``hold_thread`` at an Event, once, before they write."""
+class Holding(BaseStore):
+    """A store whose puts (conditional or not) hold the thread named ``hold_thread`` at an
+    Event, once, before they write."""
 
     hold_thread: threading.Thread | None = None
 
@@ -403,19 +403,94 @@ class HeldMemcache(MemcacheStore):
         super().batch_put(objs, **kw)
 
 
-@pytest.fixture
-def hooked(engine: sa.Engine, memcached_server: str) -> Iterator[tuple[Any, ...]]:
-    """A sessionmaker whose hook keeps [memory, memcached] in step, that memcached, and a
-    reader: another process's chain [memcached, SQL] over the same prefix and database."""
-    prefix = f"ext{uuid.uuid4().hex[:10]}"
+class HeldMemcache(Holding, MemcacheStore):
+    """A MemcacheStore that can hold a put (see :class:`Holding`)."""
+
+
+class HeldMemory(Holding, ProcessMemoryStore):
+    """A ProcessMemoryStore that can hold a put (see :class:`Holding`)."""
+
+
+def hold_in_thread(store: Holding, target: Any, **kw: Any) -> threading.Thread:
+    """``target(**kw)`` in a thread, returned once ``store`` holds its put."""
+    thread = threading.Thread(target=target, kwargs=kw)
+    store.hold_thread = thread
+    thread.start()
+    assert store.held.wait(WAIT)
+    return thread
+
+
+def test_racing_commits_in_one_process_never_leave_the_older_version_cached(
+    engine: sa.Engine,
+) -> None:
+    """Two threads of one process commit one row. A commits version 1 and is held in the
+    hook before its put; B commits version 2 and the hook applies it. Then A's put lands,
+    after B's: the hook sees that the two commits overlapped (B began before A's ended) and
+    evicts the row after applying each, so the cache ends with nothing rather than the older
+    version, and the next read loads version 2."""
+    cache = HeldMemory()
+    maker = orm.sessionmaker(engine)
+    StockpyleSessionExtension(store=cache).attach(maker)
+    commit_new(maker, "v0")
+    assert cached(cache, key=1).name == "v0"
+    a = hold_in_thread(cache, commit_update, maker=maker, name="v1")
+    commit_update(maker, name="v2")
+    cache.go.set()
+    a.join(WAIT)
+    assert cached(cache, key=1) is None and cached(cache, zap=2, bar=3) is None
+    with maker() as session:
+        assert session.get(SqlFoo, 1).name == "v2"  # type: ignore[union-attr]
+    commit_update(maker, name="v3")  # alone again: cached as before
+    assert cached(cache, key=1).name == "v3"
+
+
+def test_a_rolled_back_session_ends_its_writes(engine: sa.Engine) -> None:
+    """A session that flushed a row and rolled back no longer counts as writing it: the next
+    commit of that row is cached (it overlapped nothing)."""
+    cache = ProcessMemoryStore()
+    maker = orm.sessionmaker(engine)
+    StockpyleSessionExtension(store=cache).attach(maker)
+    commit_new(maker, "v0")
+    with maker() as session:
+        row = session.get(SqlFoo, 1)
+        assert row is not None
+        row.name = "rolled back"
+        session.flush()
+        session.rollback()
+    commit_update(maker, name="v1")
+    assert cached(cache, key=1).name == "v1"
+
+
+def hook_process(
+    engine: sa.Engine, memcached_server: str, prefix: str
+) -> tuple[orm.sessionmaker[orm.Session], HeldMemcache, ChainedStore]:
+    """One process's hooked sessionmaker: its hook keeps [memory, memcached] in step."""
     memcache = HeldMemcache(servers=[memcached_server], prefix=prefix)
     maker = orm.sessionmaker(engine)
-    StockpyleSessionExtension(store=ChainedStore([ProcessMemoryStore(), memcache])).attach(maker)
+    chain = ChainedStore([ProcessMemoryStore(), memcache])
+    StockpyleSessionExtension(store=chain).attach(maker)
+    return maker, memcache, chain
+
+
+@pytest.fixture
+def hooked(engine: sa.Engine, memcached_server: str) -> Iterator[tuple[Any, ...]]:
+    """A process's hooked sessionmaker (:func:`hook_process`), its memcached store, a
+    reader (another process's chain [memcached, SQL] over the same prefix and database),
+    the SQL store, and a factory of other processes' hooked sessionmakers."""
+    prefix = f"ext{uuid.uuid4().hex[:10]}"
+    maker, memcache, chain = hook_process(engine, memcached_server, prefix)
     sql = SqlAlchemyStore(engine=engine)
     reader = ChainedStore([MemcacheStore(servers=[memcached_server], prefix=prefix), sql])
-    yield maker, memcache, reader, sql
-    reader.release()
-    memcache.release()
+    others: list[ChainedStore] = [chain, reader]
+
+    def other() -> orm.sessionmaker[orm.Session]:
+        maker, _, chain = hook_process(engine, memcached_server, prefix)
+        others.append(chain)
+        return maker
+
+    yield maker, memcache, reader, sql, other
+    for made in others:
+        made.release()
 
 
 def commit_new(maker: orm.sessionmaker[orm.Session], name: str) -> None:
@@ -445,7 +520,7 @@ def statements(engine: sa.Engine) -> list[str]:
 def test_a_commit_lands_in_memcached_and_other_processes_read_it(hooked: Any) -> None:
     """A commit's insert, then its update, is in memcached for another process's chain,
     which reads it without a statement on the database."""
-    maker, memcache, reader, sql = hooked
+    maker, memcache, reader, sql, _ = hooked
     commit_new(maker, "v1")
     seen = statements(sql.engine)
     found = reader.get(SqlFoo, {"zap": 2, "bar": 3})
@@ -461,17 +536,13 @@ def test_a_commit_lands_in_memcached_and_other_processes_read_it(hooked: Any) ->
 @pytest.mark.memcached
 def test_racing_commits_never_leave_the_older_version_in_memcached(hooked: Any) -> None:
     """Session A commits version 1 of a row and is held in the hook before its memcached
-    write; session B then commits version 2, which the hook writes. A's write, conditional on
-    the token read at its flush (before B's write), is refused and A invalidates: memcached
-    never holds version 1 afterwards, and every read sees version 2."""
-    maker, memcache, reader, _ = hooked
+    write; session B, in another process, then commits version 2, which its hook writes. A's
+    write, conditional on the token read at its flush (before B's write), is refused and A
+    invalidates: memcached never holds version 1 afterwards, and every read sees version 2."""
+    maker, memcache, reader, _, other = hooked
     commit_new(maker, "v0")
-
-    a = threading.Thread(target=commit_update, args=(maker,), kwargs={"name": "v1"})
-    memcache.hold_thread = a
-    a.start()
-    assert memcache.held.wait(WAIT)  # A committed; its memcached write is held
-    commit_update(maker, name="v2")
+    a = hold_in_thread(memcache, commit_update, maker=maker, name="v1")  # A committed
+    commit_update(other(), name="v2")  # another process
     assert memcache.get(SqlFoo, {"key": 1}).name == "v2"  # type: ignore[union-attr]
     memcache.go.set()
     a.join(WAIT)
@@ -485,7 +556,7 @@ def test_racing_commits_never_leave_the_older_version_in_memcached(hooked: Any) 
 def test_a_commit_that_changes_an_alternate_key_moves_it_in_memcached(hooked: Any) -> None:
     """A commit that changes a row's alternate key stores the new version on its tokens: the
     new value answers from memcached, the old one no longer answers anywhere."""
-    maker, memcache, reader, sql = hooked
+    maker, memcache, reader, sql, _ = hooked
     commit_new(maker, "v1")
     commit_update(maker, zap=5, name="v2")
     seen = statements(sql.engine)
@@ -501,7 +572,7 @@ def test_a_commit_that_changes_an_alternate_key_moves_it_in_memcached(hooked: An
 def test_a_rolled_back_savepoint_leaves_memcached_to_the_commit(hooked: Any) -> None:
     """Tokens read at a savepoint's flush serve the commit that follows its rollback: what
     lands in memcached is what the transaction committed, never the rolled-back version."""
-    maker, memcache, reader, _ = hooked
+    maker, memcache, reader, _, _ = hooked
     commit_new(maker, "v0")
     with maker() as session:
         row = session.get(SqlFoo, 1)

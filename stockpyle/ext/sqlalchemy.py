@@ -34,6 +34,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
 
 from stockpyle._keys import layout_of
 from stockpyle._store import BaseStore
+from stockpyle._writes import WriteTracker
 from stockpyle.exceptions import StockpyleError
 from stockpyle.ext._sqlalchemy_rows import load_missing, old_versions, touched_rows
 from stockpyle.invalidation._messages import keys_of
@@ -63,7 +64,7 @@ _Ops = dict[str, tuple[str, Any, list[Any]]]
 class _SessionState:
     """The pending cache work of one session, per open (root or savepoint) transaction."""
 
-    __slots__ = ("flushing", "notified", "ops", "released", "tokens")
+    __slots__ = ("begun", "flushing", "notified", "ops", "released", "tokens")
 
     def __init__(self) -> None:
         #: Whether invalidation messages were sent inside the transaction (else: after commit).
@@ -76,6 +77,9 @@ class _SessionState:
         #: the commit), so that the commit's put is conditional on nothing having changed it
         #: there since (see BaseStore.batch_write_tokens).
         self.tokens: dict[str, Any] = {}
+        #: identity -> the sequence number of this transaction's write of it in the hook's
+        #: WriteTracker (begun at the first flush or statement that changed it).
+        self.begun: dict[str, int] = {}
 
 
 class StockpyleSessionExtension:
@@ -117,6 +121,10 @@ class StockpyleSessionExtension:
         self.strict = strict
         #: How many times applying a commit to the cache failed.
         self.failures = 0
+        #: This process's commits in flight, by identity, from their first flush to the end of
+        #: their transaction: a commit that overlapped another of the same row evicts the row
+        #: after applying it (which of the two the database kept last is unknown here).
+        self._writes = WriteTracker()
         self._events: dict[str, Callable[..., Any]] = {
             "after_flush": self._after_flush,
             "after_flush_postexec": self._after_flush_postexec,
@@ -204,10 +212,21 @@ class StockpyleSessionExtension:
                 kind = _DELETE  # could not load everything: invalidate rather than cache
             previous = ops.get(identity)
             ops[identity] = (kind, copy, (previous[2] if previous else []) + olds)
+        self._begin(state, ops)
         self._take_tokens(state, ops)
         if self.invalidation is not None:
             changed = [c[1] for c in copies] + [old for c in copies for old in c[3]]
             self._notify(session, changed)
+
+    def _begin(self, state: _SessionState, ops: _Ops) -> None:
+        """Mark the identities of ``ops`` this transaction had not changed yet as being
+        written by it (see :meth:`_settle`), until its end."""
+        begun = state.begun
+        new = [identity for identity in ops if identity not in begun]
+        if new:
+            seq = self._writes.begin(new)
+            for identity in new:
+                begun[identity] = seq
 
     def _take_tokens(self, state: _SessionState, ops: _Ops) -> None:
         """Read the store's tokens for the objects this transaction puts that have none yet
@@ -235,6 +254,7 @@ class StockpyleSessionExtension:
         ops = state.ops.pop(root, None) if root is not None else None
         if ops:
             self._apply(ops, state.tokens)
+            self._settle(ops, state.begun)
             if self.invalidation is not None:
                 self._publish_committed(ops, state.notified)
 
@@ -303,6 +323,8 @@ class StockpyleSessionExtension:
                 _merge(state.ops.setdefault(parent, {}), ops)
         if transaction.parent is None:
             session.info.pop(self, None)  # the root ended: nothing may survive it
+            if state.begun:
+                self._writes.end(state.begun)
 
     def _do_orm_execute(self, execute_state: orm.ORMExecuteState) -> None:
         if not (execute_state.is_update or execute_state.is_delete):
@@ -322,6 +344,7 @@ class StockpyleSessionExtension:
             identity = info.layout.identity.from_obj(stand_in)
             if identity is not None:
                 ops[identity] = (_DELETE, stand_in, [])
+        self._begin(self._state(session), ops)
         if self.invalidation is not None and touched:
             self._notify(session, touched)
 
@@ -369,6 +392,29 @@ class StockpyleSessionExtension:
                 self.store.batch_delete(deletes + puts_all)
             except StockpyleError as again:
                 _log.error("%r: eviction failed too (%s): the cache may be stale", self, again)
+            if self.strict:
+                raise
+
+    def _settle(self, ops: _Ops, begun: dict[str, int]) -> None:
+        """After applying a commit: evict what it put where another commit of the same row
+        in this process overlapped it (from either's first flush to its end). The database
+        kept the later of the two, but their cache writes may have landed in either order.
+        Checked after the writes, so that of two overlapping commits each either sees the
+        other or is seen by it: the last one to check evicts, and nothing older stays."""
+        writes = self._writes
+        with writes.lock:
+            raced = [
+                copy
+                for identity, (kind, copy, _) in ops.items()
+                if kind == _PUT and not writes.alone(identity, begun.get(identity, 0))
+            ]
+        if not raced:
+            return
+        try:
+            self.store.batch_delete(raced)
+        except StockpyleError as exc:
+            self.failures += 1
+            _log.error("%r: evicting %d raced commits failed (%s)", self, len(raced), exc)
             if self.strict:
                 raise
 
