@@ -586,3 +586,56 @@ def test_a_rolled_back_savepoint_leaves_memcached_to_the_commit(hooked: Any) -> 
     assert memcache.get(SqlFoo, {"key": 1}).name == "v1"  # type: ignore[union-attr]
     found = reader.get(SqlFoo, {"zap": 2, "bar": 3})
     assert found is not None and found.name == "v1"
+
+
+def _client(kind: str, server: str) -> Any:
+    """A python-memcached or pymemcache client of ``server``: no value-less token reads."""
+    if kind == "python-memcached":
+        import memcache
+
+        return memcache.Client([server], socket_timeout=WAIT, dead_retry=0)
+    from pymemcache.client.base import Client
+
+    return Client(server, connect_timeout=WAIT, timeout=WAIT)
+
+
+@pytest.mark.memcached
+@pytest.mark.parametrize("kind", ["python-memcached", "pymemcache"])
+def test_without_tokens_racing_commits_leave_nothing_older_in_memcached(
+    engine: sa.Engine, memcached_server: str, kind: str
+) -> None:
+    """With a client that cannot read tokens, a commit invalidates memcached rather than
+    writing it (as a chain's put does): session A commits version 1 and is held in the hook
+    before its write; session B, in another process, commits version 2. A's write, landing
+    last, cannot leave version 1 there: memcached ends with nothing, and reads load version
+    2."""
+    prefix = f"ext{uuid.uuid4().hex[:10]}"
+    caches: list[HeldMemcache] = []
+
+    def process() -> orm.sessionmaker[orm.Session]:
+        cache = HeldMemcache(client=_client(kind, memcached_server), prefix=prefix)
+        caches.append(cache)
+        maker = orm.sessionmaker(engine)
+        StockpyleSessionExtension(store=cache).attach(maker)
+        return maker
+
+    one, other = process(), process()
+    memcache = caches[0]
+    reader = ChainedStore([memcache, SqlAlchemyStore(engine=engine)])
+    try:
+        commit_new(one, "v0")
+        assert reader.get(SqlFoo, {"key": 1}).name == "v0"  # type: ignore[union-attr]
+        assert memcache.get(SqlFoo, {"key": 1}) is not None  # filled by that read
+        a = hold_in_thread(memcache, commit_update, maker=one, name="v1")  # A committed
+        commit_update(other, name="v2")
+        assert memcache.get(SqlFoo, {"key": 1}) is None  # B invalidated
+        memcache.go.set()
+        a.join(WAIT)
+        assert memcache.get(SqlFoo, {"key": 1}) is None  # so did A
+        for key in ({"key": 1}, {"zap": 2, "bar": 3}):
+            found = reader.get(SqlFoo, key)
+            assert found is not None and found.name == "v2"
+    finally:
+        memcache.go.set()  # never leave A held
+        for cache in caches:
+            cache.release()

@@ -92,6 +92,11 @@ class StockpyleSessionExtension:
     session expires or closes. Columns not loaded after a flush (deferred ones, values the
     database generated on update) are loaded with one ``SELECT`` per class first.
 
+    A shared layer of ``store`` (memcached) is written on the tokens read there at each
+    flush, before the commit, and invalidated where another write came between or where it
+    has no tokens (python-memcached, pymemcache): an older version never lands after a newer
+    one. Two commits of one row that overlapped in this process evict it after applying.
+
     A cache failure after a commit cannot undo the commit: it is logged, counted in
     :attr:`failures`, and the affected objects are evicted from the cache as far as possible;
     with ``strict=True`` the error is raised from ``commit()`` (after the commit).
@@ -231,7 +236,8 @@ class StockpyleSessionExtension:
     def _take_tokens(self, state: _SessionState, ops: _Ops) -> None:
         """Read the store's tokens for the objects this transaction puts that have none yet
         (one round trip to a shared layer, before the commit). Without them (a store without
-        tokens, or one that cannot answer now), the commit's put is a plain put."""
+        tokens, or one that cannot answer now), the commit invalidates the shared layers and
+        puts into the others."""
         tokens = state.tokens
         new = [(i, copy) for i, (kind, copy, _) in ops.items() if kind == _PUT and i not in tokens]
         if not new:
@@ -354,20 +360,27 @@ class StockpyleSessionExtension:
         deletes: list[Any] = []
         puts: list[Any] = []
         conditional: list[tuple[Any, Any]] = []
+        store = self.store
+        shared = any(
+            getattr(layer, "shared", False) for layer in getattr(store, "stores", (store,))
+        )
         for identity, (kind, copy, olds) in ops.items():
-            if kind == _PUT and identity in tokens:
-                # An old version under the same identity (an alternate key changed) is not
-                # deleted first, which would void the tokens: the conditional write replaces
-                # it, and its old alternate keys stop answering (the new entry does not list
-                # them). Where the write is refused, the invalidation removes them.
+            if kind == _PUT and (identity in tokens or shared):
+                # A shared layer is written only on the tokens read at the flush: without one
+                # (a client without value-less token reads, a layer that could not answer
+                # then) the object is invalidated there, as a chain's put does, since another
+                # process's commit of the row may land in either order. An old version under
+                # the same identity (an alternate key changed) is not deleted first, which
+                # would void the tokens: the conditional write replaces it, and its old
+                # alternate keys stop answering (the new entry does not list them). Where the
+                # write is refused, the invalidation removes them.
                 deletes.extend(
                     o for o in olds if layout_of(type(o)).identity.from_obj(o) != identity
                 )
-                conditional.append((copy, tokens[identity]))
+                conditional.append((copy, tokens.get(identity)))
                 continue
             deletes.extend(olds)
             (puts if kind == _PUT else deletes).append(copy)
-        store = self.store
         puts_all = puts + [copy for copy, _ in conditional]
         try:
             if deletes:
