@@ -128,7 +128,7 @@ class StockpyleSessionExtension:
         self.failures = 0
         #: This process's commits in flight, by identity, from their first flush to the end of
         #: their transaction: a commit that overlapped another of the same row evicts the row
-        #: after applying it (which of the two the database kept last is unknown here).
+        #: after applying it (their cache writes may have landed in either order).
         self._writes = WriteTracker()
         self._events: dict[str, Callable[..., Any]] = {
             "after_flush": self._after_flush,
