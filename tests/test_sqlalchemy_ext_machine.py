@@ -3,9 +3,9 @@ updates that move alternate values, alternate values exchanged in one commit, de
 rollbacks), every chain then reads what the database holds, and a found object's next read
 reaches no database.
 
-A hypothesis state machine over a real memcached and a SQLite file. The hook keeps one
-process's [memory, memcached] layers in step; its reads go through [memory, memcached, SQL],
-another process's through [memcached, SQL] over the same memcached prefix.
+A hypothesis state machine over a real memcached and a SQLite file, then PostgreSQL. The hook
+keeps one process's [memory, memcached] layers in step; its reads go through [memory,
+memcached, SQL], another process's through [memcached, SQL] over the same memcached prefix.
 """
 
 from __future__ import annotations
@@ -153,9 +153,13 @@ def hook_machine(engine: sa.Engine, server: str) -> type[RuleBasedStateMachine]:
     return HookedCommits
 
 
-@pytest.fixture
-def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    engine = sa.create_engine(f"sqlite:///{tmp_path / 'machine.sqlite'}")
+@pytest.fixture(params=["sqlite-file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    """An engine over the test tables (SQLite file, PostgreSQL)."""
+    if request.param == "postgres":
+        engine = sa.create_engine(request.getfixturevalue("pg_url"))
+    else:
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'machine.sqlite'}")
     yield engine
     engine.dispose()
 
