@@ -129,6 +129,45 @@ def test_checker_reports_an_incoherent_chain(pg_url: str) -> None:
     assert result.examples["resurrected deletes"]
 
 
+def test_memory_layers_kept_in_step_by_a_channel_stay_coherent(pg_url: str) -> None:
+    """The same faults and races with a memory layer in every worker's chain, above
+    memcached, kept in step by a PostgresChannel (``chains:channel_chain``): the checker
+    finds nothing stale, resurrected or lost in any layer of any process (SPEC section 11:
+    in-process layers hear about other processes' writes). Half the main run's budget."""
+    result = run_checker(
+        CheckerConfig(
+            database_url=pg_url,
+            factory="stockpyle.testing.coherence.chains:channel_chain",
+            processes=PROCESSES,
+            operations=OPERATIONS // 2,
+            seconds=150,  # a safety net only: the operation budget ends the run
+            seed=11,
+        )
+    )
+    print(result.summary())
+    assert result.operations >= OPERATIONS // 2
+    assert any("paused" in f for f in result.faults) and any("killed" in f for f in result.faults)
+    assert result.ok, result.summary()
+    assert (result.stale_entries, result.stale_reads, result.resurrected) == (0, 0, 0)
+    assert (result.lost_writes, result.unexpected_errors) == (0, 0)
+    assert result.filled_keys > 0
+
+
+def test_checker_reports_memory_layers_nothing_keeps_in_step(pg_url: str) -> None:
+    """The control for the run above: memory layers without a channel (or a lifetime) keep
+    serving what other processes replaced, and the checker says so."""
+    result = run_checker(
+        _two_workers_no_faults(
+            pg_url,
+            "stockpyle.testing.coherence.chains:memcache_chain",
+            seconds=3,
+            factory_kwargs={"memory": True},
+        )
+    )
+    assert not result.ok
+    assert result.stale_entries + result.stale_reads > 0, result.summary()
+
+
 def test_a_hung_worker_fails_the_run_instead_of_hanging_it(pg_url: str) -> None:
     """Workers whose every read hangs: the checker gives up finish_grace_seconds after its
     budget (both injected short) and raises, and no worker process is left behind."""

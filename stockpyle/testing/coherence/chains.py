@@ -1,4 +1,5 @@
-"""Chain factories for the checker: the usual memcached-over-database chain, and a broken one.
+"""Chain factories for the checker: the usual memcached-over-database chain (with or without a
+memory layer), one with a memory layer kept in step by an invalidation channel, and a broken one.
 
 A factory takes the worker's :class:`~stockpyle.testing.coherence.WorkerContext` (and any
 keyword arguments given to the checker) and returns the store that worker uses. Write your
@@ -14,7 +15,7 @@ from stockpyle.stores import BaseStore, ChainedStore, ProcessMemoryStore
 from stockpyle.stores.memcache import MemcacheStore
 from stockpyle.testing.coherence.context import WorkerContext
 
-__all__ = ["DeafMemcacheStore", "forgetful_chain", "memcache_chain"]
+__all__ = ["DeafMemcacheStore", "channel_chain", "forgetful_chain", "memcache_chain"]
 
 
 def memcache_chain(context: WorkerContext, *, memory: bool = False, **memcache: Any) -> BaseStore:
@@ -25,6 +26,36 @@ def memcache_chain(context: WorkerContext, *, memory: bool = False, **memcache: 
     layers.append(MemcacheStore(servers=list(context.memcached), prefix=context.prefix, **memcache))
     layers.append(context.database_store())
     return ChainedStore(layers)
+
+
+class _ChannelChain(ChainedStore):
+    """A chain whose release also stops its invalidation channel."""
+
+    def release(self) -> None:
+        super().release()
+        if self.invalidation is not None:
+            self.invalidation.stop()
+
+
+def channel_chain(context: WorkerContext, **memcache: Any) -> BaseStore:
+    """``ChainedStore([ProcessMemoryStore(), MemcacheStore(servers=...), database],
+    invalidation=PostgresChannel(...))``: every worker's memory layer hears the others'
+    writes through ``LISTEN/NOTIFY`` on the checker's own database (PostgreSQL), on a
+    channel named after the run's prefix. ``memcache`` options go to
+    :class:`~stockpyle.stores.MemcacheStore`."""
+    from stockpyle.invalidation import PostgresChannel
+
+    channel = PostgresChannel(context.database_url, channel=context.prefix).start()
+    if not channel.wait_listening(30):
+        channel.stop()
+        msg = f"the invalidation channel of worker {context.index} does not listen"
+        raise RuntimeError(msg)
+    layers: list[BaseStore] = [
+        ProcessMemoryStore(),
+        MemcacheStore(servers=list(context.memcached), prefix=context.prefix, **memcache),
+        context.database_store(),
+    ]
+    return _ChannelChain(layers, invalidation=channel)
 
 
 class DeafMemcacheStore(MemcacheStore):
