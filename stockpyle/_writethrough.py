@@ -65,6 +65,14 @@ class WriteThrough:
     def batch_delete(self, objs: Sequence[Any]) -> None:
         self._write(list(objs), None, delete=True)
 
+    def batch_invalidate(self, objs: Sequence[Any]) -> None:
+        """Make every cache layer forget ``objs`` so that no fill in flight lands afterwards
+        (what the session extension does after a commit): shared layers invalidated
+        (memcached: tombstones), in-process layers evicted. The last layer, the chain's store
+        of record, is left alone, unless it is itself a shared cache (a chain of cache layers
+        only): then it is invalidated too, never merely deleted."""
+        self._write(list(objs), None, delete=True, invalidate=True)
+
     def batch_write_tokens(self, objs: Sequence[Any]) -> list[Any] | None:
         """Tokens of this chain's shared layers, the last one included, for a write made
         elsewhere (a session's commit) that :meth:`batch_put_on_tokens` then applies to every
@@ -102,11 +110,12 @@ class WriteThrough:
         *,
         delete: bool,
         tokens: dict[int, list[Any]] | None = None,
+        invalidate: bool = False,
     ) -> None:
         """Write every layer, the last first. ``tokens`` (by layer): the objects were
         already written where the last layer caches them, with these tokens taken before;
         the last layer is then written as a shared cache layer is (on its tokens), if it is
-        one."""
+        one. ``invalidate`` (with ``delete``): see :meth:`batch_invalidate`."""
         writes = self._writes
         before = [i for i in map(identity_or_none, objs) if i is not None]
         seq = writes.begin(before)
@@ -114,7 +123,10 @@ class WriteThrough:
         error: StoreError | None = None
         try:
             last = self.stores[self._last]
-            if delete:
+            if invalidate:
+                if last.shared:
+                    last.batch_invalidate(objs)
+            elif delete:
                 last.batch_delete(objs)
             elif tokens is None:
                 tokens = self._write_tokens(objs, self._last - 1)

@@ -321,3 +321,20 @@ def test_a_put_memcached_cannot_hold_invalidates_the_older_version(world: Any, b
     assert a.stores[0].stats().invalidations_sent == 1
     found = database.get(Foo, {"key": 1})
     assert found is not None and found.name is name
+
+
+def test_a_chain_invalidates_its_caches_and_never_its_store_of_record(world: Any) -> None:
+    """ChainedStore.batch_invalidate (what the session extension calls) makes memcached
+    forget the object and leaves the last layer, the store of record, alone; a chain of cache
+    layers only invalidates its last layer too."""
+    database, process = world
+    a = process()
+    a.put(Foo(1, 2, 3, name="v1"))
+    a.batch_invalidate([Foo(1, 2, 3)])
+    assert a.stores[0].get(Foo, {"key": 1}) is None
+    assert database.get(Foo, {"key": 1}).name == "v1"  # type: ignore[union-attr]
+    caches = ChainedStore([ProcessMemoryStore(), a.stores[0]])
+    caches.put(Foo(1, 2, 3, name="v2"))
+    caches.batch_invalidate([Foo(1, 2, 3)])
+    assert caches.get(Foo, {"key": 1}) is None and a.stores[0].get(Foo, {"key": 1}) is None
+    assert database.get(Foo, {"key": 1}).name == "v1"  # type: ignore[union-attr]

@@ -639,3 +639,40 @@ def test_without_tokens_racing_commits_leave_nothing_older_in_memcached(
         memcache.go.set()  # never leave A held
         for cache in caches:
             cache.release()
+
+
+@pytest.mark.memcached
+def test_a_committed_delete_refuses_another_process_fill_in_flight(hooked: Any) -> None:
+    """Another process reads row 1 by its alternate key (cached nowhere: its fill will add
+    the entry) and is held before its fill; a hooked session deletes the row and commits.
+    The hook invalidates the row in memcached (a tombstone where nothing was cached), so the
+    held fill is refused: memcached never answers for the deleted row. (A plain delete found
+    nothing to delete, and the fill brought the row back for every process.)"""
+    maker, memcache, reader, _, _ = hooked
+    commit_new(maker, "v0")
+    memcache.batch_delete([SqlFoo(key=1, zap=2, bar=3)])  # evicted: cached nowhere
+    gate, filling = threading.Event(), threading.Event()
+    cache = reader.stores[0]
+    real_fill = cache.batch_fill
+
+    def held_fill(*args: Any, **kw: Any) -> Any:
+        filling.set()
+        assert gate.wait(WAIT)
+        return real_fill(*args, **kw)
+
+    cache.batch_fill = held_fill  # type: ignore[method-assign]
+    got: list[Any] = []
+    thread = threading.Thread(target=lambda: got.append(reader.get(SqlFoo, {"zap": 2, "bar": 3})))
+    thread.start()
+    try:
+        assert filling.wait(WAIT)  # read the row from the database; its fill is held
+        with maker() as session:
+            session.delete(session.get(SqlFoo, 1))
+            session.commit()
+    finally:
+        gate.set()
+        thread.join(WAIT)
+    assert got[0] is not None and got[0].name == "v0"  # it read before the delete
+    for key in ({"key": 1}, {"zap": 2, "bar": 3}):
+        assert memcache.get(SqlFoo, key) is None
+        assert reader.get(SqlFoo, key) is None

@@ -383,8 +383,8 @@ class StockpyleSessionExtension:
             (puts if kind == _PUT else deletes).append(copy)
         puts_all = puts + [copy for copy, _ in conditional]
         try:
-            if deletes:
-                store.batch_delete(deletes)
+            if deletes:  # invalidated: no fill in flight (another process's read) lands after
+                store.batch_invalidate(deletes)
             if conditional:
                 objs = [copy for copy, _ in conditional]
                 stored = store.batch_put_on_tokens(objs, [token for _, token in conditional])
@@ -402,7 +402,7 @@ class StockpyleSessionExtension:
                 len(deletes) + len(puts_all),
             )
             try:
-                self.store.batch_delete(deletes + puts_all)
+                self.store.batch_invalidate(deletes + puts_all)
             except StockpyleError as again:
                 _log.error("%r: eviction failed too (%s): the cache may be stale", self, again)
             if self.strict:
@@ -424,7 +424,7 @@ class StockpyleSessionExtension:
         if not raced:
             return
         try:
-            self.store.batch_delete(raced)
+            self.store.batch_invalidate(raced)
         except StockpyleError as exc:
             self.failures += 1
             _log.error("%r: evicting %d raced commits failed (%s)", self, len(raced), exc)
