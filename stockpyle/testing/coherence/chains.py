@@ -15,7 +15,14 @@ from stockpyle.stores import BaseStore, ChainedStore, ProcessMemoryStore
 from stockpyle.stores.memcache import MemcacheStore
 from stockpyle.testing.coherence.context import WorkerContext
 
-__all__ = ["DeafMemcacheStore", "channel_chain", "forgetful_chain", "memcache_chain"]
+__all__ = [
+    "ChannelChain",
+    "DeafMemcacheStore",
+    "channel_chain",
+    "forgetful_chain",
+    "listening_channel",
+    "memcache_chain",
+]
 
 
 def memcache_chain(context: WorkerContext, *, memory: bool = False, **memcache: Any) -> BaseStore:
@@ -28,7 +35,7 @@ def memcache_chain(context: WorkerContext, *, memory: bool = False, **memcache: 
     return ChainedStore(layers)
 
 
-class _ChannelChain(ChainedStore):
+class ChannelChain(ChainedStore):
     """A chain whose release also stops its invalidation channel."""
 
     def release(self) -> None:
@@ -37,12 +44,9 @@ class _ChannelChain(ChainedStore):
             self.invalidation.stop()
 
 
-def channel_chain(context: WorkerContext, **memcache: Any) -> BaseStore:
-    """``ChainedStore([ProcessMemoryStore(), MemcacheStore(servers=...), database],
-    invalidation=PostgresChannel(...))``: every worker's memory layer hears the others'
-    writes through ``LISTEN/NOTIFY`` on the checker's own database (PostgreSQL), on a
-    channel named after the run's prefix. ``memcache`` options go to
-    :class:`~stockpyle.stores.MemcacheStore`."""
+def listening_channel(context: WorkerContext) -> Any:
+    """A started :class:`~stockpyle.invalidation.PostgresChannel` on the checker's own
+    database (PostgreSQL), named after the run's prefix, once it listens."""
     from stockpyle.invalidation import PostgresChannel
 
     channel = PostgresChannel(context.database_url, channel=context.prefix).start()
@@ -50,12 +54,21 @@ def channel_chain(context: WorkerContext, **memcache: Any) -> BaseStore:
         channel.stop()
         msg = f"the invalidation channel of worker {context.index} does not listen"
         raise RuntimeError(msg)
+    return channel
+
+
+def channel_chain(context: WorkerContext, **memcache: Any) -> BaseStore:
+    """``ChainedStore([ProcessMemoryStore(), MemcacheStore(servers=...), database],
+    invalidation=PostgresChannel(...))``: every worker's memory layer hears the others'
+    writes through ``LISTEN/NOTIFY`` (:func:`listening_channel`). ``memcache`` options go
+    to :class:`~stockpyle.stores.MemcacheStore`."""
+    channel = listening_channel(context)
     layers: list[BaseStore] = [
         ProcessMemoryStore(),
         MemcacheStore(servers=list(context.memcached), prefix=context.prefix, **memcache),
         context.database_store(),
     ]
-    return _ChannelChain(layers, invalidation=channel)
+    return ChannelChain(layers, invalidation=channel)
 
 
 class DeafMemcacheStore(MemcacheStore):

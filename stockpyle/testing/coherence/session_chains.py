@@ -24,6 +24,7 @@ from stockpyle.ext.sqlalchemy import StockpyleSessionExtension
 from stockpyle.stores import BaseStore, ChainedStore, ProcessMemoryStore
 from stockpyle.stores.memcache import MemcacheStore
 from stockpyle.testing.coherence import observe
+from stockpyle.testing.coherence.chains import ChannelChain, listening_channel
 from stockpyle.testing.coherence.context import WorkerContext
 from stockpyle.testing.coherence.model import Item
 
@@ -34,7 +35,7 @@ __all__ = ["session_chain"]
 ATTEMPTS = 20
 
 
-class _SessionWrites(ChainedStore):
+class _SessionWrites(ChannelChain):
     """A chain whose writes are session commits (the extension writes the cache layers)."""
 
     def __init__(self, layers: Sequence[BaseStore], maker: Any, **kw: Any) -> None:
@@ -66,11 +67,6 @@ class _SessionWrites(ChainedStore):
         ids = sorted({obj.id for obj in objs})
         self._commit(lambda session: session.execute(sa.delete(Item).where(Item.id.in_(ids))))
 
-    def release(self) -> None:
-        super().release()
-        if self.invalidation is not None:
-            self.invalidation.stop()
-
 
 def _lost_a_race(exc: sa_exc.DBAPIError) -> bool:
     """Whether the database refused a commit because another one came first: a concurrent
@@ -95,15 +91,7 @@ def session_chain(context: WorkerContext, *, memory: bool = False, **memcache: A
     database = context.database_store()
     caches: list[BaseStore] = [ProcessMemoryStore()] if memory else []
     caches.append(MemcacheStore(servers=list(context.memcached), prefix=context.prefix, **memcache))
-    channel: Any = None
-    if memory:
-        from stockpyle.invalidation import PostgresChannel
-
-        channel = PostgresChannel(context.database_url, channel=context.prefix).start()
-        if not channel.wait_listening(30):
-            channel.stop()
-            msg = f"the invalidation channel of worker {context.index} does not listen"
-            raise RuntimeError(msg)
+    channel = listening_channel(context) if memory else None
     maker = orm.sessionmaker(database.engine)
     event.listen(maker, "after_commit", _hold_committed_writer)
     # The extension's store: the cache layers (a chain of them, on the channel too, so that
