@@ -1,4 +1,4 @@
-"""PostgreSQL fixtures shared by the SQL test modules (a plugin loaded by conftest.py).
+"""SQL fixtures shared by the SQL test modules (a plugin loaded by conftest.py).
 
 SQLAlchemy is imported inside the fixtures, so test runs without it (the setuptools leg of CI)
 can still load this plugin.
@@ -30,5 +30,21 @@ def pg_engine(pg_url: str) -> Iterator[Any]:
 
     engine = sa.create_engine(pg_url)
     SqlBase.metadata.create_all(engine)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["sqlite-file", pytest.param("postgres", marks=pytest.mark.postgres)])
+def file_or_pg_engine(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Any]:
+    """An engine over empty test tables, on a SQLite file, then on PostgreSQL."""
+    import sqlalchemy as sa
+
+    from stockpyle.testing.sqlmodels import clear_tables
+
+    if request.param == "postgres":
+        engine = sa.create_engine(request.getfixturevalue("pg_url"))
+    else:
+        engine = sa.create_engine(f"sqlite:///{tmp_path / 'test.sqlite'}")
+    clear_tables(engine)
     yield engine
     engine.dispose()

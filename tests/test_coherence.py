@@ -129,46 +129,18 @@ def test_checker_reports_an_incoherent_chain(pg_url: str) -> None:
     assert result.examples["resurrected deletes"]
 
 
-def test_memory_layers_kept_in_step_by_a_channel_stay_coherent(pg_url: str) -> None:
-    """The same faults and races with a memory layer in every worker's chain, above
-    memcached, kept in step by a PostgresChannel (``chains:channel_chain``): the checker
-    finds nothing stale, resurrected or lost in any layer of any process (SPEC section 11:
-    in-process layers hear about other processes' writes). Half the main run's budget."""
+def _assert_coherent_half_run(pg_url: str, factory: str, seed: int, **kwargs: Any) -> None:
+    """A run of ``factory`` with the main run's faults and races on half its budget, which
+    the checker finds coherent in every layer of every process."""
     result = run_checker(
         CheckerConfig(
             database_url=pg_url,
-            factory="stockpyle.testing.coherence.chains:channel_chain",
+            factory=factory,
+            factory_kwargs=kwargs,
             processes=PROCESSES,
             operations=OPERATIONS // 2,
             seconds=150,  # a safety net only: the operation budget ends the run
-            seed=11,
-        )
-    )
-    print(result.summary())
-    assert result.operations >= OPERATIONS // 2
-    assert any("paused" in f for f in result.faults) and any("killed" in f for f in result.faults)
-    assert result.ok, result.summary()
-    assert (result.stale_entries, result.stale_reads, result.resurrected) == (0, 0, 0)
-    assert (result.lost_writes, result.unexpected_errors) == (0, 0)
-    assert result.filled_keys > 0
-
-
-def test_session_commits_keep_every_layer_coherent(pg_url: str) -> None:
-    """The same faults and races with writes made by SQLAlchemy session commits, which the
-    session extension applies to the caches (a memory layer on a PostgresChannel above
-    memcached: ``session_chains:session_chain``), and reads through chains: nothing stale,
-    resurrected or lost (SPEC sections 9 and 11). Half the main run's budget. (Before the
-    extension invalidated what a commit deleted, this run reported about a hundred
-    resurrected deletes: a plain delete let another process's fill in flight land.)"""
-    result = run_checker(
-        CheckerConfig(
-            database_url=pg_url,
-            factory="stockpyle.testing.coherence.session_chains:session_chain",
-            factory_kwargs={"memory": True},
-            processes=PROCESSES,
-            operations=OPERATIONS // 2,
-            seconds=150,  # a safety net only: the operation budget ends the run
-            seed=12,
+            seed=seed,
         )
     )
     print(result.summary())
@@ -178,6 +150,26 @@ def test_session_commits_keep_every_layer_coherent(pg_url: str) -> None:
     assert (result.stale_entries, result.stale_reads, result.resurrected) == (0, 0, 0)
     assert (result.lost_writes, result.unexpected_errors) == (0, 0)
     assert result.filled_keys > 0 and result.held_readers > 0
+
+
+def test_memory_layers_kept_in_step_by_a_channel_stay_coherent(pg_url: str) -> None:
+    """The same faults and races with a memory layer in every worker's chain, above
+    memcached, kept in step by a PostgresChannel (``chains:channel_chain``): the checker
+    finds nothing stale, resurrected or lost in any layer of any process (SPEC section 11:
+    in-process layers hear about other processes' writes). Half the main run's budget."""
+    _assert_coherent_half_run(pg_url, "stockpyle.testing.coherence.chains:channel_chain", 11)
+
+
+def test_session_commits_keep_every_layer_coherent(pg_url: str) -> None:
+    """The same faults and races with writes made by SQLAlchemy session commits, which the
+    session extension applies to the caches (a memory layer on a PostgresChannel above
+    memcached: ``session_chains:session_chain``), and reads through chains: nothing stale,
+    resurrected or lost (SPEC sections 9 and 11). Half the main run's budget. (Before the
+    extension invalidated what a commit deleted, this run reported about a hundred
+    resurrected deletes: a plain delete let another process's fill in flight land.)"""
+    _assert_coherent_half_run(
+        pg_url, "stockpyle.testing.coherence.session_chains:session_chain", 12, memory=True
+    )
 
 
 def test_checker_reports_memory_layers_nothing_keeps_in_step(pg_url: str) -> None:

@@ -32,16 +32,10 @@ from stockpyle.testing.sqlmodels import (
 )
 
 
-@pytest.fixture(params=["sqlite-file", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+@pytest.fixture
+def engine(file_or_pg_engine: sa.Engine) -> sa.Engine:
     """An engine over empty test tables (SQLite file, PostgreSQL)."""
-    if request.param == "postgres":
-        engine = sa.create_engine(request.getfixturevalue("pg_url"))
-    else:
-        engine = sa.create_engine(f"sqlite:///{tmp_path / 'ext.sqlite'}")
-    clear_tables(engine)
-    yield engine
-    engine.dispose()
+    return file_or_pg_engine
 
 
 @pytest.fixture

@@ -11,8 +11,6 @@ memcached, SQL], another process's through [memcached, SQL] over the same memcac
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -153,22 +151,11 @@ def hook_machine(engine: sa.Engine, server: str) -> type[RuleBasedStateMachine]:
     return HookedCommits
 
 
-@pytest.fixture(params=["sqlite-file", pytest.param("postgres", marks=pytest.mark.postgres)])
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
-    """An engine over the test tables (SQLite file, PostgreSQL)."""
-    if request.param == "postgres":
-        engine = sa.create_engine(request.getfixturevalue("pg_url"))
-    else:
-        engine = sa.create_engine(f"sqlite:///{tmp_path / 'machine.sqlite'}")
-    yield engine
-    engine.dispose()
-
-
 @pytest.mark.memcached
 def test_commits_keep_every_chain_reading_the_database(
-    engine: sa.Engine, memcached_server: str
+    file_or_pg_engine: sa.Engine, memcached_server: str
 ) -> None:
     """The state machine above, with a fixed budget (60 runs of up to 30 steps)."""
-    machine = hook_machine(engine, memcached_server)
+    machine = hook_machine(file_or_pg_engine, memcached_server)
     machine.TestCase.settings = settings(max_examples=60, stateful_step_count=30, deadline=None)
     machine.TestCase().runTest()
