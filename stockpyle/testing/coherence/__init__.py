@@ -16,7 +16,12 @@ compares with the database. :class:`Report` says what it found::
 From a shell: ``python -m stockpyle.testing.coherence --help``.
 """
 
-from stockpyle.testing.coherence.chains import DeafMemcacheStore, forgetful_chain, memcache_chain
+from stockpyle.testing.coherence.chains import (
+    DeafMemcacheStore,
+    channel_chain,
+    forgetful_chain,
+    memcache_chain,
+)
 from stockpyle.testing.coherence.context import WorkerContext
 from stockpyle.testing.coherence.faults import (
     DEFAULT_FAULTS,
@@ -30,6 +35,7 @@ from stockpyle.testing.coherence.model import CoherenceBase, Item, code_of
 from stockpyle.testing.coherence.observe import LoadObserver, ObservedSqlAlchemyStore
 from stockpyle.testing.coherence.report import Report
 from stockpyle.testing.coherence.runner import CheckerConfig, run_checker
+from stockpyle.testing.coherence.session_chains import session_chain
 from stockpyle.testing.coherence.worker import OPERATIONS
 
 __all__ = [
@@ -48,8 +54,10 @@ __all__ = [
     "Report",
     "RestartDatabase",
     "WorkerContext",
+    "channel_chain",
     "code_of",
     "forgetful_chain",
     "memcache_chain",
     "run_checker",
+    "session_chain",
 ]
