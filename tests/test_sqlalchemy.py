@@ -599,6 +599,18 @@ class Listened(_HookBase):
     name: Mapped[str] = mapped_column(sa.String(20))
 
 
+class Shadowing(_HookBase):
+    """A plain class with a composite primary key and attributes named as the locals of a
+    generated instance builder might be: read with Core statements all the same."""
+
+    __tablename__ = "stockpyle_test_shadowing"
+    rows: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    d: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    obj: Mapped[str] = mapped_column(sa.String(20))
+    state: Mapped[str | None] = mapped_column(sa.String(20))
+    new: Mapped[float]
+
+
 @pytest.fixture
 def hooked(sql: SqlAlchemyStore) -> Iterator[SqlAlchemyStore]:
     """``sql`` with the tables of the listened-to classes."""
@@ -608,6 +620,43 @@ def hooked(sql: SqlAlchemyStore) -> Iterator[SqlAlchemyStore]:
         yield sql
     finally:
         _HookBase.metadata.drop_all(sql.engine)
+
+
+def test_core_reads_leave_what_a_session_leaves(hooked: SqlAlchemyStore) -> None:
+    """Instances made from Core rows (single gets and batches) hold exactly the attributes,
+    identity key and clean state that ``session.get`` leaves after its session closes: with a
+    composite primary key in any column order, NULLs, and attributes named ``rows``, ``d``,
+    ``obj``, ``state`` and ``new``."""
+    from stockpyle.stores._sql_lookup import core_loader
+    from stockpyle.stores._sql_objects import mapped_info
+
+    sql = hooked
+    info = mapped_info(Shadowing)
+    assert info is not None and core_loader(info) is not None
+    sql.batch_put(
+        [
+            Shadowing(rows=i, d=-i, obj=f"o{i}", state=None if i % 2 else "s", new=i / 3)
+            for i in range(5)
+        ]
+    )
+    single = sql.get(Shadowing, {"rows": 3, "d": -3})
+    batch = sql.batch_get(Shadowing, [{"rows": i, "d": -i} for i in (4, 0, 9)])
+    with orm.Session(sql.engine) as session:
+        expected = {i: session.get(Shadowing, (i, -i)) for i in (0, 3, 4)}
+    assert batch[2] is None
+    for got in (single, batch[0], batch[1]):
+        assert got is not None
+        want = expected[got.rows]
+        assert want is not None
+        assert {k: v for k, v in vars(got).items() if k != "_sa_instance_state"} == {
+            k: v for k, v in vars(want).items() if k != "_sa_instance_state"
+        }
+        state, other = sa.inspect(got), sa.inspect(want)
+        assert state.detached and other.detached and state.key == other.key
+        assert state.key == (Shadowing, (got.rows, got.d), None)
+        assert not state.modified and not state.unloaded and not state.expired_attributes
+    assert batch[0] is not None and (batch[0].state, batch[0].new) == ("s", 4 / 3)
+    assert single is not None and single.state is None
 
 
 def test_plain_classes_are_read_without_a_session(hooked: SqlAlchemyStore) -> None:

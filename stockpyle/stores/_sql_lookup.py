@@ -20,6 +20,7 @@ from sqlalchemy.dialects import postgresql
 from stockpyle._encoding import encode_value
 from stockpyle._store import KeyDict
 from stockpyle.exceptions import InvalidKeyError, NonUniqueKeyError, UnknownKeyError
+from stockpyle.stores._sql_build import instance_builder
 from stockpyle.stores._sql_objects import MappedInfo
 
 __all__ = [
@@ -380,46 +381,7 @@ class CoreLoader:
         }
         self._statements: dict[Any, Any] = {}
         self._dispatch = mapper.class_manager.dispatch
-        manager = mapper.class_manager
-        keys = self._keys
-        # What make_transient_to_detached() leaves, without its per-object work: the identity
-        # key (a plain mapper is its own identity class; no identity token), the columns in
-        # the instance dict, nothing modified, expired or pending. A session's loading leaves
-        # the same (relationships not loaded are absent, not expired). The instance is made as
-        # ClassManager.new_instance() makes it, minus its calls (one loop per batch of rows).
-        cls: Any = mapper.class_
-        new = cls.__new__
-        state_of = getattr(manager, "_state_constructor", None)
-        pk = self._pk
-        if state_of is not None and len(pk) == 1 and cls.__setattr__ is object.__setattr__:
-            (at,) = pk
-
-            def build(rows: Iterable[Any]) -> list[Any]:
-                out: list[Any] = []
-                add = out.append
-                for row in rows:
-                    obj = new(cls)
-                    state = state_of(obj, manager)
-                    state.key = (cls, (row[at],), None)
-                    values = obj.__dict__
-                    values["_sa_instance_state"] = state  # what new_instance sets (setattr)
-                    values.update(zip(keys, row, strict=True))
-                    add(obj)
-                return out
-
-        else:
-            new_instance = manager.new_instance
-
-            def build(rows: Iterable[Any]) -> list[Any]:
-                out = []
-                for row in rows:
-                    obj = new_instance()
-                    obj._sa_instance_state.key = (cls, tuple([row[i] for i in pk]), None)
-                    obj.__dict__.update(zip(keys, row, strict=True))
-                    out.append(obj)
-                return out
-
-        self._build = build
+        self._build = instance_builder(mapper, self._keys, self._pk)
 
     def build_one(self, values: tuple[Any, ...]) -> Any:
         """The detached instance of one row of column values (in :attr:`columns` order)."""
