@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "FillToken",
     "WriteToken",
+    "delete",
     "encode_one",
     "fill",
     "invalidate",
@@ -752,3 +753,57 @@ def invalidate(self: BytesStore, objs: Sequence[Any]) -> None:
         self.call("invalidate", backend.invalidate_many, bkeys, stale=stale)
     else:
         self.call("invalidate", backend.delete_many, bkeys)
+
+
+def delete(self: BytesStore, objs: Sequence[Any]) -> bool:
+    """Remove each object as a delete does, leaving a tombstone at its identity key instead
+    of nothing, so that a fill in flight for it fails (one leased by an alternate key adds
+    the entry there, and memcached adds nothing onto a tombstone; one leased at the identity
+    key compares its token with a value that changed). As a delete's, it reads the stored
+    entries and the slots they list, and removes only the alternate slots that still point
+    to the object (another object's pointer at a value both share stays) and no identity slot
+    that holds another object's pointer (a subclass's, at its base class's key): three round
+    trips, the last one writing the tombstones and removing the pointers together. ``False``
+    (nothing done) where the backend has no such tombstones."""
+    backend = self.backend
+    if not (backend.supports_leases and hasattr(backend, "read_invalidate_many")):
+        return False
+    identities: dict[str, None] = {}
+    hints = self._alt_hints if hasattr(backend, "lease_peek_many") else None
+    for obj in objs:
+        try:
+            identity = layout_of(type(obj)).identity.from_obj(obj)
+            if identity is None:
+                continue
+            derived = [spec.from_obj(obj) for spec in self.slot_specs(type(obj))[1:]]
+        except StockpyleError as exc:
+            raise self._naming_store(exc) from None
+        identities[identity] = None
+        if hints is not None:
+            # As after an invalidation: the next leased read by an alternate key peeks at
+            # (and claims) the tombstone, so that its fill can replace it.
+            for slot in derived:
+                if slot is not None and hints.get(slot) != identity:
+                    _remember(hints, slot, identity)
+    if not identities:
+        return True
+    stored = self._load(list(identities))
+    entries = {i: r for i in identities if type(r := stored.get(i)) is Entry}
+    slots = [slot for entry in entries.values() for slot in entry.slots[1:]]
+    found = self._load(slots) if slots else {}
+    gone = [
+        slot
+        for identity, entry in entries.items()
+        for slot in entry.slots[1:]
+        if type(record := found.get(slot)) is Pointer and record.identity == identity
+    ]
+    marked = [i for i in identities if type(stored.get(i)) is not Pointer]
+    if marked or gone:
+        key = self.backend_key
+        self.call(
+            "delete",
+            backend.read_invalidate_many,
+            [key(i) for i in marked],
+            [key(s) for s in dict.fromkeys(gone)],
+        )
+    return True

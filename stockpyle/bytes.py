@@ -516,10 +516,15 @@ class BytesStore(KeyValueStore):
                 self._save(saves)  # every value encoded (and size-checked) before any I/O
 
     def batch_delete(self, objs: Sequence[Any]) -> None:
-        """Remove each object; a failure says the delete failed (not the read it begins with)."""
+        """Remove each object; a failure says the delete failed (not the read it begins with).
+
+        With leases (memcached's meta protocol), the identity key is left holding a tombstone
+        rather than nothing, as an invalidation leaves it, so that no fill in flight for the
+        object lands afterwards; its alternate slots go only where they still point to it."""
         outer = getattr(self._doing, "name", None)
         self._doing.name = outer or "delete"
         try:
-            super().batch_delete(objs)
+            if not _leases.delete(self, objs):
+                super().batch_delete(objs)
         finally:
             self._doing.name = outer

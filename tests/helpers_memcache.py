@@ -126,9 +126,10 @@ class CountingProxy:
 
     ``commands`` counts command lines by verb (``get``, ``set``, ``delete``...; the meta
     protocol's ``ms``/``md`` count as ``set``/``delete`` and a pipelined run of ``mg`` as one
-    ``get``) and ``get_keys`` the keys asked for. ``round_trips`` counts requests that a client
-    sent while nothing it had sent before was still unanswered: a batch sent as one pipeline is
-    one round trip, however many commands it holds.
+    ``get``), ``get_keys`` the keys asked for and ``empty_sets`` the ``ms`` of an empty value
+    (tombstones, claims). ``round_trips`` counts requests that a client sent while nothing it
+    had sent before was still unanswered: a batch sent as one pipeline is one round trip,
+    however many commands it holds.
     """
 
     STORAGE = (b"set", b"add", b"replace", b"append", b"prepend", b"cas")
@@ -156,6 +157,7 @@ class CountingProxy:
         with self.lock:
             self.commands: Counter[str] = Counter()
             self.get_keys = 0
+            self.empty_sets = 0
             self.round_trips = 0
 
     def block(self) -> None:
@@ -233,6 +235,8 @@ class CountingProxy:
                 stream.skip = int(parts[4]) + 2
             elif verb == "ms":
                 stream.skip = int(parts[2]) + 2
+                if parts[2] == b"0":  # an empty value: a tombstone, a claim, a lease given back
+                    self.empty_sets += 1
             if b"noreply" not in parts and b"q" not in parts[2:]:
                 state["pending"].append(verb)
         state["mid_send"] = bool(stream.buf or stream.skip)

@@ -546,7 +546,8 @@ def test_replacing_and_deleting_are_bounded_batches(
 ) -> None:
     """Replacing objects whose alternate keys changed: only the sets (the old alternate
     entries are left, never followed); batch_delete: at most two multi-gets and one
-    multi-delete per server, which removes the entries and every pointer to them."""
+    multi-delete per server, which removes the entries and every pointer to them (with
+    meta-memcache, the entries are replaced by tombstones in the round trip that reads them)."""
     store = _counted(build, proxies)
     store.batch_put([Foo(i, i, "old") for i in range(30)])
     _reset(proxies)
@@ -560,9 +561,15 @@ def test_replacing_and_deleting_are_bounded_batches(
     _reset(proxies)
     store.batch_delete([Foo(i) for i in range(30)])
     for proxy in proxies:
-        assert proxy.commands["get"] <= 2
+        # (meta-memcache: the third round trip, which writes the tombstones, reads them too)
+        assert proxy.commands["get"] <= (3 if build is meta_memcache else 2)
         assert proxy.round_trips <= 3
-    assert sum(p.commands["delete"] for p in proxies) == 60
+    if build is meta_memcache:
+        assert sum(p.empty_sets for p in proxies) == 30  # the tombstones
+        assert sum(p.commands["set"] for p in proxies) == 30
+        assert sum(p.commands["delete"] for p in proxies) == 30  # the pointers
+    else:
+        assert sum(p.commands["delete"] for p in proxies) == 60
     assert store.batch_get(Foo, [{"key": i} for i in range(30)]) == [None] * 30
     assert store.get(Foo, {"zap": 1, "bar": "new"}) is None
 
