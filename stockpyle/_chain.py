@@ -90,6 +90,9 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         #: Failures counted per layer (index as in :attr:`stores`).
         self.failures: list[int] = [0] * len(self.stores)
         self._last = len(self.stores) - 1
+        #: The store of record: a failure to read or fill it always raises. The last layer,
+        #: except in a chain made by _with_source(), where it stays this chain's last layer.
+        self._record = self._last
         self._writes = WriteTracker()
         self._flights: FlightTable[str] = FlightTable()
         self._healer = Healer(
@@ -322,7 +325,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 else:
                     hit = store.batch_get_entries(cls, [key_dict])[0]
             except StoreError as exc:
-                if layer == last:
+                if layer >= self._record:
                     raise
                 self._failed(layer, "get", exc)
                 continue
@@ -337,6 +340,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                             backfill.append((upper, identity, (obj, deadline, token)))
                 break
             asked.append(layer)
+        if self._record < self._last:  # below a source: the store of record first
+            backfill.sort(key=lambda fill: -fill[0])
         for layer, identity, item in backfill:
             self._backfill_one(layer, identity, item, begun, mark)
         for layer, token in tokens.items():  # a leased miss found nowhere: let others in
@@ -464,7 +469,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 else:
                     hits = dict(zip(keys, store.batch_get_entries(cls, wanted), strict=True))
             except StoreError as exc:
-                if layer == self._last:
+                if layer >= self._record:
                     raise
                 self._failed(layer, "get", exc)
                 continue
@@ -481,8 +486,11 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                         if not self.stores[upper].shared or token is not None:
                             backfill.setdefault(upper, {})[identity] = (obj, deadline, token)
             asked.append(layer)
-        for layer, items in backfill.items():
-            self._backfill(layer, items, begun, mark)
+        layers: Iterable[int] = backfill
+        if self._record < self._last:  # below a source: the store of record first
+            layers = sorted(backfill, reverse=True)
+        for layer in layers:
+            self._backfill(layer, backfill[layer], begun, mark)
         for layer, unused in tokens.items():  # leased misses found nowhere: let others in
             if unused:
                 try:
@@ -516,6 +524,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     if objs:
                         store.batch_put(objs, expires_at=[d for _, d in keep])
         except StoreError as exc:
+            if layer >= self._record:  # the store of record, below a source: as a put's
+                raise
             self._failed(layer, "backfill", exc)
             self._healer.add(layer, objs)
         else:
@@ -544,6 +554,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     else:
                         objs = []
         except StoreError as exc:
+            if layer >= self._record:  # the store of record, below a source: as a put's
+                raise
             self._failed(layer, "backfill", exc)
             self._healer.add(layer, objs)
         else:
@@ -554,7 +566,52 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 if inv is not None and inv.guards(store):  # an eviction raced the fill
                     inv.settle(store, [identity], mark)  # type: ignore[arg-type]  # guarded
 
+    def _with_source(self, source: BaseStore) -> ChainedStore:
+        """A chain that reads ``source`` after every layer of this one missed, as one more
+        layer below them, and fills what it finds into those layers as a read fills (under
+        leases, conditionally): how a :class:`~stockpyle.Repo` runs its loader. It shares
+        this chain's layers, write tracking, healing, counters and invalidation channel (its
+        fills give way to this chain's writes as this chain's own fills do) and reads this
+        chain's settings (``lease_wait``...) as they are at each call, with flights of its
+        own. A failure of this chain's last layer still raises. Only read through it."""
+        self.counters  # noqa: B018 - created here, so that both share them
+        view = object.__new__(_SourceView)
+        view.__dict__.update(self.__dict__)
+        for name in _SETTINGS:
+            del view.__dict__[name]  # read from this chain (_SourceView.__getattr__)
+        view._base = self
+        view.stores = (*self.stores, source)
+        view._last = len(view.stores) - 1
+        view._flights = FlightTable()
+        return view
+
     def release(self) -> None:
         self._healer.stop()
         for store in self.stores:
             store.release()
+
+
+#: What a chain made by ChainedStore._with_source reads from the chain it extends, per call.
+_SETTINGS = (
+    "strict",
+    "lease_seconds",
+    "lease_wait",
+    "follow_timeout",
+    "serve_stale",
+    "sleep",
+    "poll_interval",
+    "invalidation",
+)
+
+
+class _SourceView(ChainedStore):
+    """A chain extended by a source below its last layer (see ChainedStore._with_source)."""
+
+    _base: ChainedStore
+
+    def __getattr__(self, name: str) -> Any:
+        # Only the settings are missing from this chain's own attributes.
+        base = self.__dict__.get("_base")
+        if base is None:
+            raise AttributeError(name)
+        return getattr(base, name)

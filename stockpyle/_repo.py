@@ -7,8 +7,10 @@ from typing import Any, Generic, TypeVar, overload
 
 import wrapt
 
+from stockpyle._chain import ChainedStore
 from stockpyle._flight import FlightTable, FollowTimeout
 from stockpyle._keys import layout_of
+from stockpyle._loader import LoaderLayer
 from stockpyle._store import BaseStore, KeyDict
 
 __all__ = ["Repo"]
@@ -39,6 +41,7 @@ class Repo(Generic[T]):
         "_get",
         "_layout",
         "_loader",
+        "_through",
         "cls",
         "follow_timeout",
         "store",
@@ -61,6 +64,9 @@ class Repo(Generic[T]):
         self._get = store.getter(cls)  # the store's fastest path for this class
         self._loader: Callable[..., Any] | None = None
         self._batch_loader = False
+        #: With a loader, over a chain or a shared store: the chain this repo reads through,
+        #: the loader one more layer below the store (see :meth:`loader`).
+        self._through: ChainedStore | None = None
         self._flights: FlightTable[str] = FlightTable()
         #: How long a caller waits for the same key's load by another thread (then loads).
         self.follow_timeout = 30.0
@@ -74,7 +80,9 @@ class Repo(Generic[T]):
         no reference back here); with one, misses go to :meth:`_missed`."""
         if type(self).get is not Repo.get:
             return
-        if self._loader is None:
+        if self._through is not None:  # the loader is a layer of the chain read
+            fast = self._through.keyword_getter(self.cls, self._get)
+        elif self._loader is None:
             fast = self.store.keyword_getter(self.cls, self._get)
         else:
             fast = self.store.keyword_getter(self.cls, self._get_key, miss=self._missed)
@@ -94,14 +102,14 @@ class Repo(Generic[T]):
     def get(self, **key: Any) -> T | None:
         """The object named by one declared key (``get(key=1)``), or ``None`` on a miss."""
         obj = self._get(key)
-        if obj is None and self._loader is not None:
+        if obj is None and self._loader is not None and self._through is None:
             return self._load([key])[0]
         return obj
 
     def _get_key(self, key: KeyDict) -> T | None:
         # get() by a key dictionary: what the store's keyword getter does not answer itself.
         obj = self._get(key)
-        if obj is None and self._loader is not None:
+        if obj is None and self._loader is not None and self._through is None:
             return self._load([key])[0]
         return obj
 
@@ -115,6 +123,8 @@ class Repo(Generic[T]):
         for key in key_dicts:  # every key checked before any is read
             if tuple(key) not in by_names:
                 spec_for(key)  # raises, or remembers this order of names
+        if self._through is not None:  # the loader is a layer of the chain read
+            return self._through.batch_get(self.cls, key_dicts)
         found = self.store.batch_get(self.cls, key_dicts)
         if self._loader is None:
             return found
@@ -167,7 +177,12 @@ class Repo(Generic[T]):
 
         ``@repo.loader`` registers ``load(**key) -> T | None``; ``@repo.loader(batch=True)``
         registers ``load(key_dicts) -> list[T | None]``, called once for all the misses of a
-        ``get_many``. Whatever it returns is put through the store before being returned.
+        ``get_many``. Whatever it returns is stored before being returned: over a chain or
+        a shared store (memcached), the loader is read as one more layer below it, as a
+        chain reads its layers (one load per key in flight across threads and, through the
+        leases of its shared layers, across processes; its results filled into every layer
+        that missed them, conditionally: SPEC section 11); over an in-process store alone,
+        its results are put through the store.
 
         The decorated function keeps its name and signature; calling it directly loads from
         the source and writes the result through the store (a refresh that skips the cache).
@@ -176,6 +191,14 @@ class Repo(Generic[T]):
         def register(fn: F) -> F:
             self._loader = fn
             self._batch_loader = batch
+            source = LoaderLayer(self._run_loader, getattr(fn, "__qualname__", None) or repr(fn))
+            store = self.store
+            if isinstance(store, ChainedStore):
+                self._through = store._with_source(source)
+            elif store.shared:
+                self._through = ChainedStore([store, source])
+            if self._through is not None:
+                self._get = self._through.getter(self.cls)
             self._install_get()
 
             @wrapt.decorator
@@ -190,7 +213,8 @@ class Repo(Generic[T]):
         return register if func is None else register(func)
 
     def _load(self, key_dicts: Sequence[Mapping[str, Any]]) -> list[T | None]:
-        """Run the loader for ``key_dicts``, once per key across threads (single flight):
+        """Over an in-process store: run the loader for ``key_dicts``, once per key across
+        threads (single flight):
         keys another thread is loading wait for its result (or its error); a key the calling
         thread is itself loading (a loader that reads through this repo) is a miss."""
         encode = self._layout.encode
@@ -229,6 +253,13 @@ class Repo(Generic[T]):
         return results
 
     def _call_loader(self, key_dicts: Sequence[Mapping[str, Any]]) -> list[T | None]:
+        loaded = self._run_loader(key_dicts)
+        self._store_loaded([o for o in loaded if o is not None])
+        return loaded
+
+    def _run_loader(self, key_dicts: Sequence[Mapping[str, Any]]) -> list[T | None]:
+        """What the loader returns for ``key_dicts`` (checked: one object or ``None`` per
+        key, each of this repo's class)."""
         if not key_dicts:
             return []
         loader = self._loader
@@ -243,7 +274,9 @@ class Repo(Generic[T]):
                 raise ValueError(msg)
         else:
             loaded = [loader(**key) for key in key_dicts]
-        self._store_loaded([o for o in loaded if o is not None])
+        for obj in loaded:
+            if obj is not None:
+                self._check(obj)
         return loaded
 
     def _store_loaded(self, objs: list[Any]) -> None:

@@ -211,11 +211,15 @@ def test_a_loader_reading_through_its_own_chain_does_not_deadlock() -> None:
     assert chain.stores[1].get(Foo, {"key": 7}) is not None
 
 
+@pytest.mark.parametrize("store", ["chain", "memory"])
 @pytest.mark.parametrize("batch", [False, True])
-def test_a_repo_loader_runs_once_per_key_across_threads(batch: bool) -> None:
-    """Threads missing one key through a Repo with a loader (single or batch) run it once."""
-    chain = ChainedStore([ProcessMemoryStore(), ProcessMemoryStore()])
-    repo = Repo(Foo, chain)
+def test_a_repo_loader_runs_once_per_key_across_threads(batch: bool, store: str) -> None:
+    """Threads missing one key through a Repo with a loader (single or batch) run it once,
+    over a chain (the chain's flights) and over an in-process store alone (the repo's)."""
+    if store == "chain":
+        repo = Repo(Foo, ChainedStore([ProcessMemoryStore(), ProcessMemoryStore()]))
+    else:
+        repo = Repo(Foo, ProcessMemoryStore())
     entered, release = threading.Event(), threading.Event()
     calls: list[Any] = []
 
@@ -232,7 +236,12 @@ def test_a_repo_loader_runs_once_per_key_across_threads(batch: bool) -> None:
         repo.loader(lambda key: make(key))
         call = lambda: repo.get(key=1)  # noqa: E731
     flights = CountingFlights()
-    repo._flights = flights
+    if store == "chain":  # the loader is a layer below the chain: its flights hold the loads
+        assert repo._through is not None
+        repo._through._flights = flights
+    else:
+        assert repo._through is None
+        repo._flights = flights
     threads, results, errors = run_threads(20, call)
     wait_for(lambda: entered.is_set() and flights.followers == 19)
     release.set()

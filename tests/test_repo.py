@@ -91,6 +91,27 @@ def test_loader_fills_misses_and_writes_through() -> None:
     assert load_foo.__name__ == "load_foo"
 
 
+class _FailingRecord(ProcessMemoryStore):
+    """A store of record whose writes fail."""
+
+    def batch_put(self, objs: Any, *, expires_at: Any = None) -> None:
+        raise stockpyle.StoreError(self, "put failed (injected)")
+
+
+def test_a_loaded_object_the_store_of_record_refuses_raises() -> None:
+    """A loader's result goes into every layer of the chain, its last one (the store of
+    record) included; when that fails, the get raises, as a put would, and the layers above
+    are left empty (no cache holds what the store of record does not)."""
+    top, record = ProcessMemoryStore(), _FailingRecord()
+    chain = ChainedStore([top, record])
+    foos = Repo(Foo, chain)
+    foos.loader(lambda key=None, **_: Foo(key, name="loaded"))
+    with pytest.raises(stockpyle.StoreError, match="injected"):
+        foos.get(key=1)
+    assert top.get(Foo, {"key": 1}) is None and record.get(Foo, {"key": 1}) is None
+    assert chain.failures == [0, 0] and not chain.suspect_keys(1)
+
+
 def test_batch_loader_is_called_once_for_all_misses() -> None:
     """get_many calls a batch loader once with every missing key, in order."""
     foos = Repo(Foo, ProcessMemoryStore())
