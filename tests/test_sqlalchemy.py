@@ -611,6 +611,17 @@ class Shadowing(_HookBase):
     new: Mapped[float]
 
 
+class Guarded(_HookBase):
+    """A plain class with its own ``__setattr__``: its instances are made the generic way."""
+
+    __tablename__ = "stockpyle_test_guarded"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    name: Mapped[str] = mapped_column(sa.String(20))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+
+
 @pytest.fixture
 def hooked(sql: SqlAlchemyStore) -> Iterator[SqlAlchemyStore]:
     """``sql`` with the tables of the listened-to classes."""
@@ -657,6 +668,28 @@ def test_core_reads_leave_what_a_session_leaves(hooked: SqlAlchemyStore) -> None
         assert not state.modified and not state.unloaded and not state.expired_attributes
     assert batch[0] is not None and (batch[0].state, batch[0].new) == ("s", 4 / 3)
     assert single is not None and single.state is None
+
+
+def test_core_reads_of_a_class_with_its_own_setattr(hooked: SqlAlchemyStore) -> None:
+    """A class with its own ``__setattr__`` is read with Core statements too (its instances
+    made as ``ClassManager.new_instance()`` makes them): single gets and batches of ids,
+    the same clean detached instances."""
+    from stockpyle.stores._sql_lookup import core_loader
+    from stockpyle.stores._sql_objects import mapped_info
+
+    info = mapped_info(Guarded)
+    assert info is not None and core_loader(info) is not None
+    sql = hooked
+    sql.batch_put([Guarded(id=i, name=f"g{i}") for i in range(4)])
+    found = sql.batch_get(Guarded, [{"id": 3}, {"id": 9}, {"id": 0}, {"id": 3}])
+    assert [g.name if g is not None else None for g in found] == ["g3", None, "g0", "g3"]
+    assert found[0] is found[3]
+    single = sql.get(Guarded, {"id": 2})
+    for got in (found[0], found[2], single):
+        assert got is not None
+        state = sa.inspect(got)
+        assert state.detached and state.key == (Guarded, (got.id,), None)
+        assert not state.modified and not state.unloaded
 
 
 def test_plain_classes_are_read_without_a_session(hooked: SqlAlchemyStore) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from sqlalchemy import orm
 
-__all__ = ["Builder", "instance_builder"]
+__all__ = ["Builder", "instance_builder", "keyed_builder"]
 
 #: Rows of column values (in the order of the names given) in, one instance per row out.
 Builder = Callable[[Iterable[Sequence[Any]]], list[Any]]
@@ -28,11 +28,35 @@ Builder = Callable[[Iterable[Sequence[Any]]], list[Any]]
 def instance_builder(mapper: orm.Mapper[Any], keys: Sequence[str], pk: Sequence[int]) -> Builder:
     """The :data:`Builder` of ``mapper``'s class: ``keys`` are the attribute names of a
     row's values, ``pk`` the positions of the primary key's columns in a row."""
+    build: Builder = _builder(mapper, keys, pk, None)
+    return build
+
+
+def keyed_builder(
+    mapper: orm.Mapper[Any], keys: Sequence[str], pk: Sequence[int], by: int
+) -> Callable[[Iterable[Sequence[Any]]], dict[Any, Any]]:
+    """Like :func:`instance_builder`, the instances by the value of the column at position
+    ``by`` in a row (one per value: where several rows hold one, the last)."""
+    build: Callable[[Iterable[Sequence[Any]]], dict[Any, Any]] = _builder(mapper, keys, pk, by)
+    return build
+
+
+def _builder(
+    mapper: orm.Mapper[Any], keys: Sequence[str], pk: Sequence[int], by: int | None
+) -> Any:
     cls: Any = mapper.class_
     manager = mapper.class_manager
     state_of = getattr(manager, "_state_constructor", None)
     if state_of is None or cls.__setattr__ is not object.__setattr__ or not keys:
-        return _generic_builder(cls, manager, keys, pk)
+        build = _generic_builder(cls, manager, keys, pk)
+        if by is None:
+            return build
+
+        def build_by(rows: Iterable[Sequence[Any]]) -> dict[Any, Any]:
+            rows = list(rows)
+            return dict(zip([row[by] for row in rows], build(rows), strict=True))
+
+        return build_by
     values = [f"v{i}" for i in range(len(keys))]
     identity = "".join(f"{values[i]}, " for i in pk)
     names = ", ".join(f"k{i}" for i in range(len(keys)))
@@ -40,8 +64,8 @@ def instance_builder(mapper: orm.Mapper[Any], keys: Sequence[str], pk: Sequence[
     source = (
         f"def factory(new, cls, state_of, manager, {names}):\n"
         "    def build(rows):\n"
-        "        out = []\n"
-        "        add = out.append\n"
+        f"        out = {'[]' if by is None else '{}'}\n"
+        f"        {'add = out.append' if by is None else 'pass'}\n"
         f"        for {', '.join(values)}, in rows:\n"
         "            obj = new(cls)\n"
         "            state = state_of(obj, manager)\n"
@@ -49,14 +73,13 @@ def instance_builder(mapper: orm.Mapper[Any], keys: Sequence[str], pk: Sequence[
         "            d = obj.__dict__\n"
         '            d["_sa_instance_state"] = state\n'  # what new_instance sets (setattr)
         f"{stores}"
-        "            add(obj)\n"
+        f"            {'add(obj)' if by is None else f'out[{values[by]}] = obj'}\n"
         "        return out\n"
         "    return build\n"
     )
     namespace: dict[str, Any] = {}
     exec(compile(source, f"<stockpyle build {cls.__qualname__}>", "exec"), namespace)
-    build: Builder = namespace["factory"](cls.__new__, cls, state_of, manager, *keys)
-    return build
+    return namespace["factory"](cls.__new__, cls, state_of, manager, *keys)
 
 
 def _generic_builder(cls: Any, manager: Any, keys: Sequence[str], pk: Sequence[int]) -> Builder:

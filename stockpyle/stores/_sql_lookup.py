@@ -20,7 +20,7 @@ from sqlalchemy.dialects import postgresql
 from stockpyle._encoding import encode_value
 from stockpyle._store import KeyDict
 from stockpyle.exceptions import InvalidKeyError, NonUniqueKeyError, UnknownKeyError
-from stockpyle.stores._sql_build import instance_builder
+from stockpyle.stores._sql_build import instance_builder, keyed_builder
 from stockpyle.stores._sql_objects import MappedInfo
 
 __all__ = [
@@ -344,10 +344,12 @@ class CoreLoader:
 
     __slots__ = (
         "_build",
+        "_build_by",
         "_dispatch",
         "_in",
         "_int_columns",
         "_keys",
+        "_mapper",
         "_pk",
         "_statements",
         "_str_columns",
@@ -381,7 +383,10 @@ class CoreLoader:
         }
         self._statements: dict[Any, Any] = {}
         self._dispatch = mapper.class_manager.dispatch
+        self._mapper = mapper
         self._build = instance_builder(mapper, self._keys, self._pk)
+        #: Builders of the instances by one column's value (by its position), made on use.
+        self._build_by: dict[int, Any] = {}
 
     def build_one(self, values: tuple[Any, ...]) -> Any:
         """The detached instance of one row of column values (in :attr:`columns` order)."""
@@ -566,12 +571,14 @@ class CoreLoader:
         at = self._int_columns[name]
         param = json.dumps(ints) if conn.dialect.name == "sqlite" else ints
         rows = conn.execute(stmt, {"ints": param}).all()
-        values = [row[at] for row in rows]
-        found = dict(zip(values, self._build(rows), strict=True))
+        build = self._build_by.get(at)
+        if build is None:
+            build = self._build_by[at] = keyed_builder(self._mapper, self._keys, self._pk, at)
+        found = build(rows)
         shared: dict[int, int] = {}
         if len(found) != len(rows):  # a value that several rows hold: count them
-            for value in values:
-                shared[value] = shared.get(value, 0) + 1
+            for row in rows:
+                shared[row[at]] = shared.get(row[at], 0) + 1
             shared = {value: count for value, count in shared.items() if count > 1}
         return found, shared
 
