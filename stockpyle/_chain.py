@@ -329,7 +329,9 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     raise
                 self._failed(layer, "get", exc)
                 continue
-            if hit is not None and (layer == last or not self._is_suspect(layer, hit[0])):
+            if hit is not None and (
+                (layer == last and not store.cache_only) or not self._is_suspect(layer, hit[0])
+            ):
                 found = hit
                 if fill and asked:  # (a hit in the first layer read fills nothing)
                     obj, deadline = hit
@@ -474,7 +476,9 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 self._failed(layer, "get", exc)
                 continue
             for key, hit in hits.items():
-                if hit is None or (layer != self._last and self._is_suspect(layer, hit[0])):
+                if hit is None or (
+                    (layer != self._last or store.cache_only) and self._is_suspect(layer, hit[0])
+                ):
                     continue
                 del pending[key]
                 found[key] = hit

@@ -58,6 +58,11 @@ class BaseStore(abc.ABC):
     #: Whether other processes share this store's contents (memcached, a shove file store): a
     #: chain then makes every fill conditional and invalidates it on writes (SPEC section 11).
     shared: bool = False
+    #: Whether this store only caches (memcached: its entries may vanish at any time, so
+    #: invalidating an object there never loses data). A chain whose last layer is such a
+    #: store (a chain of cache layers only) heals that layer's failed writes as it heals its
+    #: other cache layers'; any other last layer is a store of record and is never healed.
+    cache_only: bool = False
 
     def describe(self) -> str:
         """A short name for messages and logs (e.g. ``MemcacheStore(127.0.0.1:11211)``)."""

@@ -123,18 +123,33 @@ class WriteThrough:
         error: StoreError | None = None
         try:
             last = self.stores[self._last]
-            if invalidate:
-                if last.shared:
-                    last.batch_invalidate(objs)
-            elif delete:
-                last.batch_delete(objs)
-            elif tokens is None:
-                tokens = self._write_tokens(objs, self._last - 1)
-                last.batch_put(objs, expires_at=expires_at)
-            elif last.shared:
-                self._put_shared(last, objs, tokens.get(self._last), expires_at)
-            else:
-                last.batch_put(objs, expires_at=expires_at)
+            try:
+                if invalidate:
+                    if last.shared:
+                        last.batch_invalidate(objs)
+                elif delete:
+                    last.batch_delete(objs)
+                elif tokens is None:
+                    tokens = self._write_tokens(objs, self._last - 1)
+                    last.batch_put(objs, expires_at=expires_at)
+                elif last.shared:
+                    self._put_shared(last, objs, tokens.get(self._last), expires_at)
+                else:
+                    last.batch_put(objs, expires_at=expires_at)
+            except StoreError:
+                if last.cache_only:
+                    # A chain of cache layers only (the session extension's, a Repo loader's):
+                    # its last layer is a cache too. The failure raises, as any last layer's
+                    # (a put leaves the layers above unchanged, SPEC section 7); the objects
+                    # are healed there as in any cache layer (invalidated as soon as it
+                    # answers again, skipped by this chain's reads until then), and a delete
+                    # or invalidation still evicts them from the layers above.
+                    self._healer.add(self._last, objs)
+                    if delete:
+                        self._evict_above(self._last, objs)
+                raise
+            if last.cache_only:
+                self._healer.discard(self._last, objs)
             tokens = tokens or {}
             identities = [identity_or_none(o) for o in objs]  # now known, if generated below
             for layer in range(self._last - 1, -1, -1):

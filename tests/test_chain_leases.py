@@ -284,3 +284,64 @@ def test_a_value_marked_stale_is_a_miss_for_plain_reads(memcached_server: str) -
     assert lease.stale and lease.found is not None and lease.found[0].name == "v1"
     store.batch_delete([Foo(1)])
     store.release()
+
+
+@pytest.mark.parametrize("write", ["invalidate", "delete", "put"])
+def test_a_chain_of_caches_heals_its_last_layer(memcached_server: str, write: str) -> None:
+    """A chain of cache layers only ([memory, memcached]: the session extension's, a Repo
+    loader's) whose write fails in memcached, its last layer: the write raises, as any last
+    layer's failure does, but memcached may still hold the old version for every process,
+    so the key is healed there as in any cache layer: this chain's reads skip memcached for
+    it until then, and it is invalidated as soon as memcached answers again. A delete or an
+    invalidation also evicts the layers above; a failed put leaves them as they were (SPEC
+    section 7)."""
+    from stockpyle import StoreError
+
+    prefix = f"heal{uuid.uuid4().hex[:10]}"
+
+    class Failing(MemcacheStore):
+        down = False
+
+        def _fail(self) -> None:
+            if self.down:
+                raise StoreError(self, "timed out (injected)")
+
+        def batch_put(self, objs: Sequence[Any], **kw: Any) -> None:
+            self._fail()
+            super().batch_put(objs, **kw)
+
+        def batch_delete(self, objs: Sequence[Any]) -> None:
+            self._fail()
+            super().batch_delete(objs)
+
+        def batch_invalidate(self, objs: Sequence[Any]) -> None:
+            self._fail()
+            super().batch_invalidate(objs)
+
+    cache = Failing(servers=[memcached_server], prefix=prefix)
+    memory = ProcessMemoryStore()
+    writer = ChainedStore([memory, cache], heal_interval=3600)
+    reader = MemcacheStore(servers=[memcached_server], prefix=prefix)  # another process
+    writer.put(Foo(1, name="v1"))
+    assert reader.get(Foo, {"key": 1}) == Foo(1, name="v1")
+    cache.down = True
+    with pytest.raises(StoreError, match="injected"):
+        if write == "invalidate":
+            writer.batch_invalidate([Foo(1)])
+        elif write == "delete":
+            writer.delete(Foo(1))
+        else:
+            writer.put(Foo(1, name="v2"))
+    assert writer.suspect_keys(1) == {"stockpyle.testing.models.Foo|key=1"}
+    assert reader.get(Foo, {"key": 1}) == Foo(1, name="v1")  # the window: memcached is down
+    if write == "put":
+        assert memory.get(Foo, {"key": 1}) == Foo(1, name="v1")  # unchanged
+    else:
+        assert memory.get(Foo, {"key": 1}) is None  # evicted
+        assert writer.get(Foo, {"key": 1}) is None  # memcached skipped for it
+    cache.down = False
+    assert writer.heal()  # what the healer thread does every heal_interval
+    assert reader.get(Foo, {"key": 1}) is None and not writer.suspect_keys(1)
+    writer.put(Foo(1, name="v3"))
+    assert reader.get(Foo, {"key": 1}) == Foo(1, name="v3")
+    writer.release()

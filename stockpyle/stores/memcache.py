@@ -123,8 +123,11 @@ class MemcacheStore(BytesStore):
     Coherence (SPEC section 11): ``shared`` is true; with the default engine a leased read takes
     memcached leases, fills are compare-and-set, and invalidation (``serve_stale=True``: stale
     marking) fails every fill in flight; ``recache_seconds`` asks one reader to refresh an entry
-    that has less than that many seconds left.
+    that has less than that many seconds left. ``cache_only`` is true: as the last layer of a
+    chain (a chain of cache layers only), its failed writes are healed as any cache layer's.
     """
+
+    cache_only = True
 
     def __init__(
         self,
