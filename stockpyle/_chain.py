@@ -577,7 +577,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         this chain's layers, write tracking, healing, counters and invalidation channel (its
         fills give way to this chain's writes as this chain's own fills do) and reads this
         chain's settings (``lease_wait``...) as they are at each call, with flights of its
-        own. A failure of this chain's last layer still raises. Only read through it."""
+        own. A failure of this chain's last layer still raises, unless it only caches
+        (``cache_only``): then it fails as any cache layer does. Only read through it."""
         self.counters  # noqa: B018 - created here, so that both share them
         view = object.__new__(_SourceView)
         view.__dict__.update(self.__dict__)
@@ -586,6 +587,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         view._base = self
         view.stores = (*self.stores, source)
         view._last = len(view.stores) - 1
+        if self.stores[self._last].cache_only:  # a chain of caches: the source is the record
+            view._record = view._last
         view._flights = FlightTable()
         return view
 

@@ -172,6 +172,17 @@ def test_session_commits_keep_every_layer_coherent(pg_url: str) -> None:
     )
 
 
+def test_repo_loaders_over_caches_stay_coherent(pg_url: str) -> None:
+    """The same faults and races with reads through a Repo whose loader reads the database,
+    over a chain of cache layers only (a memory layer on a PostgresChannel above memcached),
+    and writes to the database followed by an invalidation of the caches
+    (``loader_chains:loader_chain``): nothing stale, resurrected or lost. (When loaders put
+    what they loaded, this found stale entries and resurrected deletes in every run.)"""
+    _assert_coherent_half_run(
+        pg_url, "stockpyle.testing.coherence.loader_chains:loader_chain", 13, memory=True
+    )
+
+
 def test_checker_reports_memory_layers_nothing_keeps_in_step(pg_url: str) -> None:
     """The control for the run above: memory layers without a channel (or a lifetime) keep
     serving what other processes replaced, and the checker says so."""

@@ -211,3 +211,20 @@ def test_clients_without_leases_store_what_the_loader_returns(
         assert other.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, name="loaded")
     finally:
         purge_created()
+
+
+def test_a_loader_answers_when_memcached_is_down(memcached_server: str) -> None:
+    """Over a chain of cache layers only, memcached is a cache like any other for a loader's
+    reads: when it cannot be reached, a read is a miss there (counted as a failure) and the
+    loader answers, instead of the error reaching the caller."""
+    chain = ChainedStore([ProcessMemoryStore(), PurgingStore(servers=["127.0.0.1:1"], timeout=0.2)])
+    repo = Repo(Foo, chain)
+    repo.loader(lambda key=None, **_: Foo(key, 2, 3, name="loaded"))
+    try:
+        assert repo.get(key=1) == Foo(1, 2, 3, name="loaded")
+        assert repo.get_many([{"key": 2}]) == [Foo(2, 2, 3, name="loaded")]
+        assert chain.failures[1] >= 2
+        assert repo.get(key=1) == Foo(1, 2, 3, name="loaded")  # from memory now
+    finally:
+        chain.release()
+        purge_created()

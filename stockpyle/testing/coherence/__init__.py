@@ -31,6 +31,7 @@ from stockpyle.testing.coherence.faults import (
     PauseMemcached,
     RestartDatabase,
 )
+from stockpyle.testing.coherence.loader_chains import LoaderChain, loader_chain
 from stockpyle.testing.coherence.model import CoherenceBase, Item, code_of
 from stockpyle.testing.coherence.observe import LoadObserver, ObservedSqlAlchemyStore
 from stockpyle.testing.coherence.report import Report
@@ -49,6 +50,7 @@ __all__ = [
     "Item",
     "KillMemcached",
     "LoadObserver",
+    "LoaderChain",
     "ObservedSqlAlchemyStore",
     "PauseMemcached",
     "Report",
@@ -57,6 +59,7 @@ __all__ = [
     "channel_chain",
     "code_of",
     "forgetful_chain",
+    "loader_chain",
     "memcache_chain",
     "run_checker",
     "session_chain",
