@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from stockpyle import StoreError
 from stockpyle.stores import ChainedStore, MemcacheStore, ProcessMemoryStore
 from stockpyle.testing.models import Foo
 
@@ -41,6 +42,39 @@ class Database(ProcessMemoryStore):
 
     def get_entry(self, cls: type[Any], key_dict: Any) -> Any:
         return self.batch_get_entries(cls, [key_dict])[0]
+
+
+class FailingMemcache(MemcacheStore):
+    """A MemcacheStore whose writes fail while ``down`` (a hung server, as the chain sees it);
+    with ``tokens_fail``, reading write tokens fails too."""
+
+    down = False
+    tokens_fail = True
+
+    def _fail(self) -> None:
+        if self.down:
+            raise StoreError(self, "timed out (injected)")
+
+    def batch_write_tokens(self, objs: Sequence[Any]) -> Any:
+        if self.tokens_fail:
+            self._fail()
+        return super().batch_write_tokens(objs)
+
+    def batch_put_on_tokens(self, objs: Sequence[Any], tokens: Sequence[Any], **kw: Any) -> Any:
+        self._fail()
+        return super().batch_put_on_tokens(objs, tokens, **kw)
+
+    def batch_put(self, objs: Sequence[Any], **kw: Any) -> None:
+        self._fail()
+        super().batch_put(objs, **kw)
+
+    def batch_delete(self, objs: Sequence[Any]) -> None:
+        self._fail()
+        super().batch_delete(objs)
+
+    def batch_invalidate(self, objs: Sequence[Any]) -> None:
+        self._fail()
+        super().batch_invalidate(objs)
 
 
 @pytest.fixture
@@ -180,30 +214,8 @@ def test_a_failed_cache_write_heals_for_every_process(memcached_server: str, fai
     writer's healer reaches memcached again."""
     database = ProcessMemoryStore()
     prefix = f"heal{uuid.uuid4().hex[:10]}"
-
-    class Failing(MemcacheStore):
-        down = False
-
-        def _fail(self) -> None:
-            if self.down:
-                from stockpyle import StoreError
-
-                raise StoreError(self, "timed out (injected)")
-
-        def batch_write_tokens(self, objs: Sequence[Any]) -> Any:
-            if failing == "every call":
-                self._fail()
-            return super().batch_write_tokens(objs)
-
-        def batch_put_on_tokens(self, objs: Sequence[Any], tokens: Sequence[Any], **kw: Any) -> Any:
-            self._fail()
-            return super().batch_put_on_tokens(objs, tokens, **kw)
-
-        def batch_invalidate(self, objs: Sequence[Any]) -> None:
-            self._fail()
-            super().batch_invalidate(objs)
-
-    writer_cache = Failing(servers=[memcached_server], prefix=prefix)
+    writer_cache = FailingMemcache(servers=[memcached_server], prefix=prefix)
+    writer_cache.tokens_fail = failing == "every call"
     writer = ChainedStore([writer_cache, database], heal_interval=3600)
     reader = ChainedStore([MemcacheStore(servers=[memcached_server], prefix=prefix), database])
     writer.put(Foo(1, name="v1"))
@@ -295,30 +307,8 @@ def test_a_chain_of_caches_heals_its_last_layer(memcached_server: str, write: st
     it until then, and it is invalidated as soon as memcached answers again. A delete or an
     invalidation also evicts the layers above; a failed put leaves them as they were (SPEC
     section 7)."""
-    from stockpyle import StoreError
-
     prefix = f"heal{uuid.uuid4().hex[:10]}"
-
-    class Failing(MemcacheStore):
-        down = False
-
-        def _fail(self) -> None:
-            if self.down:
-                raise StoreError(self, "timed out (injected)")
-
-        def batch_put(self, objs: Sequence[Any], **kw: Any) -> None:
-            self._fail()
-            super().batch_put(objs, **kw)
-
-        def batch_delete(self, objs: Sequence[Any]) -> None:
-            self._fail()
-            super().batch_delete(objs)
-
-        def batch_invalidate(self, objs: Sequence[Any]) -> None:
-            self._fail()
-            super().batch_invalidate(objs)
-
-    cache = Failing(servers=[memcached_server], prefix=prefix)
+    cache = FailingMemcache(servers=[memcached_server], prefix=prefix)
     memory = ProcessMemoryStore()
     writer = ChainedStore([memory, cache], heal_interval=3600)
     reader = MemcacheStore(servers=[memcached_server], prefix=prefix)  # another process
