@@ -214,9 +214,9 @@ class Repo(Generic[T]):
 
     def _load(self, key_dicts: Sequence[Mapping[str, Any]]) -> list[T | None]:
         """Over an in-process store: run the loader for ``key_dicts``, once per key across
-        threads (single flight):
-        keys another thread is loading wait for its result (or its error); a key the calling
-        thread is itself loading (a loader that reads through this repo) is a miss."""
+        threads (single flight): keys another thread is loading wait for its result (or its
+        error); a key the calling thread is itself loading (a loader that reads through this
+        repo) is a miss."""
         encode = self._layout.encode
         keys = [encode(key) for key in key_dicts]
         first: dict[str, int] = {}
