@@ -315,37 +315,45 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         tokens: dict[int, Any] = {}  # shared layer -> lease token
         backfill: list[tuple[int, str, tuple[Any, Deadline, Any]]] = []
         stores, last = self.stores, self._last
-        for layer in range(start, stop):
-            store = stores[layer]
-            if layer:  # every layer above missed this key: this read loads it
-                next(store.counters.loads)
-            try:
-                if fill and store.shared and layer != last:
-                    hit = self._leased_one(cls, layer, key, key_dict, tokens)
-                else:
-                    hit = store.batch_get_entries(cls, [key_dict])[0]
-            except StoreError as exc:
-                if layer >= self._record:
-                    raise
-                self._failed(layer, "get", exc)
-                continue
-            if hit is not None and (
-                (layer == last and not store.cache_only) or not self._is_suspect(layer, hit[0])
-            ):
-                found = hit
-                if fill and asked:  # (a hit in the first layer read fills nothing)
-                    obj, deadline = hit
-                    identity = layout_of(type(obj)).identity_of(obj)
-                    for upper in asked:
-                        token = tokens.pop(upper, None)
-                        if not stores[upper].shared or token is not None:
-                            backfill.append((upper, identity, (obj, deadline, token)))
-                break
-            asked.append(layer)
-        if self._record < self._last:  # below a source: the store of record first
-            backfill.sort(key=lambda fill: -fill[0])
-        for layer, identity, item in backfill:
-            self._backfill_one(layer, identity, item, begun, mark)
+        try:
+            for layer in range(start, stop):
+                store = stores[layer]
+                if layer:  # every layer above missed this key: this read loads it
+                    next(store.counters.loads)
+                try:
+                    if fill and store.shared and layer != last:
+                        hit = self._leased_one(cls, layer, key, key_dict, tokens)
+                    else:
+                        hit = store.batch_get_entries(cls, [key_dict])[0]
+                except StoreError as exc:
+                    if layer >= self._record:
+                        raise
+                    self._failed(layer, "get", exc)
+                    continue
+                if hit is not None and (
+                    (layer == last and not store.cache_only) or not self._is_suspect(layer, hit[0])
+                ):
+                    found = hit
+                    if fill and asked:  # (a hit in the first layer read fills nothing)
+                        obj, deadline = hit
+                        identity = layout_of(type(obj)).identity_of(obj)
+                        for upper in asked:
+                            token = tokens.pop(upper, None)
+                            if not stores[upper].shared or token is not None:
+                                backfill.append((upper, identity, (obj, deadline, token)))
+                    break
+                asked.append(layer)
+            if self._record < self._last:  # below a source: the store of record first
+                backfill.sort(key=lambda fill: -fill[0])
+            for layer, identity, item in backfill:
+                self._backfill_one(layer, identity, item, begun, mark)
+        except BaseException:  # a layer below raised: give back the leases this read holds
+            held: dict[int, list[Any]] = {layer: [token] for layer, token in tokens.items()}
+            for layer, _, (_, _, token) in backfill:
+                if token is not None:
+                    held.setdefault(layer, []).append(token)
+            self._give_back(held)
+            raise
         for layer, token in tokens.items():  # a leased miss found nowhere: let others in
             try:
                 stores[layer].batch_release([token])
@@ -457,44 +465,52 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         found: dict[str, Found | None] = {}
         tokens: dict[int, dict[str, Any]] = {}  # shared layer -> key -> lease token
         backfill: dict[int, dict[str, tuple[Any, Deadline, Any]]] = {}
-        for layer in range(start, stop):
-            if not pending:
-                break
-            store = self.stores[layer]
-            keys = list(pending)
-            wanted = [key_dicts[pending[k][0]] for k in keys]
-            if layer:  # every layer above missed these keys: this read loads them
-                store.counters.add("loads", len(keys))
-            try:
-                if fill and store.shared and layer != self._last:
-                    hits = self._leased_read(cls, layer, keys, wanted, tokens)
-                else:
-                    hits = dict(zip(keys, store.batch_get_entries(cls, wanted), strict=True))
-            except StoreError as exc:
-                if layer >= self._record:
-                    raise
-                self._failed(layer, "get", exc)
-                continue
-            for key, hit in hits.items():
-                if hit is None or (
-                    (layer != self._last or store.cache_only) and self._is_suspect(layer, hit[0])
-                ):
+        try:
+            for layer in range(start, stop):
+                if not pending:
+                    break
+                store = self.stores[layer]
+                keys = list(pending)
+                wanted = [key_dicts[pending[k][0]] for k in keys]
+                if layer:  # every layer above missed these keys: this read loads them
+                    store.counters.add("loads", len(keys))
+                try:
+                    if fill and store.shared and layer != self._last:
+                        hits = self._leased_read(cls, layer, keys, wanted, tokens)
+                    else:
+                        hits = dict(zip(keys, store.batch_get_entries(cls, wanted), strict=True))
+                except StoreError as exc:
+                    if layer >= self._record:
+                        raise
+                    self._failed(layer, "get", exc)
                     continue
-                del pending[key]
-                found[key] = hit
-                if fill and asked:  # (a hit in the first layer read fills nothing)
-                    obj, deadline = hit
-                    identity = layout_of(type(obj)).identity_of(obj)
-                    for upper in asked:
-                        token = tokens.get(upper, {}).pop(key, None)
-                        if not self.stores[upper].shared or token is not None:
-                            backfill.setdefault(upper, {})[identity] = (obj, deadline, token)
-            asked.append(layer)
-        layers: Iterable[int] = backfill
-        if self._record < self._last:  # below a source: the store of record first
-            layers = sorted(backfill, reverse=True)
-        for layer in layers:
-            self._backfill(layer, backfill[layer], begun, mark)
+                for key, hit in hits.items():
+                    if hit is None or (
+                        (layer != self._last or store.cache_only)
+                        and self._is_suspect(layer, hit[0])
+                    ):
+                        continue
+                    del pending[key]
+                    found[key] = hit
+                    if fill and asked:  # (a hit in the first layer read fills nothing)
+                        obj, deadline = hit
+                        identity = layout_of(type(obj)).identity_of(obj)
+                        for upper in asked:
+                            token = tokens.get(upper, {}).pop(key, None)
+                            if not self.stores[upper].shared or token is not None:
+                                backfill.setdefault(upper, {})[identity] = (obj, deadline, token)
+                asked.append(layer)
+            layers: Iterable[int] = backfill
+            if self._record < self._last:  # below a source: the store of record first
+                layers = sorted(backfill, reverse=True)
+            for layer in layers:
+                self._backfill(layer, backfill[layer], begun, mark)
+        except BaseException:  # a layer below raised: give back the leases this read holds
+            held = {layer: list(unused.values()) for layer, unused in tokens.items()}
+            for layer, items in backfill.items():
+                held.setdefault(layer, []).extend(t for _, _, t in items.values() if t is not None)
+            self._give_back(held)
+            raise
         for layer, unused in tokens.items():  # leased misses found nowhere: let others in
             if unused:
                 try:
@@ -502,6 +518,17 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 except StoreError as exc:
                     self._failed(layer, "release", exc)
         return found
+
+    def _give_back(self, held: dict[int, list[Any]]) -> None:
+        """Release the lease tokens ``held`` (by layer) after a read that raised, so that
+        other callers read below at once instead of waiting for fills that will not come (a
+        token a fill already used no longer matches: releasing it changes nothing)."""
+        for layer, tokens in held.items():
+            if tokens:
+                try:
+                    self.stores[layer].batch_release(tokens)
+                except StoreError as exc:
+                    self._failed(layer, "release", exc)
 
     def _backfill(
         self, layer: int, items: dict[str, tuple[Any, Deadline, Any]], begun: int, mark: int

@@ -335,3 +335,35 @@ def test_a_chain_of_caches_heals_its_last_layer(memcached_server: str, write: st
     writer.put(Foo(1, name="v3"))
     assert reader.get(Foo, {"key": 1}) == Foo(1, name="v3")
     writer.release()
+
+
+@pytest.mark.parametrize(
+    "read",
+    ["get", "get by alternate key", "batch_get"],
+)
+def test_a_read_that_raises_below_gives_its_leases_back(world: Any, read: str) -> None:
+    """Process A misses memcached (taking the leases) and the database below raises: A's read
+    raises, and its leases are given back at once, so that process B's next leased read of the
+    keys gets a token instead of waiting for fills that will never come."""
+    database, process = world
+    a, b = process(), process()
+    failures = [StoreError(database, "database down (injected)")]
+    original = database.batch_get_entries
+
+    def flaky(cls: type[Any], key_dicts: Sequence[Any]) -> list[Any]:
+        if failures:
+            raise failures.pop()
+        return original(cls, key_dicts)
+
+    database.batch_get_entries = flaky  # type: ignore[method-assign]
+    keys = [{"key": 1}] if read == "get" else [{"zap": 2, "bar": 3}]
+    with pytest.raises(StoreError, match="injected"):
+        if read == "batch_get":
+            keys = [{"key": 1}, {"zap": 5, "bar": 6}]
+            a.batch_get(Foo, keys)
+        else:
+            a.get(Foo, keys[0])
+    leases = b.stores[0].batch_lease_entries(Foo, keys, lease_seconds=5)
+    assert [(lease.token is not None, lease.busy) for lease in leases] == [(True, False)] * len(
+        keys
+    )
