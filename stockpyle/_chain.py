@@ -282,8 +282,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 raise
             flights.land_one(key, flight, hit)
             return hit
-        if role == OWN:
-            return self._read_one(cls, key_dict, key, start, stop, begun, list(asked), True)
+        if role == OWN:  # loading it further up this thread's stack, which holds its leases
+            return self._read_one(cls, key_dict, key, start, stop, begun, [], False)
         next(self.counters.lease_waits)
         try:
             hit = flights.wait(flight, self.follow_timeout)
@@ -409,10 +409,9 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         claim = self._flights.claim(pending, begun)
         found: dict[str, Found | None] = {}
         stop = len(self.stores)
-        mine = {k: pending[k] for k in (*claim.led, *claim.own)}
-        if mine:
-            if claim.led:
-                self.counters.add("loads", len(claim.led))
+        if claim.led:
+            self.counters.add("loads", len(claim.led))
+            mine = {k: pending[k] for k in claim.led}
             try:
                 found = self._read_layers(
                     cls, key_dicts, mine, start, stop, begun, list(asked), fill=True
@@ -421,7 +420,9 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 self._flights.land(claim.led, error=exc)
                 raise
             self._flights.land(claim.led, found)
-        late: dict[str, list[int]] = {}
+        # Keys this thread is loading further up its stack: read without leases (that load
+        # holds them: waiting for its fill would be waiting for ourselves), fill nothing.
+        late: dict[str, list[int]] = {k: pending[k] for k in claim.own}
         if claim.followed:
             self.counters.add("lease_waits", len(claim.followed))
         writes = self._writes
@@ -439,7 +440,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 late[key] = pending[key]
                 continue
             found[key] = hit
-        if late:  # the leader is stuck, or its read may be stale: read ourselves, fill nothing
+        if late:  # our own, or the leader is stuck or read too early: read, fill nothing
             found.update(
                 self._read_layers(cls, key_dicts, late, start, stop, begun, [], fill=False)
             )

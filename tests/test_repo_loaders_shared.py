@@ -159,6 +159,42 @@ def test_a_batch_loader_runs_once_per_batch_and_fills_memcached(
     assert source.loads == 0  # (the batch loader replaced the source's)
 
 
+@pytest.mark.parametrize("shape", ["store", "chain"])
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_loader_reading_its_own_key_through_its_repo_does_not_wait_for_itself(
+    world: Any, memcached_server: str, shape: str, batch: bool
+) -> None:
+    """A loader that reads the key it is loading through its own repo (over memcached) gets
+    a miss at once: its outer read holds that key's lease, so waiting for a fill would be
+    waiting for itself (``lease_wait``; the injected sleep fails the test if called). The
+    outer read then fills memcached as usual."""
+    _, process = world
+    repo = process(shape)
+    inner: list[Any] = []
+
+    def load(key: int | None = None, **_: Any) -> Foo | None:
+        if batch:
+            inner.append(repo.get_many([{"key": key}])[0])
+        else:
+            inner.append(repo.get(key=key))
+        return Foo(key, 2, 3, name="loaded")
+
+    repo.loader(load)
+    chain = repo._through if shape == "store" else repo.store
+    assert chain is not None
+    chain.lease_wait = WAIT  # a wait would be long...
+
+    def sleep(seconds: float) -> None:
+        raise AssertionError("the loader waited for its own lease")
+
+    chain.sleep = sleep  # ...and is refused here
+    assert repo.get(key=1) == Foo(1, 2, 3, name="loaded")
+    assert inner == [None]
+    memcache = chain.stores[-2] if shape == "store" else chain.stores[1]
+    assert memcache.stats().lease_waits == 0
+    assert memcached_holds(memcached_server, repo) == (Foo(1, 2, 3, name="loaded"),) * 2
+
+
 def test_a_loader_error_reaches_the_caller(world: Any) -> None:
     """A loader that raises: the caller gets its error, nothing is cached, and the next get
     runs the loader again."""
