@@ -1,7 +1,7 @@
 """End to end: processes x threads over real PostgreSQL and memcached, Zipf reads, 3% updates.
 
     .venv/bin/python benchmarks/e2e.py [--quick] [--seconds S] [--processes P] [--threads T]
-        [--rounds R] [--rows N] [--only CONFIG] [--warm] [--postgres URL]
+        [--rounds R] [--rows N] [--only CONFIG] [--warm] [--rate R] [--postgres URL]
         [--memcached HOST:PORT] [--out DIR]
 
 Four configurations in one run. Each configuration's time is cut into ``--rounds`` slices (3;
@@ -27,6 +27,13 @@ per update without lost updates. After a warm-up (not measured), each configurat
 ``--seconds`` (default 15; ``--quick``: 2 s, 2 processes x 2 threads, 2,000 rows). With
 ``--warm`` (steady state), every process first reads every row once by both keys, not
 measured, so that the slice starts with full caches rather than empty ones.
+
+The loop is closed by default: every thread starts its next operation as soon as the last one
+returns, so a configuration that serves more operations also loads the machine (and the
+database on it) more. ``--rate R`` opens it: the threads together offer ``R`` operations per
+second at even intervals, the same load for every configuration, and each latency counts from
+when its operation was due (a slow operation also counts against those it delayed). That
+compares the read tails at equal load (informational: no ops/s target then).
 
 Reported per configuration: ops/s (reads and updates of all processes), read p50/p99/p99.9,
 update p99, database statements per second (SELECT/INSERT/UPDATE/DELETE counted by a
@@ -223,9 +230,13 @@ def run_thread(
     measure_from: float,
     end_at: float,
     seed: int,
+    interval: float | None = None,
 ) -> dict[str, Any]:
     """One thread's loop; ``index`` of ``workers`` owns the keys ``k`` with ``k % workers ==
-    index`` (only it updates them)."""
+    index`` (only it updates them). With ``interval`` (open loop, ``--rate``), operation *n*
+    is due ``n * interval`` seconds after the start and runs then (at once if the thread is
+    late); its latency is measured from when it was due, so that a slow operation also
+    counts against the ones it delayed."""
     rng = random.Random(seed)
     cls = worker.cls
     versions: dict[int, int] = {}
@@ -240,11 +251,17 @@ def run_thread(
     delay = warm_from - now()
     if delay > 0:
         time.sleep(delay)
+    due = clock() + (rand() * interval if interval else 0.0)  # threads spread over one interval
     while True:
         if not keys:
             keys = rng.choices(range(rows), cum_weights=cum, k=1000)
         key = keys.pop()
         draw = rand()
+        if interval:
+            due += interval
+            wait = due - clock()
+            if wait > 0:
+                time.sleep(wait)
         began = now()
         if began >= end_at:
             break
@@ -261,7 +278,7 @@ def run_thread(
                 score=rng.random(),
                 version=version,
             )
-            start = clock()
+            start = due if interval else clock()
             worker.update(obj)
             took = clock() - start
             versions[key] = version
@@ -272,7 +289,7 @@ def run_thread(
                 update_lat.append(took)
             continue
         before = getattr(_THREAD, "statements", 0)
-        start = clock()
+        start = due if interval else clock()
         found = worker.read_id(key) if draw < 0.5 else worker.read_alt(key, -key)
         took = clock() - start
         if found is None or found.id != key:
@@ -344,6 +361,7 @@ def process_main(job: dict[str, Any]) -> dict[str, Any]:
                         measure_from,
                         end_at,
                         seed=hash((job["seed"], job["process"], t)),
+                        interval=job["interval"],
                     )
                 )
             except BaseException as exc:  # reported to the parent
@@ -462,6 +480,7 @@ def run_slice(
             "seconds": seconds,
             "seed": seed,
             "switch_interval": args.switch_interval,
+            "interval": args.processes * args.threads / args.rate if args.rate else None,
         }
         for p in range(args.processes)
     ]
@@ -599,6 +618,14 @@ def main(argv: list[str] | None = None) -> int:
         help="sys.setswitchinterval() in every process of every configuration (informational;"
         " default: Python's, 0.005 s)",
     )
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=None,
+        help="open loop: offer this many operations per second in all (each thread its share,"
+        " at even intervals; latency counted from when each was due), the same load for every"
+        " configuration (informational: compares tails at equal load; no ops/s target)",
+    )
     parser.add_argument("--out", type=Path, default=HERE / "results")
     args = parser.parse_args(argv)
     quick = args.quick
@@ -623,6 +650,7 @@ def main(argv: list[str] | None = None) -> int:
         f"configuration in {args.rounds} interleaved slices, {args.rows} rows, "
         f"Zipf s={ZIPF_S}, {UPDATE_SHARE:.0%} updates, "
         + ("caches warmed first (every row read once)" if args.warm else "cold caches")
+        + (f", open loop at {args.rate:g} ops/s offered" if args.rate else "")
     )
     configs = list(args.only or CONFIGS)
     slices: dict[str, list[dict[str, Any]]] = {config: [] for config in configs}
@@ -667,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
         row = by.get(name)
         if row is None:
             continue
-        if "dogpile.cache" in by:
+        if "dogpile.cache" in by and not args.rate:  # (open loop: every one serves the rate)
             ratio = row["ops_per_s"] / by["dogpile.cache"]["ops_per_s"]
             targets.append(
                 {
@@ -687,9 +715,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         if "no cache" in by:
             limit = round(by["no cache"]["read_p999_ms"], 2)
+            load = f" at {args.rate:g} ops/s offered" if args.rate else ""
             targets.append(
                 {
-                    "name": f"{name}: read p99.9 no worse than no cache's (ms)",
+                    "name": f"{name}: read p99.9 no worse than no cache's{load} (ms)",
                     "value": round(row["read_p999_ms"], 2),
                     "limit": limit,
                     "pass": row["read_p999_ms"] <= by["no cache"]["read_p999_ms"],
@@ -708,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         "zipf_s": ZIPF_S,
         "update_share": UPDATE_SHARE,
         "warm": args.warm,
+        "rate": args.rate,
         "stale_bound_ms": STALE_BOUND * 1000,
         "python": platform.python_version(),
         "machine": platform.platform(),
