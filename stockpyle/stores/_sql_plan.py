@@ -5,6 +5,7 @@ and shape of row."""
 from __future__ import annotations
 
 import threading
+from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
@@ -21,6 +22,7 @@ class WritePlan:
     __slots__ = (
         "_lock",
         "_statements",
+        "array_types",
         "columns",
         "core_delete",
         "delete_by_identity",
@@ -55,6 +57,11 @@ class WritePlan:
         #: on PostgreSQL, so that psycopg does not run it in pipeline mode (whose failures print
         #: "error ignored terminating <psycopg.Pipeline>" on stderr).
         self.returns_keys = dialect.name == "postgresql"
+        #: On PostgreSQL, when every writable column has a plain type (see _array_types): per
+        #: attribute, the Python types its values may have (all of one of them) for a batch
+        #: to be written as one array per column (:meth:`unnest_statement`), and the type of
+        #: that array's elements; ``None``: never.
+        self.array_types: dict[str, tuple[tuple[type, ...], Any]] | None = None
         #: Whether rows are deleted with a Core ``DELETE ... WHERE pk IN``: one table holds
         #: the class (no joined inheritance), so nothing else must go with the row.
         self.core_delete = False
@@ -105,6 +112,8 @@ class WritePlan:
             k for k, c in self.columns.items() if c.type.should_evaluate_none
         )
         self.native = True
+        if dialect.name == "postgresql":
+            self.array_types = _array_types(self.columns)
 
     def delete_statement(self) -> Any:
         """``DELETE ... WHERE pk IN (:pks)`` with an expanding parameter, built once."""
@@ -170,6 +179,70 @@ class WritePlan:
         returned = (*returned, *pk_names)
         stmt = stmt.returning(*(self.columns[k] for k in returned))
         return stmt, returned
+
+    def unnest_statement(self) -> Any:
+        """``INSERT ... SELECT * FROM unnest(:p0, :p1, ...) ON CONFLICT (pk) DO UPDATE``: a
+        batch of rows setting every writable column, one array parameter per column (in the
+        order of :attr:`columns`), on PostgreSQL; built once. Nothing comes back (every column
+        was given), and it runs as one statement, not an executemany of rows: psycopg parses
+        and adapts six parameters instead of six per row."""
+        stmt = self._statements.get("unnest")
+        if stmt is None:
+            names = [f"c{i}" for i in range(len(self.columns))]
+            assert self.array_types is not None
+            elements = [self.array_types[k][1] for k in self.columns]
+            arrays = [
+                sa.cast(
+                    sa.bindparam(f"p{i}", type_=postgresql.ARRAY(element)),
+                    postgresql.ARRAY(element),
+                )
+                for i, element in enumerate(elements)
+            ]
+            rows = sa.func.unnest(*arrays).table_valued(*names).render_derived(name="v")
+            table: Any = self.info.mapper.local_table
+            insert = postgresql.insert(table).from_select(
+                [c.key for c in self.columns.values()], sa.select(*rows.c)
+            )
+            excluded = insert.excluded
+            pk_keys = set(self.info.pk_keys)
+            values = {c: excluded[c.key] for k, c in self.columns.items() if k not in pk_keys}
+            if not values:  # only the key: a no-op update
+                first = self.pk_columns[0]
+                values = {first: excluded[first.key]}
+            stmt = insert.on_conflict_do_update(index_elements=list(self.pk_columns), set_=values)
+            with self._lock:
+                self._statements["unnest"] = stmt
+        return stmt
+
+
+def _array_types(
+    columns: dict[str, sa.Column[Any]],
+) -> dict[str, tuple[tuple[type, ...], Any]] | None:
+    """Per attribute, the Python types its values may have in an array parameter (a batch's
+    values of one column must all be of one of them, exactly: psycopg refuses lists of mixed
+    types) and the array's element type: the column's type without its length, precision or
+    scale, so that the database applies those when it assigns the values to the column, as
+    it does with a row's parameters (an explicit cast to ``VARCHAR(5)`` would cut a longer
+    string where the assignment refuses it). ``None`` if a column's type is not a plain one
+    (a type decorator, an enum, a collation, dates and times, JSON, arrays...)."""
+    found: dict[str, tuple[tuple[type, ...], Any]] = {}
+    for key, column in columns.items():
+        kind = column.type
+        if isinstance(kind, sa.types.TypeDecorator | sa.Enum):
+            return None
+        if isinstance(kind, sa.Boolean):
+            found[key] = ((bool,), sa.Boolean())
+        elif isinstance(kind, sa.Integer):
+            found[key] = ((int,), sa.BigInteger())
+        elif isinstance(kind, sa.Float):
+            found[key] = ((float, int), sa.Double())
+        elif isinstance(kind, sa.Numeric):
+            found[key] = ((Decimal, int, float), sa.Numeric())
+        elif isinstance(kind, sa.String) and not kind.collation:
+            found[key] = ((str,), sa.String())
+        else:
+            return None
+    return found
 
 
 _PLANS: dict[tuple[type, str], WritePlan] = {}

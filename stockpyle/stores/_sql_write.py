@@ -116,6 +116,12 @@ def native_upsert(
                     group.sort(key=lambda r: tuple(r[0][k] for k in pk_keys))
             except TypeError:
                 pass
+        if not returned and not nulls and not pk_missing and len(group) > 1:
+            arrays = _arrays(plan, group)
+            if arrays is not None:
+                conn.execute(plan.unnest_statement(), arrays)
+                out.extend((obj, {}) for r in group for obj in r[1])
+                continue
         if plan.same_keys and not nulls:
             params = [r[0] for r in group]  # attribute keys are the column keys
         else:
@@ -134,6 +140,23 @@ def native_upsert(
         for r, values in zip(group, found, strict=True):
             out.extend((obj, values) for obj in r[1])
     return out
+
+
+def _arrays(plan: WritePlan, group: list[_Row]) -> dict[str, list[Any]] | None:
+    """The parameters of :meth:`WritePlan.unnest_statement` for ``group`` (rows that set
+    every writable column, none to ``None``), or ``None`` where the plan has none or a
+    column's values are not all of one type it allows."""
+    types = plan.array_types
+    if types is None:
+        return None
+    arrays: dict[str, list[Any]] = {}
+    for i, key in enumerate(plan.columns):
+        values = [r[0][key] for r in group]
+        kinds = set(map(type, values))
+        if len(kinds) != 1 or kinds.pop() not in types[key][0]:
+            return None
+        arrays[f"p{i}"] = values
+    return arrays
 
 
 def _by_primary_key(
