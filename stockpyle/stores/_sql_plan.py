@@ -215,33 +215,45 @@ class WritePlan:
         return stmt
 
 
+#: Column types written as arrays (exactly these classes: a subclass may bind, cast or
+#: compare differently), with the Python types their values may have and the arrays' element
+#: type: the column's type without its length, precision or scale, so that the database
+#: applies those when it assigns the values to the column, as it does with a row's parameters
+#: (an explicit cast to ``VARCHAR(5)`` would cut a longer string where the assignment refuses
+#: it).
+_ARRAYS: dict[type, tuple[tuple[type, ...], Any]] = {
+    **dict.fromkeys((sa.Boolean, sa.BOOLEAN), ((bool,), sa.Boolean())),
+    **dict.fromkeys(
+        (sa.Integer, sa.BigInteger, sa.SmallInteger, sa.INTEGER, sa.BIGINT, sa.SMALLINT),
+        ((int,), sa.BigInteger()),
+    ),
+    **dict.fromkeys(
+        (sa.Float, sa.Double, sa.REAL, sa.FLOAT, sa.DOUBLE, sa.DOUBLE_PRECISION),
+        ((float, int), sa.Double()),
+    ),
+    **dict.fromkeys((sa.Numeric, sa.NUMERIC, sa.DECIMAL), ((Decimal, int, float), sa.Numeric())),
+    **dict.fromkeys(
+        (sa.String, sa.Text, sa.Unicode, sa.UnicodeText, sa.VARCHAR, sa.TEXT, sa.NVARCHAR),
+        ((str,), sa.String()),
+    ),
+}
+
+
 def _array_types(
     columns: dict[str, sa.Column[Any]],
 ) -> dict[str, tuple[tuple[type, ...], Any]] | None:
     """Per attribute, the Python types its values may have in an array parameter (a batch's
     values of one column must all be of one of them, exactly: psycopg refuses lists of mixed
-    types) and the array's element type: the column's type without its length, precision or
-    scale, so that the database applies those when it assigns the values to the column, as
-    it does with a row's parameters (an explicit cast to ``VARCHAR(5)`` would cut a longer
-    string where the assignment refuses it). ``None`` if a column's type is not a plain one
-    (a type decorator, an enum, a collation, dates and times, JSON, arrays...)."""
+    types, and a ``bool`` is no ``int`` here) and the array's element type (see
+    :data:`_ARRAYS`); ``None`` if a column's type is not one of those (dates and times, JSON,
+    enums, arrays, type decorators...) or has a collation of its own."""
     found: dict[str, tuple[tuple[type, ...], Any]] = {}
     for key, column in columns.items():
         kind = column.type
-        if isinstance(kind, sa.types.TypeDecorator | sa.Enum):
+        entry = _ARRAYS.get(type(kind))
+        if entry is None or getattr(kind, "collation", None):
             return None
-        if isinstance(kind, sa.Boolean):
-            found[key] = ((bool,), sa.Boolean())
-        elif isinstance(kind, sa.Integer):
-            found[key] = ((int,), sa.BigInteger())
-        elif isinstance(kind, sa.Float):
-            found[key] = ((float, int), sa.Double())
-        elif isinstance(kind, sa.Numeric):
-            found[key] = ((Decimal, int, float), sa.Numeric())
-        elif isinstance(kind, sa.String) and not kind.collation:
-            found[key] = ((str,), sa.String())
-        else:
-            return None
+        found[key] = entry
     return found
 
 
