@@ -9,9 +9,17 @@ instead as its class and its column values, and unpickled into the same detached
 session leaves behind after closing (identity key, every column loaded, nothing modified):
 about 110 bytes, 3 to 4 us each way.
 
-Anything else pickles as before: a modified or expired instance, one without an identity,
-one holding more than its columns (a loaded relationship, an attribute of its own), a class
-with its own pickling methods or ``pickle``/``unpickle`` event listeners.
+An object a :class:`~stockpyle.stores.SqlAlchemyStore` has just written (:func:`mark_written`:
+``put`` leaves it transient, with every column set, the database's generated values
+included) is pickled the same way, as the row it wrote: what a chain's put stores in
+memcached above its database unpickles as a ``get`` from that database would return it.
+That is most puts' values, and a hit on such a value costs about 13 us less (a third of the
+bytes).
+
+Anything else pickles as before: a modified or expired instance, one without an identity
+(other than a written one), one holding more than its columns (a loaded relationship, an
+attribute of its own), a class with its own pickling methods or ``pickle``/``unpickle``
+event listeners.
 
 The values travel with a fingerprint of the column attributes they belong to (their names, in
 order). A process whose class maps other columns (a rolling deploy that changed the table)
@@ -21,17 +29,31 @@ that value as a miss, logged at DEBUG level only, and the next fill or put repla
 
 from __future__ import annotations
 
+import weakref
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["MappedRow", "ShapeChanged", "rebuild", "reduce_obj"]
+__all__ = ["MappedRow", "ShapeChanged", "mark_written", "rebuild", "reduce_obj"]
 
 #: class -> its reducer (None: not a plain mapped class; pickled as Python does).
 _REDUCERS: dict[type, Callable[[Any], Any] | None] = {}
 _LOADERS: dict[type, Any] = {}
 #: The methods a class overrides to pickle itself its own way.
 _PICKLING = ("__reduce_ex__", "__reduce__", "__getstate__")
+#: The states of transient instances a SqlAlchemyStore wrote as rows (held weakly: an
+#: instance's state lives as long as it does).
+_WRITTEN: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def mark_written(objs: Iterable[Any]) -> None:
+    """Note that each of ``objs`` (mapped instances) was just written as a row of its table,
+    with its database-generated values copied back onto it."""
+    add = _WRITTEN.add
+    for obj in objs:
+        state = obj.__dict__.get("_sa_instance_state")
+        if state is not None and state.key is None:
+            add(state)
 
 
 class ShapeChanged(Exception):
@@ -118,9 +140,11 @@ def _reducer(cls: type) -> Callable[[Any], Any] | None:
         if (
             state is None
             or len(values) != width
-            or state.key is None
-            or state.key[2] is not None  # an identity token (horizontal sharding)
-            or state.modified
+            or (
+                (state.key is None or state.key[2] is not None or state.modified)
+                # (an identity token: horizontal sharding)
+                and (state.key is not None or state not in _WRITTEN)
+            )
             or state.expired_attributes
             or state.callables
             or dispatch.pickle

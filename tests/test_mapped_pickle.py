@@ -133,6 +133,34 @@ def test_a_clean_row_travels_as_its_columns_and_comes_back_detached(
     assert memcached.stats().backfills == 1 and memcached.stats().hits == hits + 1
 
 
+def test_an_object_a_sql_store_wrote_travels_as_its_row(
+    engine: sa.Engine, memcached: MemcacheStore
+) -> None:
+    """A transient instance put through ``[memcached, SqlAlchemyStore]``: the SQL store
+    leaves it transient with its generated values, and memcached gets the compact row (a
+    later get returns the detached instance a get from the database would). Until a SQL
+    store wrote it, the same instance pickles whole."""
+    store = SqlAlchemyStore(engine=engine)
+    chain = ChainedStore([memcached, store])
+    fresh = SqlFoo(key=None, zap=7, bar=8, name="fresh")  # the database makes its key
+    assert reduce_obj(fresh) is fresh
+    chain.put(fresh)  # (its key unknown before the write: memcached is invalidated)
+    assert sa.inspect(fresh).transient and fresh.key is not None
+    assert type(reduce_obj(fresh)) is MappedRow
+    fresh.name = "renamed"
+    chain.put(fresh)  # stored in memcached, as its row
+    back = memcached.get(SqlFoo, {"zap": 7, "bar": 8})
+    assert back is not None and back is not fresh
+    state = sa.inspect(back)
+    assert state.detached and state.key == (SqlFoo, (fresh.key,), None)
+    assert not state.modified and (back.key, back.name) == (fresh.key, "renamed")
+    unwritten = SqlFoo(key=9, zap=9, bar=9, name="cached only")
+    memcached.put(unwritten)  # no SQL store wrote it: pickled whole, comes back transient
+    assert reduce_obj(unwritten) is unwritten
+    assert sa.inspect(memcached.get(SqlFoo, {"key": 9})).transient
+    store.release()
+
+
 def test_everything_else_pickles_as_before(engine: sa.Engine, memcached: MemcacheStore) -> None:
     """A loaded relationship, an attribute of its own, a change not flushed, an expired
     column, an instance without identity, a class with inheritance or with its own pickling:

@@ -27,6 +27,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
     raise MissingDependencyError("SQLAlchemy", "sqlalchemy", store="SqlAlchemyStore") from exc
 
 from stockpyle._expiry import Deadline
+from stockpyle._mapped_pickle import mark_written
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
 from stockpyle.stores._sql_lookup import (
@@ -376,6 +377,7 @@ class SqlAlchemyStore(BaseStore):
             info = mapped_info(type(obj))
             assert info is not None
             copy_back(info, obj, values)
+        mark_written(obj for obj, _ in written)  # bytes stores pickle them as their rows
 
     def batch_delete(self, objs: Sequence[Any]) -> None:
         by_class: dict[type, tuple[MappedInfo, list[Any]]] = {}
