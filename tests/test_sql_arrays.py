@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
@@ -68,14 +69,26 @@ def _measures(ids: range, label: str = "a", **overrides: Any) -> list[Measure]:
     return [Measure(id=i, label=f"{label}{i % 10}", **values) for i in ids]
 
 
-def _statements(store: SqlAlchemyStore) -> tuple[list[str], Any]:
+@contextmanager
+def statements(store: SqlAlchemyStore) -> Iterator[list[str]]:
+    """The SQL statements run on ``store``'s engine meanwhile."""
     seen: list[str] = []
 
     def record(conn: Any, cursor: Any, text: str, *args: Any) -> None:
         seen.append(text)
 
     event.listen(store.engine, "before_cursor_execute", record)
-    return seen, lambda: event.remove(store.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", record)
+
+
+def _arrays_used(store: SqlAlchemyStore, batch: list[Measure]) -> bool:
+    """``store.batch_put(batch)``; whether it ran a statement of arrays."""
+    with statements(store) as seen:
+        store.batch_put(batch)
+    return any("unnest(" in s for s in seen)
 
 
 def _rows(store: SqlAlchemyStore, cls: type[Any]) -> dict[int, tuple[Any, ...]]:
@@ -90,15 +103,12 @@ def test_a_batch_of_new_and_existing_rows_is_one_statement_of_arrays(
     """Rows that set every column (some new, some existing, one twice) go in one statement
     with one parameter per column; each row ends as its last version in the batch."""
     store.batch_put(_measures(range(0, 50)))
-    seen, stop = _statements(store)
-    try:
-        batch = [
-            *_measures(range(25, 100), label="b", count=2),
-            Measure(id=99, count=3, weight=1.0, label="last", flag=False, amount=Decimal("2")),
-        ]
+    batch = [
+        *_measures(range(25, 100), label="b", count=2),
+        Measure(id=99, count=3, weight=1.0, label="last", flag=False, amount=Decimal("2")),
+    ]
+    with statements(store) as seen:
         store.batch_put(batch)
-    finally:
-        stop()
     writes = [s for s in seen if s.lstrip().upper().startswith("INSERT")]
     assert len(writes) == 1 and "unnest(" in writes[0]
     rows = _rows(store, Measure)
@@ -124,12 +134,7 @@ def test_values_of_mixed_types_fall_back_to_rows_of_parameters(
     batch = _measures(range(10))
     for i, obj in enumerate(batch):
         setattr(obj, column, first if i % 2 else second)
-    seen, stop = _statements(store)
-    try:
-        store.batch_put(batch)
-    finally:
-        stop()
-    assert not any("unnest(" in s for s in seen)
+    assert not _arrays_used(store, batch)
     index = ["count", "weight", "label", "flag", "amount"].index(column)
     assert [row[index] for _, row in sorted(_rows(store, Measure).items())] == [
         first if i % 2 else second for i in range(10)
@@ -141,12 +146,7 @@ def test_a_bool_in_an_integer_column_takes_the_rows_path(store: SqlAlchemyStore)
     is written with rows of parameters, which store it as they always did (``1``)."""
     batch = _measures(range(5))
     batch[3].count = True
-    seen, stop = _statements(store)
-    try:
-        store.batch_put(batch)
-    finally:
-        stop()
-    assert not any("unnest(" in s for s in seen)
+    assert not _arrays_used(store, batch)
     assert [row[0] for _, row in sorted(_rows(store, Measure).items())] == [1] * 5
 
 
@@ -156,12 +156,8 @@ def test_an_error_in_an_array_rolls_the_whole_batch_back(store: SqlAlchemyStore)
     store.batch_put(_measures(range(5)))
     batch = _measures(range(3, 8), label="b")
     batch[-1].label = "toolong"
-    seen, stop = _statements(store)
-    try:
-        with pytest.raises(StoreError) as info:
-            store.batch_put(batch)
-    finally:
-        stop()
+    with statements(store) as seen, pytest.raises(StoreError) as info:
+        store.batch_put(batch)
     assert isinstance(info.value.cause, sa.exc.DataError)
     assert any("unnest(" in s for s in seen)
     rows = _rows(store, Measure)
