@@ -126,9 +126,16 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         """The encoded identity keys that reads currently skip in ``layer``."""
         return self._healer.keys(layer)
 
-    def _healed(self, layer: int, count: int) -> None:
-        self.stores[layer].counters.add("invalidations_sent", count)
-        self.counters.add("invalidations_sent", count)
+    def _healed(self, layer: int, objs: list[Any]) -> None:
+        """The healer invalidated ``objs`` in ``layer``, which had missed their writes. Until
+        then another process could read their old versions there and fill its in-process
+        layers with them, after this chain's write had already evicted those layers: a
+        shared layer's heal is published on the invalidation channel, so that every process
+        evicts them again (its fills in flight too)."""
+        self.stores[layer].counters.add("invalidations_sent", len(objs))
+        self.counters.add("invalidations_sent", len(objs))
+        if self.invalidation is not None and self.stores[layer].shared:
+            self.invalidation.after_write(objs)
 
     def heal(self) -> bool:
         """Retry every pending invalidation now; whether none is left (the thread does this)."""

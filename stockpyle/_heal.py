@@ -38,7 +38,7 @@ class Healer:
         *,
         interval: float,
         identity_of: Callable[[Any], str | None],
-        on_healed: Callable[[int, int], None] | None = None,
+        on_healed: Callable[[int, list[Any]], None] | None = None,
     ) -> None:
         self._stores = stores
         self.interval = interval
@@ -110,7 +110,7 @@ class Healer:
         log.info("layer %d answered again: %d keys invalidated", layer, len(batch))
         on_healed = None if self._on_healed is None else self._on_healed()
         if on_healed is not None:
-            on_healed(layer, len(batch))
+            on_healed(layer, list(batch.values()))
         return True
 
     def heal_all(self) -> bool:

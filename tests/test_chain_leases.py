@@ -337,6 +337,57 @@ def test_a_chain_of_caches_heals_its_last_layer(memcached_server: str, write: st
     writer.release()
 
 
+@pytest.mark.parametrize("write", ["put", "delete"])
+def test_a_heal_evicts_what_other_processes_filled_in_the_window(
+    memcached_server: str, write: str
+) -> None:
+    """Process A's write fails in memcached (hung), so memcached keeps the old version until
+    A's healer invalidates it; A's write already evicted every process's memory layer. In
+    that window process B misses memory, reads the old version from memcached and fills its
+    memory layer with it. The heal is published on the invalidation channel, so B's memory
+    layer evicts it again: B then reads what the database holds. (Before, B's memory layer
+    kept the old version for good: the coherence checker once found such a resurrected
+    delete in a memory layer.)"""
+    from test_invalidation import Bus, LoopbackChannel
+
+    bus = Bus()
+    here, there = LoopbackChannel(bus).start(), LoopbackChannel(bus).start()
+    assert here.wait_listening(WAIT) and there.wait_listening(WAIT)
+    database = ProcessMemoryStore()
+    prefix = f"heal{uuid.uuid4().hex[:10]}"
+    cache_a = FailingMemcache(servers=[memcached_server], prefix=prefix)
+    a = ChainedStore(  # healed by hand below
+        [ProcessMemoryStore(), cache_a, database], invalidation=here, heal_interval=3600
+    )
+    memory_b = ProcessMemoryStore()
+    cache_b = MemcacheStore(servers=[memcached_server], prefix=prefix)
+    b = ChainedStore([memory_b, cache_b, database], invalidation=there)
+    try:
+        a.put(Foo(1, name="v1"))
+        assert cache_b.get(Foo, {"key": 1}) == Foo(1, name="v1")
+        cache_a.down = True
+        if write == "put":
+            a.put(Foo(1, name="v2"))
+        else:
+            a.delete(Foo(1))
+        assert a.suspect_keys(1) == {"stockpyle.testing.models.Foo|key=1"}
+        assert memory_b.get(Foo, {"key": 1}) is None  # evicted by A's write
+        assert b.get(Foo, {"key": 1}) == Foo(1, name="v1")  # the window: from memcached...
+        assert memory_b.get(Foo, {"key": 1}) == Foo(1, name="v1")  # ...filled into memory
+        cache_a.down = False
+        assert a.heal()  # what the healer thread does every heal_interval
+        assert memory_b.get(Foo, {"key": 1}) is None  # evicted again by the heal
+        expected = Foo(1, name="v2") if write == "put" else None
+        assert b.get(Foo, {"key": 1}) == expected
+        assert memory_b.get(Foo, {"key": 1}) == expected
+    finally:
+        a.release()
+        b.release()
+        for channel in bus.channels:
+            channel.stop()
+        cache_b.batch_delete([Foo(1)])
+
+
 @pytest.mark.parametrize(
     "read",
     ["get", "get by alternate key", "batch_get"],
