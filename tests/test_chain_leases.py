@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from helpers_loopback import Bus, LoopbackChannel
 
 from stockpyle import StoreError
 from stockpyle.stores import ChainedStore, MemcacheStore, ProcessMemoryStore
@@ -348,8 +349,6 @@ def test_a_heal_evicts_what_other_processes_filled_in_the_window(
     layer evicts it again: B then reads what the database holds. (Before, B's memory layer
     kept the old version for good: the coherence checker once found such a resurrected
     delete in a memory layer.)"""
-    from test_invalidation import Bus, LoopbackChannel
-
     bus = Bus()
     here, there = LoopbackChannel(bus).start(), LoopbackChannel(bus).start()
     assert here.wait_listening(WAIT) and there.wait_listening(WAIT)

@@ -13,10 +13,11 @@ from typing import Any
 
 import attrs
 import pytest
+from helpers_loopback import Bus, LoopbackChannel
 
 import stockpyle
 from stockpyle._store import KeyDict
-from stockpyle.invalidation import InvalidationChannel, keys_of
+from stockpyle.invalidation import keys_of
 from stockpyle.invalidation._guarding import _WARNED
 from stockpyle.invalidation._messages import MAX_PAYLOAD, pack, unpack
 from stockpyle.stores import ChainedStore, ProcessMemoryStore, ThreadLocalStore
@@ -29,33 +30,6 @@ class Foo:
     zap: int | None = None
     bar: int | None = None
     name: str = ""
-
-
-class Bus:
-    """Stands in for the server: what one channel sends, every channel on the bus hears."""
-
-    def __init__(self) -> None:
-        self.channels: list[LoopbackChannel] = []
-        self.sent: list[str] = []
-
-
-class LoopbackChannel(InvalidationChannel):
-    """A channel whose 'server' is a list of peers in this process (deterministic)."""
-
-    def __init__(self, bus: Bus, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.bus = bus
-        bus.channels.append(self)
-
-    def _send(self, messages: Sequence[str]) -> None:
-        self.bus.sent.extend(messages)
-        for channel in self.bus.channels:
-            if channel.listening:
-                channel.received(messages)
-
-    def _listen(self) -> None:
-        self.came_up()
-        self._stopping.wait()
 
 
 @pytest.fixture
