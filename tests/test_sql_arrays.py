@@ -6,6 +6,7 @@ that errors on it still roll the whole batch back.
 from __future__ import annotations
 
 import datetime
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -40,12 +41,32 @@ class Measure(_Base):
     amount: Mapped[Decimal] = mapped_column(sa.Numeric(10, 2))
 
 
-class Stamped(_Base):
-    """A timestamp column: written with rows of parameters."""
+class Typed(_Base):
+    """Dates, timestamps (naive and aware), UUIDs and bytes: written with arrays."""
 
-    __tablename__ = "stockpyle_test_stamped"
+    __tablename__ = "stockpyle_test_typed"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
-    at: Mapped[datetime.datetime]
+    at: Mapped[datetime.datetime] = mapped_column(sa.DateTime(timezone=False))
+    at_tz: Mapped[datetime.datetime] = mapped_column(sa.DateTime(timezone=True))
+    day: Mapped[datetime.date]
+    ref: Mapped[uuid.UUID]
+    blob: Mapped[bytes]
+
+
+class Documented(_Base):
+    """A JSON column: written with rows of parameters."""
+
+    __tablename__ = "stockpyle_test_documented"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    doc: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+
+
+class TextRef(_Base):
+    """A UUID column given as strings: written with rows of parameters."""
+
+    __tablename__ = "stockpyle_test_text_ref"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    ref: Mapped[str] = mapped_column(sa.Uuid(as_uuid=False))
 
 
 @pytest.fixture
@@ -166,15 +187,80 @@ def test_an_error_in_an_array_rolls_the_whole_batch_back(store: SqlAlchemyStore)
 
 
 def test_other_column_types_keep_rows_of_parameters(store: SqlAlchemyStore) -> None:
-    """A class with a column that is not of a plain type (a timestamp) is planned without
-    arrays and written as before."""
-    info = mapped_info(Stamped)
-    assert info is not None
-    assert write_plan(info, store.engine.dialect).array_types is None
+    """A class with a column that is not of a type written as arrays (JSON; a UUID column
+    that takes strings) is planned without arrays and written as before."""
+    for cls in (Documented, TextRef):
+        info = mapped_info(cls)
+        assert info is not None
+        assert write_plan(info, store.engine.dialect).array_types is None
     info = mapped_info(Measure)
     assert info is not None
     assert write_plan(info, store.engine.dialect).array_types is not None
-    at = datetime.datetime(2026, 11, 29, 12, 0)
-    store.batch_put([Stamped(id=i, at=at) for i in range(3)])
-    store.batch_put([Stamped(id=i, at=at + datetime.timedelta(days=1)) for i in range(3)])
-    assert set(_rows(store, Stamped).values()) == {(at + datetime.timedelta(days=1),)}
+    store.batch_put([Documented(id=i, doc={"n": i}) for i in range(3)])
+    store.batch_put([Documented(id=i, doc={"n": -i}) for i in range(3)])
+    assert _rows(store, Documented) == {i: ({"n": -i},) for i in range(3)}
+    ref = "12345678-1234-5678-1234-567812345678"
+    store.batch_put([TextRef(id=i, ref=ref) for i in range(3)])
+    assert set(_rows(store, TextRef).values()) == {(ref,)}
+
+
+_UTC = datetime.timezone.utc
+_EAST = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+
+
+def _typed(i: int, at: datetime.datetime, at_tz: datetime.datetime) -> Typed:
+    return Typed(
+        id=i,
+        at=at,
+        at_tz=at_tz,
+        day=datetime.date(2026, 1, 1) + datetime.timedelta(days=i),
+        ref=uuid.UUID(int=i + 1),
+        blob=bytes([i % 256]) * 3,
+    )
+
+
+def test_dates_timestamps_uuids_and_bytes_are_written_as_arrays(store: SqlAlchemyStore) -> None:
+    """New and then existing rows of those types go as arrays and come back as given
+    (aware timestamps as the same instants)."""
+    at = datetime.datetime(2026, 11, 29, 12, 0, 0, 123456)
+    first = [_typed(i, at, at.replace(tzinfo=_EAST)) for i in range(5)]
+    assert _arrays_used(store, first)
+    later = at + datetime.timedelta(days=1)
+    second = [_typed(i, later, later.replace(tzinfo=_UTC)) for i in range(5)]
+    assert _arrays_used(store, second)
+    rows = _rows(store, Typed)
+    assert sorted(rows) == list(range(5))
+    for obj in second:
+        assert rows[obj.id] == (later, later.replace(tzinfo=_UTC), obj.day, obj.ref, obj.blob)
+
+
+def test_timestamps_are_stored_as_rows_of_parameters_store_them(store: SqlAlchemyStore) -> None:
+    """Aware timestamps in a column without a time zone, and naive ones in a column with
+    one, are converted as the database converts a row's parameters (by its session's time
+    zone): a batch (arrays) and single puts (a row of parameters each) store the same."""
+    with store.engine.begin() as conn:
+        zone = conn.execute(sa.text("SHOW TimeZone")).scalar_one()
+    at = datetime.datetime(2026, 6, 1, 8, 30)
+    swapped = [_typed(i, at.replace(tzinfo=_EAST), at) for i in range(3)]
+    assert _arrays_used(store, swapped)
+    for i in range(10, 13):
+        with statements(store) as seen:
+            store.put(_typed(i, at.replace(tzinfo=_EAST), at))
+        assert not any("unnest(" in s for s in seen)
+    rows = _rows(store, Typed)
+    assert len({row[:2] for row in rows.values()}) == 1, zone
+
+
+def test_naive_and_aware_timestamps_in_one_batch_take_the_rows_path(
+    store: SqlAlchemyStore,
+) -> None:
+    """psycopg sends naive and aware timestamps as different types: a batch mixing them in
+    one column is written with rows of parameters, each value as it would be alone (as one
+    array, psycopg would send them all as naive: the aware one's offset would be lost)."""
+    at = datetime.datetime(2026, 6, 1, 8, 30)
+    batch = [_typed(0, at, at.replace(tzinfo=_EAST)), _typed(1, at, at)]
+    assert not _arrays_used(store, batch)
+    assert _arrays_used(store, [_typed(2, at, at), _typed(3, at, at)])
+    rows = _rows(store, Typed)
+    assert rows[0][1] == at.replace(tzinfo=_EAST)
+    assert rows[1][1] == rows[3][1]

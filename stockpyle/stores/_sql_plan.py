@@ -4,7 +4,10 @@ and shape of row."""
 
 from __future__ import annotations
 
+import datetime
 import threading
+import uuid
+from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
 
@@ -220,21 +223,39 @@ class WritePlan:
 #: type: the column's type without its length, precision or scale, so that the database
 #: applies those when it assigns the values to the column, as it does with a row's parameters
 #: (an explicit cast to ``VARCHAR(5)`` would cut a longer string where the assignment refuses
-#: it).
-_ARRAYS: dict[type, tuple[tuple[type, ...], Any]] = {
-    **dict.fromkeys((sa.Boolean, sa.BOOLEAN), ((bool,), sa.Boolean())),
+#: it). A timestamp's element keeps its column's time zone flag; values given to it go as
+#: they would in rows (naive ones as ``timestamp``, aware ones as ``timestamptz``, converted on
+#: assignment), so a batch must not mix the two (checked per batch).
+_ARRAYS: dict[type, Callable[[Any], tuple[tuple[type, ...], Any] | None]] = {
+    **dict.fromkeys((sa.Boolean, sa.BOOLEAN), lambda kind: ((bool,), sa.Boolean())),
     **dict.fromkeys(
         (sa.Integer, sa.BigInteger, sa.SmallInteger, sa.INTEGER, sa.BIGINT, sa.SMALLINT),
-        ((int,), sa.BigInteger()),
+        lambda kind: ((int,), sa.BigInteger()),
     ),
     **dict.fromkeys(
         (sa.Float, sa.Double, sa.REAL, sa.FLOAT, sa.DOUBLE, sa.DOUBLE_PRECISION),
-        ((float, int), sa.Double()),
+        lambda kind: ((float, int), sa.Double()),
     ),
-    **dict.fromkeys((sa.Numeric, sa.NUMERIC, sa.DECIMAL), ((Decimal, int, float), sa.Numeric())),
+    **dict.fromkeys(
+        (sa.Numeric, sa.NUMERIC, sa.DECIMAL), lambda kind: ((Decimal, int, float), sa.Numeric())
+    ),
     **dict.fromkeys(
         (sa.String, sa.Text, sa.Unicode, sa.UnicodeText, sa.VARCHAR, sa.TEXT, sa.NVARCHAR),
-        ((str,), sa.String()),
+        lambda kind: ((str,), sa.String()),
+    ),
+    **dict.fromkeys(
+        (sa.DateTime, sa.DATETIME, sa.TIMESTAMP, postgresql.TIMESTAMP),
+        lambda kind: ((datetime.datetime,), sa.DateTime(timezone=kind.timezone)),
+    ),
+    **dict.fromkeys((sa.Date, sa.DATE), lambda kind: ((datetime.date,), sa.Date())),
+    # Only as UUID objects: strings given to a Uuid column bind through its own conversions.
+    **dict.fromkeys(
+        (sa.Uuid, sa.UUID, postgresql.UUID),
+        lambda kind: ((uuid.UUID,), sa.Uuid()) if kind.as_uuid else None,
+    ),
+    **dict.fromkeys(
+        (sa.LargeBinary, sa.BINARY, sa.VARBINARY, sa.BLOB, postgresql.BYTEA),
+        lambda kind: ((bytes,), sa.LargeBinary()),
     ),
 }
 
@@ -245,12 +266,13 @@ def _array_types(
     """Per attribute, the Python types its values may have in an array parameter (a batch's
     values of one column must all be of one of them, exactly: psycopg refuses lists of mixed
     types, and a ``bool`` is no ``int`` here) and the array's element type (see
-    :data:`_ARRAYS`); ``None`` if a column's type is not one of those (dates and times, JSON,
-    enums, arrays, type decorators...) or has a collation of its own."""
+    :data:`_ARRAYS`); ``None`` if a column's type is not one of those (times of day,
+    intervals, JSON, enums, arrays, type decorators...) or has a collation of its own."""
     found: dict[str, tuple[tuple[type, ...], Any]] = {}
     for key, column in columns.items():
         kind = column.type
-        entry = _ARRAYS.get(type(kind))
+        make = _ARRAYS.get(type(kind))
+        entry = None if make is None else make(kind)
         if entry is None or getattr(kind, "collation", None):
             return None
         found[key] = entry

@@ -15,6 +15,7 @@ between.
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Sequence
 from typing import Any
 
@@ -153,8 +154,13 @@ def _arrays(plan: WritePlan, group: list[_Row]) -> dict[str, list[Any]] | None:
     for i, key in enumerate(plan.columns):
         values = [r[0][key] for r in group]
         kinds = set(map(type, values))
-        if len(kinds) != 1 or kinds.pop() not in types[key][0]:
+        if len(kinds) != 1:
             return None
+        kind = kinds.pop()
+        if kind not in types[key][0]:
+            return None
+        if kind is datetime.datetime and len({v.tzinfo is None for v in values}) != 1:
+            return None  # naive and aware: rows send them as different types
         arrays[f"p{i}"] = values
     return arrays
 
