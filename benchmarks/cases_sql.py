@@ -8,7 +8,8 @@
 * ``batch_put`` of 1000 new rows against a raw session's ``add_all`` and ``commit``;
 * ``batch_put`` of 1000 existing rows (an update of each) against the upsert a user would
   write by hand: one executemany ``INSERT ... ON CONFLICT (id) DO UPDATE`` of the same objects'
-  columns, in one transaction.
+  columns, in one transaction; the same for rows with a time stamp and a UUID
+  (``BenchStampedRow``: PostgreSQL writes those types as arrays too).
 
 Every sample of the writes inserts rows never seen before (built untimed), so both sides do
 the same INSERTs. The benchmark table is dropped when the cases finish.
@@ -18,11 +19,12 @@ from __future__ import annotations
 
 import itertools
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import sqlalchemy as sa
 from harness import Case, Context
-from models import BenchBase, BenchRow, make_rows
+from models import BenchBase, BenchRow, BenchStampedRow, make_rows, make_stamped_rows
 from sqlalchemy import orm
 from sqlalchemy.dialects import postgresql, sqlite
 
@@ -187,7 +189,27 @@ def _backend_cases(ctx: Context, backend: str, url: str) -> list[Case]:
 
     # -- updates of existing rows --------------------------------------------------------------
 
-    table = BenchRow.__table__
+    cases.append(_upsert_case(ctx, store, backend, BenchRow, make_rows, "rows"))
+    # The same with a time stamp and a UUID (PostgreSQL writes those as arrays too).
+    store.batch_put(make_stamped_rows(PUT_SIZE))
+    cases.append(
+        _upsert_case(ctx, store, backend, BenchStampedRow, make_stamped_rows, "stamped rows")
+    )
+    return cases
+
+
+def _upsert_case(
+    ctx: Context,
+    store: SqlAlchemyStore,
+    backend: str,
+    cls: Any,
+    make: Callable[[int], list[Any]],
+    what: str,
+) -> Case:
+    """``batch_put`` of the table's ``PUT_SIZE`` existing rows of ``cls`` (each with a new
+    name) against one executemany upsert of the same rows' columns."""
+    engine = store.engine
+    table = cls.__table__
     dialect_insert = postgresql.insert if backend == "postgresql" else sqlite.insert
     insert = dialect_insert(table)
     upsert = insert.on_conflict_do_update(
@@ -196,11 +218,12 @@ def _backend_cases(ctx: Context, backend: str, url: str) -> list[Case]:
     )
     columns = [c.key for c in table.c]
     version = itertools.count(1)
+    pending: dict[str, list[Any]] = {}
 
     def changed(label: str) -> None:
         # The rows of the table, each with a new name: every sample really updates them.
         n = next(version)
-        batch = make_rows(PUT_SIZE)
+        batch = make(PUT_SIZE)
         for row in batch:
             row.name = f"v{n}-{row.id}"
         pending[label] = batch
@@ -222,24 +245,22 @@ def _backend_cases(ctx: Context, backend: str, url: str) -> list[Case]:
             changed(label)
             expected = pending[label][-1].name
             work()
-            found = store.get(BenchRow, {"id": PUT_SIZE - 1})
+            found = store.get(cls, {"id": PUT_SIZE - 1})
             assert found is not None and found.name == expected, (label, found)
 
-    cases.append(
-        Case(
-            f"sql {backend} batch_put({PUT_SIZE}) of existing rows",
-            f"sql-upsert-{backend}",
-            PUT_SIZE,
-            {"stockpyle": store_update, "executemany upsert": raw_upsert},
-            prepare={
-                "stockpyle": lambda: changed("stockpyle"),
-                "executemany upsert": lambda: changed("upsert"),
-            },
-            rounds=ctx.rounds(20),
-            check=check_update,
-        )
+    suffix = "" if what == "rows" else "-" + what.split()[0]
+    return Case(
+        f"sql {backend} batch_put({PUT_SIZE}) of existing {what}",
+        f"sql-upsert{suffix}-{backend}",
+        PUT_SIZE,
+        {"stockpyle": store_update, "executemany upsert": raw_upsert},
+        prepare={
+            "stockpyle": lambda: changed("stockpyle"),
+            "executemany upsert": lambda: changed("upsert"),
+        },
+        rounds=ctx.rounds(20),
+        check=check_update,
     )
-    return cases
 
 
 def cases(ctx: Context) -> list[Case]:

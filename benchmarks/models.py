@@ -7,6 +7,9 @@ integer identity key and a composite alternate key ``(zap, bar)``.
 
 from __future__ import annotations
 
+import datetime
+import uuid
+
 import attrs
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -17,9 +20,11 @@ __all__ = [
     "BenchBase",
     "BenchFoo",
     "BenchRow",
+    "BenchStampedRow",
     "BenchVersionedRow",
     "make_foos",
     "make_rows",
+    "make_stamped_rows",
 ]
 
 
@@ -53,6 +58,22 @@ class BenchRow(BenchBase):
     score: Mapped[float]
 
 
+@stockpyle.keyed("id")
+class BenchStampedRow(BenchBase):
+    """:class:`BenchRow`'s columns with a time stamp (with a time zone) and a UUID, as many
+    models have (the SQL write cases' second model)."""
+
+    __tablename__ = "stockpyle_bench_stamped_row"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    zap: Mapped[int]
+    bar: Mapped[int]
+    name: Mapped[str] = mapped_column(sa.String(50))
+    score: Mapped[float]
+    at: Mapped[datetime.datetime] = mapped_column(sa.DateTime(timezone=True))
+    ref: Mapped[uuid.UUID]
+
+
 @stockpyle.keyed("id", ("zap", "bar"))
 class BenchVersionedRow(BenchBase):
     """:class:`BenchRow` with a ``version`` that every update increments (the end-to-end
@@ -83,5 +104,24 @@ def make_rows(count: int, start: int = 0) -> list[BenchRow]:
     """``count`` distinct new rows with ids ``start``, ``start + 1``, ..."""
     return [
         BenchRow(id=i, zap=i, bar=-i, name=f"row-{i}", score=i / 7)
+        for i in range(start, start + count)
+    ]
+
+
+_EPOCH = datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC)
+
+
+def make_stamped_rows(count: int, start: int = 0) -> list[BenchStampedRow]:
+    """``count`` distinct new stamped rows with ids ``start``, ``start + 1``, ..."""
+    return [
+        BenchStampedRow(
+            id=i,
+            zap=i,
+            bar=-i,
+            name=f"row-{i}",
+            score=i / 7,
+            at=_EPOCH + datetime.timedelta(seconds=i),
+            ref=uuid.UUID(int=i + 1),
+        )
         for i in range(start, start + count)
     ]

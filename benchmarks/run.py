@@ -161,6 +161,13 @@ def targets(sql_backends: Sequence[str], *, quick: bool = False) -> list[Target]
                 "<= 1.5x",
             ),
             Target(
+                f"SqlAlchemyStore batch_put(1000) of existing stamped rows vs upsert ({backend})",
+                f"sql {backend} batch_put(1000) of existing stamped rows",
+                "executemany upsert",
+                1.5,
+                "<= 1.5x",
+            ),
+            Target(
                 f"SqlAlchemyStore batch_put(1000) of new rows vs add_all ({backend})",
                 f"sql {backend} batch_put(1000)",
                 "raw add_all+commit",

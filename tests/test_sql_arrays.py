@@ -204,7 +204,7 @@ def test_other_column_types_keep_rows_of_parameters(store: SqlAlchemyStore) -> N
     assert set(_rows(store, TextRef).values()) == {(ref,)}
 
 
-_UTC = datetime.timezone.utc
+_UTC = datetime.UTC
 _EAST = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
 
 
