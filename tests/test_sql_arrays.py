@@ -53,6 +53,24 @@ class Typed(_Base):
     blob: Mapped[bytes]
 
 
+class Noted(_Base):
+    """Nullable columns without defaults: their ``None`` goes in the arrays."""
+
+    __tablename__ = "stockpyle_test_noted"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    count: Mapped[int]
+    note: Mapped[str | None]
+    seen: Mapped[datetime.datetime | None]
+
+
+class Defaulted(_Base):
+    """A nullable column with a default: a row leaving it ``None`` gets the default."""
+
+    __tablename__ = "stockpyle_test_defaulted"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    rank: Mapped[int | None] = mapped_column(default=7)
+
+
 class Documented(_Base):
     """A JSON column: written with rows of parameters."""
 
@@ -264,3 +282,44 @@ def test_naive_and_aware_timestamps_in_one_batch_take_the_rows_path(
     rows = _rows(store, Typed)
     assert rows[0][1] == at.replace(tzinfo=_EAST)
     assert rows[1][1] == rows[3][1]
+
+
+def test_none_in_columns_without_defaults_goes_in_the_same_arrays(
+    store: SqlAlchemyStore,
+) -> None:
+    """Rows that leave different nullable columns (without defaults) ``None``, one of them
+    ``None`` in every row, are one statement of arrays, inserted and then updated to and
+    from ``NULL``."""
+    at = datetime.datetime(2026, 11, 29, 9, 0)
+    first = [Noted(id=i, count=i, note=None if i % 2 else f"n{i}", seen=None) for i in range(6)]
+    with statements(store) as seen:
+        store.batch_put(first)
+    assert len(seen) == 1 and "unnest(" in seen[0]
+    assert _rows(store, Noted) == {i: (i, None if i % 2 else f"n{i}", None) for i in range(6)}
+    second = [
+        Noted(id=i, count=-i, note=f"m{i}" if i % 2 else None, seen=at if i % 3 else None)
+        for i in range(6)
+    ]
+    with statements(store) as seen:
+        store.batch_put(second)
+    assert len(seen) == 1 and "unnest(" in seen[0]
+    assert _rows(store, Noted) == {
+        i: (-i, f"m{i}" if i % 2 else None, at if i % 3 else None) for i in range(6)
+    }
+    assert all(obj.note is None for obj in second if obj.id % 2 == 0)
+
+
+def test_none_in_a_column_with_a_default_keeps_rows_of_parameters(
+    store: SqlAlchemyStore,
+) -> None:
+    """A row that leaves ``None`` in a column with a default is inserted with the default
+    (and the object gets it), as before: not as an array's ``NULL``."""
+    info = mapped_info(Defaulted)
+    assert info is not None
+    assert write_plan(info, store.engine.dialect).array_nulls == frozenset()
+    batch = [Defaulted(id=i, rank=None if i < 3 else i) for i in range(6)]
+    with statements(store) as seen:
+        store.batch_put(batch)
+    assert ["unnest(" in s for s in seen].count(True) == 1  # the rows with ranks
+    assert [obj.rank for obj in batch] == [7, 7, 7, 3, 4, 5]
+    assert _rows(store, Defaulted) == {i: (7 if i < 3 else i,) for i in range(6)}

@@ -25,6 +25,7 @@ class WritePlan:
     __slots__ = (
         "_lock",
         "_statements",
+        "array_nulls",
         "array_types",
         "columns",
         "core_delete",
@@ -65,6 +66,10 @@ class WritePlan:
         #: to be written as one array per column (:meth:`unnest_statement`), and the type of
         #: that array's elements; ``None``: never.
         self.array_types: dict[str, tuple[tuple[type, ...], Any]] | None = None
+        #: With :attr:`array_types`: the attributes whose ``None`` (a ``NULL`` on insert as on
+        #: update) an array can carry: nullable columns with no default of any kind, which a
+        #: row of parameters leaving them out would set to ``NULL`` too.
+        self.array_nulls: frozenset[str] = frozenset()
         #: Whether rows are deleted with a Core ``DELETE ... WHERE pk IN``: one table holds
         #: the class (no joined inheritance), so nothing else must go with the row.
         self.core_delete = False
@@ -115,8 +120,18 @@ class WritePlan:
             k for k, c in self.columns.items() if c.type.should_evaluate_none
         )
         self.native = True
-        if dialect.name == "postgresql":
+        if dialect.name == "postgresql" and not info.always_refetch:
             self.array_types = _array_types(self.columns)
+            pk_keys = set(info.pk_keys)
+            self.array_nulls = frozenset(
+                k
+                for k, c in self.columns.items()
+                if k not in pk_keys
+                and c.nullable
+                and c.default is None
+                and c.server_default is None
+                and c.identity is None
+            )
 
     def delete_statement(self) -> Any:
         """``DELETE ... WHERE pk IN (:pks)`` with an expanding parameter, built once."""

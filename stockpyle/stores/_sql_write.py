@@ -105,24 +105,12 @@ def native_upsert(
             else:
                 members.append(row)
     out: list[tuple[Any, dict[str, Any]]] = []
+    if plan.array_types is not None and len(rows) > 1:
+        _write_arrays(conn, plan, groups, out)
     for (present, nulls, pk_missing), group in groups.items():
         stmt, returned = plan.statement(present, nulls, pk_missing)
         if not pk_missing and len(group) > 1:
-            # One order for every writer, so that two batches never wait on each other in a
-            # cycle (a deadlock the database would break by failing one of them).
-            try:
-                if single_pk is not None:
-                    group.sort(key=lambda r: r[0][single_pk])
-                else:
-                    group.sort(key=lambda r: tuple(r[0][k] for k in pk_keys))
-            except TypeError:
-                pass
-        if not returned and not nulls and not pk_missing and len(group) > 1:
-            arrays = _arrays(plan, group)
-            if arrays is not None:
-                conn.execute(plan.unnest_statement(), arrays)
-                out.extend((obj, {}) for r in group for obj in r[1])
-                continue
+            _lock_order(group, pk_keys)
         if plan.same_keys and not nulls:
             params = [r[0] for r in group]  # attribute keys are the column keys
         else:
@@ -143,10 +131,52 @@ def native_upsert(
     return out
 
 
+def _lock_order(group: list[_Row], pk_keys: tuple[str, ...]) -> None:
+    """Sort rows by primary key: one order for every writer, so that two batches never wait
+    on each other in a cycle (a deadlock the database would break by failing one of them)."""
+    try:
+        if len(pk_keys) == 1:
+            (single_pk,) = pk_keys
+            group.sort(key=lambda r: r[0][single_pk])
+        else:
+            group.sort(key=lambda r: tuple(r[0][k] for k in pk_keys))
+    except TypeError:
+        pass
+
+
+def _write_arrays(
+    conn: sa.Connection,
+    plan: WritePlan,
+    groups: dict[tuple[frozenset[str], frozenset[str], bool], list[_Row]],
+    out: list[tuple[Any, dict[str, Any]]],
+) -> None:
+    """Write, as one :meth:`WritePlan.unnest_statement`, the rows of ``groups`` it can take
+    (rows with a key that set every writable column, to a value or, where the plan allows,
+    to ``None``), if they are more than one and their values fit; remove their groups."""
+    total = len(plan.columns)
+    allowed = plan.array_nulls
+    shapes = [
+        shape
+        for shape in groups
+        if not shape[2] and len(shape[0]) + len(shape[1]) == total and shape[1] <= allowed
+    ]
+    merged = [row for shape in shapes for row in groups[shape]]
+    if len(merged) < 2:
+        return
+    _lock_order(merged, plan.info.pk_keys)
+    arrays = _arrays(plan, merged)
+    if arrays is None:
+        return
+    conn.execute(plan.unnest_statement(), arrays)
+    out.extend((obj, {}) for r in merged for obj in r[1])
+    for shape in shapes:
+        del groups[shape]
+
+
 def _arrays(plan: WritePlan, group: list[_Row]) -> dict[str, list[Any]] | None:
     """The parameters of :meth:`WritePlan.unnest_statement` for ``group`` (rows that set
-    every writable column, none to ``None``), or ``None`` where the plan has none or a
-    column's values are not all of one type it allows."""
+    every writable column), or ``None`` where the plan has none or a column's values (besides
+    ``None``) are not all of one type it allows."""
     types = plan.array_types
     if types is None:
         return None
@@ -155,11 +185,17 @@ def _arrays(plan: WritePlan, group: list[_Row]) -> dict[str, list[Any]] | None:
         values = [r[0][key] for r in group]
         kinds = set(map(type, values))
         if len(kinds) != 1:
-            return None
+            kinds.discard(type(None))  # only where array_nulls allows (see _write_arrays)
+            if len(kinds) != 1:
+                return None
         kind = kinds.pop()
-        if kind not in types[key][0]:
+        if kind is type(None):
+            pass  # every value None
+        elif kind not in types[key][0]:
             return None
-        if kind is datetime.datetime and len({v.tzinfo is None for v in values}) != 1:
+        elif kind is datetime.datetime and (
+            len({v.tzinfo is None for v in values if v is not None}) != 1
+        ):
             return None  # naive and aware: rows send them as different types
         arrays[f"p{i}"] = values
     return arrays
