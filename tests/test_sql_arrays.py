@@ -6,6 +6,7 @@ that errors on it still roll the whole batch back.
 from __future__ import annotations
 
 import datetime
+import enum
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +70,31 @@ class Defaulted(_Base):
     __tablename__ = "stockpyle_test_defaulted"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     rank: Mapped[int | None] = mapped_column(default=7)
+
+
+class Mood(enum.Enum):
+    calm = "c"
+    cross = "x"
+
+
+class Moody(_Base):
+    """Native enums, of a Python enum class and of strings: written with arrays."""
+
+    __tablename__ = "stockpyle_test_moody"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    mood: Mapped[Mood] = mapped_column(sa.Enum(Mood, name="stockpyle_test_mood"))
+    level: Mapped[str] = mapped_column(sa.Enum("low", "high", name="stockpyle_test_level"))
+    spare: Mapped[Mood | None] = mapped_column(
+        sa.Enum(Mood, name="stockpyle_test_spare", values_callable=lambda e: [m.value for m in e])
+    )
+
+
+class Checked(_Base):
+    """A non-native enum (a string column with a check): written with rows of parameters."""
+
+    __tablename__ = "stockpyle_test_checked"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    mood: Mapped[Mood] = mapped_column(sa.Enum(Mood, native_enum=False, create_constraint=True))
 
 
 class Documented(_Base):
@@ -207,7 +233,7 @@ def test_an_error_in_an_array_rolls_the_whole_batch_back(store: SqlAlchemyStore)
 def test_other_column_types_keep_rows_of_parameters(store: SqlAlchemyStore) -> None:
     """A class with a column that is not of a type written as arrays (JSON; a UUID column
     that takes strings) is planned without arrays and written as before."""
-    for cls in (Documented, TextRef):
+    for cls in (Documented, TextRef, Checked):
         info = mapped_info(cls)
         assert info is not None
         assert write_plan(info, store.engine.dialect).array_types is None
@@ -217,6 +243,8 @@ def test_other_column_types_keep_rows_of_parameters(store: SqlAlchemyStore) -> N
     store.batch_put([Documented(id=i, doc={"n": i}) for i in range(3)])
     store.batch_put([Documented(id=i, doc={"n": -i}) for i in range(3)])
     assert _rows(store, Documented) == {i: ({"n": -i},) for i in range(3)}
+    store.batch_put([Checked(id=i, mood=Mood.cross) for i in range(3)])
+    assert set(_rows(store, Checked).values()) == {(Mood.cross,)}
     ref = "12345678-1234-5678-1234-567812345678"
     store.batch_put([TextRef(id=i, ref=ref) for i in range(3)])
     assert set(_rows(store, TextRef).values()) == {(ref,)}
@@ -323,3 +351,31 @@ def test_none_in_a_column_with_a_default_keeps_rows_of_parameters(
     assert ["unnest(" in s for s in seen].count(True) == 1  # the rows with ranks
     assert [obj.rank for obj in batch] == [7, 7, 7, 3, 4, 5]
     assert _rows(store, Defaulted) == {i: (7 if i < 3 else i,) for i in range(6)}
+
+
+def test_native_enums_are_written_as_arrays(store: SqlAlchemyStore) -> None:
+    """Members of an enum class (stored by name, or by value with ``values_callable``), enum
+    strings and ``None`` go as arrays of the column's enum type; a string that is not one of
+    the enum's fails the whole batch, which writes nothing."""
+    batch = [
+        Moody(id=i, mood=Mood(("c", "x")[i % 2]), level=("low", "high")[i % 2], spare=None)
+        for i in range(4)
+    ]
+    assert _arrays_used(store, batch)
+    batch = [
+        Moody(id=i, mood=Mood.cross, level="high", spare=Mood.calm if i else None) for i in range(4)
+    ]
+    assert _arrays_used(store, batch)
+    with store.engine.connect() as conn:
+        stored = conn.execute(
+            sa.text("SELECT id, mood::text, level::text, spare::text FROM stockpyle_test_moody")
+        ).all()
+    assert sorted(stored) == [(0, "cross", "high", None)] + [
+        (i, "cross", "high", "c") for i in range(1, 4)
+    ]
+    assert _rows(store, Moody)[1] == (Mood.cross, "high", Mood.calm)
+    bad = [Moody(id=i, mood=Mood.calm, level="medium", spare=None) for i in range(4)]
+    with statements(store) as seen, pytest.raises(StoreError):
+        store.batch_put(bad)
+    assert any("unnest(" in s for s in seen)
+    assert {row[0] for row in _rows(store, Moody).values()} == {Mood.cross}

@@ -272,7 +272,21 @@ _ARRAYS: dict[type, Callable[[Any], tuple[tuple[type, ...], Any] | None]] = {
         (sa.LargeBinary, sa.BINARY, sa.VARBINARY, sa.BLOB, postgresql.BYTEA),
         lambda kind: ((bytes,), sa.LargeBinary()),
     ),
+    **dict.fromkeys((sa.Enum, postgresql.ENUM), lambda kind: _enum_array(kind)),
 }
+
+
+def _enum_array(kind: Any) -> tuple[tuple[type, ...], Any] | None:
+    """A native enum column's values (members of its Python enum class, or else its names
+    as strings) in an array of the column's own type: SQLAlchemy turns each member into its
+    name (or value, with ``values_callable``) as it does for a row's parameter, and the array
+    is cast to the database's enum type. A non-native enum (a string column, whose cast
+    would carry a length) keeps rows."""
+    if not kind.native_enum:
+        return None
+    if kind.enum_class is not None:
+        return (kind.enum_class,), kind
+    return (str,), kind
 
 
 def _array_types(
