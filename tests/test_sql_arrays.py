@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import datetime
 import enum
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -379,3 +381,78 @@ def test_native_enums_are_written_as_arrays(store: SqlAlchemyStore) -> None:
         store.batch_put(bad)
     assert any("unnest(" in s for s in seen)
     assert {row[0] for row in _rows(store, Moody).values()} == {Mood.cross}
+
+
+def _deadlocks(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            ).scalar_one()
+        )
+
+
+def _lock_waiters(engine: sa.Engine) -> int:
+    with engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+                )
+            ).scalar_one()
+        )
+
+
+def _wait_for_waiters(engine: sa.Engine, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while _lock_waiters(engine) < count:
+        assert time.monotonic() < deadline, f"fewer than {count} writers waiting on a lock"
+        time.sleep(0.01)
+
+
+def test_batches_of_the_same_rows_in_opposite_orders_do_not_deadlock(
+    store: SqlAlchemyStore,
+) -> None:
+    """Two batches of the same rows, given in opposite orders, lock them in one order (by
+    primary key): with a third session holding the middle row, the first batch waits on it
+    holding the rows before it, the second waits on the first row; when the middle row is
+    released, both finish, the second last (unsorted, the second would hold the rows after
+    the middle one: the database would detect a deadlock and fail one batch, which the store
+    retries after the first one commits)."""
+    store.batch_put(_measures(range(5)))
+    deadlocks = _deadlocks(store.engine)
+    holder = store.engine.connect()
+    holder.begin()
+    table: Any = Measure.__table__
+    holder.execute(sa.select(table).where(table.c.id == 2).with_for_update()).all()
+    errors: dict[str, BaseException | None] = {}
+
+    def put(name: str, ids: list[int], label: str) -> None:
+        try:
+            batch = [
+                Measure(
+                    id=i, label=f"{label}{i}", count=1, weight=0.5, flag=True, amount=Decimal(1)
+                )
+                for i in ids
+            ]
+            assert _arrays_used(store, batch)
+            errors[name] = None
+        except BaseException as exc:  # reported below
+            errors[name] = exc
+
+    first = threading.Thread(target=put, args=("first", [0, 1, 2, 3, 4], "f"))
+    second = threading.Thread(target=put, args=("second", [4, 3, 2, 1, 0], "s"))
+    try:
+        first.start()
+        _wait_for_waiters(store.engine, 1)  # the first holds 0 and 1, waits on 2
+        second.start()
+        _wait_for_waiters(store.engine, 2)  # the second waits too
+    finally:
+        holder.rollback()
+        holder.close()
+        first.join(30)
+        second.join(30)
+    assert errors == {"first": None, "second": None}
+    assert _deadlocks(store.engine) == deadlocks
+    assert {row[2] for row in _rows(store, Measure).values()} == {f"s{i}" for i in range(5)}
