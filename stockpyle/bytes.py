@@ -108,10 +108,16 @@ class BytesBackend(abc.ABC):
     printable_keys: ClassVar[bool] = False
     #: Largest key plus value the backend stores (bytes; ``None``: no limit).
     max_value_size: int | None = None
-    #: :meth:`add_many` is implemented.
+    #: Most keys one :meth:`get_many` of a read is given (``None``: all of the read's keys,
+    #: the right choice for a server: one round trip per batch). A backend that reads one
+    #: key at a time anyway sets it, so that a large batch is read a part at a time, each
+    #: part's values fetched, decoded and matched to their keys before the next part's: its
+    #: cost per object then stays a small batch's, whatever the state of the heap.
+    read_chunk: ClassVar[int | None] = None
     #: Whether one backend object may be used by many threads at once (pooled connections):
     #: the store then holds no lock of its own around its calls.
     thread_safe: ClassVar[bool] = False
+    #: :meth:`add_many` is implemented.
     supports_add: ClassVar[bool] = False
     #: :meth:`lease_many`, :meth:`fill_many` and :meth:`invalidate_many` are implemented.
     supports_leases: ClassVar[bool] = False
@@ -329,6 +335,16 @@ class BytesStore(KeyValueStore):
             slots = layout_of(cls).encode_all(key_dicts)  # validates before any I/O
         except StockpyleError as exc:
             raise self._naming_store(exc) from None
+        chunk = self.backend.read_chunk
+        if chunk is None or len(slots) <= chunk:
+            return self._entries(slots)
+        found: list[tuple[Any, Deadline] | None] = []
+        for start in range(0, len(slots), chunk):
+            found += self._entries(slots[start : start + chunk])
+        return found
+
+    def _entries(self, slots: list[str | None]) -> list[tuple[Any, Deadline] | None]:
+        """:meth:`batch_get_entries` of encoded keys (``None``: a key that is never stored)."""
         wanted = [s for s in slots if s is not None]
         if not wanted:
             self.counters.add("misses", len(slots))
@@ -340,7 +356,7 @@ class BytesStore(KeyValueStore):
         if targets:
             records.update(self._load(targets))
         now = self.clock()
-        found: list[tuple[T, Deadline] | None] = []
+        found: list[tuple[Any, Deadline] | None] = []
         get, append = records.get, found.append
         for slot in slots:
             record = get(slot)  # type: ignore[arg-type]  # None: never a key

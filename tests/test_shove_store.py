@@ -117,7 +117,9 @@ class TestShelveDictionaryStore(
 
 
 MACHINE = settings(
-    max_examples=25, stateful_step_count=20, deadline=None,
+    max_examples=25,
+    stateful_step_count=20,
+    deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 
@@ -142,7 +144,8 @@ TestShelveMachine = _machine(shelve_factory)
 def test_each_state_machine_is_collected_once() -> None:
     """No TestCase class is bound to two module-level names (pytest would run it twice)."""
     cases = [
-        v for v in globals().values()
+        v
+        for v in globals().values()
         if isinstance(v, type) and issubclass(v, TestCase) and v is not TestCase
     ]
     assert len(cases) == len(set(cases)) == len(URIS) + 2
@@ -244,7 +247,9 @@ def test_unpicklable_put_keeps_the_previous_version_and_the_key_usable(backend: 
     assert store.get(Foo, {"key": 1}) == Foo(1, 2, 3, "v1")
     assert store.get(Foo, {"zap": 2, "bar": 3}) == Foo(1, 2, 3, "v1")
     assert store.batch_get(Foo, [{"key": 1}, {"key": 7}, {"zap": 5, "bar": 5}]) == [
-        Foo(1, 2, 3, "v1"), None, None,
+        Foo(1, 2, 3, "v1"),
+        None,
+        None,
     ]
     store.put(Foo(1, 2, 3, "v2"))
     assert store.get(Foo, {"key": 1}) == Foo(1, 2, 3, "v2")
@@ -423,8 +428,14 @@ def test_signing_does_not_stop_code_in_shoves_own_pickle_layer() -> None:
 
 @pytest.mark.parametrize(
     ("backend", "shared"),
-    [("simple", False), ("memory", False), ("lite-memory", False), ("file", True),
-     ("dbm", True), ("lite-file", True)],
+    [
+        ("simple", False),
+        ("memory", False),
+        ("lite-memory", False),
+        ("file", True),
+        ("dbm", True),
+        ("lite-file", True),
+    ],
 )
 def test_only_stores_other_processes_can_see_are_shared(backend: str, shared: bool) -> None:
     """shared (which makes chains fill conditionally and invalidate) is false for the shoves
@@ -434,3 +445,52 @@ def test_only_stores_other_processes_can_see_are_shared(backend: str, shared: bo
     assert store.shared is shared
     assert ShoveStore(shove={}).shared is True
     store.close()
+
+
+def test_a_large_batch_get_reads_in_parts_with_the_same_answers() -> None:
+    """A batch larger than the backend's ``read_chunk`` is read a part at a time (no
+    ``get_many`` of more keys), with the answers and hit and miss counts of one read: by
+    identity and alternate keys, misses and repeated keys, in an order that crosses the parts'
+    boundaries; a bad key at its end fails the batch before anything is read."""
+    from stockpyle.exceptions import InvalidKeyError
+
+    store = ShoveStore(shoveuri="memory://")
+    objs = [Foo(key=i, zap=i, bar=-i, name=f"n{i}") for i in range(1000)]
+    store.batch_put(objs)
+    chunk = type(store.backend).read_chunk
+    assert chunk is not None and chunk < 600
+    asked: list[int] = []
+    get_many = store.backend.get_many
+
+    def spy(keys: Any) -> Any:
+        asked.append(len(keys))
+        return get_many(keys)
+
+    store.backend.get_many = spy  # type: ignore[method-assign]
+    wanted: list[dict[str, Any]] = []
+    expected: list[Foo | None] = []
+    for i in range(1300):
+        k = (i * 7919) % 1100  # scattered; 1000 and up are misses
+        wanted.append({"key": k} if i % 3 else {"zap": k, "bar": -k})
+        expected.append(objs[k] if k < 1000 else None)
+    wanted += wanted[:50]  # repeated keys
+    expected += expected[:50]
+
+    before = store.stats()
+    found = store.batch_get(Foo, wanted)
+    after = store.stats()
+    assert found == expected
+    assert asked and max(asked) <= chunk
+    store.backend.read_chunk = None  # type: ignore[misc]  # the same read in one part
+    asked.clear()
+    assert store.batch_get(Foo, wanted) == expected
+    assert asked and max(asked) > chunk
+    again = store.stats()
+    for name in ("hits", "misses"):
+        assert again[name] - after[name] == after[name] - before[name] > 0
+
+    del store.backend.read_chunk  # type: ignore[misc]
+    asked.clear()
+    with pytest.raises(InvalidKeyError):
+        store.batch_get(Foo, [*wanted, {"key": "\ud800"}])  # a lone surrogate
+    assert asked == []

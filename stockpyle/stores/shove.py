@@ -81,6 +81,8 @@ class ShoveBackend(BytesBackend):
     """
 
     max_key_length = _MAX_QUOTED
+    #: shove reads one key at a time anyway: a large read is fetched and decoded in parts.
+    read_chunk = 512
 
     def __init__(
         self,
