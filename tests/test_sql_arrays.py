@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import enum
+import json
 import threading
 import time
 import uuid
@@ -97,6 +98,84 @@ class Checked(_Base):
     __tablename__ = "stockpyle_test_checked"
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
     mood: Mapped[Mood] = mapped_column(sa.Enum(Mood, native_enum=False, create_constraint=True))
+
+
+class JsonText(sa.TypeDecorator[Any]):
+    """A document stored as text (JSON with sorted keys)."""
+
+    impl = sa.Text
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        if value == "boom":
+            raise ValueError("not a document")
+        return None if value is None else json.dumps(value, sort_keys=True)
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> Any:
+        return None if value is None else json.loads(value)
+
+
+class Lowered(sa.TypeDecorator[str]):
+    """Strings stored lower-cased, by Python."""
+
+    impl = sa.String(100)
+    cache_ok = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+
+class Plain(sa.TypeDecorator[int]):
+    """A decorator that converts nothing on the way in."""
+
+    impl = sa.Integer
+    cache_ok = True
+
+
+class LoweredInSql(sa.TypeDecorator[str]):
+    """Strings stored lower-cased, by the database (a bind expression)."""
+
+    impl = sa.String(100)
+    cache_ok = True
+
+    def bind_expression(self, bindvalue: Any) -> Any:
+        return sa.func.lower(bindvalue)
+
+
+class NullDocument(JsonText):
+    """:class:`JsonText` that stores ``None`` as the document ``null``."""
+
+    cache_ok = True
+    should_evaluate_none = True
+
+    def process_bind_param(self, value: Any, dialect: sa.Dialect) -> Any:
+        return json.dumps(value, sort_keys=True)
+
+
+class DecoratedNone(_Base):
+    """A decorator that converts ``None`` too: written with rows of parameters."""
+
+    __tablename__ = "stockpyle_test_decorated_none"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    doc: Mapped[Any] = mapped_column(NullDocument, nullable=True)
+
+
+class Decorated(_Base):
+    """Type decorators over plain types: written with arrays, each value converted once."""
+
+    __tablename__ = "stockpyle_test_decorated"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    doc: Mapped[Any] = mapped_column(JsonText, nullable=True)
+    email: Mapped[str] = mapped_column(Lowered)
+    rank: Mapped[int] = mapped_column(Plain)
+
+
+class DecoratedInSql(_Base):
+    """A decorator with a bind expression: written with rows of parameters."""
+
+    __tablename__ = "stockpyle_test_decorated_in_sql"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    email: Mapped[str] = mapped_column(LoweredInSql)
 
 
 class Documented(_Base):
@@ -456,3 +535,52 @@ def test_batches_of_the_same_rows_in_opposite_orders_do_not_deadlock(
     assert errors == {"first": None, "second": None}
     assert _deadlocks(store.engine) == deadlocks
     assert {row[2] for row in _rows(store, Measure).values()} == {f"s{i}" for i in range(5)}
+
+
+def test_type_decorators_over_plain_types_are_written_as_arrays(store: SqlAlchemyStore) -> None:
+    """A decorator's conversion runs once per value, as for a row's parameter, and the
+    converted values go as arrays of its implementation's type; a batch whose converted values
+    are not of one type, a ``None`` in a converted column, or a value the decorator refuses,
+    takes rows of parameters as before (the refusal fails the batch and writes nothing); a
+    decorator that binds in SQL keeps rows."""
+    info = mapped_info(Decorated)
+    assert info is not None
+    plan = write_plan(info, store.engine.dialect)
+    assert plan.array_types is not None and "doc" not in plan.array_nulls
+    first = [Decorated(id=i, doc={"b": i, "a": [i]}, email=f"Some{i}@X", rank=i) for i in range(4)]
+    assert _arrays_used(store, first)
+    with store.engine.connect() as conn:
+        query = sa.text("SELECT id, doc || ' ' || email FROM stockpyle_test_decorated")
+        stored = {row[0]: row[1] for row in conn.execute(query)}
+    assert stored == {i: f'{{"a": [{i}], "b": {i}}} some{i}@x' for i in range(4)}
+    assert _rows(store, Decorated)[3] == ({"a": [3], "b": 3}, "some3@x", 3)
+
+    mixed = [Decorated(id=i, doc={"n": i}, email=f"E{i}" if i else 7, rank=1) for i in range(4)]
+    assert not _arrays_used(store, mixed)
+    assert _rows(store, Decorated)[0][1] == "7" and _rows(store, Decorated)[1][1] == "e1"
+    with statements(store) as seen:
+        store.batch_put([Decorated(id=i, doc=None, email="n", rank=0) for i in range(2)])
+    assert not any("unnest(" in s for s in seen)
+    assert _rows(store, Decorated)[0][0] is None
+
+    with statements(store) as seen, pytest.raises(StoreError):
+        store.batch_put(
+            [Decorated(id=i, doc="boom" if i == 3 else {}, email="z", rank=9) for i in range(4)]
+        )
+    assert not any("unnest(" in s for s in seen)
+    assert {row[2] for row in _rows(store, Decorated).values()} == {0, 1}
+
+    for cls in (DecoratedInSql, DecoratedNone):
+        info = mapped_info(cls)
+        assert info is not None
+        assert write_plan(info, store.engine.dialect).array_types is None
+    store.batch_put([DecoratedInSql(id=i, email=f"In{i}") for i in range(3)])
+    assert _rows(store, DecoratedInSql) == {i: (f"in{i}",) for i in range(3)}
+    store.batch_put([DecoratedNone(id=i, doc=None if i else {"a": 1}) for i in range(3)])
+    with store.engine.connect() as conn:
+        query = sa.text("SELECT id, doc FROM stockpyle_test_decorated_none")
+        assert {row[0]: row[1] for row in conn.execute(query)} == {
+            0: '{"a": 1}',
+            1: "null",
+            2: "null",
+        }

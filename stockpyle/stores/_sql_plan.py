@@ -9,7 +9,7 @@ import threading
 import uuid
 from collections.abc import Callable
 from decimal import Decimal
-from typing import Any
+from typing import Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -61,11 +61,11 @@ class WritePlan:
         #: on PostgreSQL, so that psycopg does not run it in pipeline mode (whose failures print
         #: "error ignored terminating <psycopg.Pipeline>" on stderr).
         self.returns_keys = dialect.name == "postgresql"
-        #: On PostgreSQL, when every writable column has a plain type (see _array_types): per
-        #: attribute, the Python types its values may have (all of one of them) for a batch
-        #: to be written as one array per column (:meth:`unnest_statement`), and the type of
-        #: that array's elements; ``None``: never.
-        self.array_types: dict[str, tuple[tuple[type, ...], Any]] | None = None
+        #: On PostgreSQL, when every writable column has a plain type, directly or under a
+        #: type decorator (see _array_types): per attribute, how its values go in an array
+        #: (:data:`ArrayType`) for a batch to be written as one array per column
+        #: (:meth:`unnest_statement`); ``None``: never.
+        self.array_types: dict[str, ArrayType] | None = None
         #: With :attr:`array_types`: the attributes whose ``None`` (a ``NULL`` on insert as on
         #: update) an array can carry: nullable columns with no default of any kind, which a
         #: row of parameters leaving them out would set to ``NULL`` too.
@@ -121,12 +121,14 @@ class WritePlan:
         )
         self.native = True
         if dialect.name == "postgresql" and not info.always_refetch:
-            self.array_types = _array_types(self.columns)
+            self.array_types = _array_types(self.columns, dialect)
             pk_keys = set(info.pk_keys)
+            converted = {k for k, t in (self.array_types or {}).items() if t[2] is not None}
             self.array_nulls = frozenset(
                 k
                 for k, c in self.columns.items()
                 if k not in pk_keys
+                and k not in converted  # a decorator may turn None into a value of its own
                 and c.nullable
                 and c.default is None
                 and c.server_default is None
@@ -289,23 +291,61 @@ def _enum_array(kind: Any) -> tuple[tuple[type, ...], Any] | None:
     return (str,), kind
 
 
+#: How an array parameter of a column is made: the Python types its values may have (after
+#: ``process``), the array's element type, and ``process`` (a type decorator's own bind
+#: conversion, applied to each value that is not ``None`` before the types are checked;
+#: ``None``: the values go as they are).
+ArrayType = tuple[tuple[type, ...], Any, Callable[[Any], Any] | None]
+
+
 def _array_types(
-    columns: dict[str, sa.Column[Any]],
-) -> dict[str, tuple[tuple[type, ...], Any]] | None:
-    """Per attribute, the Python types its values may have in an array parameter (a batch's
-    values of one column must all be of one of them, exactly: psycopg refuses lists of mixed
-    types, and a ``bool`` is no ``int`` here) and the array's element type (see
-    :data:`_ARRAYS`); ``None`` if a column's type is not one of those (times of day,
-    intervals, JSON, enums, arrays, type decorators...) or has a collation of its own."""
-    found: dict[str, tuple[tuple[type, ...], Any]] = {}
+    columns: dict[str, sa.Column[Any]], dialect: sa.Dialect
+) -> dict[str, ArrayType] | None:
+    """Per attribute, how its values go in an array parameter (a batch's values of one
+    column must all be of one of its types, exactly: psycopg refuses lists of mixed types,
+    and a ``bool`` is no ``int`` here; see :data:`_ARRAYS`); ``None`` if a column's type is
+    not one of those (times of day, intervals, JSON, non-native enums, arrays...) or has a
+    collation of its own."""
+    found: dict[str, ArrayType] = {}
     for key, column in columns.items():
         kind = column.type
+        process: Callable[[Any], Any] | None = None
+        if isinstance(kind, sa.TypeDecorator):
+            converts = _decorator_process(kind, dialect)
+            if converts is None:
+                return None
+            if converts is not False:
+                process = converts
+            kind = kind.load_dialect_impl(dialect)
         make = _ARRAYS.get(type(kind))
         entry = None if make is None else make(kind)
         if entry is None or getattr(kind, "collation", None):
             return None
-        found[key] = entry
+        found[key] = (*entry, process)
     return found
+
+
+def _decorator_process(
+    kind: sa.TypeDecorator[Any], dialect: sa.Dialect
+) -> Callable[[Any], Any] | Literal[False] | None:
+    """A type decorator's own conversion of a value to its implementation's (its
+    ``process_bind_param``), ``False`` when it converts nothing, ``None`` when its values
+    cannot go in an array: it binds its own way (``bind_processor``), wraps its parameter
+    in SQL (``bind_expression``) or converts ``None`` too (``should_evaluate_none``)."""
+    cls = type(kind)
+    if (
+        cls.bind_processor is not sa.TypeDecorator.bind_processor
+        or cls.bind_expression is not sa.TypeDecorator.bind_expression
+        or kind.should_evaluate_none
+    ):
+        return None
+    if cls.process_bind_param is sa.TypeDecorator.process_bind_param:
+        return False
+
+    def process(value: Any) -> Any:
+        return kind.process_bind_param(value, dialect)
+
+    return process
 
 
 _PLANS: dict[tuple[type, str], WritePlan] = {}

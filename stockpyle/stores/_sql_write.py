@@ -183,6 +183,12 @@ def _arrays(plan: WritePlan, group: list[_Row]) -> dict[str, list[Any]] | None:
     arrays: dict[str, list[Any]] = {}
     for i, key in enumerate(plan.columns):
         values = [r[0][key] for r in group]
+        process = types[key][2]
+        if process is not None:  # a type decorator's conversion, as a row's would run it
+            try:
+                values = [None if v is None else process(v) for v in values]
+            except Exception:
+                return None  # rows of parameters raise it as they always did
         kinds = set(map(type, values))
         if len(kinds) != 1:
             kinds.discard(type(None))  # only where array_nulls allows (see _write_arrays)
