@@ -763,7 +763,8 @@ def delete(self: BytesStore, objs: Sequence[Any]) -> bool:
     entries and the slots they list, and removes only the alternate slots that still point
     to the object (another object's pointer at a value both share stays) and no identity slot
     that holds another object's pointer (a subclass's, at its base class's key): three round
-    trips, the last one writing the tombstones and removing the pointers together. ``False``
+    trips, the last one writing the tombstones and removing the pointers together (reading
+    nothing). ``False``
     (nothing done) where the backend has no such tombstones."""
     backend = self.backend
     if not (backend.supports_leases and hasattr(backend, "read_invalidate_many")):
@@ -805,5 +806,6 @@ def delete(self: BytesStore, objs: Sequence[Any]) -> bool:
             backend.read_invalidate_many,
             [key(i) for i in marked],
             [key(s) for s in dict.fromkeys(gone)],
+            values=False,  # the entries were read above
         )
     return True

@@ -350,6 +350,25 @@ def test_invalidation_reads_and_deletes_in_one_round_trip(memcached_server: str)
         proxy.close()
 
 
+def test_a_delete_reads_the_entries_once(memcached_server: str) -> None:
+    """A delete reads the stored entry and the pointers it lists (two round trips), then
+    writes the tombstone and removes the pointers in a third that reads nothing again."""
+    proxy = CountingProxy(memcached_server)
+    try:
+        store = PurgingStore(servers=[proxy.address], prefix=unique_prefix())
+        store.put(Foo(1, 2, 3))
+        proxy.reset()
+        store.delete(Foo(1, 2, 3))
+        assert proxy.round_trips == 3
+        assert proxy.commands["get"] == 2  # the entry, then its pointer
+        assert store.get(Foo, {"key": 1}) is None
+        assert store.get(Foo, {"zap": 2, "bar": 3}) is None
+        assert not _alt_slot_is_stored(store, {"zap": 2, "bar": 3})
+    finally:
+        purge_created()
+        proxy.close()
+
+
 IDENTITY = "stockpyle.testing.models.Foo|key=1"
 
 

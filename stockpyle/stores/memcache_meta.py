@@ -539,14 +539,19 @@ class MetaMemcacheBackend(BytesBackend):
         return results
 
     def read_invalidate_many(
-        self, read: Sequence[str], keys: Sequence[str], *, stale: bool = False
+        self,
+        read: Sequence[str],
+        keys: Sequence[str],
+        *,
+        stale: bool = False,
+        values: bool = True,
     ) -> Mapping[str, bytes]:
         """Read the identity keys ``read`` and leave a tombstone there (``stale``: mark the
         value there stale, or add a tombstone where there is none), and delete (``stale``: mark
         stale) the other keys ``keys``, in one round trip per server (each server reads before
-        it writes); the values read."""
+        it writes); the values read (without ``values``: none are read, nothing returned)."""
         requests: list[tuple[str, str, bytes | None, Any]]
-        requests = [("get", k, None, self._value_flags) for k in read]
+        requests = [("get", k, None, self._value_flags) for k in read] if values else []
         if stale:
             flags = self._flags(mark_stale=True, cache_ttl=TOMBSTONE_SECONDS)
             add = self._flags(
@@ -559,6 +564,8 @@ class MetaMemcacheBackend(BytesBackend):
             requests += [("set", k, b"", self._tombstone_flags) for k in read]
             requests += [("delete", k, None, None) for k in keys]
         replies = self._mixed(requests)
+        if not values:
+            return {}
         return {
             k: r.value
             for k, r in zip(read, replies, strict=False)
