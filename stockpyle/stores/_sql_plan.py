@@ -163,7 +163,6 @@ class WritePlan:
     ) -> tuple[Any, tuple[str, ...]]:
         info = self.info
         table = info.mapper.local_table
-        pk_keys = set(info.pk_keys)
         # Everything the object did not give comes back: keys, defaults, the stored values of
         # an updated row, and what the database changes on every write.
         returned = tuple(k for k in self.columns if k not in present or k in info.always_refetch)
@@ -173,22 +172,7 @@ class WritePlan:
             if returned_cols:
                 stmt = stmt.returning(*returned_cols, sort_by_parameter_order=True)
             return stmt, returned
-        stmt = self.insert(table)
-        excluded = stmt.excluded
-        values: dict[Any, Any] = {}
-        for key, column in self.columns.items():
-            if key in pk_keys:
-                continue
-            if key in present:
-                values[column] = excluded[column.key]
-            elif key in nulls:
-                values[column] = None
-            elif column.onupdate is not None:
-                values[column] = column.onupdate.arg  # type: ignore[attr-defined]
-        if not values:  # only the key given: a no-op update still returns the row
-            first = self.pk_columns[0]
-            values[first] = excluded[first.key]
-        stmt = stmt.on_conflict_do_update(index_elements=list(self.pk_columns), set_=values)
+        stmt = self._on_conflict(self.insert(table), present, nulls)
         if not returned:
             if self.returns_keys:  # returned rows are ignored (see returns_keys)
                 stmt = stmt.returning(*self.pk_columns)
@@ -199,6 +183,28 @@ class WritePlan:
         returned = (*returned, *pk_names)
         stmt = stmt.returning(*(self.columns[k] for k in returned))
         return stmt, returned
+
+    def _on_conflict(self, insert: Any, present: frozenset[str], nulls: frozenset[str]) -> Any:
+        """``insert`` + ``ON CONFLICT (pk) DO UPDATE SET``: each other column the rows give
+        (``present``) to its excluded value, each in ``nulls`` to ``NULL``, each of the rest
+        with an ``onupdate`` to that; rows that give only the key make a no-op update (which
+        still locks and returns the row)."""
+        excluded = insert.excluded
+        pk_keys = set(self.info.pk_keys)
+        values: dict[Any, Any] = {}
+        for key, column in self.columns.items():
+            if key in pk_keys:
+                continue
+            if key in present:
+                values[column] = excluded[column.key]
+            elif key in nulls:
+                values[column] = None
+            elif column.onupdate is not None:
+                values[column] = column.onupdate.arg  # type: ignore[attr-defined]
+        if not values:
+            first = self.pk_columns[0]
+            values[first] = excluded[first.key]
+        return insert.on_conflict_do_update(index_elements=list(self.pk_columns), set_=values)
 
     def unnest_statement(self) -> Any:
         """``INSERT ... SELECT * FROM unnest(:p0, :p1, ...) ON CONFLICT (pk) DO UPDATE``: a
@@ -223,13 +229,7 @@ class WritePlan:
             insert = postgresql.insert(table).from_select(
                 [c.key for c in self.columns.values()], sa.select(*rows.c)
             )
-            excluded = insert.excluded
-            pk_keys = set(self.info.pk_keys)
-            values = {c: excluded[c.key] for k, c in self.columns.items() if k not in pk_keys}
-            if not values:  # only the key: a no-op update
-                first = self.pk_columns[0]
-                values = {first: excluded[first.key]}
-            stmt = insert.on_conflict_do_update(index_elements=list(self.pk_columns), set_=values)
+            stmt = self._on_conflict(insert, frozenset(self.columns), frozenset())
             with self._lock:
                 self._statements["unnest"] = stmt
         return stmt
