@@ -764,8 +764,7 @@ def delete(self: BytesStore, objs: Sequence[Any]) -> bool:
     to the object (another object's pointer at a value both share stays) and no identity slot
     that holds another object's pointer (a subclass's, at its base class's key): three round
     trips, the last one writing the tombstones and removing the pointers together (reading
-    nothing). ``False``
-    (nothing done) where the backend has no such tombstones."""
+    nothing). ``False`` (nothing done) where the backend has no such tombstones."""
     backend = self.backend
     if not (backend.supports_leases and hasattr(backend, "read_invalidate_many")):
         return False
