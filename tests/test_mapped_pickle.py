@@ -161,6 +161,30 @@ def test_an_object_a_sql_store_wrote_travels_as_its_row(
     store.release()
 
 
+def test_a_written_object_changed_afterwards_pickles_whole(
+    engine: sa.Engine, memcached: MemcacheStore
+) -> None:
+    """A written instance the application changes afterwards and puts in a cache directly (not
+    through its database) no longer holds the row it was written as: it pickles whole and
+    comes back transient with its change, not as a detached row the database does not
+    hold. Set back to the written value (an equal one), it is that row again."""
+    store = SqlAlchemyStore(engine=engine)
+    written = SqlFoo(key=None, zap=5, bar=6, name="as written")
+    store.put(written)
+    assert type(reduce_obj(written)) is MappedRow
+    written.name = "changed in memory only"
+    assert reduce_obj(written) is written
+    memcached.put(written)
+    back = memcached.get(SqlFoo, {"zap": 5, "bar": 6})
+    assert back is not None and sa.inspect(back).transient
+    assert back.name == "changed in memory only"
+    written.name = "".join(["as ", "written"])  # equal, not the same string
+    assert type(reduce_obj(written)) is MappedRow
+    del written.name
+    assert reduce_obj(written) is written
+    store.release()
+
+
 def test_everything_else_pickles_as_before(engine: sa.Engine, memcached: MemcacheStore) -> None:
     """A loaded relationship, an attribute of its own, a change not flushed, an expired
     column, an instance without identity, a class with inheritance or with its own pickling:
