@@ -247,15 +247,36 @@ class KeySpec:
         return self.encode_values([key[n] for n in self.names])
 
     def from_obj(self, obj: Any) -> str | None:
-        """Encode this key of ``obj``; ``None`` when a component is ``None``."""
+        """Encode this key of ``obj``; ``None`` when a component is ``None``. Exact ``int``
+        and ``str`` values take their fast encoders (a single one found in :attr:`memo` when
+        a getter remembered it), as a write derives each object's keys several times; it
+        remembers nothing (a batch of 10,000 new keys would only churn the memos)."""
+        names = self.names
         try:
-            values = [getattr(obj, n) for n in self.names]
+            if len(names) == 1:
+                value = getattr(obj, names[0])
+                kind = type(value)
+                if kind is int or kind is str:
+                    return self.memo.get(value) or self.prefix + FAST_ENCODERS[kind](value)
+                values = [value]
+            elif len(names) == 2:
+                a = getattr(obj, names[0])
+                b = getattr(obj, names[1])
+                kind_a, kind_b = type(a), type(b)
+                if (kind_a is int or kind_a is str) and (kind_b is int or kind_b is str):
+                    encode = FAST_ENCODERS
+                    return f"{self.prefix}{encode[kind_a](a)},{encode[kind_b](b)}"
+                values = [a, b]
+            else:
+                values = [getattr(obj, n) for n in names]
         except AttributeError as exc:
             msg = (
                 f"{type(obj).__qualname__} object has no key attribute {exc.name!r}"
-                f" (key {self.names!r} of {self.layout.path})"
+                f" (key {names!r} of {self.layout.path})"
             )
             raise InvalidKeyError(msg) from None
+        except InvalidKeyError as exc:  # (a str that is no text)
+            raise self._invalid(exc) from None
         return self.encode_values(values)
 
 

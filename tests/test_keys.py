@@ -339,3 +339,56 @@ def test_every_awkward_key_is_a_hit_in_memory(value: Any) -> None:
     store = ProcessMemoryStore()
     store.put(Foo(value, name="x"))
     assert store.get(Foo, {"key": value}) is not None
+
+
+@attrs.define
+@keyed("one", ("left", "right"))
+class _Derived:
+    one: Any
+    left: Any
+    right: Any
+
+
+def _slot_or_error(encode: Any) -> tuple[str, str | None]:
+    try:
+        return "slot", encode()
+    except stockpyle.InvalidKeyError as exc:
+        return "error", str(exc)
+
+
+@given(key_values() | st.none(), key_values() | st.none(), key_values() | st.none())
+def test_an_objects_keys_encode_as_its_key_dictionaries(a: Any, b: Any, c: Any) -> None:
+    """What a write derives from an object (``from_obj``: fast encoders, the memo of a
+    getter's keys) is what a get's key dictionary encodes to, for every value kind and
+    ``None`` alike: before and after a batch read remembered these keys (the memos persist
+    across examples, so a lookalike's entry is there too)."""
+    obj = _Derived(a, b, c)
+    layout = layout_of(_Derived)
+    single, pair = layout.specs
+    for warm in (False, True):
+        if warm:
+            layout.encode_all([{"one": a}, {"left": b, "right": c}])
+        assert _slot_or_error(lambda: single.from_obj(obj)) == _slot_or_error(
+            lambda: single.from_dict({"one": a})
+        )
+        assert _slot_or_error(lambda: pair.from_obj(obj)) == _slot_or_error(
+            lambda: pair.from_dict({"left": b, "right": c})
+        )
+
+
+@pytest.mark.parametrize("bad", ["\udc80", "a\ud800b"])
+def test_a_string_that_is_no_text_fails_from_an_object_as_from_a_key(bad: str) -> None:
+    """A lone surrogate (a str, so the memo path) fails with the key's own message."""
+    layout = layout_of(_Derived)
+    single, pair = layout.specs
+    for spec, obj, key in (
+        (single, _Derived(bad, 1, 2), {"one": bad}),
+        (pair, _Derived(1, bad, 2), {"left": bad, "right": 2}),
+        (pair, _Derived(1, 2, bad), {"left": 2, "right": bad}),
+    ):
+        with pytest.raises(stockpyle.InvalidKeyError) as from_obj:
+            spec.from_obj(obj)
+        with pytest.raises(stockpyle.InvalidKeyError) as from_dict:
+            spec.from_dict(key)
+        assert str(from_obj.value) == str(from_dict.value)
+        assert "_Derived" in str(from_obj.value)
