@@ -16,6 +16,7 @@ invalidated by every write, which works across processes too.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Iterable
 
 __all__ = ["WriteTracker"]
@@ -28,7 +29,7 @@ REMEMBERED = 10_000
 class WriteTracker:
     """Per-key sequence numbers and in-flight counts of one chain's writes."""
 
-    __slots__ = ("_floor", "_inflight", "_last", "_seq", "lock")
+    __slots__ = ("_floor", "_inflight", "_last", "_orphans", "_seq", "lock")
 
     def __init__(self) -> None:
         #: Held while checking and filling in-process layers (no I/O happens under it).
@@ -37,6 +38,8 @@ class WriteTracker:
         self._last: dict[str, int] = {}
         self._inflight: dict[str, int] = {}
         self._floor = 0  # reads begun before this cannot be checked
+        #: Writes ended by :meth:`end_later`, ended for good at the next begin or end.
+        self._orphans: deque[list[str]] = deque()
 
     @property
     def now(self) -> int:
@@ -57,6 +60,8 @@ class WriteTracker:
         """A write of ``keys`` starts; returns its sequence number."""
         keys = list(dict.fromkeys(keys))  # a batch may name one key twice: one write
         with self.lock:
+            if self._orphans:
+                self._end_orphans()
             inflight = self._inflight
             for key in keys:
                 inflight[key] = inflight.get(key, 0) + 1
@@ -66,14 +71,30 @@ class WriteTracker:
         """The write of ``keys`` is over (whether it succeeded or not)."""
         keys = list(dict.fromkeys(keys))
         with self.lock:
-            inflight = self._inflight
-            for key in keys:
-                left = inflight.get(key, 1) - 1
-                if left > 0:
-                    inflight[key] = left
-                else:
-                    inflight.pop(key, None)
-            self._stamp(keys)
+            if self._orphans:
+                self._end_orphans()
+            self._end(keys)
+
+    def end_later(self, keys: Iterable[str]) -> None:
+        """:meth:`end` without taking :attr:`lock` (from a finalizer, which the collector may
+        run in a thread that holds it): the write ends at the next :meth:`begin` or
+        :meth:`end`. Until then it counts as in flight, which is safe (no fill, an eviction)."""
+        self._orphans.append(list(dict.fromkeys(keys)))
+
+    def _end_orphans(self) -> None:
+        orphans = self._orphans
+        while orphans:
+            self._end(orphans.popleft())
+
+    def _end(self, keys: list[str]) -> None:
+        inflight = self._inflight
+        for key in keys:
+            left = inflight.get(key, 1) - 1
+            if left > 0:
+                inflight[key] = left
+            else:
+                inflight.pop(key, None)
+        self._stamp(keys)
 
     def quiet_since(self, key: str, begun: int) -> bool:
         """Whether no write of ``key`` overlapped a read begun at ``begun`` (hold :attr:`lock`)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import pickle
 import threading
@@ -14,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import orm
 
+from stockpyle._writes import WriteTracker
 from stockpyle.exceptions import StoreError
 from stockpyle.ext.sqlalchemy import StockpyleSessionExtension
 from stockpyle.stores import (
@@ -453,6 +455,45 @@ def test_a_rolled_back_session_ends_its_writes(engine: sa.Engine) -> None:
         session.rollback()
     commit_update(maker, name="v1")
     assert cached(cache, key=1).name == "v1"
+
+
+def test_a_session_dropped_without_closing_ends_its_writes(engine: sa.Engine) -> None:
+    """A session that flushed a row and was dropped without ``close()`` (an exception path)
+    ends no transaction the hook hears of: once it is collected, it no longer counts as
+    writing the row, so the next commit of that row is cached rather than evicted, and the
+    hook keeps nothing of it."""
+    cache = ProcessMemoryStore()
+    maker = orm.sessionmaker(engine)
+    hook = StockpyleSessionExtension(store=cache)
+    hook.attach(maker)
+    commit_new(maker, "v0")
+    session = maker()
+    row = session.get(SqlFoo, 1)
+    assert row is not None
+    row.name = "dropped"
+    session.flush()
+    del session, row
+    gc.collect()  # (a session holds reference cycles; the collector finds it)
+    commit_update(maker, name="v1")
+    assert cached(cache, key=1).name == "v1"
+    assert hook._writes._inflight == {}
+
+
+def test_a_collected_sessions_writes_end_without_the_trackers_lock() -> None:
+    """The collector may run a dropped session's finalizer in a thread that holds the
+    tracker's lock (in the middle of a commit's check): ending its writes there must not wait
+    for that lock. They end at the tracker's next begin or end."""
+    tracker = WriteTracker()
+    tracker.begin(["a", "b"])
+    with tracker.lock:  # as the collector would find it
+        ender = threading.Thread(target=tracker.end_later, args=(["a", "b"],))
+        ender.start()
+        ender.join(WAIT)
+        assert not ender.is_alive()  # it returned: it takes no lock
+        assert not tracker.quiet_since("a", tracker.now)  # still in flight: safe (no fill)
+    tracker.begin(["c"])
+    with tracker.lock:
+        assert tracker.quiet_since("a", tracker.now) and tracker.quiet_since("b", tracker.now)
 
 
 def hook_process(

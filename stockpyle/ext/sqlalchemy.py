@@ -19,6 +19,7 @@ processes hear of a commit exactly when it commits and a rollback tells them not
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -64,7 +65,7 @@ _Ops = dict[str, tuple[str, Any, list[Any]]]
 class _SessionState:
     """The pending cache work of one session, per open (root or savepoint) transaction."""
 
-    __slots__ = ("begun", "flushing", "notified", "ops", "released", "tokens")
+    __slots__ = ("begun", "finalizer", "flushing", "notified", "ops", "released", "tokens")
 
     def __init__(self) -> None:
         #: Whether invalidation messages were sent inside the transaction (else: after commit).
@@ -80,6 +81,8 @@ class _SessionState:
         #: identity -> the sequence number of this transaction's write of it in the hook's
         #: WriteTracker (begun at the first flush or statement that changed it).
         self.begun: dict[str, int] = {}
+        #: Ends those writes if the session is collected without ending its transaction.
+        self.finalizer: weakref.finalize[Any, Any] | None = None
 
 
 class StockpyleSessionExtension:
@@ -217,21 +220,25 @@ class StockpyleSessionExtension:
                 kind = _DELETE  # could not load everything: invalidate rather than cache
             previous = ops.get(identity)
             ops[identity] = (kind, copy, (previous[2] if previous else []) + olds)
-        self._begin(state, ops)
+        self._begin(session, state, ops)
         self._take_tokens(state, ops)
         if self.invalidation is not None:
             changed = [c[1] for c in copies] + [old for c in copies for old in c[3]]
             self._notify(session, changed)
 
-    def _begin(self, state: _SessionState, ops: _Ops) -> None:
+    def _begin(self, session: orm.Session, state: _SessionState, ops: _Ops) -> None:
         """Mark the identities of ``ops`` this transaction had not changed yet as being
-        written by it (see :meth:`_settle`), until its end."""
+        written by it (see :meth:`_settle`), until its end, or until the session is
+        collected if it never ends (a session dropped without ``close()``)."""
         begun = state.begun
         new = [identity for identity in ops if identity not in begun]
         if new:
             seq = self._writes.begin(new)
             for identity in new:
                 begun[identity] = seq
+            if state.finalizer is None:
+                state.finalizer = weakref.finalize(session, self._writes.end_later, begun)
+                state.finalizer.atexit = False
 
     def _take_tokens(self, state: _SessionState, ops: _Ops) -> None:
         """Read the store's tokens for the objects this transaction puts that have none yet
@@ -329,6 +336,8 @@ class StockpyleSessionExtension:
                 _merge(state.ops.setdefault(parent, {}), ops)
         if transaction.parent is None:
             session.info.pop(self, None)  # the root ended: nothing may survive it
+            if state.finalizer is not None:
+                state.finalizer.detach()
             if state.begun:
                 self._writes.end(state.begun)
 
@@ -350,7 +359,7 @@ class StockpyleSessionExtension:
             identity = info.layout.identity.from_obj(stand_in)
             if identity is not None:
                 ops[identity] = (_DELETE, stand_in, [])
-        self._begin(self._state(session), ops)
+        self._begin(session, self._state(session), ops)
         if self.invalidation is not None and touched:
             self._notify(session, touched)
 
