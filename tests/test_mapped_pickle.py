@@ -66,6 +66,22 @@ class Own(Base):
         return dict(self.__dict__)
 
 
+class Touchy:
+    """A value whose ``==`` fails (as a NumPy array's truth does)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise AssertionError("compared")
+
+    __hash__ = object.__hash__
+
+
+@stockpyle.keyed("id")
+class Blob(Base):
+    __tablename__ = "pickle_blob"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    data: Mapped[Any] = mapped_column(sa.PickleType)
+
+
 @pytest.fixture
 def engine() -> Iterator[sa.Engine]:
     eng = sa.create_engine("sqlite://")
@@ -167,11 +183,13 @@ def test_a_written_object_changed_afterwards_pickles_whole(
     """A written instance the application changes afterwards and puts in a cache directly (not
     through its database) no longer holds the row it was written as: it pickles whole and
     comes back transient with its change, not as a detached row the database does not
-    hold. Set back to the written value (an equal one), it is that row again."""
+    hold. Compared by identity: an equal new value counts as a change (no column value's
+    ``__eq__`` is called), the very object it was written with does not."""
     store = SqlAlchemyStore(engine=engine)
     written = SqlFoo(key=None, zap=5, bar=6, name="as written")
     store.put(written)
     assert type(reduce_obj(written)) is MappedRow
+    original = written.name
     written.name = "changed in memory only"
     assert reduce_obj(written) is written
     memcached.put(written)
@@ -179,9 +197,16 @@ def test_a_written_object_changed_afterwards_pickles_whole(
     assert back is not None and sa.inspect(back).transient
     assert back.name == "changed in memory only"
     written.name = "".join(["as ", "written"])  # equal, not the same string
+    assert reduce_obj(written) is written
+    written.name = original
     assert type(reduce_obj(written)) is MappedRow
     del written.name
     assert reduce_obj(written) is written
+    blob = Blob(id=1, data=Touchy())
+    store.put(blob)
+    assert type(reduce_obj(blob)) is MappedRow
+    blob.data = Touchy()
+    assert reduce_obj(blob) is blob  # (no value's == was called)
     store.release()
 
 
