@@ -5,6 +5,7 @@ commit, and messages are batched under the NOTIFY payload limit."""
 from __future__ import annotations
 
 import multiprocessing
+import os
 import statistics
 import threading
 import time
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from helpers_fork import in_child
 from helpers_invalidation import worker
 from sqlalchemy import orm
 
@@ -254,6 +256,101 @@ def test_killed_listener_flushes_and_bypasses_until_it_listens_again(
         here.stop()
         there.stop()
         database.release()
+
+
+# -- a forked child ------------------------------------------------------------------------------
+
+WAIT = 30  # seconds: a bound on waiting for another process, never a duration under test
+
+
+def test_a_forked_child_flushes_and_listens_on_its_own(
+    pg_url: str, clean: sa.Engine, channel_name: str
+) -> None:
+    """A process forked after its channel started (a pre-forking server) inherits the memory
+    layer's contents but no listener thread. The child starts with that layer flushed,
+    listens on a connection of its own, and hears a write made after the fork (before this,
+    it kept serving the inherited copy for good). The parent's connections are untouched:
+    same listener and publisher backends after the child exits, still listening."""
+    here = PostgresChannel(pg_url, channel=channel_name).start()
+    there = PostgresChannel(pg_url, channel=channel_name)
+    memory = ProcessMemoryStore()
+    database = SqlAlchemyStore(engine=clean)
+    chain = ChainedStore([memory, database], invalidation=here)
+    other = ChainedStore([ProcessMemoryStore(), database], invalidation=there)
+    go_r, go_w = os.pipe()
+    ready_r, ready_w = os.pipe()
+    try:
+        _listen_after_an_old_write(here, there, other)
+        assert chain.get(SqlFoo, {"key": 1}).name == "old"
+        assert memory.get(SqlFoo, {"key": 1}) is not None  # inherited by the child
+        here.publish(["a warm-up: the publisher connection exists"])
+        listener, publisher = here.listener_pid, here._publisher
+        assert publisher is not None
+        publisher_pid = publisher.info.backend_pid
+
+        def child() -> dict[str, Any]:
+            clean.dispose(close=False)  # as SQLAlchemy asks of a forked process
+            flushed = len(memory) == 0
+            listening = here.wait_listening(WAIT)
+            heard = here.stats["received_messages"]
+            first = chain.get(SqlFoo, {"key": 1}).name
+            os.write(ready_w, b"x")
+            assert os.read(go_r, 1) == b"x"  # the parent has written "new" since the fork
+            assert _hears(here, heard + 1)
+            return {
+                "flushed": flushed,
+                "listening": listening,
+                "own listener": here.listener_pid not in (None, listener),
+                "first": first,
+                "evicted": memory.get(SqlFoo, {"key": 1}) is None,
+                "after": chain.get(SqlFoo, {"key": 1}).name,
+            }
+
+        writer = threading.Thread(
+            target=lambda: (
+                os.read(ready_r, 1),
+                other.put(SqlFoo(key=1, zap=1, bar=1, name="new")),
+                os.write(go_w, b"x"),
+            )
+        )
+        writer.start()
+        report = in_child(child)
+        writer.join(WAIT)
+        assert report == {
+            "flushed": True,
+            "listening": True,
+            "own listener": True,
+            "first": "old",
+            "evicted": True,
+            "after": "new",
+        }
+        assert here.listening and here.listener_pid == listener
+        assert here._publisher is publisher and not publisher.closed
+        assert here.publish(["after the child"]) and here._publisher is publisher
+        assert publisher.info.backend_pid == publisher_pid
+    finally:
+        for fd in (go_r, go_w, ready_r, ready_w):
+            os.close(fd)
+        here.stop()
+        there.stop()
+        database.release()
+
+
+def test_a_stopped_channel_stays_stopped_in_a_forked_child(
+    pg_url: str, channel_name: str
+) -> None:
+    """A channel that was stopped (or never started) before the fork starts nothing in the
+    child: its guarded stores stay suspended there, as in the parent."""
+    channel = PostgresChannel(pg_url, channel=channel_name).start()
+    memory = ProcessMemoryStore()
+    channel.guard(memory)
+    assert channel.wait_listening(WAIT)
+    channel.stop()
+
+    def child() -> dict[str, Any]:  # (a restart would have set the thread in the fork)
+        return {"thread": channel._thread is not None, "suspended": memory.suspended}
+
+    assert in_child(child) == {"thread": False, "suspended": True}
 
 
 def _park_listener(channel: PostgresChannel) -> tuple[threading.Event, threading.Event]:

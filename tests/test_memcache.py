@@ -21,6 +21,7 @@ from typing import Any
 
 import memcache
 import pytest
+from helpers_fork import in_child
 from helpers_memcache import (
     CountingProxy,
     PurgingStore,
@@ -849,3 +850,34 @@ def test_pool_size_is_what_a_server_keeps_open_between_calls(
         assert pool.get_counters().total_created == 6  # answered on a kept connection
     finally:
         store.release()
+
+
+def test_forked_children_never_share_the_parents_connections(memcached_server: str) -> None:
+    """A store built from ``servers`` and used before a fork (a pre-forking server that
+    warmed its cache): two children and the parent then read at once, and every answer is
+    the object asked for. Their pooled connections are their own (meta-memcache resets its
+    pools in a forked child); sharing one socket would cross their replies."""
+    store = meta_memcache([memcached_server])
+    foos = [Foo(key=k, zap=k, bar=-k, name=f"foo-{k}") for k in range(200)]
+    store.batch_put(foos)
+    assert store.get(Foo, {"key": 1}) == foos[1]  # the parent holds a pooled connection
+
+    def reads(offset: int) -> dict[str, Any]:
+        wrong = 0
+        for i in range(2000):
+            k = (i * 7 + offset) % 200
+            got = store.get(Foo, {"key": k}) if i % 2 else store.batch_get(Foo, [{"key": k}])[0]
+            wrong += got != foos[k]
+        return {"wrong": wrong}
+
+    results: list[dict[str, Any]] = []
+    children = [
+        threading.Thread(target=lambda o=o: results.append(in_child(lambda: reads(o))))
+        for o in (1, 2)
+    ]
+    for child in children:
+        child.start()
+    mine = reads(0)
+    for child in children:
+        child.join(60)
+    assert results == [{"wrong": 0}, {"wrong": 0}] and mine == {"wrong": 0}

@@ -17,6 +17,7 @@ import logging
 import os
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
@@ -52,6 +53,21 @@ def exponential_backoff(
     return delay
 
 
+#: Every channel of this process, for the fork handler below (held weakly).
+_CHANNELS: weakref.WeakSet[InvalidationChannel] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for channel in list(_CHANNELS):
+        try:
+            channel._after_fork()
+        except Exception:  # a fork must go on; this channel's layers stay suspended
+            log.exception("%s: resetting after a fork failed", channel.describe())
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class InvalidationChannel(GuardedStores, abc.ABC):
     """Tells the in-process stores of every process about writes made anywhere.
 
@@ -70,6 +86,12 @@ class InvalidationChannel(GuardedStores, abc.ABC):
     garbage collection of an older generation holds the attached chains' guarded layers (their
     reads go below them) while it runs and, if it lasted at least this long, until the
     listener has delivered every message that arrived meanwhile.
+
+    A process forked from one whose channel was started (a pre-forking server that built its
+    application first) inherits no listener thread: in the child the channel counts as
+    disconnected (its guarded stores flushed and bypassed), drops the parent's connections
+    without closing them (they stay the parent's), and starts a listener of its own; its
+    stores are used again once that one listens. A channel not started, or stopped, stays so.
     """
 
     def __init__(
@@ -105,6 +127,7 @@ class InvalidationChannel(GuardedStores, abc.ABC):
             0,
         )
         self.pauses.stats = self.stats
+        _CHANNELS.add(self)
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -239,6 +262,29 @@ class InvalidationChannel(GuardedStores, abc.ABC):
 
     def _close(self) -> None:
         """Free the publishing connection (reopened lazily)."""
+
+    def _after_fork(self) -> None:
+        """In a forked child (see the class docstring): the parent's listener thread does not
+        run here, and its locks may have been held by threads that do not exist here."""
+        started = self._thread is not None and not self._stopping.is_set()
+        stopping, self._stopping = self._stopping, threading.Event()
+        if self.sleep == stopping.wait:  # the default: wake up on stop()
+            self.sleep = self._stopping.wait
+        self._thread = None
+        self._reset_after_fork()
+        self.went_down()
+        if started:
+            log.info("%s: forked: listening again in process %d", self.describe(), os.getpid())
+            self.start()
+
+    def _reset_after_fork(self) -> None:
+        """New locks, and the guarded stores' (flushed next); subclasses forget the parent's
+        connections here, never closing them."""
+        self._lock = threading.RLock()
+        for store in list(self._guarded.values()):
+            forked = getattr(store, "_after_fork", None)
+            if forked is not None:
+                forked()
 
     def __enter__(self) -> Self:
         return self.start()

@@ -278,3 +278,15 @@ class PostgresChannel(InvalidationChannel):
     def _close(self) -> None:
         with self._publish_lock:
             self._drop_publisher()
+
+    def _reset_after_fork(self) -> None:
+        super()._reset_after_fork()
+        # The parent's: dropped, not closed (psycopg closes a connection only in the process
+        # that opened it). Its unsent messages are its own to retry.
+        self._publisher = self._listener = None
+        self.listener_pid = None
+        self._publish_lock = threading.Lock()
+        self._cond = threading.Condition()
+        self._pending, self._backlog, self._failed = [], [], {}
+        self._sending = False
+        self._batch = self._sent = 0

@@ -237,6 +237,11 @@ class _MemoryStore(BaseDictionaryStore):
             for mapping in self._all_mappings():
                 mapping.clear()
 
+    def _after_fork(self) -> None:
+        """In a forked child, before its channel suspends this store: a new lock (a thread of
+        the parent may have held the old one; it does not exist here)."""
+        self._lock = threading.Lock()
+
     def resume(self) -> None:
         """Accept writes again after :meth:`suspend`."""
         with self._lock:
