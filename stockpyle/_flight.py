@@ -16,6 +16,8 @@ import threading
 from collections.abc import Hashable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
+from stockpyle._fork import renew_in_child
+
 __all__ = ["FOLLOWED", "LED", "OWN", "Claim", "FlightTable", "FollowTimeout"]
 
 K = TypeVar("K", bound=Hashable)
@@ -66,6 +68,19 @@ class FlightTable(Generic[K]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._flights: dict[K, _Flight] = {}
+        self._renewed = False  # registered for forked children (at the first claim)
+
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`stockpyle._fork`): only the forking thread's own
+        loads go on; the others' leaders do not exist here (their followers would wait for
+        them every time). A new lock."""
+        self._lock = threading.Lock()
+        me = threading.get_ident()
+        self._flights = {k: f for k, f in self._flights.items() if f.leader == me}
+
+    def _renew_in_child(self) -> None:
+        self._renewed = True
+        renew_in_child(self)
 
     def __len__(self) -> int:
         return len(self._flights)
@@ -75,6 +90,8 @@ class FlightTable(Generic[K]):
         others."""
         me = threading.get_ident()
         claim: Claim[K] = Claim()
+        if not self._renewed:
+            self._renew_in_child()
         with self._lock:
             flights = self._flights
             for key in keys:
@@ -94,6 +111,8 @@ class FlightTable(Generic[K]):
         """:meth:`claim` of one key, without a :class:`Claim`: ``(LED | FOLLOWED | OWN,
         flight)``; a led flight is ended with :meth:`land_one`."""
         me = threading.get_ident()
+        if not self._renewed:
+            self._renew_in_child()
         with self._lock:
             flights = self._flights
             flight = flights.get(key)

@@ -16,6 +16,7 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from stockpyle._fork import renew_in_child
 from stockpyle._store import BaseStore
 from stockpyle.exceptions import StoreError
 
@@ -52,6 +53,17 @@ class Healer:
         self.pending: list[dict[str, Any]] = [{} for _ in stores]
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        renew_in_child(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`stockpyle._fork`): a new lock, and a retrying thread
+        of its own if anything is pending (the parent's does not run here)."""
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = None
+        with self._lock:
+            if any(set(pending) - {HELD} for pending in self.pending):
+                self._ensure_thread()
 
     def add(self, layer: int, objs: Sequence[Any]) -> None:
         """Remember that ``objs`` may be stale in ``layer``; start retrying."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import os
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -352,6 +353,14 @@ class KeyLayout:
 
 _LAYOUTS: dict[type, KeyLayout] = {}
 _LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # (a thread of the parent may have held it: see stockpyle._fork)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def layout_of(cls: type) -> KeyLayout:

@@ -30,6 +30,7 @@ from stockpyle._expiry import (
     earliest,
     lifetime_to_deadline,
 )
+from stockpyle._fork import renew_in_child
 from stockpyle._keys import KeySpec, keyed_bases, layout_of
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 T = TypeVar("T")
+
+
+_RLOCK = type(threading.RLock())
 
 
 class Entry:
@@ -138,6 +142,12 @@ class KeyValueStore(BaseStore):
         #: would make one hung server stall every writer of the process.
         self._lock: AbstractContextManager[Any] = threading.RLock()
         self._slot_specs: dict[type, tuple[KeySpec, ...]] = {}
+        renew_in_child(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`stockpyle._fork`): a new lock (a no-op one stays)."""
+        if isinstance(self._lock, _RLOCK):
+            self._lock = threading.RLock()
 
     # -- raw operations (natively batched) -------------------------------------------------------
 

@@ -19,6 +19,8 @@ import threading
 from collections import deque
 from collections.abc import Iterable
 
+from stockpyle._fork import renew_in_child
+
 __all__ = ["WriteTracker"]
 
 #: How many keys the tracker remembers; beyond that it forgets them all at once and treats every
@@ -29,7 +31,7 @@ REMEMBERED = 10_000
 class WriteTracker:
     """Per-key sequence numbers and in-flight counts of one chain's writes."""
 
-    __slots__ = ("_floor", "_inflight", "_last", "_orphans", "_seq", "lock")
+    __slots__ = ("__weakref__", "_floor", "_inflight", "_last", "_orphans", "_seq", "lock")
 
     def __init__(self) -> None:
         #: Held while checking and filling in-process layers (no I/O happens under it).
@@ -40,6 +42,17 @@ class WriteTracker:
         self._floor = 0  # reads begun before this cannot be checked
         #: Writes ended by :meth:`end_later`, ended for good at the next begin or end.
         self._orphans: deque[list[str]] = deque()
+        renew_in_child(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`stockpyle._fork`): the writes in flight were other
+        threads' (the forking thread was forking), which end nowhere here; reads begun before
+        cannot be checked. A new lock."""
+        self.lock = threading.Lock()
+        self._inflight.clear()
+        self._orphans.clear()
+        self._stamp(())
+        self._floor = self._seq
 
     @property
     def now(self) -> int:

@@ -17,11 +17,11 @@ import logging
 import os
 import threading
 import uuid
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from types import TracebackType
 from typing import Any, Self
 
+from stockpyle._fork import renew_in_child
 from stockpyle.invalidation._guarding import Guardable, GuardedStores
 from stockpyle.invalidation._messages import (
     MAX_PAYLOAD,
@@ -51,21 +51,6 @@ def exponential_backoff(
         return min(limit, first * factor ** min(attempt, 64))
 
     return delay
-
-
-#: Every channel of this process, for the fork handler below (held weakly).
-_CHANNELS: weakref.WeakSet[InvalidationChannel] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for channel in list(_CHANNELS):
-        try:
-            channel._after_fork()
-        except Exception:  # a fork must go on; this channel's layers stay suspended
-            log.exception("%s: resetting after a fork failed", channel.describe())
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class InvalidationChannel(GuardedStores, abc.ABC):
@@ -127,7 +112,7 @@ class InvalidationChannel(GuardedStores, abc.ABC):
             0,
         )
         self.pauses.stats = self.stats
-        _CHANNELS.add(self)
+        renew_in_child(self)
 
     # -- identity -------------------------------------------------------------------------------
 
@@ -278,8 +263,8 @@ class InvalidationChannel(GuardedStores, abc.ABC):
             self.start()
 
     def _reset_after_fork(self) -> None:
-        """New locks, and the guarded stores' (flushed next); subclasses forget the parent's
-        connections here, never closing them."""
+        """New locks, and the guarded stores' (suspended next: their own renewal may not have
+        run yet); subclasses forget the parent's connections here, never closing them."""
         self._lock = threading.RLock()
         for store in list(self._guarded.values()):
             forked = getattr(store, "_after_fork", None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy as copy_module
 import datetime as dt
+import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
@@ -163,6 +164,14 @@ def _type_test(prop: orm.ColumnProperty[Any]) -> Callable[[Any], bool] | None:
 
 _INFOS: dict[type, MappedInfo] = {}
 _LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    global _LOCK
+    _LOCK = threading.Lock()  # (a thread of the parent may have held it: see stockpyle._fork)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def mapped_info(cls: type) -> MappedInfo | None:

@@ -5,6 +5,7 @@ and shape of row."""
 from __future__ import annotations
 
 import datetime
+import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -350,6 +351,17 @@ def _decorator_process(
 
 _PLANS: dict[tuple[type, str], WritePlan] = {}
 _PLANS_LOCK = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    """New locks in a forked child (see :mod:`stockpyle._fork`): the plans' and theirs."""
+    global _PLANS_LOCK
+    _PLANS_LOCK = threading.Lock()
+    for plan in list(_PLANS.values()):
+        plan._lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def write_plan(info: MappedInfo, dialect: sa.Dialect) -> WritePlan:

@@ -214,6 +214,12 @@ class _MemoryStore(BaseDictionaryStore):
     def _all_mappings(self) -> list[MutableMapping[str, Any]]:
         return [self.mapping]
 
+    def _after_fork(self) -> None:
+        super()._after_fork()
+        for mapping in self._all_mappings():
+            if isinstance(mapping, _LRUDict):  # (bounded: a lock of its own)
+                mapping._lock = threading.Lock()
+
     def evict_keys(self, keys: Iterable[str]) -> int:
         """Remove whatever is stored at these encoded keys (identity or alternate slots, as
         :func:`stockpyle.invalidation.keys_of` names them): an object's entry goes together
@@ -236,11 +242,6 @@ class _MemoryStore(BaseDictionaryStore):
             self._suspended = True
             for mapping in self._all_mappings():
                 mapping.clear()
-
-    def _after_fork(self) -> None:
-        """In a forked child, before its channel suspends this store: a new lock (a thread of
-        the parent may have held the old one; it does not exist here)."""
-        self._lock = threading.Lock()
 
     def resume(self) -> None:
         """Accept writes again after :meth:`suspend`."""

@@ -27,6 +27,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
     raise MissingDependencyError("SQLAlchemy", "sqlalchemy", store="SqlAlchemyStore") from exc
 
 from stockpyle._expiry import Deadline
+from stockpyle._fork import renew_in_child
 from stockpyle._mapped_pickle import mark_written
 from stockpyle._store import BaseStore, KeyDict
 from stockpyle.exceptions import StockpyleError, StoreError
@@ -161,6 +162,7 @@ class SqlAlchemyStore(BaseStore):
             raise ValueError(msg)
         self._shared_connection = isinstance(engine.pool, StaticPool)
         self._lock = threading.RLock()
+        renew_in_child(self)
         self._serialize_writes = dialect == "sqlite"
         self._warned: set[type] = set()  # unmapped classes already warned about
         self._int_bounds: dict[type, dict[str, tuple[int, int]]] = {}
@@ -472,6 +474,14 @@ class SqlAlchemyStore(BaseStore):
                 )
 
     # -- resources -----------------------------------------------------------------------------
+
+    def _after_fork(self) -> None:
+        """In a forked child (see :mod:`stockpyle._fork`): a new lock; an engine this store
+        created forgets the parent's pooled connections without closing them (they stay the
+        parent's), as SQLAlchemy asks of a forked process. An engine passed in is yours."""
+        self._lock = threading.RLock()
+        if self._owns_engine and not self._shared_connection:
+            self.engine.dispose(close=False)
 
     def release(self) -> None:
         """Close the pooled connections of an engine this store created (it reconnects on next

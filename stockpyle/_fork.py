@@ -1,0 +1,39 @@
+"""Forked children (``os.fork``: pre-forking servers, ``multiprocessing``'s fork start method).
+
+A forked child runs one thread, the one that forked. Every other thread of the parent is gone
+there, and with it whatever it was doing: a lock it held stays held for good, a load it led
+never lands, a write it began never ends. An object holding such state registers with
+:func:`renew_in_child` and renews it in its ``_after_fork()`` method, which every child calls
+before it runs anything else: new locks, and nothing in flight but the forking thread's own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from typing import Any
+
+__all__ = ["renew_in_child"]
+
+log = logging.getLogger("stockpyle")
+
+#: Objects whose ``_after_fork()`` every forked child calls (held weakly).
+_OBJECTS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def renew_in_child(obj: Any) -> None:
+    """Call ``obj._after_fork()`` in every child this process forks from now on. Each such
+    method renews only its own object's state (the order among objects is not defined)."""
+    _OBJECTS.add(obj)
+
+
+def _after_fork_in_child() -> None:
+    for obj in list(_OBJECTS):
+        try:
+            obj._after_fork()
+        except Exception:  # the child must go on; what failed stays as the parent left it
+            log.exception("renewing %r after a fork failed", obj)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
