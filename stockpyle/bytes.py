@@ -163,6 +163,11 @@ class BytesBackend(abc.ABC):
     def release(self) -> None:  # noqa: B027 - backends without connections have nothing to free
         """Close connections; they reopen on next use."""
 
+    def after_fork(self) -> None:  # noqa: B027 - backends without connections have nothing to do
+        """In a process forked from the one that opened this backend's connections: stop
+        using them without a word on them (close the sockets' descriptors, send nothing), so
+        that parent and child never share one. Runs before the child does anything else."""
+
 
 class BytesStore(KeyValueStore):
     """A full store over a :class:`BytesBackend` (see the module docstring).
@@ -232,6 +237,10 @@ class BytesStore(KeyValueStore):
     def release(self) -> None:
         """Close the backend's connections; they reopen on next use."""
         self.backend.release()
+
+    def _after_fork(self) -> None:
+        super()._after_fork()
+        self.backend.after_fork()
 
     # -- keys, records, errors -------------------------------------------------------------------
 

@@ -1,4 +1,4 @@
-"""Running a test's code in a forked child process (``os.fork``), reported through a pipe."""
+"""Running a test's code in forked child processes (``os.fork``), reported through pipes."""
 
 from __future__ import annotations
 
@@ -14,37 +14,48 @@ from typing import Any
 CHILD_WAIT = 30.0
 
 
-def in_child(body: Callable[[], dict[str, Any]], timeout: float = CHILD_WAIT) -> dict[str, Any]:
-    """Run ``body()`` (returning a JSON-able dict) in a forked child and return what it
-    returned, ``{"error": ...}`` if it raised, or ``{"error": "hung"}`` (the child killed)
-    when it reported nothing within ``timeout`` seconds. The child leaves with ``os._exit``,
-    never through pytest (no fixture teardown, no report of its own)."""
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
-        try:
-            os.close(read_end)
+class Child:
+    """A forked child running a test's code; :meth:`result` waits for its report."""
+
+    def __init__(self, body: Callable[[], dict[str, Any]]) -> None:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child, reported through the pipe
             try:
-                result = body()
-            except BaseException as exc:
-                result = {"error": repr(exc)}
-            os.write(write_end, json.dumps(result).encode())
+                os.close(read_end)
+                try:
+                    result = body()
+                except BaseException as exc:
+                    result = {"error": repr(exc)}
+                os.write(write_end, json.dumps(result).encode())
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        self.pid, self._pipe = pid, read_end
+
+    def result(self, timeout: float = CHILD_WAIT) -> dict[str, Any]:
+        """What the child's code returned, ``{"error": ...}`` if it raised, or ``{"error":
+        "hung"}`` (the child killed) when it reported nothing within ``timeout`` seconds."""
+        data = b""
+        deadline = time.monotonic() + timeout
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                if not select.select([self._pipe], [], [], left)[0]:
+                    break
+                chunk = os.read(self._pipe, 65536)
+                if not chunk:  # the child closed its end: it is done
+                    os.waitpid(self.pid, 0)
+                    return json.loads(data) if data else {"error": "the child reported nothing"}
+                data += chunk
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+            return {"error": "hung"}
         finally:
-            os._exit(0)
-    os.close(write_end)
-    data = b""
-    deadline = time.monotonic() + timeout
-    try:
-        while (left := deadline - time.monotonic()) > 0:
-            if not select.select([read_end], [], [], left)[0]:
-                break
-            chunk = os.read(read_end, 65536)
-            if not chunk:  # the child closed its end: it is done
-                os.waitpid(pid, 0)
-                return json.loads(data) if data else {"error": "the child reported nothing"}
-            data += chunk
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        return {"error": "hung"}
-    finally:
-        os.close(read_end)
+            os.close(self._pipe)
+
+
+def in_child(body: Callable[[], dict[str, Any]], timeout: float = CHILD_WAIT) -> dict[str, Any]:
+    """Run ``body()`` (returning a JSON-able dict) in a forked child and return its report
+    (see :meth:`Child.result`). The child leaves with ``os._exit``, never through pytest (no
+    fixture teardown, no report of its own)."""
+    return Child(body).result(timeout)

@@ -596,6 +596,9 @@ class MetaMemcacheBackend(BytesBackend):
         flags = self._flags(mark_stale=True, cache_ttl=30) if stale else None
         self._pipeline(self._mm.MetaCommand.META_DELETE, [(k, None, flags) for k in keys])
 
+    def after_fork(self) -> None:
+        """Nothing to do: meta-memcache gives a forked child connection pools of its own."""
+
     def release(self) -> None:
         """Close the idle pooled connections of a client built from ``servers=`` (they reopen
         on next use); a client passed in is left as it is."""

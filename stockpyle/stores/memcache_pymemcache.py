@@ -131,3 +131,6 @@ class PyMemcacheBackend(BytesBackend):
     def release(self) -> None:
         for base in self._bases():
             base.close()
+
+    def after_fork(self) -> None:
+        self.release()  # closes the sockets, says nothing on them

@@ -59,3 +59,6 @@ class PythonMemcachedBackend(BytesBackend):
 
     def release(self) -> None:
         self.client.disconnect_all()
+
+    def after_fork(self) -> None:
+        self.client.disconnect_all()  # closes the sockets, says nothing on them
