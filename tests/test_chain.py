@@ -13,15 +13,15 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from helpers_stores import HookedStore
 
 from stockpyle import InvalidKeyError, Repo, StoreError
-from stockpyle._expiry import Deadline
 from stockpyle.stores import ChainedStore, ProcessMemoryStore
 from stockpyle.testing import FakeClock
 from stockpyle.testing.models import Foo
 
 
-class FlakyStore(ProcessMemoryStore):
+class FlakyStore(HookedStore):
     """A memory store that records calls and fails the operations named in ``failing``."""
 
     def __init__(self, name: str, log: list[tuple[str, str]], **kw: Any) -> None:
@@ -36,23 +36,10 @@ class FlakyStore(ProcessMemoryStore):
         if op in self.failing:
             raise StoreError(self, f"{op} failed (injected)")
 
-    def batch_get_entries(self, cls: type[Any], key_dicts: Sequence[Any]) -> list[Any]:
-        self.asked.append(list(key_dicts))
-        self._maybe_fail("get")
-        return super().batch_get_entries(cls, key_dicts)
-
-    def get_entry(self, cls: type[Any], key_dict: Any) -> Any:
-        return self.batch_get_entries(cls, [key_dict])[0]
-
-    def batch_put(
-        self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
-    ) -> None:
-        self._maybe_fail("put")
-        super().batch_put(objs, expires_at=expires_at)
-
-    def batch_delete(self, objs: Sequence[Any]) -> None:
-        self._maybe_fail("delete")
-        super().batch_delete(objs)
+    def before(self, op: str, items: Sequence[Any]) -> None:
+        if op == "get":
+            self.asked.append(list(items))
+        self._maybe_fail(op)
 
 
 def make_chain(n: int = 3, **kw: Any) -> tuple[ChainedStore, list[FlakyStore], list[Any]]:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from helpers_fork import in_child
+from helpers_stores import HookedStore
 
 from stockpyle import _keys
-from stockpyle._expiry import Deadline
 from stockpyle.exceptions import StoreError
 from stockpyle.stores import (
     ChainedStore,
@@ -34,7 +34,7 @@ from stockpyle.testing.sqlmodels import SqlBase, SqlFoo, clear_tables
 WAIT = 10  # seconds: a bound on waits for other threads, never an expected duration
 
 
-class Held(ProcessMemoryStore):
+class Held(HookedStore):
     """A store whose reads and puts hold the parent's threads at Events until released."""
 
     def __init__(self) -> None:
@@ -43,20 +43,10 @@ class Held(ProcessMemoryStore):
         self.reading = threading.Event()
         self.putting = threading.Event()
 
-    def batch_get_entries(self, cls: type[Any], key_dicts: Sequence[Any]) -> list[Any]:
-        self.reading.set()
-        assert self.release.wait(WAIT)
-        return super().batch_get_entries(cls, key_dicts)
-
-    def get_entry(self, cls: type[Any], key_dict: Any) -> Any:
-        return self.batch_get_entries(cls, [key_dict])[0]
-
-    def batch_put(
-        self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
-    ) -> None:
-        self.putting.set()
-        assert self.release.wait(WAIT)
-        super().batch_put(objs, expires_at=expires_at)
+    def before(self, op: str, items: Sequence[Any]) -> None:
+        if op != "delete":
+            (self.reading if op == "get" else self.putting).set()
+            assert self.release.wait(WAIT)
 
 
 def test_a_child_neither_waits_for_nor_counts_the_parents_loads_and_writes() -> None:
