@@ -129,7 +129,9 @@ def test_checker_reports_an_incoherent_chain(pg_url: str) -> None:
     assert result.examples["resurrected deletes"]
 
 
-def _assert_coherent_half_run(pg_url: str, factory: str, seed: int, **kwargs: Any) -> None:
+def _assert_coherent_half_run(
+    pg_url: str, factory: str, seed: int, start: str = "spawn", **kwargs: Any
+) -> Report:
     """A run of ``factory`` with the main run's faults and races on half its budget, which
     the checker finds coherent in every layer of every process."""
     result = run_checker(
@@ -141,6 +143,7 @@ def _assert_coherent_half_run(pg_url: str, factory: str, seed: int, **kwargs: An
             operations=OPERATIONS // 2,
             seconds=150,  # a safety net only: the operation budget ends the run
             seed=seed,
+            start=start,
         )
     )
     print(result.summary())
@@ -150,6 +153,7 @@ def _assert_coherent_half_run(pg_url: str, factory: str, seed: int, **kwargs: An
     assert (result.stale_entries, result.stale_reads, result.resurrected) == (0, 0, 0)
     assert (result.lost_writes, result.unexpected_errors) == (0, 0)
     assert result.filled_keys > 0 and result.held_readers > 0
+    return result
 
 
 def test_memory_layers_kept_in_step_by_a_channel_stay_coherent(pg_url: str) -> None:
@@ -158,6 +162,22 @@ def test_memory_layers_kept_in_step_by_a_channel_stay_coherent(pg_url: str) -> N
     finds nothing stale, resurrected or lost in any layer of any process (SPEC section 11:
     in-process layers hear about other processes' writes). Half the main run's budget."""
     _assert_coherent_half_run(pg_url, "stockpyle.testing.coherence.chains:channel_chain", 11)
+
+
+def test_workers_forked_from_a_parent_that_used_the_chain_stay_coherent(pg_url: str) -> None:
+    """As under a pre-forking server (gunicorn's ``preload_app``): the checker's own process
+    builds the channel chain (memory, memcached, PostgreSQL), uses it, and forks the four
+    workers while one of its threads still reads and writes through it; every worker runs on
+    the chain it inherited (its channel listening again, its locks, flights and connections
+    its own), with the same faults and races. Nothing stale, resurrected or lost in any layer
+    of any process, the parent's included (audited after the workers released their copies).
+    (With the channel's renewal in the child undone, this run reports dozens of stale
+    entries and resurrected deletes; with no renewal at all, the workers hang.)"""
+    result = _assert_coherent_half_run(
+        pg_url, "stockpyle.testing.coherence.chains:channel_chain", 14, start="fork"
+    )
+    warm = 3 * 30 + 30 // 5 + 1  # ForkParent.warm() on the default 30 keys
+    assert result.parent_operations > warm  # its busy thread ran too
 
 
 def test_session_commits_keep_every_layer_coherent(pg_url: str) -> None:
@@ -330,3 +350,11 @@ def test_command_line_help() -> None:
     assert "--operations" in out
     assert "--seconds" in out
     assert "--factory" in out
+    assert "--start {spawn,fork}" in out
+
+
+def test_an_unknown_start_method_is_refused_before_anything_runs() -> None:
+    """``start`` is ``"spawn"`` or ``"fork"``; anything else fails at once (no server is
+    started, no table touched: the URL here points nowhere)."""
+    with pytest.raises(ValueError, match="start must be 'spawn' or 'fork', not 'fork2'"):
+        run_checker(CheckerConfig(database_url="postgresql://nowhere.invalid/x", start="fork2"))

@@ -61,6 +61,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--closing-races", type=int, default=defaults.closing_races)
     p.add_argument("--quiesce-seconds", type=float, default=defaults.quiesce_seconds)
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument(
+        "--start",
+        choices=("spawn", "fork"),
+        default=defaults.start,
+        help="spawn: each worker a fresh interpreter that builds its own store (default); "
+        "fork: the store is built and used in this process, which forks the workers from it "
+        "while it goes on using it (a pre-forking server)",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     return p
 
@@ -91,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         closing_races=args.closing_races,
         quiesce_seconds=args.quiesce_seconds,
         seed=args.seed,
+        start=args.start,
     )
     report = run_checker(config)
     if args.json:

@@ -78,6 +78,9 @@ class Report:
     superseded_reads: int = 0
     longest_superseded: float = 0.0
     warnings: int = 0
+    #: operations run by the checker's own process before and while it forked the workers
+    #: (``start="fork"``; 0 otherwise), counted in :attr:`operations` too
+    parent_operations: int = 0
     faults: list[str] = field(default_factory=list)
     operation_counts: dict[str, int] = field(default_factory=dict)
     #: unexpected errors counted by cause (``"StoreError(StaleDataError)"``, ``"KeyError"``...)
@@ -126,6 +129,14 @@ class Report:
             f"  reads of superseded versions during the run: {self.superseded_reads} "
             f"(at most {self.longest_superseded:.3f} s after the newer write returned)",
             f"  warnings: {self.warnings}",
+            *(
+                [
+                    f"  run by the parent before and while it forked the workers: "
+                    f"{self.parent_operations} operations"
+                ]
+                if self.parent_operations
+                else []
+            ),
             "  operations: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.operation_counts.items())),
         ]

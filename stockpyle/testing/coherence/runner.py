@@ -24,6 +24,7 @@ from stockpyle.testing.coherence.faults import (
     KillMemcached,
     PauseMemcached,
 )
+from stockpyle.testing.coherence.forked import ForkParent
 from stockpyle.testing.coherence.model import CoherenceBase, Item
 from stockpyle.testing.coherence.report import Report, analyse
 from stockpyle.testing.coherence.worker import OPERATIONS, Signals, WorkerPlan, worker_main
@@ -55,6 +56,11 @@ class CheckerConfig:
       database write and its cache writes), in one process, and a put or delete of the same
       key in another (about 0.6 s each; they need two processes or more).
     * ``keep_table``: leave the ``stockpyle_coherence_item`` table (else it is dropped).
+    * ``start``: ``"spawn"`` (each worker a fresh interpreter that runs the factory, as
+      separate application processes would be) or ``"fork"`` (the factory runs once, in the
+      checker's process, which uses the store and keeps using it while it forks the workers:
+      every worker runs on the store it inherited, as under a pre-forking server; see
+      :mod:`~stockpyle.testing.coherence.forked`).
     * ``finish_grace_seconds``: how long past ``seconds`` the workers may take to finish their
       last operations; then the run raises ``TimeoutError`` (a hung worker fails the run
       instead of hanging it).
@@ -80,6 +86,7 @@ class CheckerConfig:
     finish_grace_seconds: float = 120.0
     seed: int = 0
     keep_table: bool = False
+    start: str = "spawn"
 
 
 @contextlib.contextmanager
@@ -180,7 +187,14 @@ def run_checker(config: CheckerConfig) -> Report:
     Raises ``RuntimeError`` (with the worker's traceback) when a worker cannot run at all,
     e.g. when the factory fails.
     """
-    mp = multiprocessing.get_context("spawn")
+    if config.start not in ("spawn", "fork"):
+        msg = f"start must be 'spawn' or 'fork', not {config.start!r}"
+        raise ValueError(msg)
+    mp = (
+        multiprocessing.get_context("fork")
+        if config.start == "fork"
+        else multiprocessing.get_context("spawn")
+    )
     signals = Signals(
         start=mp.Event(),
         stop=mp.Event(),
@@ -197,7 +211,11 @@ def run_checker(config: CheckerConfig) -> Report:
     engine = sa.create_engine(config.database_url, pool_pre_ping=True)  # it may be restarted
     report = Report(processes=config.processes, threads=config.threads)
     try:
-        with _servers(config) as (private, addresses), tempfile.TemporaryDirectory() as tmp:
+        with (
+            _servers(config) as (private, addresses),
+            tempfile.TemporaryDirectory() as tmp,
+            contextlib.ExitStack() as parent_stack,
+        ):
             _fresh_table(engine)
             prefix = "coherence" + uuid.uuid4().hex[:10]
             share, extra = divmod(config.operations, config.processes)
@@ -219,9 +237,24 @@ def run_checker(config: CheckerConfig) -> Report:
                 )
                 for i in range(config.processes)
             ]
-            procs = [mp.Process(target=worker_main, args=(p, signals), daemon=True) for p in plans]
+            parent: ForkParent | None = None
+            if config.start == "fork":
+                # slot after the workers' threads: the parent's versions are unique too
+                parent = ForkParent(plans[0], signals, slot=config.processes * config.threads)
+                parent_stack.callback(parent.release)
+                parent_stack.callback(parent.stop_busy)
+                parent.warm()
+                parent.start_busy()
+            inherited = None if parent is None else parent.store
+            parent_output: dict[str, Any] | None = None
+            procs = [
+                mp.Process(target=worker_main, args=(p, signals, inherited), daemon=True)
+                for p in plans
+            ]
             for proc in procs:
                 proc.start()
+            if parent is not None:
+                parent.stop_busy()
             try:
                 _wait_for(signals.ready, config.processes, procs, timeout=120)
                 down: list[tuple[float, float]] = []
@@ -272,6 +305,8 @@ def run_checker(config: CheckerConfig) -> Report:
                 signals.audit.set()
                 for proc in procs:
                     proc.join(timeout=120)
+                # after the workers released the copies they inherited
+                parent_output = None if parent is None else parent.output()
             finally:
                 signals.stop.set()
                 signals.abort.set()
@@ -280,6 +315,9 @@ def run_checker(config: CheckerConfig) -> Report:
                         proc.terminate()
                         proc.join()
             outputs = [_output(plan, proc) for plan, proc in zip(plans, procs, strict=True)]
+            if parent_output is not None:
+                outputs.append(parent_output)
+                report.parent_operations = len(parent_output["ops"])
         fatal = [o["fatal"] for o in outputs if o["fatal"]]
         if fatal:
             msg = f"a checker worker failed:\n{fatal[0]}"

@@ -1,7 +1,9 @@
 """One worker process of the checker: its own chain, random operations, then an audit.
 
 The parent starts each worker with the spawn start method (a fresh interpreter, as a separate
-application process would be). A worker builds its chain with the user's factory, waits for
+application process would be), or forks it from itself (``start="fork"``, see
+:mod:`~stockpyle.testing.coherence.forked`). A spawned worker builds its chain with the user's
+factory (a forked one runs on the chain it inherited), waits for
 the start signal, runs its share of the operations on ``threads`` threads, recording each one,
 and waits. Once the parent has let the system settle, the worker reads every cache layer of
 its chain directly, then every key through the chain, and writes everything to a JSON file.
@@ -273,8 +275,10 @@ class _Collect(logging.Handler):
         self.into.append((time.monotonic(), f"{record.name} logged: {record.getMessage()[:300]}"))
 
 
-def worker_main(plan: WorkerPlan, signals: Signals) -> None:
-    """The body of a worker process (the target the parent spawns)."""
+def worker_main(plan: WorkerPlan, signals: Signals, inherited: BaseStore | None = None) -> None:
+    """The body of a worker process (the target the parent starts). A worker forked from a
+    parent that built the store runs on the store it ``inherited`` (the factory is not run
+    again)."""
     out: dict[str, Any] = {"worker": plan.context.index, "fatal": None, "ops": [], "loads": []}
     recorder = Recorder(
         pause_probability=plan.pause_probability,
@@ -295,7 +299,10 @@ def worker_main(plan: WorkerPlan, signals: Signals) -> None:
     logging.getLogger().addHandler(_Collect(caught))
     store: BaseStore | None = None
     try:
-        store = resolve_factory(plan.factory)(plan.context, **plan.factory_kwargs)
+        if inherited is None:
+            store = resolve_factory(plan.factory)(plan.context, **plan.factory_kwargs)
+        else:
+            store = inherited
         _bump(signals.ready)
         _wait(signals.start, signals.abort)
         threads = [
