@@ -882,3 +882,53 @@ def test_forked_children_never_share_the_parents_connections(
     mine = reads(0)
     clean = {"wrong": 0, "errors": 0}
     assert [child.result() for child in children] == [clean, clean] and mine == clean
+
+
+@pytest.mark.parametrize("hashed", [False, True], ids=["PooledClient", "HashClient-pooled"])
+def test_a_pool_lock_held_at_the_fork_does_not_hang_the_child(
+    memcached_server: str, hashed: bool
+) -> None:
+    """A pymemcache pool's lock held by another thread of the parent at the fork (taken for a
+    moment by every call through a ``PooledClient``) stays held for good in the child, where
+    that thread does not exist: the store renews it there, and the child's reads answer.
+    (Without the renewal the child hangs in its first call; the lock is held here for the
+    whole fork through pymemcache's ``lock_generator`` hook.)"""
+    locks: list[Any] = []
+
+    def lock_generator() -> Any:
+        locks.append(threading.Lock())
+        return locks[-1]
+
+    options = {"connect_timeout": TIMEOUT, "timeout": TIMEOUT, "lock_generator": lock_generator}
+    client: Any = (
+        HashClient([memcached_server], use_pooling=True, **options)
+        if hashed
+        else PooledClient(memcached_server, **options)
+    )
+    store = PurgingStore(client=client, prefix=unique_prefix())
+    foos = [Foo(key=k, zap=k, bar=-k) for k in range(20)]
+    store.batch_put(foos)
+    (lock,) = locks
+    taken, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        with lock:
+            taken.set()
+            release.wait()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    taken.wait()
+
+    def reads() -> dict[str, Any]:
+        found = store.batch_get(Foo, [{"key": f.key} for f in foos])
+        return {"found": sum(f == g for f, g in zip(found, foos, strict=True))}
+
+    try:
+        child = Child(reads)  # forked while the holder has the pool's lock
+    finally:
+        release.set()
+        thread.join()
+    assert child.result() == {"found": 20}
+    assert store.get(Foo, {"key": 3}) == foos[3]  # the parent's pool is as it was
+    store.release()

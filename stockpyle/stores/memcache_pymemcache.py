@@ -9,6 +9,7 @@ by a restarted server is reopened and the (idempotent) request sent once more.
 
 from __future__ import annotations
 
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -133,4 +134,11 @@ class PyMemcacheBackend(BytesBackend):
             base.close()
 
     def after_fork(self) -> None:
+        for base in self._bases():
+            pool = getattr(base, "client_pool", None)  # a PooledClient's
+            if pool is not None:
+                # Taken for a moment by every call: held at the fork by another thread of the
+                # parent, it would stay held here for good. (A lock_generator's lock becomes
+                # pymemcache's default kind.)
+                pool._lock = threading.Lock()
         self.release()  # closes the sockets, says nothing on them
