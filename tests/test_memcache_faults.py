@@ -588,3 +588,31 @@ def test_a_hung_server_does_not_stall_calls_on_a_healthy_one(
     assert not stuck.is_alive() and outcome  # A timed out against the hung server
     store.batch_delete([Foo(i) for i in on_healthy])
     store.release()
+
+
+def test_meta_memcache_logs_a_discarded_connection_with_its_cause(
+    private: MemcachedProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """meta-memcache logs a warning when a connection is discarded after an error, with the
+    exception being handled. The store hands a failed connection back to its pool while that
+    exception is still being handled, so the warning names the cause (``ConnectionResetError``
+    or the like) instead of ``NoneType: None``: for a batch, a one-key read and a write on a
+    connection left over from before a restart."""
+    store = meta_memcache(private.address)
+    calls: list[Callable[[], Any]] = [
+        lambda: store.batch_get(Foo, [{"key": 1}, {"key": 2}]),
+        lambda: store.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=10),
+        lambda: store.put(Foo(1)),
+    ]
+    for call in calls:
+        store.put(Foo(1))  # a pooled, idle connection
+        private.kill()
+        private.start()
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="meta_memcache"):
+            call()  # reconnects: the stale connection is discarded
+        discarded = [r for r in caplog.records if "discarding connection" in r.getMessage()]
+        assert discarded, "the stale connection was not discarded"
+        for record in discarded:
+            assert record.exc_info is not None and record.exc_info[0] is not None
+            assert "NoneType: None" not in caplog.text

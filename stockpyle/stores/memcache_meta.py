@@ -225,14 +225,17 @@ class MetaMemcacheBackend(BytesBackend):
             except self._mm.MemcacheError as exc:
                 errors.append(self._server_error(exc))
                 continue
-            error = True
             try:
                 exchange(conn, batch)
-                error = False
-            except Exception as exc:
+            except BaseException as exc:
+                # handed back while its exception is handled: meta-memcache's warning on
+                # discarding the connection then names the cause
+                pool.release_connection(conn, error=True)
+                if not isinstance(exc, Exception):
+                    raise
                 errors.append(self._server_error(exc, pool.server))
-            finally:
-                pool.release_connection(conn, error=error)
+            else:
+                pool.release_connection(conn, error=False)
         first_error(errors)
 
     def _exchange(
@@ -472,7 +475,6 @@ class MetaMemcacheBackend(BytesBackend):
         except self._mm.MemcacheError as exc:
             failure = self._server_error(exc)
         else:
-            error = True
             try:
                 build = self._sock.build_meta_get
                 if len(gets) == 1:
@@ -480,12 +482,13 @@ class MetaMemcacheBackend(BytesBackend):
                 else:
                     conn.sendall(b"".join(build(key, flags) for key, flags in gets), False)
                 replies = [conn.get_response() for _ in gets]
-                error = False
-            except Exception as exc:
+            except BaseException as exc:
+                pool.release_connection(conn, error=True)  # as in _on_servers
+                if not isinstance(exc, Exception):
+                    raise
                 failure = self._server_error(exc, pool.server)
-            finally:
-                pool.release_connection(conn, error=error)
-            if not error:
+            else:
+                pool.release_connection(conn, error=False)
                 return replies
         raise failure
 
