@@ -98,16 +98,15 @@ def test_duplicate_loads_are_reported(report: Report) -> None:
 
 
 def _two_workers_no_faults(pg_url: str, factory: str, **config: Any) -> CheckerConfig:
-    """A short run of two workers without faults or closing races, cut by its time budget
-    (``seconds``) long before its operation budget."""
-    defaults: dict[str, Any] = {"quiesce_seconds": 0.5}
+    """A short run of two workers without faults or closing races (unless ``config`` asks
+    for some), cut by its time budget (``seconds``) long before its operation budget."""
+    defaults: dict[str, Any] = {"quiesce_seconds": 0.5, "closing_races": 0}
     return CheckerConfig(
         database_url=pg_url,
         factory=factory,
         processes=2,
         operations=10**7,
         faults=(),
-        closing_races=0,
         pause_probability=0.0,
         seed=1,
         **{**defaults, **config},
@@ -216,6 +215,39 @@ def test_checker_reports_memory_layers_nothing_keeps_in_step(pg_url: str) -> Non
     )
     assert not result.ok
     assert result.stale_entries + result.stale_reads > 0, result.summary()
+
+
+@pytest.mark.parametrize("client", ["pymemcache", "python-memcached"])
+def test_checker_reports_what_clients_without_leases_let_through(pg_url: str, client: str) -> None:
+    """The control for the lease guarantees: the same chain over a pymemcache or
+    python-memcached client (no leases: a fill is an ``add``). In a closing race a reader
+    held between its database read and its fill, while another process deletes the key,
+    then adds the deleted version: the checker reports it resurrected, in memcached (the
+    store's page says so in its coherence table). With meta-memcache, the same races are
+    clean (the runs above)."""
+    result = run_checker(
+        _two_workers_no_faults(
+            pg_url,
+            "stockpyle.testing.coherence.chains:memcache_chain",
+            seconds=2,
+            closing_races=3,  # step 1 is a delete against a held reader
+            factory_kwargs={"client": client},
+        )
+    )
+    assert not result.ok
+    assert result.resurrected > 0, result.summary()
+    assert set(result.bad_layers) == {next(iter(result.bad_layers))}  # one layer: memcached
+    assert "MemcacheStore" in next(iter(result.bad_layers))
+
+
+def test_an_unknown_client_kind_is_refused() -> None:
+    """``memcache_chain``'s ``client`` names one of the two other libraries, or nothing."""
+    from stockpyle.testing.coherence import WorkerContext
+    from stockpyle.testing.coherence.chains import memcache_chain
+
+    context = WorkerContext(0, ("127.0.0.1:1",), "sqlite://", "x")
+    with pytest.raises(ValueError, match="client must be 'pymemcache' or 'python-memcached'"):
+        memcache_chain(context, client="redis")
 
 
 def test_a_hung_worker_fails_the_run_instead_of_hanging_it(pg_url: str) -> None:

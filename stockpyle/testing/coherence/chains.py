@@ -25,14 +25,51 @@ __all__ = [
 ]
 
 
-def memcache_chain(context: WorkerContext, *, memory: bool = False, **memcache: Any) -> BaseStore:
+def memcache_chain(
+    context: WorkerContext,
+    *,
+    memory: bool = False,
+    client: str | None = None,
+    **memcache: Any,
+) -> BaseStore:
     """``ChainedStore([MemcacheStore(servers=...), database])``, with a
     :class:`~stockpyle.stores.ProcessMemoryStore` on top when ``memory`` is true.
-    ``memcache`` options go to :class:`~stockpyle.stores.MemcacheStore`."""
+    ``memcache`` options go to :class:`~stockpyle.stores.MemcacheStore`.
+
+    ``client`` ``"pymemcache"`` (a ``HashClient`` with pooling) or ``"python-memcached"``
+    gives the store that library's client over the same servers (``client=``) instead of
+    meta-memcache's. Those clients have no leases: the checker reports what that costs (a
+    fill held across another process's delete or put lands; see the memcached store's
+    page, *Coherence across processes*)."""
     layers: list[BaseStore] = [ProcessMemoryStore()] if memory else []
-    layers.append(MemcacheStore(servers=list(context.memcached), prefix=context.prefix, **memcache))
+    if client is None:
+        store = MemcacheStore(servers=list(context.memcached), prefix=context.prefix, **memcache)
+    else:
+        store = MemcacheStore(
+            client=_other_client(client, context.memcached), prefix=context.prefix, **memcache
+        )
+    layers.append(store)
     layers.append(context.database_store())
     return ChainedStore(layers)
+
+
+def _other_client(kind: str, servers: Sequence[str], timeout: float = 1.0) -> Any:
+    """A pymemcache ``HashClient`` (pooled: threads share it) or a python-memcached
+    ``Client`` over ``servers`` (``host:port``), set up as stockpyle's docs advise: a
+    ``timeout``, failures reported (pymemcache), no dead-server retry delay."""
+    if kind == "pymemcache":
+        from pymemcache.client.hash import HashClient
+
+        hosts = [(host, int(port)) for host, _, port in (s.rpartition(":") for s in servers)]
+        return HashClient(
+            hosts, use_pooling=True, connect_timeout=timeout, timeout=timeout, ignore_exc=False
+        )
+    if kind == "python-memcached":
+        import memcache
+
+        return memcache.Client(list(servers), socket_timeout=timeout, dead_retry=0)
+    msg = f"client must be 'pymemcache' or 'python-memcached', not {kind!r}"
+    raise ValueError(msg)
 
 
 class ChannelChain(ChainedStore):
