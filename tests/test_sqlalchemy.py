@@ -1450,6 +1450,62 @@ def test_batches_of_plain_ints_skip_the_request_per_key(
     _assert_general_path_answers_as_single_gets(sql, SqlFoo, others, parsed)
 
 
+def _outcome(call: Callable[[], Any]) -> Any:
+    """What ``call()`` gave: the found object's identity key and column values, ``None``, or
+    the class and text of what it raised."""
+    try:
+        found = call()
+    except Exception as exc:
+        return type(exc).__name__, str(exc)
+    if found is None:
+        return None
+    state = sa.inspect(found)
+    values = {k: v for k, v in state.dict.items() if k != "_sa_instance_state"}
+    return state.key, state.detached, state.transient, values
+
+
+def test_a_single_get_of_a_plain_int_skips_the_request(
+    make_sql: MakeSql, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A get of ``{name: int}`` for one plain integer column, within its bounds (an id, the
+    usual single get), is read by the equality statement without a request to parse and
+    match (parse_requests is not called): the same detached instance, a miss, and
+    NonUniqueKeyError naming how many rows hold a value several do. Any other single key (a
+    None, a bool, an int out of bounds, a string column, two names, a name that is no column)
+    takes the general path; every one of them answers as the general path does."""
+    from stockpyle.stores._sql_objects import mapped_info
+
+    sql = make_sql()
+    sql.batch_put([SqlFoo(key=i, zap=i % 3, bar=i, name=str(i)) for i in range(1, 21)])
+    low, high = sql._bounds(mapped_info(SqlFoo))["key"]  # type: ignore[arg-type]
+    fast = [{"key": 5}, {"key": 99}, {"key": high}, {"zap": 1}, {"bar": 7}]
+    general = [
+        {"key": None},
+        {"key": True},
+        {"key": high + 1},
+        {"key": low - 1},
+        {"name": "5"},
+        {"zap": 2, "bar": 2},
+        {"nope": 1},
+    ]
+    parsed = _count_general_path(monkeypatch)
+    for key in fast + general:
+        parsed.clear()
+        with count_statements(sql.engine) as seen:
+            single = _outcome(lambda key=key: sql.get(SqlFoo, key))
+        assert bool(parsed) == (key in general), key
+        assert len(seen["statements"]) <= 1, key
+        # the general path, for a batch of this key and another (no batch shortcut applies)
+        other = {"bar": 3} if "key" in key else {"key": 3}
+        batch = _outcome(lambda key=key, other=other: sql.batch_get(SqlFoo, [key, other])[0])
+        assert single == batch, key
+    five = _outcome(lambda: sql.get(SqlFoo, {"key": 5}))
+    assert five[:3] == ((SqlFoo, (5,), None), True, False)  # detached, as a session leaves it
+    error, message = _outcome(lambda: sql.get(SqlFoo, {"zap": 1}))
+    assert error == "NonUniqueKeyError"
+    assert message.endswith(": 7 rows match zap=1; expected at most one")
+
+
 class _TenantBase(orm.DeclarativeBase):
     pass
 

@@ -141,6 +141,48 @@ def int_batch(
     return name, values
 
 
+def int_key(
+    info: MappedInfo,
+    core: CoreLoader,
+    key_dict: KeyDict,
+    bounds: Mapping[str, tuple[int, int]],
+) -> tuple[str, int] | None:
+    """``(name, value)`` when ``key_dict`` alone is ``{name: int}`` for one plain integer
+    column ``name`` whose type accepts every int, the value within the column's ``bounds``
+    (what :func:`int_batch` takes, for one key): what :func:`fetch_int` reads. ``None`` for
+    any other key (the general path validates and answers the same)."""
+    try:
+        if len(key_dict) != 1:
+            return None
+        ((name, value),) = key_dict.items()
+    except (AttributeError, TypeError, ValueError):
+        return None
+    if type(value) is not int or name not in core._int_columns or name not in info.accepts_int:
+        return None
+    limits = bounds.get(name)
+    if limits is not None and not limits[0] <= value <= limits[1]:
+        return None
+    return name, value
+
+
+def fetch_int(
+    conn: sa.Connection, info: MappedInfo, core: CoreLoader, name: str, value: int
+) -> Any:
+    """The row (or ``None``) of an :func:`int_key`, by the equality statement (an int in a
+    plain integer column: the database's match is Python's); :class:`NonUniqueKeyError` when
+    several rows hold it."""
+    rows = conn.execute(core.one_statement((name,)), {"p0": value}).all()
+    if not rows:
+        return None
+    if len(rows) > 1:
+        msg = (
+            f"{info.layout.path}: {len(rows)} rows match"
+            f" {_describe((name,), (value,))}; expected at most one"
+        )
+        raise NonUniqueKeyError(msg)
+    return core.build_one(rows[0])
+
+
 def fetch_ints(
     conn: sa.Connection, info: MappedInfo, core: CoreLoader, name: str, values: list[int]
 ) -> list[Any] | None:

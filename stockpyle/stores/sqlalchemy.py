@@ -35,9 +35,11 @@ from stockpyle.stores._sql_lookup import (
     Request,
     core_loader,
     fetch,
+    fetch_int,
     fetch_ints,
     fetch_tuples,
     int_batch,
+    int_key,
     parse_requests,
     tuple_batch,
 )
@@ -293,6 +295,16 @@ class SqlAlchemyStore(BaseStore):
 
                 by_tuples: list[T | None] = self._run_connection("get", load_tuples)
                 return by_tuples
+        if usable and len(key_dicts) == 1:
+            assert core is not None
+            one = int_key(info, core, key_dicts[0], bounds)
+            if one is not None:  # an id, the usual single get: no request to parse or match
+                name, value = one
+
+                def load_int(conn: sa.Connection) -> Any:
+                    return fetch_int(conn, info, core, name, value)
+
+                return [self._run_connection("get", load_int)]
         requests = parse_requests(info, key_dicts, bounds)
         if all(r is None for r in requests):
             return [None] * len(requests)
