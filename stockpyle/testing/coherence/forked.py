@@ -77,11 +77,6 @@ class ForkParent:
             self._busy.join()
             self._busy = None
 
-    @property
-    def operations(self) -> int:
-        """How many operations the parent ran through its store."""
-        return len(self._thread.records)
-
     def output(self) -> dict[str, Any]:
         """The parent's records and the audit of its store, shaped as a worker's output."""
         return {
