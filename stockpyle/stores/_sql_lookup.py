@@ -175,11 +175,7 @@ def fetch_int(
     if not rows:
         return None
     if len(rows) > 1:
-        msg = (
-            f"{info.layout.path}: {len(rows)} rows match"
-            f" {_describe((name,), (value,))}; expected at most one"
-        )
-        raise NonUniqueKeyError(msg)
+        raise _non_unique(info, len(rows), (name,), (value,))
     return core.build_one(rows[0])
 
 
@@ -276,9 +272,7 @@ def _by_value(
     else a tuple of the columns ``names``."""
     if shared:
         value = next(v for v in values if v in shared)
-        shown = _describe(names, (value,) if single else value)
-        msg = f"{info.layout.path}: {shared[value]} rows match {shown}; expected at most one"
-        raise NonUniqueKeyError(msg)
+        raise _non_unique(info, shared[value], names, (value,) if single else value)
     return list(map(found.get, values))
 
 
@@ -779,11 +773,7 @@ def _match_ints(
     if shared:
         for req in requests:
             if req is not None and req[2] in shared:
-                msg = (
-                    f"{info.layout.path}: {shared[req[2]]} rows match"
-                    f" {_describe(req[0], req[1])}; expected at most one"
-                )
-                raise NonUniqueKeyError(msg)
+                raise _non_unique(info, shared[req[2]], req[0], req[1])
     get = rows.get
     return [None if req is None else get(req[2]) for req in requests]
 
@@ -874,14 +864,18 @@ def _match(
         if not found:
             out.append(None)
         elif len(found) > 1:
-            msg = (
-                f"{info.layout.path}: {len(found)} rows match"
-                f" {_describe(req[0], req[1])}; expected at most one"
-            )
-            raise NonUniqueKeyError(msg)
+            raise _non_unique(info, len(found), req[0], req[1])
         else:
             out.append(found[0])
     return out
+
+
+def _non_unique(
+    info: MappedInfo, count: int, names: tuple[str, ...], values: tuple[Any, ...]
+) -> NonUniqueKeyError:
+    """The error for a key value ``count`` rows hold (a lookup expects at most one)."""
+    msg = f"{info.layout.path}: {count} rows match {_describe(names, values)}"
+    return NonUniqueKeyError(f"{msg}; expected at most one")
 
 
 def _describe(names: tuple[str, ...], values: tuple[Any, ...]) -> str:
