@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import os
 import sys
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from stockpyle._encoding import FAST_ENCODERS, encode_value
+from stockpyle._fork import renew_module_in_child
 from stockpyle.exceptions import (
     InvalidKeyError,
     KeyDeclarationError,
@@ -355,12 +355,10 @@ _LAYOUTS: dict[type, KeyLayout] = {}
 _LOCK = threading.Lock()
 
 
+@renew_module_in_child
 def _after_fork_in_child() -> None:
     global _LOCK
     _LOCK = threading.Lock()  # (a thread of the parent may have held it: see stockpyle._fork)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def layout_of(cls: type) -> KeyLayout:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy as copy_module
 import datetime as dt
-import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from decimal import Decimal
@@ -24,6 +23,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subproce
     raise MissingDependencyError("SQLAlchemy", "sqlalchemy", store="SqlAlchemyStore") from exc
 
 from stockpyle._encoding import encode_value
+from stockpyle._fork import renew_module_in_child
 from stockpyle._keys import KeyLayout, layout_of
 
 __all__ = ["MappedInfo", "detached_copy", "load_columns", "mapped_info", "select_by_pk"]
@@ -166,12 +166,10 @@ _INFOS: dict[type, MappedInfo] = {}
 _LOCK = threading.Lock()
 
 
+@renew_module_in_child
 def _after_fork_in_child() -> None:
     global _LOCK
     _LOCK = threading.Lock()  # (a thread of the parent may have held it: see stockpyle._fork)
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def mapped_info(cls: type) -> MappedInfo | None:

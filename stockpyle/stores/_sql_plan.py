@@ -5,7 +5,6 @@ and shape of row."""
 from __future__ import annotations
 
 import datetime
-import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -15,6 +14,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from stockpyle._fork import renew_module_in_child
 from stockpyle.stores._sql_objects import MappedInfo
 
 __all__ = ["WritePlan", "write_plan"]
@@ -353,15 +353,13 @@ _PLANS: dict[tuple[type, str], WritePlan] = {}
 _PLANS_LOCK = threading.Lock()
 
 
+@renew_module_in_child
 def _after_fork_in_child() -> None:
     """New locks in a forked child (see :mod:`stockpyle._fork`): the plans' and theirs."""
     global _PLANS_LOCK
     _PLANS_LOCK = threading.Lock()
     for plan in list(_PLANS.values()):
         plan._lock = threading.Lock()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def write_plan(info: MappedInfo, dialect: sa.Dialect) -> WritePlan:
