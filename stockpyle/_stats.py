@@ -5,6 +5,10 @@ each of its layers, the backfills, loads, lease waits, stale values served, fail
 invalidations. Counters are ``itertools.count`` objects: ``next()`` on one is a single C call,
 atomic under the GIL, so counting costs the hot path one call and needs no lock.
 :meth:`Counters.snapshot` reads them all.
+
+A forked child counts its own operations: its counters start from zero at the fork (what the
+parent had counted is subtracted), so that the counters of pre-forked workers add up to what
+the workers did instead of counting the parent's work once per worker.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
+
+from stockpyle._fork import renew_in_child
 
 __all__ = ["NAMES", "ChainStats", "Counters", "StoreStats"]
 
@@ -37,7 +43,7 @@ def _value(counter: itertools.count[int]) -> int:
 class Counters:
     """The counters of one store; ``counters.add("hits", 3)`` or ``next(counters.hits)``."""
 
-    __slots__ = NAMES
+    __slots__ = (*NAMES, "_base", "__weakref__")
 
     hits: itertools.count[int]
     misses: itertools.count[int]
@@ -54,6 +60,18 @@ class Counters:
         # ``box[0] += 1`` on a one-item list (measured on CPython 3.11: 24 ns against 39).
         for name in NAMES:
             setattr(self, name, itertools.count())
+        #: The values at the fork that started this process (a forked child's counters
+        #: start from zero there), or ``None`` in the process that made them.
+        self._base: dict[str, int] | None = None
+        renew_in_child(self)
+
+    def _after_fork(self) -> None:
+        # The counters themselves stay (hot paths hold them): their values at the fork are
+        # what this child's values are counted from.
+        self._base = self._raw()
+
+    def _raw(self) -> dict[str, int]:
+        return {name: _value(getattr(self, name)) for name in NAMES}
 
     def add(self, name: str, n: int = 1) -> None:
         """Add ``n`` to the counter ``name``."""
@@ -66,7 +84,18 @@ class Counters:
 
     def snapshot(self) -> dict[str, int]:
         """The current values, by name (counters only grow: diff two snapshots for rates)."""
-        return {name: _value(getattr(self, name)) for name in NAMES}
+        values = self._raw()
+        base = self._base
+        if base is not None:
+            for name in NAMES:
+                values[name] -= base[name]
+        return values
+
+    def value(self, name: str) -> int:
+        """The current value of the counter ``name``."""
+        value = _value(getattr(self, name))
+        base = self._base
+        return value if base is None else value - base[name]
 
 
 class StoreStats(Mapping[str, int]):
@@ -157,7 +186,7 @@ def export_to_opentelemetry(*stores: Any, meter: Any = None) -> None:
     def callback_for(name: str) -> Callable[[Any], Iterator[Any]]:
         def observe(_options: Any) -> Iterator[Any]:
             for layer, store, counters in sources:
-                value = _value(getattr(counters, name))
+                value = counters.value(name)
                 yield metrics.Observation(value, {"store": store, "layer": layer})
 
         return observe

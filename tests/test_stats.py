@@ -96,3 +96,43 @@ def test_counters_export_to_opentelemetry() -> None:
     assert points[("stockpyle.backfills", "0")] == 1
     assert points[("stockpyle.hits", "1")] == 1
     assert points[("stockpyle.loads", "chain")] == 1
+
+
+def test_a_forked_child_counts_from_zero_and_the_parent_keeps_its_counts() -> None:
+    """A forked child's counters start at the fork (pre-forked workers' counters add up to
+    what the workers did), on every read path, the hot one whose getter the parent made
+    included; the parent's counters are its own."""
+    from helpers_fork import in_child
+
+    top, bottom = ProcessMemoryStore(), ProcessMemoryStore()
+    chain = ChainedStore([top, bottom])
+    repo = Repo(Foo, chain)
+    bottom.put(Foo(1))
+    for _ in range(3):
+        repo.get(key=1)  # the hot path's getter is made and cached here, in the parent
+    repo.get(key=2)
+    before = chain.stats()
+    assert [s.hits for s in before.layers] == [2, 1] and before.layers[1].misses == 1
+
+    def child() -> dict[str, Any]:
+        assert [s.hits for s in chain.stats().layers] == [0, 0]
+        repo.get(key=1)
+        chain.get(Foo, {"key": 1})
+        repo.get(key=3)
+        stats = chain.stats()
+        return {
+            "layers": [dict(s) for s in stats.layers],
+            "chain": dict(stats.chain),
+            "value": top.counters.value("hits"),
+        }
+
+    report = in_child(child)
+    assert "error" not in report, report
+    assert [layer["hits"] for layer in report["layers"]] == [2, 0]
+    assert [layer["misses"] for layer in report["layers"]] == [1, 1]
+    assert report["chain"]["hits"] == 2 and report["chain"]["loads"] == 1
+    assert report["value"] == 2
+    after = chain.stats()
+    assert [dict(s) for s in after.layers] == [dict(s) for s in before.layers]
+    repo.get(key=1)
+    assert chain.stats().layers[0].hits == 3 and top.counters.value("hits") == 3
