@@ -290,6 +290,7 @@ def test_a_forked_child_flushes_and_listens_on_its_own(
 
         def child() -> dict[str, Any]:
             clean.dispose(close=False)  # as SQLAlchemy asks of a forked process
+            published = here.stats["published_messages"]  # the parent's are not the child's
             flushed = len(memory) == 0
             listening = here.wait_listening(WAIT)
             heard = here.stats["received_messages"]
@@ -298,6 +299,7 @@ def test_a_forked_child_flushes_and_listens_on_its_own(
             assert os.read(go_r, 1) == b"x"  # the parent has written "new" since the fork
             assert _hears(here, heard + 1)
             return {
+                "published": published,
                 "flushed": flushed,
                 "listening": listening,
                 "own listener": here.listener_pid not in (None, listener),
@@ -316,7 +318,9 @@ def test_a_forked_child_flushes_and_listens_on_its_own(
         writer.start()
         report = in_child(child)
         writer.join(WAIT)
+        assert here.stats["published_messages"] >= 1
         assert report == {
+            "published": 0,
             "flushed": True,
             "listening": True,
             "own listener": True,

@@ -256,6 +256,8 @@ class InvalidationChannel(GuardedStores, abc.ABC):
         if self.sleep == stopping.wait:  # the default: wake up on stop()
             self.sleep = self._stopping.wait
         self._thread = None
+        for name in self.stats:  # the child counts its own (the pause watch shares the dict)
+            self.stats[name] = 0
         self._reset_after_fork()
         self.went_down()
         if started:
