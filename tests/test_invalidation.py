@@ -315,6 +315,31 @@ def test_warning_for_memory_above_shared_layer_without_lifetime_or_channel(
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
 
 
+def test_no_warning_for_a_memory_layer_another_chains_channel_guards(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A memory layer guarded by a channel through one chain is guarded in every chain: a
+    second chain over it without a channel (a container, a loader's chain) logs nothing; once
+    unguarded, such a chain warns again."""
+
+    class Shared(ProcessMemoryStore):
+        shared = True
+
+        def describe(self) -> str:
+            return "SharedGuardedForTest"
+
+    memory, shared, channel = ProcessMemoryStore(), Shared(), LoopbackChannel(Bus())
+    _WARNED.clear()
+    with caplog.at_level(logging.WARNING, logger="stockpyle.chain"):
+        ChainedStore([memory, shared], invalidation=channel)
+        ChainedStore([memory, shared, ProcessMemoryStore()])
+        assert not [r for r in caplog.records if "SharedGuardedForTest" in r.getMessage()]
+        channel.unguard(memory)
+        ChainedStore([memory, shared])
+    warnings = [r for r in caplog.records if "SharedGuardedForTest" in r.getMessage()]
+    assert len(warnings) == 1 and "no invalidation channel" in warnings[0].getMessage()
+
+
 def test_guarding_requires_the_eviction_methods() -> None:
     """Guarding a store that cannot evict by key is refused."""
     with pytest.raises(TypeError, match="cannot be guarded"):

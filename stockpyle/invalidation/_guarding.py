@@ -27,6 +27,10 @@ log = logging.getLogger("stockpyle.invalidation")
 #: Evictions remembered per key for fencing fills (beyond this, every older fill is refused).
 _EVICTIONS_REMEMBERED = 50_000
 
+#: Every channel of this process (held weakly): a store one of them guards is not unguarded
+#: in a chain built without a channel (see :func:`unguarded_warning`).
+_CHANNELS: weakref.WeakSet[GuardedStores] = weakref.WeakSet()
+
 
 @runtime_checkable
 class Guardable(Protocol):
@@ -69,6 +73,7 @@ class GuardedStores:
         self._epoch = 0
         self._evicted: dict[str, int] = {}
         self._forgotten = 0
+        _CHANNELS.add(self)
 
     def describe(self) -> str:
         """A short name for messages and logs."""
@@ -240,11 +245,14 @@ def warn_if_unguarded(stores: Sequence[BaseStore], logger: logging.Logger) -> No
 
 def unguarded_warning(stores: Sequence[BaseStore]) -> str | None:
     """Why a chain of ``stores`` without a channel may serve old copies from memory, or
-    ``None``: an in-process layer without a lifetime above a layer other processes share."""
+    ``None``: an in-process layer without a lifetime above a layer other processes share, and
+    guarded by no channel (a channel attached to another chain over it guards it here too)."""
     for i, store in enumerate(stores):
         if not isinstance(store, Guardable) or getattr(store, "shared", False):
             continue
         if getattr(store, "lifetime_cb", None) is not None:
+            continue
+        if any(channel.guards(store) for channel in list(_CHANNELS)):
             continue
         below = [s for s in stores[i + 1 :] if getattr(s, "shared", False)]
         if below:

@@ -40,8 +40,10 @@ class LoaderChain(ChainedStore):
     reads and writes them only as described above."""
 
     def __init__(self, caches: Sequence[BaseStore], database: BaseStore, **kw: Any) -> None:
-        super().__init__([*caches, database])
+        # The cache chain first: its channel guards the memory layer before this container
+        # (which never reads through it) is built over the same layers.
         self.cache = ChannelChain(caches, **kw)
+        super().__init__([*caches, database])
         self.database = database
         self.repo: Repo[Item] = Repo(Item, self.cache)
         self.repo.loader(batch=True)(self._load)
