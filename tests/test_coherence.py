@@ -12,14 +12,19 @@ on hand-made records, and the command line.
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
-from stockpyle.testing.coherence import CheckerConfig, Report, run_checker
+from stockpyle.testing.coherence import CheckerConfig, CoherenceBase, Report, run_checker
 from stockpyle.testing.coherence.report import analyse
 
 pytestmark = [pytest.mark.memcached, pytest.mark.postgres]
@@ -267,6 +272,94 @@ def test_a_hung_worker_fails_the_run_instead_of_hanging_it(pg_url: str) -> None:
             )
         )
     assert not multiprocessing.active_children()
+
+
+def _children(pid: int) -> dict[int, str]:
+    """The live (not zombie) child processes of ``pid``: their ids and command lines."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+                command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:  # it ended meanwhile
+                continue
+            if int(ppid) == pid and state != "Z":
+                found[int(entry.name)] = command
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]) != "Z"
+    except OSError:
+        return False
+
+
+def _rows(engine: sa.Engine) -> int:
+    try:
+        with engine.connect() as conn:
+            return int(conn.scalar(sa.text("SELECT count(*) FROM stockpyle_coherence_item")))
+    except sa.exc.ProgrammingError:  # not created yet
+        return 0
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL], ids=["TERM", "KILL"])
+def test_no_worker_runs_on_after_the_checker_is_killed(
+    pg_url: str, tmp_path: Path, signum: int
+) -> None:
+    """The command line killed while its workers write (by ``timeout`` or a service manager:
+    SIGTERM; or SIGKILL). With SIGTERM it cleans up as on any exit: workers and its private
+    memcached stopped, its table dropped, its temporary directory removed, exit status 143.
+    With SIGKILL nothing of it runs: its workers, whose checker is gone, stop by themselves
+    within a bound (its memcached server cannot know; this test stops it). Before, the
+    workers ran on against the database for good, and spoiled every later run."""
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "stockpyle.testing.coherence", "--database-url", pg_url,
+         "--processes", "2", "--threads", "1", "--operations", "100000000", "--seconds", "600",
+         "--no-faults", "--memcached", "1", "--keys", "8"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )  # fmt: skip
+    engine = sa.create_engine(pg_url)
+    children: dict[int, str] = {}
+    try:
+        deadline = time.monotonic() + 120  # a bound on starting, never a duration under test
+        while True:
+            children.update(_children(cli.pid))
+            workers = [p for p, command in children.items() if "spawn_main" in command]
+            if len(workers) == 2 and _rows(engine) > 0:  # both run, and writes have landed
+                break
+            assert cli.poll() is None, cli.communicate()[1]
+            assert time.monotonic() < deadline, "the checker's workers never wrote"
+            time.sleep(0.1)
+        servers = [p for p, command in children.items() if "memcached" in command]
+        assert len(servers) == 1 and len(children) == 4  # and multiprocessing's tracker
+        cli.send_signal(signum)
+        cli.wait(60)
+        others = [p for p in children if p not in servers]
+        deadline = time.monotonic() + 30
+        while any(map(_alive, others)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [p for p in others if _alive(p)] == []
+        if signum == signal.SIGTERM:
+            assert cli.returncode == 128 + signal.SIGTERM
+            assert [p for p in servers if _alive(p)] == []
+            assert not sa.inspect(engine).has_table("stockpyle_coherence_item")
+            assert list(tmp_path.iterdir()) == []
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
+        assert cli.stderr is not None
+        cli.stderr.close()
+        CoherenceBase.metadata.drop_all(engine)
+        engine.dispose()
 
 
 def _op(

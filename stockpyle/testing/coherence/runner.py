@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
+import os
 import tempfile
 import time
 import uuid
@@ -234,6 +235,7 @@ def run_checker(config: CheckerConfig) -> Report:
                     mix=dict(config.mix),
                     processes=config.processes,
                     closing_races=config.closing_races,
+                    checker_pid=os.getpid(),
                 )
                 for i in range(config.processes)
             ]

@@ -14,7 +14,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import random
+import signal
 import threading
 import time
 import traceback
@@ -61,6 +63,17 @@ class WorkerPlan:
     processes: int = 1
     closing_races: int = 0
     mix: Mapping[str, int] = field(default_factory=lambda: dict(OPERATIONS))
+    #: The checker's process id (``0``: not watched). A worker whose checker is gone (killed
+    #: before it could stop its workers) stops instead of running on against the database.
+    checker_pid: int = 0
+
+    def checker_gone(self) -> bool:
+        """Whether the checker that started this worker has exited."""
+        return self.checker_pid != 0 and os.getppid() != self.checker_pid
+
+
+class CheckerGone(Exception):
+    """The checker exited before its worker finished: nobody waits for what it would report."""
 
 
 @dataclass
@@ -116,6 +129,8 @@ class _Thread:
         # The quota is a minimum: operations go on until every fault has been injected.
         while not self.signals.stop.is_set():
             if done >= quota and self.signals.faults_done.is_set():
+                break
+            if self.plan.checker_gone():
                 break
             self.one(self.rng.choices(ops, weights)[0])
             done += 1
@@ -258,10 +273,12 @@ def _sleep_until(moment: float) -> None:
         time.sleep(delay)
 
 
-def _wait(event: Any, abort: Any) -> None:
+def _wait(plan: WorkerPlan, event: Any, abort: Any) -> None:
     while not event.wait(0.05):
         if abort.is_set():
             return
+        if plan.checker_gone():
+            raise CheckerGone
 
 
 class _Collect(logging.Handler):
@@ -279,6 +296,10 @@ def worker_main(plan: WorkerPlan, signals: Signals, inherited: BaseStore | None 
     """The body of a worker process (the target the parent starts). A worker forked from a
     parent that built the store runs on the store it ``inherited`` (the factory is not run
     again)."""
+    # A forked worker inherits the handlers a command line installs (see __main__): the
+    # checker stops its workers with SIGTERM, which must end them at once.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
     out: dict[str, Any] = {"worker": plan.context.index, "fatal": None, "ops": [], "loads": []}
     recorder = Recorder(
         pause_probability=plan.pause_probability,
@@ -298,13 +319,14 @@ def worker_main(plan: WorkerPlan, signals: Signals, inherited: BaseStore | None 
     # What other libraries log at WARNING or above would reach the application's stderr.
     logging.getLogger().addHandler(_Collect(caught))
     store: BaseStore | None = None
+    gone = False
     try:
         if inherited is None:
             store = resolve_factory(plan.factory)(plan.context, **plan.factory_kwargs)
         else:
             store = inherited
         _bump(signals.ready)
-        _wait(signals.start, signals.abort)
+        _wait(plan, signals.start, signals.abort)
         threads = [
             _Thread(plan, plan.context.index * plan.threads + t, store, signals)
             for t in range(plan.threads)
@@ -319,17 +341,19 @@ def worker_main(plan: WorkerPlan, signals: Signals, inherited: BaseStore | None 
         for r in runners:
             r.join()
         _bump(signals.done)
-        _wait(signals.closing, signals.abort)
+        _wait(plan, signals.closing, signals.abort)
         if plan.processes > 1 and not signals.abort.is_set():
             threads[0].closing_races(signals.closing_at.value, recorder)
         recorder.enabled = False
         _bump(signals.closed)
-        _wait(signals.audit, signals.abort)
+        _wait(plan, signals.audit, signals.abort)
         out["audit"] = _audit(store, plan.keys)
         out["ops"] = [rec for t in threads for rec in t.records]
         out["loads"] = recorder.loads
         out["pauses"] = recorder.pauses
         out["warnings"] = caught
+    except CheckerGone:
+        gone = True  # nobody reads the output (its directory may be gone): leave quietly
     except BaseException:
         out["fatal"] = traceback.format_exc()
         _bump(signals.ready)
@@ -339,5 +363,6 @@ def worker_main(plan: WorkerPlan, signals: Signals, inherited: BaseStore | None 
     finally:
         if store is not None:
             store.release()
-        with open(plan.output, "w", encoding="utf-8") as fh:
-            json.dump(out, fh)
+        if not gone:
+            with open(plan.output, "w", encoding="utf-8") as fh:
+                json.dump(out, fh)
