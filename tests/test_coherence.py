@@ -274,6 +274,34 @@ def test_a_hung_worker_fails_the_run_instead_of_hanging_it(pg_url: str) -> None:
     assert not multiprocessing.active_children()
 
 
+def test_a_second_checker_on_the_same_database_is_refused(pg_url: str) -> None:
+    """Two checkers on one database would share its table, and each would report the other's
+    writes as lost writes and stale entries. While one runs (its advisory lock held here), a
+    second fails at once and leaves the first's table and rows alone; once the first is done,
+    a checker runs."""
+    from stockpyle.testing.coherence.runner import _LOCK_KEY
+
+    engine = sa.create_engine(pg_url)
+    config = _two_workers_no_faults(
+        pg_url, "stockpyle.testing.coherence.chains:memcache_chain", seconds=0.5
+    )
+    try:
+        CoherenceBase.metadata.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("INSERT INTO stockpyle_coherence_item VALUES (7, 'x', 1, 0)"))
+        with engine.connect() as holder:
+            assert holder.scalar(sa.text(f"SELECT pg_try_advisory_lock({_LOCK_KEY})"))
+            with pytest.raises(RuntimeError, match="another coherence checker is running"):
+                run_checker(config)
+            assert _rows(engine) == 1  # the first's row, untouched; its table kept
+            holder.execute(sa.text(f"SELECT pg_advisory_unlock({_LOCK_KEY})"))
+        assert run_checker(config).operations > 0
+        assert not sa.inspect(engine).has_table("stockpyle_coherence_item")
+    finally:
+        CoherenceBase.metadata.drop_all(engine)
+        engine.dispose()
+
+
 def _children(pid: int) -> dict[int, str]:
     """The live (not zombie) child processes of ``pid``: their ids and command lines."""
     found = {}

@@ -110,6 +110,33 @@ def _servers(config: CheckerConfig) -> Iterator[tuple[list[MemcachedProcess], tu
             server.kill()
 
 
+#: The PostgreSQL advisory lock a checker holds while it runs (``"stockpyl"`` in ASCII).
+_LOCK_KEY = 0x73746F636B70796C
+
+
+@contextlib.contextmanager
+def _sole_checker(engine: sa.Engine) -> Iterator[None]:
+    """Hold an advisory lock for the run (PostgreSQL): two checkers on one database would share
+    the table and spoil each other's reports with writes neither made. The second fails at
+    once instead, before it touches the table. A restart of the database (a fault) drops the
+    lock with its connection."""
+    if engine.dialect.name != "postgresql":
+        yield
+        return
+    with engine.connect() as conn:
+        if not conn.scalar(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": _LOCK_KEY}):
+            msg = (
+                "another coherence checker is running against this database (every run uses"
+                f" the table {Item.__tablename__}): wait for it to end, or use another database"
+            )
+            raise RuntimeError(msg)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(sa.exc.SQLAlchemyError):  # a restart dropped it already
+                conn.execute(sa.text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
+
+
 def _fresh_table(engine: sa.Engine) -> None:
     CoherenceBase.metadata.create_all(engine)
     with engine.begin() as conn:
@@ -191,6 +218,20 @@ def run_checker(config: CheckerConfig) -> Report:
     if config.start not in ("spawn", "fork"):
         msg = f"start must be 'spawn' or 'fork', not {config.start!r}"
         raise ValueError(msg)
+    engine = sa.create_engine(config.database_url, pool_pre_ping=True)  # it may be restarted
+    try:
+        with _sole_checker(engine):  # before anything is touched
+            try:
+                return _run(config, engine)
+            finally:
+                if not config.keep_table:
+                    with contextlib.suppress(sa.exc.SQLAlchemyError):
+                        CoherenceBase.metadata.drop_all(engine)
+    finally:
+        engine.dispose()
+
+
+def _run(config: CheckerConfig, engine: sa.Engine) -> Report:
     mp = (
         multiprocessing.get_context("fork")
         if config.start == "fork"
@@ -209,131 +250,124 @@ def run_checker(config: CheckerConfig) -> Report:
         closing_at=mp.Value("d", 0.0),
         closed=mp.Value("i", 0),
     )
-    engine = sa.create_engine(config.database_url, pool_pre_ping=True)  # it may be restarted
     report = Report(processes=config.processes, threads=config.threads)
-    try:
-        with (
-            _servers(config) as (private, addresses),
-            tempfile.TemporaryDirectory() as tmp,
-            contextlib.ExitStack() as parent_stack,
-        ):
-            _fresh_table(engine)
-            prefix = "coherence" + uuid.uuid4().hex[:10]
-            share, extra = divmod(config.operations, config.processes)
-            plans = [
-                WorkerPlan(
-                    context=WorkerContext(i, addresses, config.database_url, prefix),
-                    factory=config.factory,
-                    factory_kwargs=dict(config.factory_kwargs),
-                    threads=config.threads,
-                    operations=share + (i < extra),
-                    keys=config.keys,
-                    seed=config.seed * 100 + i,
-                    pause_probability=config.pause_probability,
-                    pause_seconds=config.pause_seconds,
-                    output=str(Path(tmp) / f"worker-{i}.json"),
-                    mix=dict(config.mix),
-                    processes=config.processes,
-                    closing_races=config.closing_races,
-                    checker_pid=os.getpid(),
-                )
-                for i in range(config.processes)
-            ]
-            parent: ForkParent | None = None
-            if config.start == "fork":
-                # slot after the workers' threads: the parent's versions are unique too
-                parent = ForkParent(plans[0], signals, slot=config.processes * config.threads)
-                parent_stack.callback(parent.release)
-                parent_stack.callback(parent.stop_busy)
-                parent.warm()
-                parent.start_busy()
-            inherited = None if parent is None else parent.store
-            parent_output: dict[str, Any] | None = None
-            procs = [
-                mp.Process(target=worker_main, args=(p, signals, inherited), daemon=True)
-                for p in plans
-            ]
-            for proc in procs:
-                proc.start()
-            if parent is not None:
-                parent.stop_busy()
+    with (
+        _servers(config) as (private, addresses),
+        tempfile.TemporaryDirectory() as tmp,
+        contextlib.ExitStack() as parent_stack,
+    ):
+        _fresh_table(engine)
+        prefix = "coherence" + uuid.uuid4().hex[:10]
+        share, extra = divmod(config.operations, config.processes)
+        plans = [
+            WorkerPlan(
+                context=WorkerContext(i, addresses, config.database_url, prefix),
+                factory=config.factory,
+                factory_kwargs=dict(config.factory_kwargs),
+                threads=config.threads,
+                operations=share + (i < extra),
+                keys=config.keys,
+                seed=config.seed * 100 + i,
+                pause_probability=config.pause_probability,
+                pause_seconds=config.pause_seconds,
+                output=str(Path(tmp) / f"worker-{i}.json"),
+                mix=dict(config.mix),
+                processes=config.processes,
+                closing_races=config.closing_races,
+                checker_pid=os.getpid(),
+            )
+            for i in range(config.processes)
+        ]
+        parent: ForkParent | None = None
+        if config.start == "fork":
+            # slot after the workers' threads: the parent's versions are unique too
+            parent = ForkParent(plans[0], signals, slot=config.processes * config.threads)
+            parent_stack.callback(parent.release)
+            parent_stack.callback(parent.stop_busy)
+            parent.warm()
+            parent.start_busy()
+        inherited = None if parent is None else parent.store
+        parent_output: dict[str, Any] | None = None
+        procs = [
+            mp.Process(target=worker_main, args=(p, signals, inherited), daemon=True)
+            for p in plans
+        ]
+        for proc in procs:
+            proc.start()
+        if parent is not None:
+            parent.stop_busy()
+        try:
+            _wait_for(signals.ready, config.processes, procs, timeout=120)
+            down: list[tuple[float, float]] = []
+            t0 = time.monotonic()
+            schedule = _Schedule(
+                config.faults,
+                FaultEnv(private, config.database_control, down),
+                report.faults,
+                t0,
+            )
+            if not config.faults:
+                signals.faults_done.set()
+            signals.start.set()
             try:
-                _wait_for(signals.ready, config.processes, procs, timeout=120)
-                down: list[tuple[float, float]] = []
-                t0 = time.monotonic()
-                schedule = _Schedule(
-                    config.faults,
-                    FaultEnv(private, config.database_control, down),
-                    report.faults,
-                    t0,
-                )
-                if not config.faults:
-                    signals.faults_done.set()
-                signals.start.set()
-                try:
-                    while signals.done.value < config.processes:
-                        if any(p.exitcode is not None for p in procs):
-                            signals.abort.set()
-                            break
-                        elapsed = time.monotonic() - t0
-                        if elapsed > config.seconds:
-                            signals.stop.set()
-                        if elapsed > config.seconds + config.finish_grace_seconds:
-                            msg = (
-                                "the workers did not finish within"
-                                f" {config.finish_grace_seconds:g} s after the"
-                                f" {config.seconds:g} s budget (a hang?)"
-                            )
-                            raise TimeoutError(msg)
-                        fraction = max(signals.progress.value / max(config.operations, 1),
-                                       elapsed / config.seconds)  # fmt: skip
-                        schedule.tick(fraction)
-                        if schedule.over(tail=1.0):
-                            signals.faults_done.set()
-                        time.sleep(0.01)
-                finally:
-                    schedule.finish()
-                for fault in schedule.pending:
-                    report.faults.append(f"not injected (budget spent first): {fault!r}")
-                signals.closing_at.value = time.monotonic() + 0.2
-                signals.closing.set()
-                _wait_for(
-                    signals.closed, config.processes, procs, timeout=60 + 2 * config.closing_races
-                )
-                report.seconds = time.monotonic() - t0
-                windows = schedule.windows
-                time.sleep(config.quiesce_seconds)
-                database = _database_state(engine)
-                signals.audit.set()
-                for proc in procs:
-                    proc.join(timeout=120)
-                # after the workers released the copies they inherited
-                parent_output = None if parent is None else parent.output()
+                while signals.done.value < config.processes:
+                    if any(p.exitcode is not None for p in procs):
+                        signals.abort.set()
+                        break
+                    elapsed = time.monotonic() - t0
+                    if elapsed > config.seconds:
+                        signals.stop.set()
+                    if elapsed > config.seconds + config.finish_grace_seconds:
+                        msg = (
+                            "the workers did not finish within"
+                            f" {config.finish_grace_seconds:g} s after the"
+                            f" {config.seconds:g} s budget (a hang?)"
+                        )
+                        raise TimeoutError(msg)
+                    fraction = max(signals.progress.value / max(config.operations, 1),
+                                   elapsed / config.seconds)  # fmt: skip
+                    schedule.tick(fraction)
+                    if schedule.over(tail=1.0):
+                        signals.faults_done.set()
+                    time.sleep(0.01)
             finally:
-                signals.stop.set()
-                signals.abort.set()
-                for proc in procs:
-                    if proc.is_alive():
-                        proc.terminate()
-                        proc.join()
-            outputs = [_output(plan, proc) for plan, proc in zip(plans, procs, strict=True)]
-            if parent_output is not None:
-                outputs.append(parent_output)
-                report.parent_operations = len(parent_output["ops"])
-        fatal = [o["fatal"] for o in outputs if o["fatal"]]
-        if fatal:
-            msg = f"a checker worker failed:\n{fatal[0]}"
-            raise RuntimeError(msg)
-        grace = config.down_grace_seconds
-        return analyse(
-            report,
-            outputs,
-            database,
-            [(a, b + grace) for a, b in down],
-            faulted=[(a, b + grace) for a, b in windows],
-        )
-    finally:
-        if not config.keep_table:
-            with contextlib.suppress(sa.exc.SQLAlchemyError):
-                CoherenceBase.metadata.drop_all(engine)
-        engine.dispose()
+                schedule.finish()
+            for fault in schedule.pending:
+                report.faults.append(f"not injected (budget spent first): {fault!r}")
+            signals.closing_at.value = time.monotonic() + 0.2
+            signals.closing.set()
+            _wait_for(
+                signals.closed, config.processes, procs, timeout=60 + 2 * config.closing_races
+            )
+            report.seconds = time.monotonic() - t0
+            windows = schedule.windows
+            time.sleep(config.quiesce_seconds)
+            database = _database_state(engine)
+            signals.audit.set()
+            for proc in procs:
+                proc.join(timeout=120)
+            # after the workers released the copies they inherited
+            parent_output = None if parent is None else parent.output()
+        finally:
+            signals.stop.set()
+            signals.abort.set()
+            for proc in procs:
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join()
+        outputs = [_output(plan, proc) for plan, proc in zip(plans, procs, strict=True)]
+        if parent_output is not None:
+            outputs.append(parent_output)
+            report.parent_operations = len(parent_output["ops"])
+    fatal = [o["fatal"] for o in outputs if o["fatal"]]
+    if fatal:
+        msg = f"a checker worker failed:\n{fatal[0]}"
+        raise RuntimeError(msg)
+    grace = config.down_grace_seconds
+    return analyse(
+        report,
+        outputs,
+        database,
+        [(a, b + grace) for a, b in down],
+        faulted=[(a, b + grace) for a, b in windows],
+    )
