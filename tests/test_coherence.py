@@ -461,7 +461,16 @@ def test_superseded_reads_measure_the_stale_window() -> None:
     result = analyse(Report(), [_worker(ops)], {}, [])
     assert result.superseded_reads == 2
     assert result.longest_superseded == pytest.approx(0.5)
+    assert result.superseded_outside_faults == 2
+    assert result.longest_superseded_outside_faults == pytest.approx(0.5)
     assert result.ok  # reported, not held against ok
+    # A fault in force between the delete's return and the read that missed it: that window
+    # is the fault's (a memcached that could not be told); the earlier one is ordinary.
+    during = analyse(Report(), [_worker(ops)], {}, [], faulted=[(5.2, 5.3)])
+    assert (during.superseded_reads, during.longest_superseded) == (2, pytest.approx(0.5))
+    assert during.superseded_outside_faults == 1
+    assert during.longest_superseded_outside_faults == pytest.approx(0.25)
+    assert "outside faults 1, at most 0.250 s" in during.summary()
 
 
 def test_load_observer_counts_each_read_once_and_holds_on_demand() -> None:

@@ -77,6 +77,10 @@ class Report:
     held_readers: int = 0
     superseded_reads: int = 0
     longest_superseded: float = 0.0
+    #: the superseded reads whose stale window (from the newer write's return to the read's
+    #: start) overlapped no fault (nor its grace period): the window in ordinary running
+    superseded_outside_faults: int = 0
+    longest_superseded_outside_faults: float = 0.0
     warnings: int = 0
     #: operations run by the checker's own process before and while it forked the workers
     #: (``start="fork"``; 0 otherwise), counted in :attr:`operations` too
@@ -127,7 +131,9 @@ class Report:
             f"keys cached after a read: {self.filled_keys} (not: {self.unfilled_keys}), "
             f"readers held: {self.held_readers}",
             f"  reads of superseded versions during the run: {self.superseded_reads} "
-            f"(at most {self.longest_superseded:.3f} s after the newer write returned)",
+            f"(at most {self.longest_superseded:.3f} s after the newer write returned; "
+            f"outside faults {self.superseded_outside_faults}, at most "
+            f"{self.longest_superseded_outside_faults:.3f} s)",
             f"  warnings: {self.warnings}",
             *(
                 [
@@ -248,7 +254,9 @@ def _duplicates(report: Report, loads: Iterable[list[Any]], ops: Iterable[list[A
                 first_start, first_end = start, end
 
 
-def _superseded(report: Report, ops: Sequence[list[Any]]) -> None:
+def _superseded(
+    report: Report, ops: Sequence[list[Any]], faulted: Sequence[tuple[float, float]]
+) -> None:
     written: dict[int, float] = {}  # version -> end of the put that wrote it
     acked: dict[int, list[tuple[float, float]]] = defaultdict(list)  # key -> (start, end)
     for _slot, op, keys, _by, result, start, end, kind, _message in ops:
@@ -278,6 +286,11 @@ def _superseded(report: Report, ops: Sequence[list[Any]]) -> None:
                 report.superseded_reads += 1
                 delay = start - earliest_end[key][i]
                 report.longest_superseded = max(report.longest_superseded, delay)
+                if not _overlaps(earliest_end[key][i], start, faulted):
+                    report.superseded_outside_faults += 1
+                    report.longest_superseded_outside_faults = max(
+                        report.longest_superseded_outside_faults, delay
+                    )
                 report.example(
                     "superseded reads", f"key {key} read at version {version}, superseded "
                     f"by a write that returned {delay:.3f} s before"
@@ -374,6 +387,6 @@ def analyse(
     _errors(report, ops, down)
     _lost_writes(report, ops, database)
     _duplicates(report, [load for w in workers for load in w["loads"]], ops)
-    _superseded(report, ops)
+    _superseded(report, ops, faulted)
     _audit(report, workers, database)
     return report
