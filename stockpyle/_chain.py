@@ -278,7 +278,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
     ) -> Found | None:
         """:meth:`_fly` of one key."""
         flights = self._flights
-        role, flight = flights.claim_one(key, begun)
+        inv = self.invalidation
+        role, flight = flights.claim_one(key, begun, 0 if inv is None else inv.mark())
         stop = len(self.stores)
         if role == LED:
             next(self.counters.loads)
@@ -297,9 +298,13 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         except FollowTimeout:  # the leader is stuck: read ourselves, fill nothing
             return self._read_one(cls, key_dict, key, start, stop, begun, [], False)
         writes = self._writes
-        if writes.now != flight.begun and (  # a write since that load began: of this?
-            hit is None or not writes.quiet_since(identity_or_none(hit[0]) or "", flight.begun)
-        ):
+        if (
+            writes.now != flight.begun  # a write since that load began: of this?
+            and (
+                hit is None
+                or not writes.quiet_since(identity_or_none(hit[0]) or "", flight.begun)
+            )
+        ) or (inv is not None and _heard_since(inv, key, hit, flight.mark)):
             # What that load read may be older than a write this caller saw return.
             return self._read_one(cls, key_dict, key, start, stop, begun, [], False)
         return hit  # type: ignore[no-any-return]
@@ -413,7 +418,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         asked: list[int],
     ) -> dict[str, Found | None]:
         """Load ``pending`` below ``start``, leading or following the loads in flight."""
-        claim = self._flights.claim(pending, begun)
+        inv = self.invalidation
+        claim = self._flights.claim(pending, begun, 0 if inv is None else inv.mark())
         found: dict[str, Found | None] = {}
         stop = len(self.stores)
         if claim.led:
@@ -439,11 +445,16 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             except FollowTimeout:
                 late[key] = pending[key]
                 continue
-            if writes.now != flight.begun and (  # a write since that load began: of this?
-                hit is None or not writes.quiet_since(identity_or_none(hit[0]) or "", flight.begun)
-            ):
-                # A write of it began while that load was in flight: what the load read may be
-                # older than a write this caller already saw return. Read for ourselves.
+            if (
+                writes.now != flight.begun  # a write since that load began: of this?
+                and (
+                    hit is None
+                    or not writes.quiet_since(identity_or_none(hit[0]) or "", flight.begun)
+                )
+            ) or (inv is not None and _heard_since(inv, key, hit, flight.mark)):
+                # A write of it began while that load was in flight (here, or in another
+                # process: its eviction came): what the load read may be older than a write
+                # this caller already saw return. Read for ourselves.
                 late[key] = pending[key]
                 continue
             found[key] = hit
@@ -657,3 +668,13 @@ class _SourceView(ChainedStore):
         if base is None:
             raise AttributeError(name)
         return getattr(base, name)
+
+
+def _heard_since(inv: InvalidationChannel, key: str, hit: Found | None, mark: int) -> bool:
+    """Whether ``inv`` evicted the key a load was for, or the object it found, since ``mark``
+    (where it stood when the load began): another process wrote it meanwhile, and a caller
+    that waited for that load may have seen that write return (SPEC section 11)."""
+    if hit is None:
+        return inv.evicted_since((key,), mark)
+    identity = identity_or_none(hit[0])
+    return inv.evicted_since((key,) if identity is None else (key, identity), mark)

@@ -36,12 +36,14 @@ class _Flight:
     result or error. The event followers wait on is made only when a follower comes (most
     loads have none: a leader alone pays no lock or condition of its own)."""
 
-    __slots__ = ("_event", "begun", "error", "leader", "result")
+    __slots__ = ("_event", "begun", "error", "leader", "mark", "result")
 
-    def __init__(self, leader: int, begun: int) -> None:
+    def __init__(self, leader: int, begun: int, mark: int) -> None:
         self.leader = leader
         #: what the leader noted when it started (a chain: its write sequence number)
         self.begun = begun
+        #: and where its invalidation channel stood (``InvalidationChannel.mark()``; 0: none)
+        self.mark = mark
         self.result: Any = None
         self.error: BaseException | None = None
         self._event: threading.Event | None = None
@@ -85,9 +87,9 @@ class FlightTable(Generic[K]):
     def __len__(self) -> int:
         return len(self._flights)
 
-    def claim(self, keys: Iterable[K], begun: int = 0) -> Claim[K]:
-        """Lead every key nobody is loading (noting ``begun`` on the new flights); follow the
-        others."""
+    def claim(self, keys: Iterable[K], begun: int = 0, mark: int = 0) -> Claim[K]:
+        """Lead every key nobody is loading (noting ``begun`` and ``mark`` on the new
+        flights); follow the others."""
         me = threading.get_ident()
         claim: Claim[K] = Claim()
         if not self._renewed:
@@ -97,7 +99,7 @@ class FlightTable(Generic[K]):
             for key in keys:
                 flight = flights.get(key)
                 if flight is None:
-                    flight = flights[key] = _Flight(me, begun)
+                    flight = flights[key] = _Flight(me, begun, mark)
                     claim.led[key] = flight
                 elif flight.leader == me:
                     claim.own.append(key)
@@ -107,7 +109,7 @@ class FlightTable(Generic[K]):
                     claim.followed[key] = flight
         return claim
 
-    def claim_one(self, key: K, begun: int = 0) -> tuple[int, _Flight]:
+    def claim_one(self, key: K, begun: int = 0, mark: int = 0) -> tuple[int, _Flight]:
         """:meth:`claim` of one key, without a :class:`Claim`: ``(LED | FOLLOWED | OWN,
         flight)``; a led flight is ended with :meth:`land_one`."""
         me = threading.get_ident()
@@ -117,7 +119,7 @@ class FlightTable(Generic[K]):
             flights = self._flights
             flight = flights.get(key)
             if flight is None:
-                flight = flights[key] = _Flight(me, begun)
+                flight = flights[key] = _Flight(me, begun, mark)
                 return LED, flight
             if flight.leader == me:
                 return OWN, flight

@@ -66,14 +66,14 @@ class CountingFlights(FlightTable[str]):
         self.followers = 0
         self.lock = threading.Lock()
 
-    def claim(self, keys: Any, begun: int = 0) -> Any:
-        claim = super().claim(keys, begun)
+    def claim(self, keys: Any, begun: int = 0, mark: int = 0) -> Any:
+        claim = super().claim(keys, begun, mark)
         with self.lock:
             self.followers += len(claim.followed)
         return claim
 
-    def claim_one(self, key: Any, begun: int = 0) -> Any:  # a chain's get of one key
-        role, flight = super().claim_one(key, begun)
+    def claim_one(self, key: Any, begun: int = 0, mark: int = 0) -> Any:  # one key's get
+        role, flight = super().claim_one(key, begun, mark)
         with self.lock:
             self.followers += role == FOLLOWED
         return role, flight

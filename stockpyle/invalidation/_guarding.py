@@ -153,15 +153,19 @@ class GuardedStores:
         throughout, they are evicted again (the copy may predate a write it missed). Checking
         after the write closes the race: an eviction either sees the copy or is seen here.
         Returns whether the copy stays."""
-        if (
-            self._listening
-            and mark >= self._epoch
-            and mark >= self._forgotten
-            and not any(self._evicted.get(k, 0) > mark for k in keys)
-        ):
+        if self._listening and not self.evicted_since(keys, mark):
             return True
         store.evict_keys(keys)
         return False
+
+    def evicted_since(self, keys: Iterable[str], mark: int) -> bool:
+        """Whether any of ``keys`` was evicted (or everything flushed, or the channel went down
+        or came up) since :meth:`mark` returned ``mark``: a copy read below since then may
+        predate a write another process made."""
+        if mark < self._epoch or mark < self._forgotten:
+            return True
+        evicted = self._evicted
+        return any(evicted.get(k, 0) > mark for k in keys)
 
     # -- delivering -----------------------------------------------------------------------------
 
