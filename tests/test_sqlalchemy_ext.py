@@ -711,3 +711,110 @@ def test_a_committed_delete_refuses_another_process_fill_in_flight(hooked: Any) 
     for key in ({"key": 1}, {"zap": 2, "bar": 3}):
         assert memcache.get(SqlFoo, key) is None
         assert reader.get(SqlFoo, key) is None
+
+
+@pytest.mark.parametrize("statement", ["delete", "update"])
+def test_a_row_committed_while_a_bulk_statement_runs_is_not_left_stale(
+    file_or_pg_engine: sa.Engine, statement: str
+) -> None:
+    """A bulk DELETE (or UPDATE) by criteria, held between the extension's select of the
+    rows it will touch and the statement itself, while another session inserts a matching
+    row and commits (its commit caches it). Under READ COMMITTED the statement would match
+    that row too, which the extension had not selected: the row was deleted (updated) and its
+    cached copy stayed, for good. The statement now touches only the rows selected (as if it
+    had run when they were): afterwards the cache holds what the database holds. (On SQLite
+    too: its driver runs the select outside a transaction, which holds no lock.)"""
+    engine = file_or_pg_engine
+    cache = ProcessMemoryStore()
+    maker = orm.sessionmaker(engine)
+    StockpyleSessionExtension(store=cache).attach(maker)
+    selected, go = threading.Event(), threading.Event()
+
+    def bulk() -> None:
+        race = SqlUser.email.like("%@race")
+        with maker() as session:
+            if statement == "delete":
+                session.execute(sa.delete(SqlUser).where(race))
+            else:
+                session.execute(sa.update(SqlUser).where(race).values(name="bulk"))
+            session.commit()
+
+    writer = threading.Thread(target=bulk)
+
+    def hold(_conn: Any, _cursor: Any, text: str, *_args: Any) -> None:
+        if threading.current_thread() is writer and text.lstrip().upper().startswith(
+            statement.upper()
+        ):
+            selected.set()  # the extension has selected the rows it will touch: none
+            assert go.wait(WAIT)
+
+    sa.event.listen(engine, "before_cursor_execute", hold)
+    writer.start()
+    try:
+        assert selected.wait(WAIT)
+        with maker() as session:
+            session.add(SqlUser(id=1, email="1@race", name="new"))
+            session.commit()
+        assert cache.get(SqlUser, {"id": 1}).name == "new"
+    finally:
+        go.set()
+        writer.join(WAIT)
+    assert not writer.is_alive()
+    with engine.connect() as conn:
+        name = conn.scalar(sa.select(SqlUser.name).where(SqlUser.id == 1))
+    copy = cache.get(SqlUser, {"id": 1})
+    assert copy is None or copy.name == name, (copy and copy.name, name)
+    assert name == "new"  # the statement ran as of its select: the row came after
+
+
+def test_bulk_statements_over_more_rows_than_an_in_list_holds(
+    file_or_pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond IN_LIMIT rows (made 1 here), PostgreSQL gets the selected keys as one array
+    parameter; other databases run the statement as it was. Either way the rows change and
+    their cached copies go."""
+    from stockpyle.ext import _sqlalchemy_rows
+
+    monkeypatch.setattr(_sqlalchemy_rows, "IN_LIMIT", 1)
+    engine = file_or_pg_engine
+    cache = ProcessMemoryStore()
+    maker = orm.sessionmaker(engine)
+    StockpyleSessionExtension(store=cache).attach(maker)
+    sent: list[str] = []
+    with maker() as session:
+        session.add_all([SqlUser(id=i, email=f"{i}@x", name="n") for i in range(1, 5)])
+        session.commit()
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+    with maker() as session:
+        session.execute(sa.update(SqlUser).where(SqlUser.id >= 3).values(name="bulk"))
+        session.execute(sa.delete(SqlUser).where(SqlUser.id <= 2))
+        session.commit()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(SqlUser.id, SqlUser.name).order_by(SqlUser.id)).all()
+    assert [tuple(r) for r in rows] == [(3, "bulk"), (4, "bulk")]
+    assert [cache.get(SqlUser, {"id": i}) for i in range(1, 5)] == [None] * 4
+    narrowed = [s for s in sent if s.lstrip().startswith(("UPDATE", "DELETE")) and "ANY" in s]
+    assert len(narrowed) == (2 if engine.dialect.name == "postgresql" else 0), sent
+
+
+def test_bulk_statements_on_a_composite_primary_key(file_or_pg_engine: sa.Engine) -> None:
+    """A class keyed by a composite primary key: its bulk statements are narrowed by a tuple
+    IN of the rows selected, and change and invalidate exactly those."""
+    from stockpyle.testing.sqlmodels import SqlPair
+
+    engine = file_or_pg_engine
+    cache = ProcessMemoryStore()
+    maker = orm.sessionmaker(engine)
+    StockpyleSessionExtension(store=cache).attach(maker)
+    with maker() as session:
+        session.add_all([SqlPair(a=a, b=b, name="n") for a in (1, 2) for b in (1, 2)])
+        session.commit()
+    with maker() as session:
+        session.execute(sa.update(SqlPair).where(SqlPair.b == 2).values(name="bulk"))
+        session.execute(sa.delete(SqlPair).where(SqlPair.a == 1, SqlPair.b == 1))
+        session.commit()
+    with engine.connect() as conn:
+        rows = conn.execute(sa.select(SqlPair.a, SqlPair.b, SqlPair.name).order_by("a", "b"))
+        assert [tuple(r) for r in rows] == [(1, 2, "bulk"), (2, 1, "n"), (2, 2, "bulk")]
+    gone = [cache.get(SqlPair, {"a": a, "b": b}) is None for a in (1, 2) for b in (1, 2)]
+    assert gone == [True, True, False, True]

@@ -61,19 +61,38 @@ def load_missing(session: orm.Session, objs: Sequence[Any]) -> None:
         select_by_pk(session, info, [info.pk_of(o) for o in group])
 
 
+#: The most rows a bulk statement is narrowed to by an ``IN`` list of their primary keys (a
+#: database takes some tens of thousands of parameters at most); beyond it, PostgreSQL gets the
+#: keys as one array parameter (a single-column key), other databases the statement as it was.
+IN_LIMIT = 10_000
+
+
 def touched_rows(
     session: orm.Session, info: MappedInfo, execute_state: orm.ORMExecuteState
-) -> list[Any]:
+) -> tuple[list[Any], Any]:
     """Stand-ins (carrying their key columns) for the rows a bulk statement will touch,
-    selected with the statement's own criteria before it runs."""
+    selected with the statement's own criteria before it runs; and a criterion narrowing the
+    statement to those rows, or ``None``.
+
+    Narrowed, the statement touches what was selected and nothing else, as if it had run at
+    the select. Otherwise a matching row another transaction committed between the select
+    and the statement would be changed or deleted too, and its cached copy never invalidated:
+    under ``READ COMMITTED`` (PostgreSQL's default; MySQL's locking reads), and on SQLite,
+    whose driver runs the select outside a transaction. A bulk UPDATE by primary key names
+    its rows already; more than :data:`IN_LIMIT` rows are narrowed on PostgreSQL only (a
+    single-column key, as one array parameter)."""
     cls = info.cls
+    pk_keys = list(info.pk_keys)
     names = sorted({n for spec in info.layout.specs for n in spec.names} & info.column_keys)
-    columns = [getattr(cls, n) for n in names]
+    selected = [*names, *(k for k in pk_keys if k not in names)]
+    columns = [getattr(cls, n) for n in selected]
     params = execute_state.parameters
-    if execute_state.is_executemany and isinstance(params, list):
+    by_criteria = not (execute_state.is_executemany and isinstance(params, list))
+    if not by_criteria:
         # "bulk UPDATE by primary key": one parameter set per row, primary keys included
-        pks = [tuple(p[k] for k in info.pk_keys) for p in params]
-        attrs = [getattr(cls, k) for k in info.pk_keys]
+        assert isinstance(params, list)
+        pks = [tuple(p[k] for k in pk_keys) for p in params]
+        attrs = [getattr(cls, k) for k in pk_keys]
         where: Any = (
             attrs[0].in_([p[0] for p in pks]) if len(attrs) == 1 else sa.tuple_(*attrs).in_(pks)
         )
@@ -87,7 +106,28 @@ def touched_rows(
         rows = session.execute(stmt).all()
     for row in rows:
         stand_in = info.mapper.class_manager.new_instance()
-        for name, value in zip(names, row, strict=True):
+        for name, value in zip(names, row, strict=False):  # the key columns come first
             orm.attributes.set_committed_value(stand_in, name, value)
         stand_ins.append(stand_in)
-    return stand_ins
+    narrow = None
+    if by_criteria:
+        dialect = session.get_bind(info.mapper).dialect.name
+        at = [selected.index(k) for k in pk_keys]
+        narrow = _only(info, [tuple(row[i] for i in at) for row in rows], dialect)
+    return stand_ins, narrow
+
+
+def _only(info: MappedInfo, pks: list[tuple[Any, ...]], dialect: str) -> Any:
+    """``pk IN (pks)``: a criterion matching exactly the rows of ``pks`` (none if empty), or
+    ``None`` when there are too many for a database other than PostgreSQL."""
+    attrs = [getattr(info.cls, k) for k in info.pk_keys]
+    if len(pks) <= IN_LIMIT:
+        if len(attrs) == 1:
+            return attrs[0].in_([pk[0] for pk in pks])
+        return sa.tuple_(*attrs).in_(pks)
+    if len(attrs) == 1 and dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        array = sa.bindparam(None, [pk[0] for pk in pks], type_=postgresql.ARRAY(attrs[0].type))
+        return attrs[0] == sa.any_(array)
+    return None

@@ -351,7 +351,12 @@ class StockpyleSessionExtension:
         if info is None or (self.classes is not None and not issubclass(info.cls, self.classes)):
             return
         session = execute_state.session
-        touched = touched_rows(session, info, execute_state)  # begins the transaction if needed
+        # Selected first (this begins the transaction if needed); the statement is narrowed
+        # to the rows selected, so that it touches no row this extension does not know of.
+        touched, narrow = touched_rows(session, info, execute_state)
+        if narrow is not None:
+            statement: Any = execute_state.statement  # an ORM update() or delete()
+            execute_state.statement = statement.where(narrow)
         ops = self._current_ops(session)
         if ops is None:  # pragma: no cover - the select above always begins one
             return
