@@ -297,17 +297,26 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             hit = flights.wait(flight, self.follow_timeout)
         except FollowTimeout:  # the leader is stuck: read ourselves, fill nothing
             return self._read_one(cls, key_dict, key, start, stop, begun, [], False)
-        writes = self._writes
-        if (
-            writes.now != flight.begun  # a write since that load began: of this?
-            and (
-                hit is None
-                or not writes.quiet_since(identity_or_none(hit[0]) or "", flight.begun)
-            )
-        ) or (inv is not None and _heard_since(inv, key, hit, flight.mark)):
-            # What that load read may be older than a write this caller saw return.
+        if self._older_than_seen(flight, key, hit):
             return self._read_one(cls, key_dict, key, start, stop, begun, [], False)
         return hit  # type: ignore[no-any-return]
+
+    def _older_than_seen(self, flight: Any, key: str, hit: Found | None) -> bool:
+        """Whether a caller that waited for ``flight`` (a load of ``key`` that found ``hit``)
+        must read for itself: a write of it began while that load was in flight, through
+        this chain or in another process (the invalidation channel evicted the key or the
+        object found since), so what the load read may be older than a write this caller
+        saw return (SPEC section 11)."""
+        identity = None if hit is None else identity_or_none(hit[0])
+        writes = self._writes
+        if writes.now != flight.begun and (
+            identity is None or not writes.quiet_since(identity, flight.begun)
+        ):
+            return True
+        inv = self.invalidation
+        if inv is None:
+            return False
+        return inv.evicted_since((key,) if identity is None else (key, identity), flight.mark)
 
     def _read_one(
         self,
@@ -438,23 +447,13 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         late: dict[str, list[int]] = {k: pending[k] for k in claim.own}
         if claim.followed:
             self.counters.add("lease_waits", len(claim.followed))
-        writes = self._writes
         for key, flight in claim.followed.items():
             try:
                 hit = self._flights.wait(flight, self.follow_timeout)
             except FollowTimeout:
                 late[key] = pending[key]
                 continue
-            if (
-                writes.now != flight.begun  # a write since that load began: of this?
-                and (
-                    hit is None
-                    or not writes.quiet_since(identity_or_none(hit[0]) or "", flight.begun)
-                )
-            ) or (inv is not None and _heard_since(inv, key, hit, flight.mark)):
-                # A write of it began while that load was in flight (here, or in another
-                # process: its eviction came): what the load read may be older than a write
-                # this caller already saw return. Read for ourselves.
+            if self._older_than_seen(flight, key, hit):  # read for ourselves
                 late[key] = pending[key]
                 continue
             found[key] = hit
@@ -669,12 +668,3 @@ class _SourceView(ChainedStore):
             raise AttributeError(name)
         return getattr(base, name)
 
-
-def _heard_since(inv: InvalidationChannel, key: str, hit: Found | None, mark: int) -> bool:
-    """Whether ``inv`` evicted the key a load was for, or the object it found, since ``mark``
-    (where it stood when the load began): another process wrote it meanwhile, and a caller
-    that waited for that load may have seen that write return (SPEC section 11)."""
-    if hit is None:
-        return inv.evicted_since((key,), mark)
-    identity = identity_or_none(hit[0])
-    return inv.evicted_since((key,) if identity is None else (key, identity), mark)
