@@ -283,12 +283,15 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         stop = len(self.stores)
         if role == LED:
             next(self.counters.loads)
+            refused: list[str] = []
             try:
-                hit = self._read_one(cls, key_dict, key, start, stop, begun, list(asked), True)
+                hit = self._read_one(
+                    cls, key_dict, key, start, stop, begun, list(asked), True, refused
+                )
             except BaseException as exc:
                 flights.land_one(key, flight, error=exc)
                 raise
-            flights.land_one(key, flight, hit)
+            flights.land_one(key, flight, hit, superseded=bool(refused))
             return hit
         if role == OWN:  # loading it further up this thread's stack, which holds its leases
             return self._read_one(cls, key_dict, key, start, stop, begun, [], False)
@@ -306,7 +309,10 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         must read for itself: a write of it began while that load was in flight, through
         this chain or in another process (the invalidation channel evicted the key or the
         object found since), so what the load read may be older than a write this caller
-        saw return (SPEC section 11)."""
+        saw return (SPEC section 11). Without a channel, a shared layer that refused the
+        load's fill tells the same: its lease was voided by a write of the key."""
+        if flight.superseded:
+            return True
         identity = None if hit is None else identity_or_none(hit[0])
         writes = self._writes
         if writes.now != flight.begun and (
@@ -328,8 +334,10 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         begun: int,
         asked: list[int],
         fill: bool,
+        refused: list[str] | None = None,
     ) -> Found | None:
-        """:meth:`_read_layers` of one key."""
+        """:meth:`_read_layers` of one key (``refused``: gets the identity of what a shared
+        layer refused to be filled with)."""
         inv = self.invalidation  # evictions heard from now on also void this read's fills
         mark = 0 if inv is None else inv.mark()
         found: Found | None = None
@@ -367,7 +375,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             if self._record < self._last:  # below a source: the store of record first
                 backfill.sort(key=lambda fill: -fill[0])
             for layer, identity, item in backfill:
-                self._backfill_one(layer, identity, item, begun, mark)
+                if self._backfill_one(layer, identity, item, begun, mark) and refused is not None:
+                    refused.append(identity)
         except BaseException:  # a layer below raised: give back the leases this read holds
             held: dict[int, list[Any]] = {layer: [token] for layer, token in tokens.items()}
             for layer, _, (_, _, token) in backfill:
@@ -434,14 +443,23 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         if claim.led:
             self.counters.add("loads", len(claim.led))
             mine = {k: pending[k] for k in claim.led}
+            refused: set[str] = set()
+            above = list(asked)
             try:
                 found = self._read_layers(
-                    cls, key_dicts, mine, start, stop, begun, list(asked), fill=True
+                    cls, key_dicts, mine, start, stop, begun, above, fill=True, refused=refused
                 )
             except BaseException as exc:
                 self._flights.land(claim.led, error=exc)
                 raise
-            self._flights.land(claim.led, found)
+            # Loads whose fill a shared layer refused: a write overtook them (their followers
+            # read for themselves)
+            superseded = {
+                key
+                for key, hit in found.items()
+                if refused and hit is not None and identity_or_none(hit[0]) in refused
+            }
+            self._flights.land(claim.led, found, superseded=superseded)
         # Keys this thread is loading further up its stack: read without leases (that load
         # holds them: waiting for its fill would be waiting for ourselves), fill nothing.
         late: dict[str, list[int]] = {k: pending[k] for k in claim.own}
@@ -474,9 +492,11 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         asked: list[int],
         *,
         fill: bool,
+        refused: set[str] | None = None,
     ) -> dict[str, Found | None]:
         """Read layers ``start`` to ``stop - 1`` for ``pending``; with ``fill``, backfill what
-        was found into the ``asked`` layers above that missed (appending to ``asked``)."""
+        was found into the ``asked`` layers above that missed (appending to ``asked``;
+        ``refused`` gets the identities a shared layer refused to be filled with)."""
         pending = dict(pending)
         inv = self.invalidation  # evictions heard from now on also void this read's fills
         mark = 0 if inv is None else inv.mark()
@@ -522,7 +542,9 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             if self._record < self._last:  # below a source: the store of record first
                 layers = sorted(backfill, reverse=True)
             for layer in layers:
-                self._backfill(layer, backfill[layer], begun, mark)
+                lost = self._backfill(layer, backfill[layer], begun, mark)
+                if lost and refused is not None:
+                    refused.update(lost)
         except BaseException:  # a layer below raised: give back the leases this read holds
             held = {layer: list(unused.values()) for layer, unused in tokens.items()}
             for layer, items in backfill.items():
@@ -550,9 +572,12 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
 
     def _backfill(
         self, layer: int, items: dict[str, tuple[Any, Deadline, Any]], begun: int, mark: int
-    ) -> None:
+    ) -> list[str]:
+        """Fill ``items`` (identity -> object, deadline, lease token) into ``layer``; the
+        identities a shared layer refused (a write voided their leases)."""
         store = self.stores[layer]
         objs = [obj for obj, _, _ in items.values()]
+        lost: list[str] = []
         try:
             if store.shared:
                 stored = store.batch_fill(
@@ -560,6 +585,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     [token for _, _, token in items.values()],
                     expires_at=[d for _, d, _ in items.values()],
                 )
+                lost = [i for i, ok in zip(items, stored, strict=True) if not ok]
                 objs = [o for o, ok in zip(objs, stored, strict=True) if ok]
             else:
                 writes = self._writes
@@ -583,18 +609,19 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             inv = self.invalidation
             if objs and inv is not None and inv.guards(store):  # an eviction raced the fill
                 inv.settle(store, list(items), mark)  # type: ignore[arg-type]  # guarded: one
+        return lost
 
     def _backfill_one(
         self, layer: int, identity: str, item: tuple[Any, Deadline, Any], begun: int, mark: int
-    ) -> None:
-        """:meth:`_backfill` of one object."""
+    ) -> bool:
+        """:meth:`_backfill` of one object; whether a shared layer refused it."""
         store = self.stores[layer]
         obj, deadline, token = item
         objs = [obj]
         try:
             if store.shared:
                 if not store.batch_fill(objs, [token], expires_at=[deadline])[0]:
-                    objs = []
+                    return True
             else:
                 writes = self._writes
                 with writes.lock:  # no write of this key may slip between check and fill
@@ -614,6 +641,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 inv = self.invalidation
                 if inv is not None and inv.guards(store):  # an eviction raced the fill
                     inv.settle(store, [identity], mark)  # type: ignore[arg-type]  # guarded
+        return False
 
     def _with_source(self, source: BaseStore) -> ChainedStore:
         """A chain that reads ``source`` after every layer of this one missed, as one more

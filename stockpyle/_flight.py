@@ -13,7 +13,7 @@ that reads through the chain it loads for) is told so instead of waiting for its
 from __future__ import annotations
 
 import threading
-from collections.abc import Hashable, Iterable, Mapping
+from collections.abc import Collection, Hashable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from stockpyle._fork import renew_in_child
@@ -36,7 +36,7 @@ class _Flight:
     result or error. The event followers wait on is made only when a follower comes (most
     loads have none: a leader alone pays no lock or condition of its own)."""
 
-    __slots__ = ("_event", "begun", "error", "leader", "mark", "result")
+    __slots__ = ("_event", "begun", "error", "leader", "mark", "result", "superseded")
 
     def __init__(self, leader: int, begun: int, mark: int) -> None:
         self.leader = leader
@@ -46,6 +46,9 @@ class _Flight:
         self.mark = mark
         self.result: Any = None
         self.error: BaseException | None = None
+        #: set by the leader when it learned that a write overtook its load (a shared layer
+        #: refused its fill): the result may be older than a write a follower saw return
+        self.superseded = False
         self._event: threading.Event | None = None
 
 
@@ -128,7 +131,12 @@ class FlightTable(Generic[K]):
             return FOLLOWED, flight
 
     def land_one(
-        self, key: K, flight: _Flight, result: Any = None, error: BaseException | None = None
+        self,
+        key: K,
+        flight: _Flight,
+        result: Any = None,
+        error: BaseException | None = None,
+        superseded: bool = False,
     ) -> None:
         """:meth:`land` of one flight led with :meth:`claim_one`."""
         with self._lock:
@@ -139,6 +147,7 @@ class FlightTable(Generic[K]):
                 flight.error = error
             else:
                 flight.result = result
+                flight.superseded = superseded
             event = flight._event
         if event is not None:
             event.set()
@@ -148,8 +157,10 @@ class FlightTable(Generic[K]):
         led: Mapping[K, _Flight],
         results: Mapping[K, Any] | None = None,
         error: BaseException | None = None,
+        superseded: Collection[K] = (),
     ) -> None:
-        """End the flights of ``led``: hand followers ``results[key]`` (or ``error``)."""
+        """End the flights of ``led``: hand followers ``results[key]`` (or ``error``), noting
+        the keys whose loads a write overtook (``superseded``)."""
         if not led:
             return
         waited: list[threading.Event] = []
@@ -163,6 +174,7 @@ class FlightTable(Generic[K]):
                     flight.error = error
                 else:
                     flight.result = None if results is None else results.get(key)
+                    flight.superseded = key in superseded
                 if flight._event is not None:
                     waited.append(flight._event)
         for event in waited:
