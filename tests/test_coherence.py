@@ -358,13 +358,16 @@ def test_no_worker_runs_on_after_the_checker_is_killed(
     With SIGKILL nothing of it runs: its workers, whose checker is gone, stop by themselves
     within a bound (its memcached server cannot know; this test stops it). Before, the
     workers ran on against the database for good, and spoiled every later run."""
+    tmp = tmp_path / "tmp"  # the checker's temporary directory goes here
+    tmp.mkdir()
+    errors = (tmp_path / "stderr").open("w")  # a file, not a pipe: nothing waits for a reader
     cli = subprocess.Popen(
         [sys.executable, "-m", "stockpyle.testing.coherence", "--database-url", pg_url,
          "--processes", "2", "--threads", "1", "--operations", "100000000", "--seconds", "600",
          "--no-faults", "--memcached", "1", "--keys", "8"],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        env={**os.environ, "TMPDIR": str(tmp_path)},
+        stderr=errors,
+        env={**os.environ, "TMPDIR": str(tmp)},
     )  # fmt: skip
     engine = sa.create_engine(pg_url)
     children: dict[int, str] = {}
@@ -375,7 +378,7 @@ def test_no_worker_runs_on_after_the_checker_is_killed(
             workers = [p for p, command in children.items() if "spawn_main" in command]
             if len(workers) == 2 and _rows(engine) > 0:  # both run, and writes have landed
                 break
-            assert cli.poll() is None, cli.communicate()[1]
+            assert cli.poll() is None, (tmp_path / "stderr").read_text()
             assert time.monotonic() < deadline, "the checker's workers never wrote"
             time.sleep(0.1)
         servers = [p for p, command in children.items() if "memcached" in command]
@@ -391,7 +394,7 @@ def test_no_worker_runs_on_after_the_checker_is_killed(
             assert cli.returncode == 128 + signal.SIGTERM
             assert [p for p in servers if _alive(p)] == []
             assert not sa.inspect(engine).has_table("stockpyle_coherence_item")
-            assert list(tmp_path.iterdir()) == []
+            assert list(tmp.iterdir()) == []
     finally:
         if cli.poll() is None:
             cli.kill()
@@ -400,8 +403,7 @@ def test_no_worker_runs_on_after_the_checker_is_killed(
             if _alive(pid):
                 os.kill(pid, signal.SIGCONT)
                 os.kill(pid, signal.SIGKILL)
-        assert cli.stderr is not None
-        cli.stderr.close()
+        errors.close()
         CoherenceBase.metadata.drop_all(engine)
         engine.dispose()
 
