@@ -3,7 +3,9 @@ fail or hold a layer's calls (never a stand-in for a backend: the store works as
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from stockpyle._expiry import Deadline
@@ -33,3 +35,18 @@ class HookedStore(ProcessMemoryStore):
     def batch_delete(self, objs: Sequence[Any]) -> None:
         self.before("delete", objs)
         super().batch_delete(objs)
+
+
+def followed_once(chain: Any, bound: float = 10.0) -> None:
+    """Wait until a caller of ``chain`` follows a load in flight (its ``lease_waits``
+    counter moves; ``bound`` seconds at most, a bound and never a pause), and check that
+    exactly one did."""
+    wait_until(lambda: chain.counters.value("lease_waits") > 0, bound)
+    assert chain.counters.value("lease_waits") == 1
+
+
+def wait_until(predicate: Callable[[], bool], bound: float = 10.0) -> None:
+    """Poll ``predicate`` until it holds, for at most ``bound`` seconds."""
+    deadline = time.monotonic() + bound
+    while not predicate() and time.monotonic() < deadline:
+        threading.Event().wait(0.005)

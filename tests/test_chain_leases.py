@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from helpers_loopback import Bus, LoopbackChannel
+from helpers_stores import followed_once
 
 from stockpyle import StoreError
 from stockpyle.stores import ChainedStore, MemcacheStore, ProcessMemoryStore
@@ -201,11 +202,7 @@ def test_a_caller_arriving_after_another_process_wrote_never_gets_the_older_load
 
     follower, followed = in_thread(read)
     try:
-        for _ in range(1000):  # until it follows A's load (a bound, not a pause)
-            if a.counters.value("lease_waits"):
-                break
-            threading.Event().wait(0.005)
-        assert a.counters.value("lease_waits") == 1
+        followed_once(a)  # the other thread follows A's load
     finally:
         database.go.set()
         leader.join(WAIT)

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 import pytest
 from helpers_loopback import Bus, LoopbackChannel
+from helpers_stores import followed_once
 
 import stockpyle
 from stockpyle._store import KeyDict
@@ -314,11 +315,7 @@ def test_a_caller_arriving_after_another_process_wrote_never_gets_the_older_load
         below.put(written)  # another process's write ...
         channel.received(pack("elsewhere", keys_of([written])))  # ... and its message
         follower.start()
-        for _ in range(500):  # until it follows the load in flight (a bound, not a pause)
-            if chain.counters.value("lease_waits"):
-                break
-            threading.Event().wait(0.01)
-        assert chain.counters.value("lease_waits") == 1
+        followed_once(chain)  # it follows the load in flight
     finally:
         below.release.set()
         leader.join(5)
