@@ -454,11 +454,13 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 raise
             # Loads whose fill a shared layer refused: a write overtook them (their followers
             # read for themselves)
-            superseded = {
-                key
-                for key, hit in found.items()
-                if refused and hit is not None and identity_or_none(hit[0]) in refused
-            }
+            superseded: set[str] = set()
+            if refused:  # (rare: a write overtook a load; scan the results only then)
+                superseded = {
+                    key
+                    for key, hit in found.items()
+                    if hit is not None and identity_or_none(hit[0]) in refused
+                }
             self._flights.land(claim.led, found, superseded=superseded)
         # Keys this thread is loading further up its stack: read without leases (that load
         # holds them: waiting for its fill would be waiting for ourselves), fill nothing.
