@@ -445,9 +445,25 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             mine = {k: pending[k] for k in claim.led}
             refused: set[str] = set()
             above = list(asked)
+            led = claim.led
+
+            def settle(settled: dict[str, Found | None]) -> None:
+                # Keys an upper layer answered while this read goes on below for others: their
+                # followers take them now, not as old as the slowest load of the batch.
+                self._flights.land({k: led.pop(k) for k in settled}, settled)
+
             try:
                 found = self._read_layers(
-                    cls, key_dicts, mine, start, stop, begun, above, fill=True, refused=refused
+                    cls,
+                    key_dicts,
+                    mine,
+                    start,
+                    stop,
+                    begun,
+                    above,
+                    fill=True,
+                    refused=refused,
+                    settle=settle,
                 )
             except BaseException as exc:
                 self._flights.land(claim.led, error=exc)
@@ -495,10 +511,14 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         *,
         fill: bool,
         refused: set[str] | None = None,
+        settle: Callable[[dict[str, Found | None]], None] | None = None,
     ) -> dict[str, Found | None]:
         """Read layers ``start`` to ``stop - 1`` for ``pending``; with ``fill``, backfill what
         was found into the ``asked`` layers above that missed (appending to ``asked``;
-        ``refused`` gets the identities a shared layer refused to be filled with)."""
+        ``refused`` gets the identities a shared layer refused to be filled with). While
+        other keys are still to be read (below, or awaited from other callers' fills),
+        ``settle`` gets the keys a layer answered that no fill of a shared layer will check (a
+        shared layer's own hits, say) as soon as that layer answered them."""
         pending = dict(pending)
         inv = self.invalidation  # evictions heard from now on also void this read's fills
         mark = 0 if inv is None else inv.mark()
@@ -514,9 +534,35 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 wanted = [key_dicts[pending[k][0]] for k in keys]
                 if layer:  # every layer above missed these keys: this read loads them
                     store.counters.add("loads", len(keys))
+
+                def take(hits: dict[str, Found | None], layer: int = layer) -> None:
+                    """Take ``layer``'s answers; hand over those no shared fill checks."""
+                    settled: dict[str, Found | None] = {}
+                    for key, hit in hits.items():
+                        if hit is None or (
+                            (layer != self._last or self.stores[layer].cache_only)
+                            and self._is_suspect(layer, hit[0])
+                        ):
+                            continue
+                        del pending[key]
+                        found[key] = settled[key] = hit
+                        if fill and asked:  # (a hit in the first layer read fills nothing)
+                            obj, deadline = hit
+                            identity = layout_of(type(obj)).identity_of(obj)
+                            for upper in asked:
+                                token = tokens.get(upper, {}).pop(key, None)
+                                if not self.stores[upper].shared or token is not None:
+                                    item = (obj, deadline, token)
+                                    backfill.setdefault(upper, {})[identity] = item
+                                    if token is not None:  # its fill tells if a write overtook
+                                        settled.pop(key, None)
+                    if settle is not None and pending and settled:
+                        settle(settled)
+
                 try:
                     if fill and store.shared and layer != self._last:
-                        hits = self._leased_read(cls, layer, keys, wanted, tokens)
+                        answered = None if settle is None else take
+                        hits = self._leased_read(cls, layer, keys, wanted, tokens, answered)
                     else:
                         hits = dict(zip(keys, store.batch_get_entries(cls, wanted), strict=True))
                 except StoreError as exc:
@@ -524,21 +570,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                         raise
                     self._failed(layer, "get", exc)
                     continue
-                for key, hit in hits.items():
-                    if hit is None or (
-                        (layer != self._last or store.cache_only)
-                        and self._is_suspect(layer, hit[0])
-                    ):
-                        continue
-                    del pending[key]
-                    found[key] = hit
-                    if fill and asked:  # (a hit in the first layer read fills nothing)
-                        obj, deadline = hit
-                        identity = layout_of(type(obj)).identity_of(obj)
-                        for upper in asked:
-                            token = tokens.get(upper, {}).pop(key, None)
-                            if not self.stores[upper].shared or token is not None:
-                                backfill.setdefault(upper, {})[identity] = (obj, deadline, token)
+                take(hits)
                 asked.append(layer)
             layers: Iterable[int] = backfill
             if self._record < self._last:  # below a source: the store of record first

@@ -35,8 +35,11 @@ class LeasedReads:
         keys: list[str],
         wanted: list[KeyDict],
         tokens: dict[int, dict[str, Any]],
+        answered: Callable[[dict[str, Found | None]], None] | None = None,
     ) -> dict[str, Found | None]:
-        """Read a shared layer, taking a lease on each miss (one caller per key fills)."""
+        """Read a shared layer, taking a lease on each miss (one caller per key fills).
+        Before it waits for other callers' fills, ``answered`` (if given) gets the hits so far,
+        which are then not returned again."""
         store = self.stores[layer]
         leases = store.batch_lease_entries(cls, wanted, lease_seconds=self.lease_seconds)
         hits: dict[str, Found | None] = {}
@@ -54,6 +57,9 @@ class LeasedReads:
             elif lease.busy:
                 busy.append(i)
         if busy and self.lease_wait > 0:
+            if answered is not None and hits:  # not kept waiting for the fills of others
+                answered(hits)
+                hits = {}
             hits.update(
                 self._await_fill(cls, store, [keys[i] for i in busy], [wanted[i] for i in busy])
             )
