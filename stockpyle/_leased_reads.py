@@ -38,8 +38,8 @@ class LeasedReads:
         answered: Callable[[dict[str, Found | None]], None] | None = None,
     ) -> dict[str, Found | None]:
         """Read a shared layer, taking a lease on each miss (one caller per key fills).
-        Before it waits for other callers' fills, ``answered`` (if given) gets the hits so far,
-        which are then not returned again."""
+        While it waits for other callers' fills, ``answered`` (if given) gets the hits so far
+        (those it found, then each fill as it lands), which are then not returned again."""
         store = self.stores[layer]
         leases = store.batch_lease_entries(cls, wanted, lease_seconds=self.lease_seconds)
         hits: dict[str, Found | None] = {}
@@ -61,7 +61,9 @@ class LeasedReads:
                 answered(hits)
                 hits = {}
             hits.update(
-                self._await_fill(cls, store, [keys[i] for i in busy], [wanted[i] for i in busy])
+                self._await_fill(
+                    cls, store, [keys[i] for i in busy], [wanted[i] for i in busy], answered
+                )
             )
         return hits
 
@@ -95,9 +97,16 @@ class LeasedReads:
         return None
 
     def _await_fill(
-        self, cls: type[Any], store: BaseStore, keys: list[str], wanted: list[KeyDict]
+        self,
+        cls: type[Any],
+        store: BaseStore,
+        keys: list[str],
+        wanted: list[KeyDict],
+        answered: Callable[[dict[str, Found | None]], None] | None = None,
     ) -> dict[str, Found | None]:
-        """Poll ``store`` for fills another caller is making, for at most ``lease_wait``."""
+        """Poll ``store`` for fills another caller is making, for at most ``lease_wait``
+        (``answered``: gets each poll's fills at once while others are awaited, and they are
+        not returned)."""
         store.counters.add("lease_waits", len(keys))
         hits: dict[str, Found | None] = {}
         deadline = time.monotonic() + self.lease_wait
@@ -107,11 +116,16 @@ class LeasedReads:
             interval = min(interval * 2, 0.005)
             found = store.batch_get_entries(cls, wanted)
             left_keys, left_wanted = [], []
+            landed: dict[str, Found | None] = {}
             for key, key_dict, hit in zip(keys, wanted, found, strict=True):
                 if hit is None:
                     left_keys.append(key)
                     left_wanted.append(key_dict)
                 else:
-                    hits[key] = hit
+                    landed[key] = hit
             keys, wanted = left_keys, left_wanted
+            if answered is not None and landed and keys:
+                answered(landed)  # not kept waiting for the fills still to come
+            else:
+                hits.update(landed)
         return hits

@@ -276,6 +276,52 @@ def test_a_batch_hands_over_its_cache_hits_before_it_loads_the_rest(
     assert a.counters.value("lease_waits") == 0  # and it did not wait for the batch
 
 
+@pytest.mark.parametrize("write", ["put", "delete"])
+@pytest.mark.parametrize("how", ["get", "batch"])
+def test_a_batch_hands_over_each_fill_it_awaited_as_it_lands(
+    world: Any, write: str, how: str
+) -> None:
+    """A's batch misses keys 1 and 5 in memcached, whose leases process B holds: A waits for
+    B's fills. B fills key 1 (A's poll finds it) but not yet key 5; C writes key 1; then
+    another thread of A reads key 1. It must not take the copy A's batch polled before C's
+    write, waiting with the batch for key 5 (the checker measured such reads 75 ms after the
+    write, with no fault)."""
+    database, process = world
+    a, b, c = process(), process(), process()
+    database.put(Foo(1, 2, 3, name="v1"))
+    database.put(Foo(5, 6, 7, name="other"))
+    ones, fives = b.stores[0].batch_lease_entries(
+        Foo, [{"key": 1}, {"key": 5}], lease_seconds=30
+    )
+    assert ones.token is not None and fives.token is not None  # B holds both leases
+    a.lease_wait = 6 * WAIT  # the bound, generous: A waits for B's fills (past our waits)
+    leader, out = in_thread(lambda: a.batch_get(Foo, [{"key": 1}, {"key": 5}]))
+    wait_until(lambda: a.stores[0].counters.value("lease_waits") == 2)  # A awaits both
+    try:
+        assert b.stores[0].batch_fill([Foo(1, 2, 3, name="v1")], [ones.token]) == [True]
+        wait_until(lambda: len(a._flights) == 1)  # A's poll found key 1; key 5 awaited
+        if write == "put":
+            c.put(Foo(1, 2, 3, name="v2"))
+        else:
+            c.delete(Foo(1, 2, 3))
+
+        def read() -> Any:
+            if how == "get":
+                return a.get(Foo, {"key": 1})
+            return a.batch_get(Foo, [{"key": 1}])[0]
+
+        reader, got = in_thread(read)
+        wait_until(lambda: not reader.is_alive() or a.counters.value("lease_waits") > 0)
+    finally:
+        b.stores[0].batch_fill([Foo(5, 6, 7, name="other")], [fives.token])
+        leader.join(WAIT)
+    reader.join(WAIT)
+    assert [o.name for o in out[0]] == ["v1", "other"]  # the batch returns what it found
+    found = got[0]
+    assert (found and found.name) == (None if write == "delete" else "v2")
+    assert a.counters.value("lease_waits") == 0  # and it did not wait for the batch
+
+
 def test_a_miss_everywhere_gives_its_lease_back(world: Any) -> None:
     """A key found in no layer does not leave a lease behind that would make others wait."""
     _, process = world
