@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import gc
 import logging
 import pickle
@@ -713,9 +714,10 @@ def test_a_committed_delete_refuses_another_process_fill_in_flight(hooked: Any) 
         assert reader.get(SqlFoo, key) is None
 
 
+@pytest.mark.parametrize("beyond", [False, True], ids=["in-list", "beyond-in-limit"])
 @pytest.mark.parametrize("statement", ["delete", "update"])
 def test_a_row_committed_while_a_bulk_statement_runs_is_not_left_stale(
-    file_or_pg_engine: sa.Engine, statement: str
+    file_or_pg_engine: sa.Engine, statement: str, beyond: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A bulk DELETE (or UPDATE) by criteria, held between the extension's select of the
     rows it will touch and the statement itself, while another session inserts a matching
@@ -723,12 +725,21 @@ def test_a_row_committed_while_a_bulk_statement_runs_is_not_left_stale(
     that row too, which the extension had not selected: the row was deleted (updated) and its
     cached copy stayed, for good. The statement now touches only the rows selected (as if it
     had run when they were): afterwards the cache holds what the database holds. (On SQLite
-    too: its driver runs the select outside a transaction, which holds no lock.)"""
+    too: its driver runs the select outside a transaction, which holds no lock.) Beyond the
+    IN limit (made 1 here, with two matching rows selected), the keys go as one parameter:
+    an array on PostgreSQL, JSON on SQLite."""
+    from stockpyle.ext import _sqlalchemy_rows
+
     engine = file_or_pg_engine
     cache = ProcessMemoryStore()
     maker = orm.sessionmaker(engine)
     StockpyleSessionExtension(store=cache).attach(maker)
     selected, go = threading.Event(), threading.Event()
+    if beyond:
+        monkeypatch.setattr(_sqlalchemy_rows, "IN_LIMIT", 1)
+        with maker() as session:
+            session.add_all([SqlUser(id=i, email=f"{i}@race", name="old") for i in (10, 11)])
+            session.commit()
 
     def bulk() -> None:
         race = SqlUser.email.like("%@race")
@@ -765,14 +776,18 @@ def test_a_row_committed_while_a_bulk_statement_runs_is_not_left_stale(
     copy = cache.get(SqlUser, {"id": 1})
     assert copy is None or copy.name == name, (copy and copy.name, name)
     assert name == "new"  # the statement ran as of its select: the row came after
+    if beyond:  # the rows selected were changed, and their copies went
+        with engine.connect() as conn:
+            names = conn.scalars(sa.select(SqlUser.name).where(SqlUser.id >= 10)).all()
+        assert names == ([] if statement == "delete" else ["bulk", "bulk"])
+        assert [cache.get(SqlUser, {"id": i}) for i in (10, 11)] == [None, None]
 
 
 def test_bulk_statements_over_more_rows_than_an_in_list_holds(
     file_or_pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Beyond IN_LIMIT rows (made 1 here), PostgreSQL gets the selected keys as one array
-    parameter; other databases run the statement as it was. Either way the rows change and
-    their cached copies go."""
+    parameter, SQLite as one JSON parameter. The rows change and their cached copies go."""
     from stockpyle.ext import _sqlalchemy_rows
 
     monkeypatch.setattr(_sqlalchemy_rows, "IN_LIMIT", 1)
@@ -793,15 +808,24 @@ def test_bulk_statements_over_more_rows_than_an_in_list_holds(
         rows = conn.execute(sa.select(SqlUser.id, SqlUser.name).order_by(SqlUser.id)).all()
     assert [tuple(r) for r in rows] == [(3, "bulk"), (4, "bulk")]
     assert [cache.get(SqlUser, {"id": i}) for i in range(1, 5)] == [None] * 4
-    narrowed = [s for s in sent if s.lstrip().startswith(("UPDATE", "DELETE")) and "ANY" in s]
-    assert len(narrowed) == (2 if engine.dialect.name == "postgresql" else 0), sent
+    form = "ANY" if engine.dialect.name == "postgresql" else "json_each"
+    narrowed = [s for s in sent if s.lstrip().startswith(("UPDATE", "DELETE")) and form in s]
+    assert len(narrowed) == 2, sent
 
 
-def test_bulk_statements_on_a_composite_primary_key(file_or_pg_engine: sa.Engine) -> None:
+@pytest.mark.parametrize("beyond", [False, True], ids=["in-list", "beyond-in-limit"])
+def test_bulk_statements_on_a_composite_primary_key(
+    file_or_pg_engine: sa.Engine, beyond: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A class keyed by a composite primary key: its bulk statements are narrowed by a tuple
-    IN of the rows selected, and change and invalidate exactly those."""
+    IN of the rows selected, and change and invalidate exactly those. Beyond the IN limit
+    (made 1 here), by the rows of one array parameter per column (PostgreSQL's ``unnest``)
+    or of one JSON parameter (SQLite's ``json_each``)."""
+    from stockpyle.ext import _sqlalchemy_rows
     from stockpyle.testing.sqlmodels import SqlPair
 
+    if beyond:
+        monkeypatch.setattr(_sqlalchemy_rows, "IN_LIMIT", 1)
     engine = file_or_pg_engine
     cache = ProcessMemoryStore()
     maker = orm.sessionmaker(engine)
@@ -809,6 +833,8 @@ def test_bulk_statements_on_a_composite_primary_key(file_or_pg_engine: sa.Engine
     with maker() as session:
         session.add_all([SqlPair(a=a, b=b, name="n") for a in (1, 2) for b in (1, 2)])
         session.commit()
+    sent: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
     with maker() as session:
         session.execute(sa.update(SqlPair).where(SqlPair.b == 2).values(name="bulk"))
         session.execute(sa.delete(SqlPair).where(SqlPair.a == 1, SqlPair.b == 1))
@@ -818,3 +844,69 @@ def test_bulk_statements_on_a_composite_primary_key(file_or_pg_engine: sa.Engine
         assert [tuple(r) for r in rows] == [(1, 2, "bulk"), (2, 1, "n"), (2, 2, "bulk")]
     gone = [cache.get(SqlPair, {"a": a, "b": b}) is None for a in (1, 2) for b in (1, 2)]
     assert gone == [True, True, False, True]
+    # (the UPDATE touches two rows: beyond the limit of 1; the DELETE one)
+    form = "IN (" if not beyond else "unnest" if engine.dialect.name == "postgresql" else "json"
+    (update,) = [s for s in sent if s.lstrip().startswith("UPDATE")]
+    assert form in update, update
+
+
+class _KeysBase(orm.DeclarativeBase):
+    pass
+
+
+class _Coded(_KeysBase):
+    """A string primary key (read through JSON on SQLite as TEXT)."""
+
+    __tablename__ = "stockpyle_test_coded"
+    code: orm.Mapped[str] = orm.mapped_column(sa.String(20), primary_key=True)
+    name: orm.Mapped[str] = orm.mapped_column(sa.String(20), default="")
+
+
+class _Dated(_KeysBase):
+    """A date primary key (no JSON form on SQLite: its statements run as they were)."""
+
+    __tablename__ = "stockpyle_test_dated"
+    day: orm.Mapped[datetime.date] = orm.mapped_column(primary_key=True)
+    name: orm.Mapped[str] = orm.mapped_column(sa.String(20), default="")
+
+
+def test_bulk_statements_beyond_the_in_limit_by_string_and_date_keys(
+    file_or_pg_engine: sa.Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beyond the IN limit (made 1 here): string keys are narrowed on both databases (on
+    SQLite through JSON, compared as TEXT); date keys on PostgreSQL (an array of dates), and
+    on SQLite, which has no such parameter for them, the statement runs as it was. Every way,
+    the rows selected change and their cached copies go; the others stay."""
+    from stockpyle.ext import _sqlalchemy_rows
+
+    monkeypatch.setattr(_sqlalchemy_rows, "IN_LIMIT", 1)
+    engine = file_or_pg_engine
+    _KeysBase.metadata.create_all(engine)
+    try:
+        cache = ProcessMemoryStore()
+        maker = orm.sessionmaker(engine)
+        StockpyleSessionExtension(store=cache).attach(maker)
+        days = [datetime.date(2026, 1, d) for d in (1, 2, 3)]
+        with maker() as session:
+            session.add_all([_Coded(code=c, name="n") for c in ("a", "b", "c")])
+            session.add_all([_Dated(day=d, name="n") for d in days])
+            session.commit()
+        sent: list[str] = []
+        sa.event.listen(engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+        with maker() as session:
+            session.execute(sa.update(_Coded).where(_Coded.code >= "b").values(name="bulk"))
+            session.execute(sa.delete(_Dated).where(_Dated.day <= days[1]))
+            session.commit()
+        with engine.connect() as conn:
+            coded = conn.execute(sa.select(_Coded.code, _Coded.name).order_by(_Coded.code))
+            assert [tuple(r) for r in coded] == [("a", "n"), ("b", "bulk"), ("c", "bulk")]
+            assert conn.scalars(sa.select(_Dated.day)).all() == [days[2]]
+        assert [cache.get(_Coded, {"code": c}) is None for c in "abc"] == [False, True, True]
+        assert [cache.get(_Dated, {"day": d}) is None for d in days] == [True, True, False]
+        statements = [s for s in sent if s.lstrip().startswith(("UPDATE", "DELETE"))]
+        if engine.dialect.name == "postgresql":
+            assert all("ANY" in s for s in statements), statements
+        else:
+            assert ["json_each" in s for s in statements] == [True, False], statements
+    finally:
+        _KeysBase.metadata.drop_all(engine)

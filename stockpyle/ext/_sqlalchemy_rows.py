@@ -4,6 +4,7 @@ old versions of flushed objects whose keys changed, their unloaded columns, and 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -63,7 +64,8 @@ def load_missing(session: orm.Session, objs: Sequence[Any]) -> None:
 
 #: The most rows a bulk statement is narrowed to by an ``IN`` list of their primary keys (a
 #: database takes some tens of thousands of parameters at most); beyond it, PostgreSQL gets the
-#: keys as one array parameter (a single-column key), other databases the statement as it was.
+#: keys as one array parameter per key column, SQLite (3.38 or later, keys of ints and
+#: strings) as one JSON parameter, other databases the statement as it was.
 IN_LIMIT = 10_000
 
 
@@ -79,8 +81,8 @@ def touched_rows(
     and the statement would be changed or deleted too, and its cached copy never invalidated:
     under ``READ COMMITTED`` (PostgreSQL's default; MySQL's locking reads), and on SQLite,
     whose driver runs the select outside a transaction. A bulk UPDATE by primary key names
-    its rows already; more than :data:`IN_LIMIT` rows are narrowed on PostgreSQL only (a
-    single-column key, as one array parameter)."""
+    its rows already; more than :data:`IN_LIMIT` rows are narrowed on PostgreSQL and SQLite
+    only (see :func:`_only`)."""
     cls = info.cls
     pk_keys = list(info.pk_keys)
     names = sorted({n for spec in info.layout.specs for n in spec.names} & info.column_keys)
@@ -111,23 +113,48 @@ def touched_rows(
         stand_ins.append(stand_in)
     narrow = None
     if by_criteria:
-        dialect = session.get_bind(info.mapper).dialect.name
+        dialect = session.get_bind(info.mapper).dialect
         at = [selected.index(k) for k in pk_keys]
         narrow = _only(info, [tuple(row[i] for i in at) for row in rows], dialect)
     return stand_ins, narrow
 
 
-def _only(info: MappedInfo, pks: list[tuple[Any, ...]], dialect: str) -> Any:
-    """``pk IN (pks)``: a criterion matching exactly the rows of ``pks`` (none if empty), or
-    ``None`` when there are too many for a database other than PostgreSQL."""
+def _only(info: MappedInfo, pks: list[tuple[Any, ...]], dialect: sa.Dialect) -> Any:
+    """``pk IN (pks)``: a criterion matching exactly the rows of ``pks`` (none if empty).
+    Beyond :data:`IN_LIMIT` rows: on PostgreSQL, the keys as one array parameter per key
+    column (``= ANY``, or ``IN`` the rows of ``unnest``); on SQLite 3.38 or later, when every
+    key value is an ``int`` or a ``str``, as one JSON parameter read by ``json_each``;
+    elsewhere ``None`` (too many for one statement's parameters)."""
     attrs = [getattr(info.cls, k) for k in info.pk_keys]
     if len(pks) <= IN_LIMIT:
         if len(attrs) == 1:
             return attrs[0].in_([pk[0] for pk in pks])
         return sa.tuple_(*attrs).in_(pks)
-    if len(attrs) == 1 and dialect == "postgresql":
+    if dialect.name == "postgresql":
         from sqlalchemy.dialects import postgresql
 
-        array = sa.bindparam(None, [pk[0] for pk in pks], type_=postgresql.ARRAY(attrs[0].type))
-        return attrs[0] == sa.any_(array)
+        arrays = [
+            sa.bindparam(None, [pk[i] for pk in pks], type_=postgresql.ARRAY(attr.type))
+            for i, attr in enumerate(attrs)
+        ]
+        if len(attrs) == 1:
+            return attrs[0] == sa.any_(arrays[0])
+        names = [f"k{i}" for i in range(len(attrs))]
+        rows = sa.func.unnest(*arrays).table_valued(*names).render_derived()
+        return sa.tuple_(*attrs).in_(sa.select(*(rows.c[n] for n in names)))
+    version = getattr(dialect.dbapi, "sqlite_version_info", (0,))
+    plain = all(type(v) is int or type(v) is str for pk in pks for v in pk)
+    if dialect.name == "sqlite" and version >= (3, 38) and plain:
+        param = sa.bindparam(None, json.dumps(pks, ensure_ascii=False), type_=sa.String())
+        value: Any = sa.column("value")
+        items = [
+            sa.cast(sa.func.json_extract(value, sa.literal_column(f"'$[{i}]'")), sa.Text())
+            if isinstance(attr.type, sa.String)
+            else sa.func.json_extract(value, sa.literal_column(f"'$[{i}]'"))
+            for i, attr in enumerate(attrs)
+        ]
+        keys = sa.select(*items).select_from(sa.func.json_each(param))
+        if len(attrs) == 1:
+            return attrs[0].in_(keys.scalar_subquery())
+        return sa.tuple_(*attrs).in_(keys)
     return None
