@@ -7,6 +7,7 @@ socket that accepts and never answers. No sleeping makes anything expire.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import os
@@ -616,3 +617,44 @@ def test_meta_memcache_logs_a_discarded_connection_with_its_cause(
         for record in discarded:
             assert record.exc_info is not None and record.exc_info[0] is not None
             assert "NoneType: None" not in caplog.text
+
+
+def test_a_private_memcached_dies_with_the_process_that_started_it() -> None:
+    """A process starts a private memcached from a thread that then ends (as a fault's
+    restart may), and is killed with SIGKILL (as ``timeout -s KILL`` kills a checker). The
+    server outlives the thread, and not the process: before, it ran on for good."""
+    import signal
+    import subprocess
+    import sys
+
+    from stockpyle.testing.servers import wait_closed
+
+    code = (
+        "import sys, threading\n"
+        "from stockpyle.testing.servers import MemcachedProcess\n"
+        "server = MemcachedProcess()\n"
+        "thread = threading.Thread(target=server.start)\n"
+        "thread.start(); thread.join()\n"
+        "print(server.port, server.proc.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    server_pid = 0
+    try:
+        assert owner.stdout is not None
+        port, server_pid = map(int, owner.stdout.readline().split())
+        client = PyClient(("127.0.0.1", port), connect_timeout=5, timeout=5)
+        assert client.set("k", b"v") and client.get("k") == b"v"  # alive, its thread gone
+        client.close()
+        owner.send_signal(signal.SIGKILL)
+        owner.wait(10)
+        wait_closed(port, timeout=10)  # a bound; raises if the server still listens
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        if server_pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(server_pid, signal.SIGKILL)

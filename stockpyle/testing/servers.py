@@ -12,6 +12,7 @@ may pause (``SIGSTOP``), kill and restart on the same port, and which leave noth
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import glob
 import os
@@ -69,11 +70,31 @@ def wait_closed(port: int, timeout: float = 5.0) -> None:
     raise TimeoutError(msg)
 
 
+_spawner: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+
+
+def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    """``Popen(cmd)`` of a server that dies with this process, even when it is killed with
+    ``SIGKILL``: under ``setpriv --pdeathsig KILL`` (util-linux; without it, a plain
+    ``Popen``). The kernel sends that signal when the *thread* that started the server ends,
+    so one thread that lives as long as the process starts them all (a server a fault
+    restarts from a short-lived thread would die with it)."""
+    global _spawner
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        return subprocess.Popen(cmd)
+    if _spawner is None or _spawner[0] != os.getpid():  # (none yet, or a forked child's)
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stockpyle-servers")
+        _spawner = (os.getpid(), pool)
+    return _spawner[1].submit(subprocess.Popen, [setpriv, "--pdeathsig", "KILL", *cmd]).result()
+
+
 class MemcachedProcess:
     """A private ``memcached`` on a free port that a test may pause, kill and restart.
 
     ``args`` are extra command-line options (e.g. ``"-I", "2m"``). :meth:`start` after
-    :meth:`kill` starts a fresh, empty server on the same port.
+    :meth:`kill` starts a fresh, empty server on the same port. The server dies with the
+    process that started it, however that process ends (where ``setpriv`` is installed).
     """
 
     def __init__(self, *args: str) -> None:
@@ -94,7 +115,7 @@ class MemcachedProcess:
     def start(self) -> None:
         """Start the server and wait until it accepts connections."""
         cmd = [self.binary, "-u", "root", "-l", "127.0.0.1", "-p", str(self.port), "-U", "0"]
-        self.proc = subprocess.Popen([*cmd, "-m", "64", *self.args])
+        self.proc = _spawn([*cmd, "-m", "64", *self.args])
         wait_listening(self.port)
 
     def pause(self) -> None:
