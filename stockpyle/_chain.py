@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any, TypeVar
 
 from stockpyle._expiry import Deadline
-from stockpyle._flight import LED, OWN, FlightTable, FollowTimeout
+from stockpyle._flight import LED, OWN, Flight, FlightTable, FollowTimeout
 from stockpyle._heal import HELD, Healer
 from stockpyle._keys import layout_of
 from stockpyle._leased_reads import LeasedReads
@@ -304,7 +304,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             return self._read_one(cls, key_dict, key, start, stop, begun, [], False)
         return hit  # type: ignore[no-any-return]
 
-    def _older_than_seen(self, flight: Any, key: str, hit: Found | None) -> bool:
+    def _older_than_seen(self, flight: Flight, key: str, hit: Found | None) -> bool:
         """Whether a caller that waited for ``flight`` (a load of ``key`` that found ``hit``)
         must read for itself: a write of it began while that load was in flight, through
         this chain or in another process (the invalidation channel evicted the key or the

@@ -18,7 +18,7 @@ from typing import Any, Generic, TypeVar
 
 from stockpyle._fork import renew_in_child
 
-__all__ = ["FOLLOWED", "LED", "OWN", "Claim", "FlightTable", "FollowTimeout"]
+__all__ = ["FOLLOWED", "LED", "OWN", "Claim", "Flight", "FlightTable", "FollowTimeout"]
 
 K = TypeVar("K", bound=Hashable)
 
@@ -31,7 +31,7 @@ class FollowTimeout(Exception):
     """The load a caller waited for did not land within the bound."""
 
 
-class _Flight:
+class Flight:
     """One load in flight: its leader's thread, what it noted when it began, and then its
     result or error. The event followers wait on is made only when a follower comes (most
     loads have none: a leader alone pays no lock or condition of its own)."""
@@ -59,9 +59,9 @@ class Claim(Generic[K]):
 
     def __init__(self) -> None:
         #: Keys this caller must load and then :meth:`FlightTable.land`.
-        self.led: dict[K, _Flight] = {}
+        self.led: dict[K, Flight] = {}
         #: Keys another thread is loading: wait with :meth:`FlightTable.wait`.
-        self.followed: dict[K, _Flight] = {}
+        self.followed: dict[K, Flight] = {}
         #: Keys this very thread is already loading further up its stack: load them without
         #: waiting (waiting would deadlock) and without landing.
         self.own: list[K] = []
@@ -72,7 +72,7 @@ class FlightTable(Generic[K]):
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._flights: dict[K, _Flight] = {}
+        self._flights: dict[K, Flight] = {}
         self._renewed = False  # registered for forked children (at the first claim)
 
     def _after_fork(self) -> None:
@@ -102,7 +102,7 @@ class FlightTable(Generic[K]):
             for key in keys:
                 flight = flights.get(key)
                 if flight is None:
-                    flight = flights[key] = _Flight(me, begun, mark)
+                    flight = flights[key] = Flight(me, begun, mark)
                     claim.led[key] = flight
                 elif flight.leader == me:
                     claim.own.append(key)
@@ -112,7 +112,7 @@ class FlightTable(Generic[K]):
                     claim.followed[key] = flight
         return claim
 
-    def claim_one(self, key: K, begun: int = 0, mark: int = 0) -> tuple[int, _Flight]:
+    def claim_one(self, key: K, begun: int = 0, mark: int = 0) -> tuple[int, Flight]:
         """:meth:`claim` of one key, without a :class:`Claim`: ``(LED | FOLLOWED | OWN,
         flight)``; a led flight is ended with :meth:`land_one`."""
         me = threading.get_ident()
@@ -122,7 +122,7 @@ class FlightTable(Generic[K]):
             flights = self._flights
             flight = flights.get(key)
             if flight is None:
-                flight = flights[key] = _Flight(me, begun, mark)
+                flight = flights[key] = Flight(me, begun, mark)
                 return LED, flight
             if flight.leader == me:
                 return OWN, flight
@@ -133,7 +133,7 @@ class FlightTable(Generic[K]):
     def land_one(
         self,
         key: K,
-        flight: _Flight,
+        flight: Flight,
         result: Any = None,
         error: BaseException | None = None,
         superseded: bool = False,
@@ -154,7 +154,7 @@ class FlightTable(Generic[K]):
 
     def land(
         self,
-        led: Mapping[K, _Flight],
+        led: Mapping[K, Flight],
         results: Mapping[K, Any] | None = None,
         error: BaseException | None = None,
         superseded: Collection[K] = (),
@@ -181,7 +181,7 @@ class FlightTable(Generic[K]):
             event.set()
 
     @staticmethod
-    def wait(flight: _Flight, timeout: float) -> Any:
+    def wait(flight: Flight, timeout: float) -> Any:
         """The result of a followed flight, its leader's error, or :class:`FollowTimeout`."""
         event = flight._event
         assert event is not None  # made when the caller followed it
