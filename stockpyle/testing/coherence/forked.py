@@ -19,7 +19,7 @@ from typing import Any
 
 from stockpyle.stores import BaseStore
 from stockpyle.testing.coherence.context import resolve_factory
-from stockpyle.testing.coherence.worker import Signals, WorkerPlan, _audit, _Thread
+from stockpyle.testing.coherence.worker import Signals, WorkerPlan, WorkerThread, audit
 
 __all__ = ["ForkParent"]
 
@@ -34,7 +34,7 @@ class ForkParent:
     def __init__(self, plan: WorkerPlan, signals: Signals, slot: int) -> None:
         self.plan = plan
         self.store: BaseStore = resolve_factory(plan.factory)(plan.context, **plan.factory_kwargs)
-        self._thread = _Thread(plan, slot, self.store, signals)
+        self._thread = WorkerThread(plan, slot, self.store, signals)
         self._stop = threading.Event()
         self._busy: threading.Thread | None = None
 
@@ -86,7 +86,7 @@ class ForkParent:
             "loads": [],
             "pauses": 0,
             "warnings": [],
-            "audit": _audit(self.store, self.plan.keys),
+            "audit": audit(self.store, self.plan.keys),
         }
 
     def release(self) -> None:

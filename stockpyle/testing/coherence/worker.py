@@ -31,7 +31,7 @@ from stockpyle.testing.coherence.context import WorkerContext, resolve_factory
 from stockpyle.testing.coherence.model import Item, code_of
 from stockpyle.testing.coherence.observe import Recorder, install
 
-__all__ = ["OPERATIONS", "worker_main"]
+__all__ = ["OPERATIONS", "WorkerThread", "audit", "worker_main"]
 
 #: The operations a worker draws from, with their weights.
 OPERATIONS: Mapping[str, int] = {
@@ -102,7 +102,7 @@ def _version(item: Any) -> int | None:
     return None if item is None else int(item.version)
 
 
-class _Thread:
+class WorkerThread:
     """One thread of operations; records ``[slot, op, keys, by, result, t0, t1, kind, msg]``."""
 
     def __init__(self, plan: WorkerPlan, slot: int, store: BaseStore, signals: Signals) -> None:
@@ -230,7 +230,7 @@ class _Thread:
         self.records.append([self.slot, op, keys, by, result, start, end, kind, message[:500]])
 
 
-def _audit(store: BaseStore, keys: int) -> dict[str, Any]:
+def audit(store: BaseStore, keys: int) -> dict[str, Any]:
     """Every cache layer read directly, then every key through the chain, then every cache
     layer again (did those reads fill it?)."""
     layers = list(getattr(store, "stores", ()))
@@ -328,7 +328,7 @@ def worker_main(plan: WorkerPlan, signals: Signals, inherited: BaseStore | None 
         _bump(signals.ready)
         _wait(plan, signals.start, signals.abort)
         threads = [
-            _Thread(plan, plan.context.index * plan.threads + t, store, signals)
+            WorkerThread(plan, plan.context.index * plan.threads + t, store, signals)
             for t in range(plan.threads)
         ]
         quota, extra = divmod(plan.operations, plan.threads)
@@ -347,7 +347,7 @@ def worker_main(plan: WorkerPlan, signals: Signals, inherited: BaseStore | None 
         recorder.enabled = False
         _bump(signals.closed)
         _wait(plan, signals.audit, signals.abort)
-        out["audit"] = _audit(store, plan.keys)
+        out["audit"] = audit(store, plan.keys)
         out["ops"] = [rec for t in threads for rec in t.records]
         out["loads"] = recorder.loads
         out["pauses"] = recorder.pauses
