@@ -46,7 +46,9 @@ _LOADERS: dict[type, Any] = {}
 _PICKLING = ("__reduce_ex__", "__reduce__", "__getstate__")
 #: The states of transient instances a SqlAlchemyStore wrote as rows (held weakly: an
 #: instance's state lives as long as it does), each with the values of its ``__dict__`` as
-#: written: a written instance travels as its row only while it still holds those objects.
+#: written, but for the state itself (held there, it would keep its own key alive, and every
+#: written instance's state and values for good): a written instance travels as its row only
+#: while it still holds those objects.
 _WRITTEN: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
 
 
@@ -58,7 +60,7 @@ def mark_written(objs: Iterable[Any]) -> None:
         values = obj.__dict__
         state = values.get("_sa_instance_state")
         if state is not None and state.key is None:
-            written[state] = tuple(values.values())
+            written[state] = tuple([v for v in values.values() if v is not state])
 
 
 def _as_written(state: Any, values: dict[str, Any]) -> bool:
@@ -67,8 +69,8 @@ def _as_written(state: Any, values: dict[str, Any]) -> bool:
     written = _WRITTEN.get(state)
     return (
         written is not None
-        and len(written) == len(values)
-        and all(map(operator.is_, written, values.values()))
+        and len(written) == len(values) - 1
+        and all(map(operator.is_, written, [v for v in values.values() if v is not state]))
     )
 
 

@@ -253,3 +253,38 @@ def test_repo_calls_over_a_chain_leave_no_reference_cycles(memcached_server: str
         chain.batch_delete(rows)
         for layer in (memory, cache, database):
             _release(layer)
+
+
+@pytest.mark.parametrize("how", ["put", "batch_put", "generated", "chain"])
+def test_objects_written_to_sql_are_freed_with_their_state(how: str, memcached_server: str) -> None:
+    """Objects a SqlAlchemyStore wrote (alone, with identities the database generates, or
+    below memcached in a chain, which pickles them as their rows) are freed with their
+    SQLAlchemy state once the caller drops them: nothing the store keeps about them holds
+    them. Before, the note of what each had been written with held its state, and every
+    state, its containers and its values stayed for good: memory and every full collection
+    of a process that puts grew without bound."""
+    import weakref
+
+    import sqlalchemy as sa
+
+    database = _sqlite()
+    cache = _memcache(memcached_server) if how == "chain" else None
+    store: BaseStore = database if cache is None else ChainedStore([cache, database])
+    states: list[weakref.ref[Any]] = []
+    try:
+        for i in range(1, 201):
+            objs = [_new_sql_foo(i) if how == "generated" else _sql_foo(i)]
+            if how == "batch_put":
+                objs.append(_sql_foo(1000 + i))
+                store.batch_put(objs)
+            else:
+                store.put(objs[0])
+            states += [weakref.ref(sa.inspect(obj)) for obj in objs]
+            del objs
+        gc.collect()
+        alive = [ref for ref in states if ref() is not None]
+        assert alive == [], f"{len(alive)} of {len(states)} written objects' states still alive"
+    finally:
+        for layer in (cache, database):
+            if layer is not None:
+                _release(layer)
