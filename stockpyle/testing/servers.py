@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +72,7 @@ def wait_closed(port: int, timeout: float = 5.0) -> None:
 
 
 _spawner: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None
+_spawner_lock = threading.Lock()
 
 
 def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
@@ -83,10 +85,12 @@ def _spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         return subprocess.Popen(cmd)
-    if _spawner is None or _spawner[0] != os.getpid():  # (none yet, or a forked child's)
-        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stockpyle-servers")
-        _spawner = (os.getpid(), pool)
-    return _spawner[1].submit(subprocess.Popen, [setpriv, "--pdeathsig", "KILL", *cmd]).result()
+    with _spawner_lock:
+        if _spawner is None or _spawner[0] != os.getpid():  # (none yet, or a forked child's)
+            pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="stockpyle-servers")
+            _spawner = (os.getpid(), pool)
+        pool = _spawner[1]
+    return pool.submit(subprocess.Popen, [setpriv, "--pdeathsig", "KILL", *cmd]).result()
 
 
 class MemcachedProcess:
