@@ -46,11 +46,13 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
     the layers below once (*single flight*); the others wait at most ``follow_timeout``
     seconds for that result or its error, then read for themselves. In a shared layer a miss
     takes a lease: only its winner reads below and fills; the others poll the layer for up to
-    ``lease_wait`` seconds, then read below without filling. Every fill is conditional: a
-    shared layer refuses a fill once any process wrote or deleted the key since the lease; an
-    in-process layer is not filled when a write of the key through this chain overlapped the
-    read. With ``serve_stale=True`` (or a collection of classes: for those only), a value a
-    shared layer kept after an invalidation or expiry is served while one caller refreshes it.
+    ``lease_wait`` seconds (a poll takes the lease when its winner gave it back unfilled:
+    then that caller reads below and fills), then read below without filling. Every fill is
+    conditional: a shared layer refuses a fill once any process wrote or deleted the key
+    since the lease; an in-process layer is not filled when a write of the key through this
+    chain overlapped the read. With ``serve_stale=True`` (or a collection of classes: for
+    those only), a value a shared layer kept after an invalidation or expiry is served while
+    one caller refreshes it.
 
     Failures. A failing *cache* layer (any but the last) is tolerated: a failed read is a
     miss; a failed write or delete is logged and counted in :attr:`failures`, the object's key

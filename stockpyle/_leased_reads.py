@@ -2,8 +2,11 @@
 
 A miss takes a lease, so that one caller per key (across processes) reads the layers below and
 fills; a caller that finds the lease taken polls the layer for that fill for at most
-``lease_wait`` seconds, then reads below without filling. A value the layer kept after an
-invalidation or expiry is served, with ``serve_stale``, while one caller refreshes it.
+``lease_wait`` seconds, then reads below without filling. Its polls try the lease again: when
+the holder gave it back (it found nothing below, or failed), the poller wins it and reads below
+at once, rather than waiting out the bound for a fill that will not come. A value the layer
+kept after an invalidation or expiry is served, with ``serve_stale``, while one caller
+refreshes it.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ class LeasedReads:
                 hits = {}
             hits.update(
                 self._await_fill(
-                    cls, store, [keys[i] for i in busy], [wanted[i] for i in busy], answered
+                    cls, store, [keys[i] for i in busy], [wanted[i] for i in busy], mine, answered
                 )
             )
         return hits
@@ -93,7 +96,11 @@ class LeasedReads:
                 next(self.counters.stale_served)
                 return found
         if lease.busy and self.lease_wait > 0:
-            return self._await_fill(cls, store, [key], [key_dict]).get(key)
+            won: dict[str, Any] = {}
+            hit = self._await_fill(cls, store, [key], [key_dict], won).get(key)
+            if key in won:  # given back by its holder: ours now
+                tokens[layer] = won[key]
+            return hit
         return None
 
     def _await_fill(
@@ -102,27 +109,36 @@ class LeasedReads:
         store: BaseStore,
         keys: list[str],
         wanted: list[KeyDict],
+        won: dict[str, Any],
         answered: Callable[[dict[str, Found | None]], None] | None = None,
     ) -> dict[str, Found | None]:
-        """Poll ``store`` for fills another caller is making, for at most ``lease_wait``
-        (``answered``: gets each poll's fills at once while others are awaited, and they are
-        not returned)."""
+        """Poll ``store`` for fills another caller is making, for at most ``lease_wait``:
+        each poll is a leased read, so that a key whose lease its holder gave back without a
+        fill is leased by this caller (its token goes to ``won``: it reads below and fills)
+        instead of awaited until the bound. ``answered``: gets each poll's fills at once while
+        others are awaited, and they are not returned."""
         store.counters.add("lease_waits", len(keys))
         hits: dict[str, Found | None] = {}
         deadline = time.monotonic() + self.lease_wait
         interval = self.poll_interval
+        stale_ok = self.serve_stale if type(self.serve_stale) is bool else cls in self.serve_stale
         while keys and time.monotonic() < deadline:
             self.sleep(interval)
             interval = min(interval * 2, 0.005)
-            found = store.batch_get_entries(cls, wanted)
+            found = store.batch_lease_entries(cls, wanted, lease_seconds=self.lease_seconds)
             left_keys, left_wanted = [], []
             landed: dict[str, Found | None] = {}
-            for key, key_dict, hit in zip(keys, wanted, found, strict=True):
-                if hit is None:
+            for key, key_dict, lease in zip(keys, wanted, found, strict=True):
+                if lease.token is not None:  # given back (or due for refresh): ours now
+                    won[key] = lease.token
+                elif lease.found is not None and (not lease.stale or stale_ok):
+                    landed[key] = lease.found
+                    if lease.stale:
+                        store.counters.add("stale_served")
+                        next(self.counters.stale_served)
+                else:
                     left_keys.append(key)
                     left_wanted.append(key_dict)
-                else:
-                    landed[key] = hit
             keys, wanted = left_keys, left_wanted
             if answered is not None and landed and keys:
                 answered(landed)  # not kept waiting for the fills still to come

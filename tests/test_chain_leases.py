@@ -322,6 +322,44 @@ def test_a_batch_hands_over_each_fill_it_awaited_as_it_lands(
     assert a.counters.value("lease_waits") == 0  # and it did not wait for the batch
 
 
+@pytest.mark.parametrize("key", [{"key": 1}, {"zap": 2, "bar": 3}], ids=["id", "alternate"])
+@pytest.mark.parametrize("how", ["get", "batch"])
+@pytest.mark.parametrize("found", [True, False], ids=["row", "no-row"])
+def test_a_waiter_takes_over_a_lease_its_holder_gave_back(
+    world: Any, key: dict[str, int], how: str, found: bool
+) -> None:
+    """A holds the lease on a missing key; B waits for A's fill. A gives the lease back
+    without filling (it found nothing below, or its read failed): B's next poll takes the
+    lease and B reads the database itself at once (and fills what it found), rather than
+    polling on until ``lease_wait`` for a fill that will not come. Before, B waited out the
+    whole bound (1 s by default; the checker saw gets of 1 s)."""
+    database, process = world
+    a, b = process(), process()
+    if found:
+        database.put(Foo(1, 2, 3, name="db"))
+    (lease,) = a.stores[0].batch_lease_entries(Foo, [key], lease_seconds=30)
+    assert lease.token is not None  # A holds the lease
+    polls: list[float] = []
+
+    def sleep(_seconds: float) -> None:
+        polls.append(_seconds)
+        if len(polls) == 2:  # A gives its lease back while B waits (B polled once)
+            a.stores[0].batch_release([lease.token])
+        if len(polls) > 50:
+            msg = "B never took the lease A gave back"
+            raise AssertionError(msg)
+
+    b.lease_wait = 60 * WAIT  # the bound: far beyond what B may take
+    b.sleep = sleep
+    database.reads = 0
+    got = b.get(Foo, key) if how == "get" else b.batch_get(Foo, [key])[0]
+    assert (got and got.name) == ("db" if found else None)
+    assert len(polls) == 2  # the poll right after the release took the lease
+    assert database.reads == 1  # and B read the database once
+    cached = b.stores[0].get(Foo, {"key": 1})
+    assert (cached and cached.name) == ("db" if found else None)  # filled on B's lease
+
+
 def test_a_miss_everywhere_gives_its_lease_back(world: Any) -> None:
     """A key found in no layer does not leave a lease behind that would make others wait."""
     _, process = world
