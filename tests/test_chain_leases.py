@@ -102,6 +102,21 @@ def world(memcached_server: str) -> Iterator[tuple[Database, Any]]:
         chain.release()
 
 
+def write_one(chain: ChainedStore, write: str) -> None:
+    """Put version 2 of object 1 (``write == "put"``), or delete it, through ``chain``."""
+    if write == "put":
+        chain.put(Foo(1, 2, 3, name="v2"))
+    else:
+        chain.delete(Foo(1, 2, 3))
+
+
+def read_one(chain: ChainedStore, how: str) -> Any:
+    """Object 1 read through ``chain`` by a get (``how == "get"``) or a batch of one."""
+    if how == "get":
+        return chain.get(Foo, {"key": 1})
+    return chain.batch_get(Foo, [{"key": 1}])[0]
+
+
 def in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
     out: list[Any] = []
     thread = threading.Thread(target=lambda: out.append(fn()))
@@ -155,10 +170,7 @@ def test_a_slow_fill_never_overwrites_another_process_write(world: Any, write: s
     database.go.clear()
     thread, got = in_thread(lambda: a.get(Foo, {"zap": 2, "bar": 3}))
     assert database.reading.wait(WAIT)
-    if write == "put":
-        b.put(Foo(1, 2, 3, name="v2"))
-    else:
-        b.delete(Foo(1, 2, 3))
+    write_one(b, write)
     database.go.set()
     thread.join(WAIT)
     assert got[0].name == "v1"  # A read before the write, and returns what it read
@@ -192,17 +204,9 @@ def test_a_caller_arriving_after_another_process_wrote_never_gets_the_older_load
     database.go.clear()
     leader, led = in_thread(lambda: a.get(Foo, {"key": 1}))
     assert database.reading.wait(WAIT)
-    if write == "put":
-        b.put(Foo(1, 2, 3, name="v2"))
-    else:
-        b.delete(Foo(1, 2, 3))
+    write_one(b, write)
 
-    def read() -> Any:
-        if how == "get":
-            return a.get(Foo, {"key": 1})
-        return a.batch_get(Foo, [{"key": 1}])[0]
-
-    follower, followed = in_thread(read)
+    follower, followed = in_thread(lambda: read_one(a, how))
     try:
         followed_once(a)  # the other thread follows A's load
     finally:
@@ -253,17 +257,9 @@ def test_a_batch_hands_over_its_cache_hits_before_it_loads_the_rest(
     else:  # key 1 answered by memcached, key 5 awaited
         wait_until(lambda: a.stores[0].counters.value("lease_waits") > 0)
         assert a.stores[0].counters.value("lease_waits") == 1
-    if write == "put":
-        c.put(Foo(1, 2, 3, name="v2"))
-    else:
-        c.delete(Foo(1, 2, 3))
+    write_one(c, write)
 
-    def read() -> Any:
-        if how == "get":
-            return a.get(Foo, {"key": 1})
-        return a.batch_get(Foo, [{"key": 1}])[0]
-
-    reader, got = in_thread(read)
+    reader, got = in_thread(lambda: read_one(a, how))
     try:  # it returns at once, or (the bug) it follows A's batch
         wait_until(lambda: not reader.is_alive() or a.counters.value("lease_waits") > 0)
     finally:
@@ -300,17 +296,8 @@ def test_a_batch_hands_over_each_fill_it_awaited_as_it_lands(
     try:
         assert b.stores[0].batch_fill([Foo(1, 2, 3, name="v1")], [ones.token]) == [True]
         wait_until(lambda: len(a._flights) == 1)  # A's poll found key 1; key 5 awaited
-        if write == "put":
-            c.put(Foo(1, 2, 3, name="v2"))
-        else:
-            c.delete(Foo(1, 2, 3))
-
-        def read() -> Any:
-            if how == "get":
-                return a.get(Foo, {"key": 1})
-            return a.batch_get(Foo, [{"key": 1}])[0]
-
-        reader, got = in_thread(read)
+        write_one(c, write)
+        reader, got = in_thread(lambda: read_one(a, how))
         wait_until(lambda: not reader.is_alive() or a.counters.value("lease_waits") > 0)
     finally:
         b.stores[0].batch_fill([Foo(5, 6, 7, name="other")], [fives.token])
