@@ -731,4 +731,3 @@ class _SourceView(ChainedStore):
         if base is None:
             raise AttributeError(name)
         return getattr(base, name)
-

@@ -286,9 +286,7 @@ def test_a_batch_hands_over_each_fill_it_awaited_as_it_lands(
     a, b, c = process(), process(), process()
     database.put(Foo(1, 2, 3, name="v1"))
     database.put(Foo(5, 6, 7, name="other"))
-    ones, fives = b.stores[0].batch_lease_entries(
-        Foo, [{"key": 1}, {"key": 5}], lease_seconds=30
-    )
+    ones, fives = b.stores[0].batch_lease_entries(Foo, [{"key": 1}, {"key": 5}], lease_seconds=30)
     assert ones.token is not None and fives.token is not None  # B holds both leases
     a.lease_wait = 6 * WAIT  # the bound, generous: A waits for B's fills (past our waits)
     leader, out = in_thread(lambda: a.batch_get(Foo, [{"key": 1}, {"key": 5}]))
