@@ -285,6 +285,8 @@ def test_objects_written_to_sql_are_freed_with_their_state(how: str, memcached_s
         alive = [ref for ref in states if ref() is not None]
         assert alive == [], f"{len(alive)} of {len(states)} written objects' states still alive"
     finally:
+        if cache is not None:  # memcached entries must not outlive the test
+            cache.batch_delete([_sql_foo(i) for i in range(1, 201)])
         for layer in (cache, database):
             if layer is not None:
                 _release(layer)
