@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence, Sized
@@ -527,6 +528,30 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         found: dict[str, Found | None] = {}
         tokens: dict[int, dict[str, Any]] = {}  # shared layer -> key -> lease token
         backfill: dict[int, dict[str, tuple[Any, Deadline, Any]]] = {}
+
+        def take(layer: int, hits: dict[str, Found | None]) -> None:
+            """Take ``layer``'s answers; hand over those no shared fill checks."""
+            settled: dict[str, Found | None] = {}
+            for key, hit in hits.items():
+                if hit is None or (
+                    (layer != self._last or self.stores[layer].cache_only)
+                    and self._is_suspect(layer, hit[0])
+                ):
+                    continue
+                del pending[key]
+                found[key] = settled[key] = hit
+                if fill and asked:  # (a hit in the first layer read fills nothing)
+                    obj, deadline = hit
+                    identity = layout_of(type(obj)).identity_of(obj)
+                    for upper in asked:
+                        token = tokens.get(upper, {}).pop(key, None)
+                        if not self.stores[upper].shared or token is not None:
+                            backfill.setdefault(upper, {})[identity] = (obj, deadline, token)
+                            if token is not None:  # its fill tells whether a write overtook
+                                settled.pop(key, None)
+            if settle is not None and pending and settled:
+                settle(settled)
+
         try:
             for layer in range(start, stop):
                 if not pending:
@@ -537,33 +562,9 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 if layer:  # every layer above missed these keys: this read loads them
                     store.counters.add("loads", len(keys))
 
-                def take(hits: dict[str, Found | None], layer: int = layer) -> None:
-                    """Take ``layer``'s answers; hand over those no shared fill checks."""
-                    settled: dict[str, Found | None] = {}
-                    for key, hit in hits.items():
-                        if hit is None or (
-                            (layer != self._last or self.stores[layer].cache_only)
-                            and self._is_suspect(layer, hit[0])
-                        ):
-                            continue
-                        del pending[key]
-                        found[key] = settled[key] = hit
-                        if fill and asked:  # (a hit in the first layer read fills nothing)
-                            obj, deadline = hit
-                            identity = layout_of(type(obj)).identity_of(obj)
-                            for upper in asked:
-                                token = tokens.get(upper, {}).pop(key, None)
-                                if not self.stores[upper].shared or token is not None:
-                                    item = (obj, deadline, token)
-                                    backfill.setdefault(upper, {})[identity] = item
-                                    if token is not None:  # its fill tells if a write overtook
-                                        settled.pop(key, None)
-                    if settle is not None and pending and settled:
-                        settle(settled)
-
                 try:
                     if fill and store.shared and layer != self._last:
-                        answered = None if settle is None else take
+                        answered = None if settle is None else functools.partial(take, layer)
                         hits = self._leased_read(cls, layer, keys, wanted, tokens, answered)
                     else:
                         hits = dict(zip(keys, store.batch_get_entries(cls, wanted), strict=True))
@@ -572,7 +573,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                         raise
                     self._failed(layer, "get", exc)
                     continue
-                take(hits)
+                take(layer, hits)
                 asked.append(layer)
             layers: Iterable[int] = backfill
             if self._record < self._last:  # below a source: the store of record first
