@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from operator import itemgetter
 from typing import Any
 
 import sqlalchemy as sa
@@ -128,10 +129,12 @@ def int_batch(
     if name not in core._int_columns or name not in info.accepts_int:
         return None
     try:
-        values = [key[name] for key in key_dicts]
+        if set(map(len, key_dicts)) != {1}:
+            return None
+        values = list(map(itemgetter(name), key_dicts))
     except (KeyError, TypeError):
         return None
-    if not all(type(v) is int for v in values) or any(len(key) != 1 for key in key_dicts):
+    if set(map(type, values)) != {int}:  # bool is no int here (a set test: no loop in Python)
         return None
     limits = bounds.get(name)
     if limits is not None and (min(values) < limits[0] or max(values) > limits[1]):
@@ -507,17 +510,24 @@ class CoreLoader:
         if stmt is None:
             column = self._in[name]
             param: Any
-            where: Any
-            if dialect == "sqlite":
+            if dialect == "sqlite" and self._pk == (self._int_columns[name],):
+                # The primary key: a join, the JSON array read in order and each value looked
+                # up by the key (about 10% less than IN, which sorts the values first). The
+                # values are distinct (the callers' contract), so each row comes once.
+                items = sa.func.json_each(sa.bindparam("ints", type_=sa.String()))
+                array = items.table_valued("value")
+                stmt = sa.select(*self.columns).select_from(array).join(
+                    self.table, column == array.c.value
+                )
+            elif dialect == "sqlite":
                 param = sa.bindparam("ints", type_=sa.String())
                 values = sa.select(sa.column("value", sa.Integer)).select_from(
                     sa.func.json_each(param)
                 )
-                where = column.in_(values.scalar_subquery())
+                stmt = sa.select(*self.columns).where(column.in_(values.scalar_subquery()))
             else:
                 param = sa.bindparam("ints", type_=postgresql.ARRAY(sa.BigInteger()))
-                where = column == sa.any_(param)
-            stmt = sa.select(*self.columns).where(where)
+                stmt = sa.select(*self.columns).where(column == sa.any_(param))
             self._remember(shape, stmt)
         return stmt
 
@@ -601,9 +611,9 @@ class CoreLoader:
     def load_ints(
         self, conn: sa.Connection, stmt: Any, ints: list[int], name: str
     ) -> tuple[dict[int, Any], dict[int, int]]:
-        """Run an :meth:`ints_statement` of ``name`` for ``ints``: the instances by the value
-        of ``name``, and how many rows hold each value that several rows hold (a column that
-        is not unique)."""
+        """Run an :meth:`ints_statement` of ``name`` for ``ints`` (distinct): the instances by
+        the value of ``name``, and how many rows hold each value that several rows hold (a
+        column that is not unique)."""
         at = self._int_columns[name]
         param = json.dumps(ints) if conn.dialect.name == "sqlite" else ints
         rows = conn.execute(stmt, {"ints": param}).all()
