@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any, TypeVar
 
 from stockpyle._expiry import Deadline
-from stockpyle._flight import LED, OWN, Flight, FlightTable, FollowTimeout
+from stockpyle._flight import LED, OWN, TICKETS, Flight, FlightTable, FollowTimeout
 from stockpyle._heal import HELD, Healer
 from stockpyle._keys import layout_of
 from stockpyle._leased_reads import LeasedReads
@@ -282,6 +282,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         """:meth:`_fly` of one key."""
         flights = self._flights
         inv = self.invalidation
+        ticket = next(TICKETS)
         role, flight = flights.claim_one(key, begun, 0 if inv is None else inv.mark())
         stop = len(self.stores)
         if role == LED:
@@ -289,7 +290,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             refused: list[str] = []
             try:
                 hit = self._read_one(
-                    cls, key_dict, key, start, stop, begun, list(asked), True, refused
+                    cls, key_dict, key, start, stop, begun, list(asked), True, refused, flight
                 )
             except BaseException as exc:
                 flights.land_one(key, flight, error=exc)
@@ -303,18 +304,21 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             hit = flights.wait(flight, self.follow_timeout)
         except FollowTimeout:  # the leader is stuck: read ourselves, fill nothing
             return self._read_one(cls, key_dict, key, start, stop, begun, [], False)
-        if self._older_than_seen(flight, key, hit):
+        if self._older_than_seen(flight, key, hit, ticket):
             return self._read_one(cls, key_dict, key, start, stop, begun, [], False)
         return hit  # type: ignore[no-any-return]
 
-    def _older_than_seen(self, flight: Flight, key: str, hit: Found | None) -> bool:
+    def _older_than_seen(self, flight: Flight, key: str, hit: Found | None, ticket: int) -> bool:
         """Whether a caller that waited for ``flight`` (a load of ``key`` that found ``hit``)
         must read for itself: a write of it began while that load was in flight, through
         this chain or in another process (the invalidation channel evicted the key or the
         object found since), so what the load read may be older than a write this caller
         saw return (SPEC section 11). Without a channel, a shared layer that refused the
-        load's fill tells the same: its lease was voided by a write of the key."""
-        if flight.superseded:
+        load's fill tells the same: its lease was voided by a write of the key. A load that
+        read below a shared layer without its lease (another caller's lease outlasted
+        ``lease_wait``) has no fill to tell: a caller that began after that read did (its
+        ``ticket`` is later than :attr:`Flight.read_at`) reads for itself."""
+        if flight.superseded or (flight.read_at and ticket > flight.read_at):
             return True
         identity = None if hit is None else identity_or_none(hit[0])
         writes = self._writes
@@ -338,9 +342,12 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         asked: list[int],
         fill: bool,
         refused: list[str] | None = None,
+        flight: Flight | None = None,
     ) -> Found | None:
         """:meth:`_read_layers` of one key (``refused``: gets the identity of what a shared
-        layer refused to be filled with)."""
+        layer refused to be filled with; ``flight``: the load this read leads, whose
+        :attr:`~Flight.read_at` it sets when it reads below a shared layer without its
+        lease)."""
         inv = self.invalidation  # evictions heard from now on also void this read's fills
         mark = 0 if inv is None else inv.mark()
         found: Found | None = None
@@ -374,6 +381,15 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                             if not stores[upper].shared or token is not None:
                                 backfill.append((upper, identity, (obj, deadline, token)))
                     break
+                if (
+                    flight is not None
+                    and fill
+                    and store.shared
+                    and layer != last
+                    and layer not in tokens
+                    and not flight.read_at
+                ):  # on below with no lease here: no fill will confirm what it reads
+                    flight.read_at = next(TICKETS)
                 asked.append(layer)
             if self._record < self._last:  # below a source: the store of record first
                 backfill.sort(key=lambda fill: -fill[0])
@@ -440,6 +456,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
     ) -> dict[str, Found | None]:
         """Load ``pending`` below ``start``, leading or following the loads in flight."""
         inv = self.invalidation
+        ticket = next(TICKETS)
         claim = self._flights.claim(pending, begun, 0 if inv is None else inv.mark())
         found: dict[str, Found | None] = {}
         stop = len(self.stores)
@@ -455,6 +472,14 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 # followers take them now, not as old as the slowest load of the batch.
                 self._flights.land({k: led.pop(k) for k in settled}, settled)
 
+            def unleased(keys: list[str]) -> None:
+                # Keys read on below a shared layer that leased them nothing: see read_at.
+                at = next(TICKETS)
+                for key in keys:
+                    flight = led.get(key)
+                    if flight is not None and not flight.read_at:
+                        flight.read_at = at
+
             try:
                 found = self._read_layers(
                     cls,
@@ -467,6 +492,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     fill=True,
                     refused=refused,
                     settle=settle,
+                    unleased=unleased,
                 )
             except BaseException as exc:
                 self._flights.land(claim.led, error=exc)
@@ -492,7 +518,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             except FollowTimeout:
                 late[key] = pending[key]
                 continue
-            if self._older_than_seen(flight, key, hit):  # read for ourselves
+            if self._older_than_seen(flight, key, hit, ticket):  # read for ourselves
                 late[key] = pending[key]
                 continue
             found[key] = hit
@@ -515,13 +541,15 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         fill: bool,
         refused: set[str] | None = None,
         settle: Callable[[dict[str, Found | None]], None] | None = None,
+        unleased: Callable[[list[str]], None] | None = None,
     ) -> dict[str, Found | None]:
         """Read layers ``start`` to ``stop - 1`` for ``pending``; with ``fill``, backfill what
         was found into the ``asked`` layers above that missed (appending to ``asked``;
         ``refused`` gets the identities a shared layer refused to be filled with). While
         other keys are still to be read (below, or awaited from other callers' fills),
         ``settle`` gets the keys a layer answered that no fill of a shared layer will check (a
-        shared layer's own hits, say) as soon as that layer answered them."""
+        shared layer's own hits, say) as soon as that layer answered them. ``unleased`` gets
+        the keys a shared layer (read with ``fill``) leased nothing for, as they go on below."""
         pending = dict(pending)
         inv = self.invalidation  # evictions heard from now on also void this read's fills
         mark = 0 if inv is None else inv.mark()
@@ -562,8 +590,9 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 if layer:  # every layer above missed these keys: this read loads them
                     store.counters.add("loads", len(keys))
 
+                leased = fill and store.shared and layer != self._last
                 try:
-                    if fill and store.shared and layer != self._last:
+                    if leased:
                         answered = None if settle is None else functools.partial(take, layer)
                         hits = self._leased_read(cls, layer, keys, wanted, tokens, answered)
                     else:
@@ -574,6 +603,10 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     self._failed(layer, "get", exc)
                     continue
                 take(layer, hits)
+                if leased and pending and unleased is not None:
+                    mine = tokens.get(layer, {})
+                    if bare := [key for key in pending if key not in mine]:
+                        unleased(bare)
                 asked.append(layer)
             layers: Iterable[int] = backfill
             if self._record < self._last:  # below a source: the store of record first

@@ -12,19 +12,34 @@ that reads through the chain it loads for) is told so instead of waiting for its
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Collection, Hashable, Iterable, Mapping
 from typing import Any, Generic, TypeVar
 
 from stockpyle._fork import renew_in_child
 
-__all__ = ["FOLLOWED", "LED", "OWN", "Claim", "Flight", "FlightTable", "FollowTimeout"]
+__all__ = [
+    "FOLLOWED",
+    "LED",
+    "OWN",
+    "TICKETS",
+    "Claim",
+    "Flight",
+    "FlightTable",
+    "FollowTimeout",
+]
 
 K = TypeVar("K", bound=Hashable)
 
 #: What :meth:`FlightTable.claim_one` made of a caller's key: it leads the load, it follows
 #: another thread's, or this very thread is already loading it (see :class:`Claim`).
 LED, FOLLOWED, OWN = 0, 1, 2
+
+#: Tickets that order callers against leaders in this process: a caller takes one before it
+#: claims its keys; a leader takes one when it reads below with nothing to confirm what it reads
+#: (:attr:`Flight.read_at`). ``next()`` on it is atomic.
+TICKETS = itertools.count(1)
 
 
 class FollowTimeout(Exception):
@@ -36,7 +51,7 @@ class Flight:
     result or error. The event followers wait on is made only when a follower comes (most
     loads have none: a leader alone pays no lock or condition of its own)."""
 
-    __slots__ = ("_event", "begun", "error", "leader", "mark", "result", "superseded")
+    __slots__ = ("_event", "begun", "error", "leader", "mark", "read_at", "result", "superseded")
 
     def __init__(self, leader: int, begun: int, mark: int) -> None:
         self.leader = leader
@@ -49,6 +64,11 @@ class Flight:
         #: set by the leader when it learned that a write overtook its load (a shared layer
         #: refused its fill): the result may be older than a write a follower saw return
         self.superseded = False
+        #: the :data:`TICKETS` ticket the leader took when it went on to read below a shared
+        #: layer that could not lease it the key (it waited out another caller's lease, say):
+        #: no fill will tell whether a write overtook that read, so a follower whose own ticket
+        #: is later (it began after that read did) reads for itself. 0: no such read.
+        self.read_at = 0
         self._event: threading.Event | None = None
 
 

@@ -345,6 +345,77 @@ def test_a_waiter_takes_over_a_lease_its_holder_gave_back(
     assert (cached and cached.name) == ("db" if found else None)  # filled on B's lease
 
 
+@pytest.mark.parametrize("write", ["put", "delete"])
+@pytest.mark.parametrize("how", ["get", "batch"])
+@pytest.mark.parametrize("lead", ["get", "batch"])
+def test_a_caller_arriving_after_an_unleased_load_began_reads_for_itself(
+    world: Any, lead: str, how: str, write: str
+) -> None:
+    """C holds the lease on a key and never fills it (a hung process). A's load waits out
+    ``lease_wait`` for C's fill, then reads the database without a lease, and is held there
+    after reading version 1. B writes the key (put version 2, or delete) and returns; then
+    another thread of A misses the key and would take that load's result. No fill will tell
+    A that B's write overtook its read (it holds no lease), so the caller, which began after
+    that read did, reads for itself and gets what B wrote. Before, it got version 1."""
+    database, process = world
+    a, b, c = process(), process(), process()
+    database.put(Foo(1, 2, 3, name="v1"))
+    (lease,) = c.stores[0].batch_lease_entries(Foo, [{"key": 1}], lease_seconds=30)
+    assert lease.token is not None  # C holds the lease and never fills
+    a.lease_wait = 0.05  # injected: A's load gives up waiting for C's fill at once
+    a.sleep = lambda _seconds: None
+    database.go.clear()
+    leader, led = in_thread(lambda: read_one(a, lead))
+    assert database.reading.wait(WAIT)  # A's load read version 1, without a lease
+    write_one(b, write)
+    follower, followed = in_thread(lambda: read_one(a, how))
+    try:
+        followed_once(a)  # the other thread follows A's load
+    finally:
+        database.go.set()
+        leader.join(WAIT)
+        follower.join(WAIT)
+    assert led[0].name == "v1"  # the load began before B's write: it returns what it read
+    found = followed[0]
+    assert (found and found.name) == (None if write == "delete" else "v2")
+
+
+@pytest.mark.parametrize("how", ["get", "batch"])
+@pytest.mark.parametrize("lead", ["get", "batch"])
+def test_callers_that_began_before_an_unleased_load_read_take_its_result(
+    world: Any, lead: str, how: str
+) -> None:
+    """The other side of the test above: a thread of A that follows A's load while that load
+    still waits for C's fill (before it reads the database without a lease) began before
+    that read, so the read's result is as new as it may see: it takes it, and the database
+    is read once, not once per thread."""
+    database, process = world
+    a, c = process(), process()
+    database.put(Foo(1, 2, 3, name="db"))
+    (lease,) = c.stores[0].batch_lease_entries(Foo, [{"key": 1}], lease_seconds=30)
+    assert lease.token is not None  # C holds the lease and never fills
+    polling, go_on = threading.Event(), threading.Event()
+
+    def sleep(_seconds: float) -> None:  # A's load waits here, polling for C's fill
+        polling.set()
+        assert go_on.wait(WAIT)
+
+    a.lease_wait = 0.05  # injected: once let go, A's load gives up at once
+    a.sleep = sleep
+    database.reads = 0
+    leader, led = in_thread(lambda: read_one(a, lead))
+    assert polling.wait(WAIT)
+    follower, followed = in_thread(lambda: read_one(a, how))
+    try:
+        followed_once(a)
+    finally:
+        go_on.set()
+        leader.join(WAIT)
+        follower.join(WAIT)
+    assert led[0].name == "db" and followed[0].name == "db"
+    assert database.reads == 1  # the load's read, which the follower took
+
+
 def test_a_miss_everywhere_gives_its_lease_back(world: Any) -> None:
     """A key found in no layer does not leave a lease behind that would make others wait."""
     _, process = world
