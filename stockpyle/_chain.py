@@ -345,7 +345,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         flight: Flight | None = None,
     ) -> Found | None:
         """:meth:`_read_layers` of one key (``refused``: gets the identity of what a shared
-        layer refused to be filled with; ``flight``: the load this read leads, whose
+        layer refused to be filled with, or ``key`` when it was found nowhere and a write
+        voided its lease there meanwhile; ``flight``: the load this read leads, whose
         :attr:`~Flight.read_at` it sets when it reads below a shared layer without its
         lease)."""
         inv = self.invalidation  # evictions heard from now on also void this read's fills
@@ -405,9 +406,12 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             raise
         for layer, token in tokens.items():  # a leased miss found nowhere: let others in
             try:
-                stores[layer].batch_release([token])
+                lost = stores[layer].batch_release([token])
             except StoreError as exc:
                 self._failed(layer, "release", exc)
+            else:
+                if lost and lost[0] and refused is not None:  # a write overtook the miss
+                    refused.append(key)
         return found
 
     def _fetch(
@@ -497,8 +501,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             except BaseException as exc:
                 self._flights.land(claim.led, error=exc)
                 raise
-            # Loads whose fill a shared layer refused: a write overtook them (their followers
-            # read for themselves)
+            # Loads whose fill a shared layer refused, or misses whose lease was lost: a write
+            # overtook them (their followers read for themselves)
             superseded: set[str] = set()
             if refused:  # (rare: a write overtook a load; scan the results only then)
                 superseded = {
@@ -506,6 +510,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     for key, hit in found.items()
                     if hit is not None and identity_or_none(hit[0]) in refused
                 }
+                superseded.update(refused.intersection(claim.led))
             self._flights.land(claim.led, found, superseded=superseded)
         # Keys this thread is loading further up its stack: read without leases (that load
         # holds them: waiting for its fill would be waiting for ourselves), fill nothing.
@@ -545,7 +550,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
     ) -> dict[str, Found | None]:
         """Read layers ``start`` to ``stop - 1`` for ``pending``; with ``fill``, backfill what
         was found into the ``asked`` layers above that missed (appending to ``asked``;
-        ``refused`` gets the identities a shared layer refused to be filled with). While
+        ``refused`` gets the identities a shared layer refused to be filled with, and the keys
+        found nowhere whose lease there a write voided meanwhile). While
         other keys are still to be read (below, or awaited from other callers' fills),
         ``settle`` gets the keys a layer answered that no fill of a shared layer will check (a
         shared layer's own hits, say) as soon as that layer answered them. ``unleased`` gets
@@ -624,9 +630,12 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         for layer, unused in tokens.items():  # leased misses found nowhere: let others in
             if unused:
                 try:
-                    self.stores[layer].batch_release(list(unused.values()))
+                    voided = self.stores[layer].batch_release(list(unused.values()))
                 except StoreError as exc:
                     self._failed(layer, "release", exc)
+                else:
+                    if voided and refused is not None:  # misses a write overtook: their keys
+                        refused.update(k for k, gone in zip(unused, voided, strict=True) if gone)
         return found
 
     def _give_back(self, held: dict[int, list[Any]]) -> None:

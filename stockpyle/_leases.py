@@ -576,19 +576,31 @@ def _write_in_steps(
     return stored, added, pointed
 
 
-def release(self: BytesStore, tokens: Sequence[Any]) -> None:
+def release(self: BytesStore, tokens: Sequence[Any]) -> list[bool] | None:
     """Delete the placeholders of unused leases (compare-and-delete: only while they are still
-    the ones leased), so that other callers do not wait for a fill that will not come."""
-    held = {
-        self.backend_key(t.key): t.cas
-        for t in tokens
-        if isinstance(t, FillToken) and t.mode in ("cas", "alt") and t.cas is not None
-    }
+    the ones leased), so that other callers do not wait for a fill that will not come.
+
+    Returns, per token, whether its lease was lost before it was given back: a write (or an
+    invalidation, or expiry) replaced or removed it, so what its holder found below (nothing)
+    may be older than that write. ``None`` where the backend cannot tell."""
+    held: dict[str, Any] = {}
+    slots: list[list[str]] = []
     for t in tokens:
-        if isinstance(t, FillToken) and t.held is not None:
-            held[self.backend_key(t.held[0])] = t.held[1]
-    if held and hasattr(self.backend, "delete_if_many"):
-        self.call("release", self.backend.delete_if_many, held)
+        mine: list[str] = []
+        if isinstance(t, FillToken):
+            if t.mode in ("cas", "alt") and t.cas is not None:
+                mine.append(bkey := self.backend_key(t.key))
+                held[bkey] = t.cas
+            if t.held is not None:
+                mine.append(bkey := self.backend_key(t.held[0]))
+                held[bkey] = t.held[1]
+        slots.append(mine)
+    if not held or not hasattr(self.backend, "delete_if_many"):
+        return None
+    kept = self.call("release", self.backend.delete_if_many, held)
+    if kept is None:  # a backend that does not say
+        return None
+    return [any(bkey in kept for bkey in mine) for mine in slots]
 
 
 class WriteToken(NamedTuple):

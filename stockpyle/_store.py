@@ -221,9 +221,13 @@ class BaseStore(abc.ABC):
         self.batch_put(objs, expires_at=expires_at)
         return [True] * len(objs)
 
-    def batch_release(self, tokens: Sequence[Any]) -> None:  # noqa: B027 - nothing to give back
+    def batch_release(self, tokens: Sequence[Any]) -> list[bool] | None:
         """Give back leases that no fill will use (the key was found nowhere), so that other
-        callers do not wait for them. The default has no leases."""
+        callers do not wait for them. Returns, per token, whether its lease had been lost
+        before (a write or invalidation of the key replaced or removed it: the miss its holder
+        found below may be older than that write), or ``None`` where the store cannot tell.
+        The default has no leases (``None``)."""
+        return None
 
     def batch_write_tokens(self, objs: Sequence[Any]) -> list[Any] | None:
         """Tokens a chain takes here before it writes ``objs`` to the layers below (``None``

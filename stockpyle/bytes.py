@@ -468,9 +468,10 @@ class BytesStore(KeyValueStore):
         (with leases; with add only: if it is absent); say which were stored."""
         return _leases.fill(self, objs, tokens, expires_at=expires_at)
 
-    def batch_release(self, tokens: Sequence[Any]) -> None:
-        """Give back leases no fill will use (the key was found nowhere), if still held."""
-        _leases.release(self, tokens)
+    def batch_release(self, tokens: Sequence[Any]) -> list[bool] | None:
+        """Give back leases no fill will use (the key was found nowhere), if still held; say
+        which had been lost (see :meth:`BaseStore.batch_release`)."""
+        return _leases.release(self, tokens)
 
     def batch_write_tokens(self, objs: Sequence[Any]) -> list[Any] | None:
         """Where the backend reads compare-and-set tokens without values and pipelines

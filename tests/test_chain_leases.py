@@ -416,6 +416,63 @@ def test_callers_that_began_before_an_unleased_load_read_take_its_result(
     assert database.reads == 1  # the load's read, which the follower took
 
 
+@pytest.mark.parametrize("key", [{"key": 1}, {"zap": 2, "bar": 3}], ids=["id", "alternate"])
+@pytest.mark.parametrize("how", ["get", "batch"])
+@pytest.mark.parametrize("lead", ["get", "batch"])
+def test_a_caller_arriving_after_another_process_created_the_row_never_gets_the_older_miss(
+    world: Any, lead: str, how: str, key: dict[str, int]
+) -> None:
+    """A's load leases a key no row holds, finds nothing in the database and is held there;
+    B puts the object (creating the row) and returns; then another thread of A follows A's
+    load. No fill confirms a miss, but giving the lease back does: B's put replaced A's lease,
+    so memcached refuses the compare-and-delete, and the follower, told the miss may be older
+    than a write, reads for itself and gets B's object. Before, it got the miss."""
+    database, process = world
+    a, b = process(), process()
+
+    def read() -> Any:
+        return a.get(Foo, key) if how == "get" else a.batch_get(Foo, [key])[0]
+
+    database.go.clear()
+    leader, led = in_thread(
+        lambda: a.get(Foo, key) if lead == "get" else a.batch_get(Foo, [key])[0]
+    )
+    assert database.reading.wait(WAIT)  # A leased the key and found no row
+    b.put(Foo(1, 2, 3, name="v1"))
+    follower, followed = in_thread(read)
+    try:
+        followed_once(a)  # the other thread follows A's load
+    finally:
+        database.go.set()
+        leader.join(WAIT)
+        follower.join(WAIT)
+    assert led == [None]  # the load began before B's put: it returns what it found
+    assert followed[0] is not None and followed[0].name == "v1"
+
+
+@pytest.mark.parametrize("how", ["get", "batch"])
+def test_followers_of_a_miss_no_write_overtook_take_it(world: Any, how: str) -> None:
+    """The other side: with no write of the key meanwhile, A gives its lease back intact, and
+    the thread that followed A's load takes its miss; the database is read once."""
+    database, process = world
+    (a,) = (process(),)
+    database.go.clear()
+    database.reads = 0
+    leader, led = in_thread(lambda: read_one(a, how))
+    assert database.reading.wait(WAIT)
+    follower, followed = in_thread(lambda: read_one(a, how))
+    try:
+        followed_once(a)
+    finally:
+        database.go.set()
+        leader.join(WAIT)
+        follower.join(WAIT)
+    assert led == [None] and followed == [None]
+    assert database.reads == 1
+    (lease,) = a.stores[0].batch_lease_entries(Foo, [{"key": 1}], lease_seconds=30)
+    assert lease.token is not None and not lease.busy  # and the lease was given back
+
+
 def test_a_miss_everywhere_gives_its_lease_back(world: Any) -> None:
     """A key found in no layer does not leave a lease behind that would make others wait."""
     _, process = world

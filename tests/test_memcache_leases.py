@@ -49,6 +49,49 @@ def test_two_leases_on_one_missing_key_one_token_one_busy(memcached_server: str)
     assert b.get(Foo, {"key": 1}) == Foo(1, name="loaded")
 
 
+@pytest.mark.parametrize("key", [{"key": 1}, {"zap": 2, "bar": 3}], ids=["id", "alternate"])
+@pytest.mark.parametrize("write", ["none", "put", "delete", "invalidate"])
+def test_a_lease_given_back_says_whether_a_write_voided_it(
+    memcached_server: str, key: dict[str, int], write: str
+) -> None:
+    """Giving back a lease no fill will use tells whether the lease was still held: a put,
+    delete or invalidation of the key by another process since replaced or removed it (what
+    the holder found below, nothing, may be older than that write). Several tokens at once
+    are answered each. A delete of an object cached nowhere does not touch the lease of an
+    alternate slot it never knew of: a delete leaves no row, which is what the miss said."""
+    a, b = two_processes(memcached_server)
+    (lease,) = a.batch_lease_entries(Foo, [key], lease_seconds=5)
+    (other,) = a.batch_lease_entries(Foo, [{"key": 9}], lease_seconds=5)
+    assert lease.token is not None and other.token is not None
+    if write == "put":
+        b.put(Foo(1, 2, 3, name="v1"))
+    elif write == "delete":
+        b.delete(Foo(1, 2, 3))
+    elif write == "invalidate":
+        b.batch_invalidate([Foo(1, 2, 3)])
+    voided = write in ("put", "invalidate") or (write == "delete" and "key" in key)
+    assert a.batch_release([lease.token, other.token]) == [voided, False]
+    (again,) = b.batch_lease_entries(Foo, [{"key": 9}], lease_seconds=5)
+    assert again.token is not None  # given back
+
+
+@pytest.mark.parametrize("kind", ["python-memcached", "pymemcache"])
+def test_stores_without_leases_cannot_say_whether_one_was_voided(
+    memcached_server: str, kind: str
+) -> None:
+    """Over the other clients a fill is add-only, with no lease to give back: they answer
+    ``None`` (cannot tell), and a chain's followers take the miss as before."""
+    client: Any = (
+        memcache.Client([memcached_server])
+        if kind == "python-memcached"
+        else PyClient(memcached_server)
+    )
+    store = MemcacheStore(client=client, prefix=unique_prefix())
+    (lease,) = store.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+    assert lease.token is not None
+    assert store.batch_release([lease.token]) is None
+
+
 def test_fill_after_a_put_elsewhere_is_not_stored(memcached_server: str) -> None:
     """A put of the key by another process after the lease makes the fill fail: the older
     value loaded by the lease holder never overwrites the newer one."""

@@ -583,9 +583,11 @@ class MetaMemcacheBackend(BytesBackend):
         got = self._pipeline(self._mm.MetaCommand.META_SET, requests)
         return {k for k, r in got.items() if isinstance(r, self._mm.Success)}
 
-    def delete_if_many(self, tokens: Mapping[str, Any]) -> None:
+    def delete_if_many(self, tokens: Mapping[str, Any]) -> set[str]:
         """Delete each key only if its CAS token is still ``tokens[key]``; a :class:`Claim`
-        gives the tombstone back instead (on the same condition)."""
+        gives the tombstone back instead (on the same condition). Returns the keys that did
+        not hold their token any more (a write, an invalidation or expiry had replaced or
+        removed what the token named), which were left as they were."""
         requests: list[tuple[str, str, bytes | None, Any]] = []
         for k, t in tokens.items():
             if type(t) is Claim:
@@ -593,7 +595,13 @@ class MetaMemcacheBackend(BytesBackend):
                 requests.append(("set", k, b"", flags))
             else:
                 requests.append(("delete", k, None, self._flags(cas_token=t)))
-        self._mixed(requests)
+        replies = self._mixed(requests)
+        success = self._mm.Success
+        return {
+            key
+            for (_, key, _, _), reply in zip(requests, replies, strict=True)
+            if not isinstance(reply, success)
+        }
 
     def invalidate_many(self, keys: Sequence[str], *, stale: bool = False) -> None:
         flags = self._flags(mark_stale=True, cache_ttl=30) if stale else None
