@@ -314,9 +314,10 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         this chain or in another process (the invalidation channel evicted the key or the
         object found since), so what the load read may be older than a write this caller
         saw return (SPEC section 11). Without a channel, a shared layer that refused the
-        load's fill tells the same: its lease was voided by a write of the key. A load that
-        read below a shared layer without its lease (another caller's lease outlasted
-        ``lease_wait``) has no fill to tell: a caller that began after that read did (its
+        load's fill tells the same: its lease was voided by a write of the key (and, for a key
+        found nowhere, a lease it could not give back intact). Nothing tells of a write after
+        the last such check (the shared layer's read, the fill, the lease given back) or of
+        one during a read below without a lease: a caller that began after that point (its
         ``ticket`` is later than :attr:`Flight.read_at`) reads for itself."""
         if flight.superseded or (flight.read_at and ticket > flight.read_at):
             return True
@@ -347,22 +348,30 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         """:meth:`_read_layers` of one key (``refused``: gets the identity of what a shared
         layer refused to be filled with, or ``key`` when it was found nowhere and a write
         voided its lease there meanwhile; ``flight``: the load this read leads, whose
-        :attr:`~Flight.read_at` it sets when it reads below a shared layer without its
-        lease)."""
+        :attr:`~Flight.read_at` it sets as :meth:`_read_layers` says)."""
         inv = self.invalidation  # evictions heard from now on also void this read's fills
         mark = 0 if inv is None else inv.mark()
         found: Found | None = None
         tokens: dict[int, Any] = {}  # shared layer -> lease token
         backfill: list[tuple[int, str, tuple[Any, Deadline, Any]]] = []
         stores, last = self.stores, self._last
+
+        def stamp() -> None:
+            if flight is not None and not flight.read_at:
+                flight.read_at = next(TICKETS)
+
         try:
             for layer in range(start, stop):
                 store = stores[layer]
                 if layer:  # every layer above missed this key: this read loads it
                     next(store.counters.loads)
+                leased = fill and store.shared and layer != last
                 try:
-                    if fill and store.shared and layer != last:
-                        hit = self._leased_one(cls, layer, key, key_dict, tokens)
+                    if leased:
+                        at = next(TICKETS)  # (the read of a shared layer begins)
+                        polled: dict[str, int] = {}  # (or the poll that found a fill)
+                        hit = self._leased_one(cls, layer, key, key_dict, tokens, polled)
+                        at = polled.get(key, at)
                     else:
                         hit = store.batch_get_entries(cls, [key_dict])[0]
                 except StoreError as exc:
@@ -374,6 +383,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     (layer == last and not store.cache_only) or not self._is_suspect(layer, hit[0])
                 ):
                     found = hit
+                    if leased and flight is not None and not flight.read_at:
+                        flight.read_at = at  # a shared layer's own answer: nothing confirms it
                     if fill and asked:  # (a hit in the first layer read fills nothing)
                         obj, deadline = hit
                         identity = layout_of(type(obj)).identity_of(obj)
@@ -382,18 +393,13 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                             if not stores[upper].shared or token is not None:
                                 backfill.append((upper, identity, (obj, deadline, token)))
                     break
-                if (
-                    flight is not None
-                    and fill
-                    and store.shared
-                    and layer != last
-                    and layer not in tokens
-                    and not flight.read_at
-                ):  # on below with no lease here: no fill will confirm what it reads
-                    flight.read_at = next(TICKETS)
+                if leased and layer not in tokens:
+                    stamp()  # on below with no lease here: no fill will confirm what it reads
                 asked.append(layer)
             if self._record < self._last:  # below a source: the store of record first
                 backfill.sort(key=lambda fill: -fill[0])
+            if any(token is not None for _, _, (_, _, token) in backfill):
+                stamp()  # a fill on a lease confirms what was read before it is sent
             for layer, identity, item in backfill:
                 if self._backfill_one(layer, identity, item, begun, mark) and refused is not None:
                     refused.append(identity)
@@ -404,6 +410,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     held.setdefault(layer, []).append(token)
             self._give_back(held)
             raise
+        if tokens:
+            stamp()  # a lease given back intact confirms the miss up to then
         for layer, token in tokens.items():  # a leased miss found nowhere: let others in
             try:
                 lost = stores[layer].batch_release([token])
@@ -476,10 +484,9 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 # followers take them now, not as old as the slowest load of the batch.
                 self._flights.land({k: led.pop(k) for k in settled}, settled)
 
-            def unleased(keys: list[str]) -> None:
-                # Keys read on below a shared layer that leased them nothing: see read_at.
-                at = next(TICKETS)
-                for key in keys:
+            def stamp(tickets: dict[str, int]) -> None:
+                # Where the answers of these keys stop being confirmed: see Flight.read_at.
+                for key, at in tickets.items():
                     flight = led.get(key)
                     if flight is not None and not flight.read_at:
                         flight.read_at = at
@@ -496,7 +503,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     fill=True,
                     refused=refused,
                     settle=settle,
-                    unleased=unleased,
+                    stamp=stamp,
                 )
             except BaseException as exc:
                 self._flights.land(claim.led, error=exc)
@@ -546,7 +553,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         fill: bool,
         refused: set[str] | None = None,
         settle: Callable[[dict[str, Found | None]], None] | None = None,
-        unleased: Callable[[list[str]], None] | None = None,
+        stamp: Callable[[dict[str, int]], None] | None = None,
     ) -> dict[str, Found | None]:
         """Read layers ``start`` to ``stop - 1`` for ``pending``; with ``fill``, backfill what
         was found into the ``asked`` layers above that missed (appending to ``asked``;
@@ -554,14 +561,24 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         found nowhere whose lease there a write voided meanwhile). While
         other keys are still to be read (below, or awaited from other callers' fills),
         ``settle`` gets the keys a layer answered that no fill of a shared layer will check (a
-        shared layer's own hits, say) as soon as that layer answered them. ``unleased`` gets
-        the keys a shared layer (read with ``fill``) leased nothing for, as they go on below."""
+        shared layer's own hits, say) as soon as that layer answered them.
+
+        ``stamp`` (with ``fill``) gets, for each key read through a shared layer (by key), the
+        :data:`~stockpyle._flight.TICKETS` ticket taken where what its answer says stops
+        being confirmed: before the shared layer's read (or poll) that found it, for its own
+        hits; before the fill, for what was found below on a lease (a write after the lease
+        voids the fill); before the lease is given back, for a miss (a write voids the
+        lease); and as it goes on below, for a key the shared layer leased nothing for. A
+        caller that began after that ticket may not take the answer (it may be older than a
+        write that caller saw return): see :attr:`Flight.read_at`."""
         pending = dict(pending)
         inv = self.invalidation  # evictions heard from now on also void this read's fills
         mark = 0 if inv is None else inv.mark()
         found: dict[str, Found | None] = {}
         tokens: dict[int, dict[str, Any]] = {}  # shared layer -> key -> lease token
         backfill: dict[int, dict[str, tuple[Any, Deadline, Any]]] = {}
+        began: dict[str, int] = {}  # a shared layer's hit -> the ticket of the read that found it
+        confirmed: list[str] = []  # keys a fill on a lease will confirm
 
         def take(layer: int, hits: dict[str, Found | None]) -> None:
             """Take ``layer``'s answers; hand over those no shared fill checks."""
@@ -583,6 +600,9 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                             backfill.setdefault(upper, {})[identity] = (obj, deadline, token)
                             if token is not None:  # its fill tells whether a write overtook
                                 settled.pop(key, None)
+                                confirmed.append(key)
+            if stamp is not None and settled and began:
+                stamp({key: began[key] for key in settled if key in began})
             if settle is not None and pending and settled:
                 settle(settled)
 
@@ -600,7 +620,15 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 try:
                     if leased:
                         answered = None if settle is None else functools.partial(take, layer)
-                        hits = self._leased_read(cls, layer, keys, wanted, tokens, answered)
+                        hits = self._leased_read(
+                            cls,
+                            layer,
+                            keys,
+                            wanted,
+                            tokens,
+                            answered,
+                            None if stamp is None else began,
+                        )
                     else:
                         hits = dict(zip(keys, store.batch_get_entries(cls, wanted), strict=True))
                 except StoreError as exc:
@@ -609,14 +637,16 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     self._failed(layer, "get", exc)
                     continue
                 take(layer, hits)
-                if leased and pending and unleased is not None:
+                if leased and pending and stamp is not None:
                     mine = tokens.get(layer, {})
                     if bare := [key for key in pending if key not in mine]:
-                        unleased(bare)
+                        stamp(dict.fromkeys(bare, next(TICKETS)))  # on below, no lease here
                 asked.append(layer)
             layers: Iterable[int] = backfill
             if self._record < self._last:  # below a source: the store of record first
                 layers = sorted(backfill, reverse=True)
+            if confirmed and stamp is not None:
+                stamp(dict.fromkeys(confirmed, next(TICKETS)))  # before the fills are sent
             for layer in layers:
                 lost = self._backfill(layer, backfill[layer], begun, mark)
                 if lost and refused is not None:
@@ -629,6 +659,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             raise
         for layer, unused in tokens.items():  # leased misses found nowhere: let others in
             if unused:
+                if stamp is not None:
+                    stamp(dict.fromkeys(unused, next(TICKETS)))  # before they are given back
                 try:
                     voided = self.stores[layer].batch_release(list(unused.values()))
                 except StoreError as exc:

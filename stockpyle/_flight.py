@@ -37,7 +37,7 @@ K = TypeVar("K", bound=Hashable)
 LED, FOLLOWED, OWN = 0, 1, 2
 
 #: Tickets that order callers against leaders in this process: a caller takes one before it
-#: claims its keys; a leader takes one when it reads below with nothing to confirm what it reads
+#: claims its keys; a leader takes one where its answer stops being confirmed
 #: (:attr:`Flight.read_at`). ``next()`` on it is atomic.
 TICKETS = itertools.count(1)
 
@@ -64,10 +64,12 @@ class Flight:
         #: set by the leader when it learned that a write overtook its load (a shared layer
         #: refused its fill): the result may be older than a write a follower saw return
         self.superseded = False
-        #: the :data:`TICKETS` ticket the leader took when it went on to read below a shared
-        #: layer that could not lease it the key (it waited out another caller's lease, say):
-        #: no fill will tell whether a write overtook that read, so a follower whose own ticket
-        #: is later (it began after that read did) reads for itself. 0: no such read.
+        #: the :data:`TICKETS` ticket the leader took where its answer stops being confirmed
+        #: (before a shared layer's read that found it, before its fill on a lease, before it
+        #: gave a lease back for a key found nowhere, or before it read below a shared layer
+        #: that could not lease it the key): a write after that point may be missed, so a
+        #: follower whose own ticket is later (it began after that point) reads for itself.
+        #: 0: not set (a load through no shared layer, which nothing confirms).
         self.read_at = 0
         self._event: threading.Event | None = None
 

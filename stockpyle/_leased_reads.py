@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from stockpyle._flight import TICKETS
 from stockpyle._store import BaseStore, Found, KeyDict
 
 __all__ = ["LeasedReads"]
@@ -39,11 +40,15 @@ class LeasedReads:
         wanted: list[KeyDict],
         tokens: dict[int, dict[str, Any]],
         answered: Callable[[dict[str, Found | None]], None] | None = None,
+        began: dict[str, int] | None = None,
     ) -> dict[str, Found | None]:
         """Read a shared layer, taking a lease on each miss (one caller per key fills).
         While it waits for other callers' fills, ``answered`` (if given) gets the hits so far
-        (those it found, then each fill as it lands), which are then not returned again."""
+        (those it found, then each fill as it lands), which are then not returned again.
+        ``began`` (if given) gets, for each hit, the :data:`~stockpyle._flight.TICKETS`
+        ticket taken just before the read that found it."""
         store = self.stores[layer]
+        at = 0 if began is None else next(TICKETS)
         leases = store.batch_lease_entries(cls, wanted, lease_seconds=self.lease_seconds)
         hits: dict[str, Found | None] = {}
         busy: list[int] = []
@@ -54,6 +59,8 @@ class LeasedReads:
                 mine[key] = lease.token
             elif lease.found is not None and (not lease.stale or stale_ok):
                 hits[key] = lease.found  # (while another caller refreshes it, if busy)
+                if began is not None:
+                    began[key] = at
                 if lease.stale:
                     store.counters.add("stale_served")
                     next(self.counters.stale_served)
@@ -65,7 +72,13 @@ class LeasedReads:
                 hits = {}
             hits.update(
                 self._await_fill(
-                    cls, store, [keys[i] for i in busy], [wanted[i] for i in busy], mine, answered
+                    cls,
+                    store,
+                    [keys[i] for i in busy],
+                    [wanted[i] for i in busy],
+                    mine,
+                    answered,
+                    began,
                 )
             )
         return hits
@@ -77,8 +90,11 @@ class LeasedReads:
         key: str,
         key_dict: KeyDict,
         tokens: dict[int, Any],
+        began: dict[str, int] | None = None,
     ) -> Found | None:
-        """:meth:`_leased_read` of one key (its token, if any, goes to ``tokens[layer]``)."""
+        """:meth:`_leased_read` of one key (its token, if any, goes to ``tokens[layer]``;
+        ``began``: as there, for a fill it waited for; the caller takes its own ticket before
+        the first read)."""
         store = self.stores[layer]
         (lease,) = store.batch_lease_entries(cls, [key_dict], lease_seconds=self.lease_seconds)
         if lease.token is not None:  # a miss, a stale value or one due for refresh: ours
@@ -97,7 +113,7 @@ class LeasedReads:
                 return found
         if lease.busy and self.lease_wait > 0:
             won: dict[str, Any] = {}
-            hit = self._await_fill(cls, store, [key], [key_dict], won).get(key)
+            hit = self._await_fill(cls, store, [key], [key_dict], won, None, began).get(key)
             if key in won:  # given back by its holder: ours now
                 tokens[layer] = won[key]
             return hit
@@ -111,12 +127,14 @@ class LeasedReads:
         wanted: list[KeyDict],
         won: dict[str, Any],
         answered: Callable[[dict[str, Found | None]], None] | None = None,
+        began: dict[str, int] | None = None,
     ) -> dict[str, Found | None]:
         """Poll ``store`` for fills another caller is making, for at most ``lease_wait``:
         each poll is a leased read, so that a key whose lease its holder gave back without a
         fill is leased by this caller (its token goes to ``won``: it reads below and fills)
         instead of awaited until the bound. ``answered``: gets each poll's fills at once while
-        others are awaited, and they are not returned."""
+        others are awaited, and they are not returned. ``began``: gets the ticket taken
+        before the poll that found each fill."""
         store.counters.add("lease_waits", len(keys))
         hits: dict[str, Found | None] = {}
         deadline = time.monotonic() + self.lease_wait
@@ -125,6 +143,7 @@ class LeasedReads:
         while keys and time.monotonic() < deadline:
             self.sleep(interval)
             interval = min(interval * 2, 0.005)
+            at = 0 if began is None else next(TICKETS)
             found = store.batch_lease_entries(cls, wanted, lease_seconds=self.lease_seconds)
             left_keys, left_wanted = [], []
             landed: dict[str, Found | None] = {}
@@ -133,6 +152,8 @@ class LeasedReads:
                     won[key] = lease.token
                 elif lease.found is not None and (not lease.stale or stale_ok):
                     landed[key] = lease.found
+                    if began is not None:
+                        began[key] = at
                     if lease.stale:
                         store.counters.add("stale_served")
                         next(self.counters.stale_served)

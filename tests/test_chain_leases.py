@@ -473,6 +473,126 @@ def test_followers_of_a_miss_no_write_overtook_take_it(world: Any, how: str) -> 
     assert lease.token is not None and not lease.busy  # and the lease was given back
 
 
+class HeldMemcache(MemcacheStore):
+    """A MemcacheStore that holds the thread named ``leader`` once, at ``point``: after its
+    leased read (``"hit"``), after its fill (``"fill"``), or after it gave a lease back
+    (``"miss"``)."""
+
+    point = ""
+    reached = threading.Event()
+    go = threading.Event()
+
+    def _hold(self, point: str) -> None:
+        if self.point == point and threading.current_thread().name == "leader":
+            self.point = ""
+            self.reached.set()
+            assert self.go.wait(WAIT)
+
+    def batch_lease_entries(self, cls: type[Any], key_dicts: Any, **kw: Any) -> Any:
+        found = super().batch_lease_entries(cls, key_dicts, **kw)
+        self._hold("hit")
+        return found
+
+    def batch_fill(self, objs: Any, tokens: Any, **kw: Any) -> Any:
+        stored = super().batch_fill(objs, tokens, **kw)
+        self._hold("fill")
+        return stored
+
+    def batch_release(self, tokens: Any) -> Any:
+        lost = super().batch_release(tokens)
+        self._hold("miss")
+        return lost
+
+
+def held_process(memcached_server: str, database: Database, point: str) -> ChainedStore:
+    """A chain whose memcached holds its ``leader`` thread once at ``point``."""
+    cache = HeldMemcache(servers=[memcached_server], prefix=f"held{uuid.uuid4().hex[:10]}")
+    cache.point = point
+    cache.reached, cache.go = threading.Event(), threading.Event()
+    return ChainedStore([cache, database])
+
+
+def named_thread(name: str, fn: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), name=name)
+    thread.start()
+    return thread, out
+
+
+@pytest.mark.parametrize("how", ["get", "batch"])
+@pytest.mark.parametrize("lead", ["get", "batch"])
+@pytest.mark.parametrize("step", ["hit", "fill", "miss"])
+def test_a_caller_that_began_after_a_load_answer_was_last_confirmed_reads_for_itself(
+    memcached_server: str, step: str, lead: str, how: str
+) -> None:
+    """A's load is held just after the last step that vouches for its answer: its memcached
+    read that found the object (``hit``), its fill on a lease (``fill``: a write after it
+    would not void it), or giving back the lease of a key it found nowhere (``miss``). B
+    then writes the object through its own chain (over the same memcached and database) and
+    returns; another thread of A follows A's load. What the load read may be older than B's
+    write, which returned before that thread began: it reads for itself and gets B's write.
+    Before, it took the load's answer (the window: a round trip and the load's landing)."""
+    database = Database()
+    a = held_process(memcached_server, database, "")
+    cache = a.stores[0]
+    assert isinstance(cache, HeldMemcache)
+    b = ChainedStore([MemcacheStore(servers=[memcached_server], prefix=cache.prefix), database])
+    try:
+        if step != "miss":
+            database.put(Foo(1, 2, 3, name="v1"))
+        if step == "hit":
+            assert read_one(a, "get").name == "v1"  # cached in memcached
+        cache.point = step
+        leader, led = named_thread("leader", lambda: read_one(a, lead))
+        assert cache.reached.wait(WAIT)
+        b.put(Foo(1, 2, 3, name="v2"))
+        follower, followed = named_thread("follower", lambda: read_one(a, how))
+        try:
+            followed_once(a)  # the other thread follows A's load
+        finally:
+            cache.go.set()
+            leader.join(WAIT)
+            follower.join(WAIT)
+        assert (led[0] and led[0].name) == (None if step == "miss" else "v1")
+        assert followed[0] is not None and followed[0].name == "v2"
+    finally:
+        a.release()
+        b.release()
+        cache.batch_delete([Foo(1, 2, 3)])
+
+
+@pytest.mark.parametrize("how", ["get", "batch"])
+@pytest.mark.parametrize("lead", ["get", "batch"])
+def test_a_caller_that_began_before_a_load_filled_takes_its_answer(
+    memcached_server: str, lead: str, how: str
+) -> None:
+    """The other side: a thread of A that follows A's load while that load reads the
+    database on its lease (before its fill) began before the fill that vouches for the
+    answer: it takes that very object, and the database is read once."""
+    database = Database()
+    database.put(Foo(1, 2, 3, name="v1"))
+    a = held_process(memcached_server, database, "")
+    cache = a.stores[0]
+    try:
+        database.only = "leader"
+        database.go.clear()
+        database.reads = 0
+        leader, led = named_thread("leader", lambda: read_one(a, lead))
+        assert database.reading.wait(WAIT)
+        follower, followed = named_thread("follower", lambda: read_one(a, how))
+        try:
+            followed_once(a)
+        finally:
+            database.go.set()
+            leader.join(WAIT)
+            follower.join(WAIT)
+        assert led[0].name == "v1" and followed[0] is led[0]  # the load's own answer
+        assert database.reads == 1
+    finally:
+        a.release()
+        cache.batch_delete([Foo(1, 2, 3)])
+
+
 def test_a_miss_everywhere_gives_its_lease_back(world: Any) -> None:
     """A key found in no layer does not leave a lease behind that would make others wait."""
     _, process = world
