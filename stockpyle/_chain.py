@@ -378,6 +378,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     if layer >= self._record:
                         raise
                     self._failed(layer, "get", exc)
+                    if leased:
+                        stamp()  # on below with no lease here (the layer failed)
                     continue
                 if hit is not None and (
                     (layer == last and not store.cache_only) or not self._is_suspect(layer, hit[0])
@@ -417,6 +419,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 lost = stores[layer].batch_release([token])
             except StoreError as exc:
                 self._failed(layer, "release", exc)
+                if refused is not None:  # nothing says whether a write overtook the miss
+                    refused.append(key)
             else:
                 if lost and lost[0] and refused is not None:  # a write overtook the miss
                     refused.append(key)
@@ -635,6 +639,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     if layer >= self._record:
                         raise
                     self._failed(layer, "get", exc)
+                    if leased and stamp is not None:  # on below with no lease (it failed)
+                        stamp(dict.fromkeys(keys, next(TICKETS)))
                     continue
                 take(layer, hits)
                 if leased and pending and stamp is not None:
@@ -665,6 +671,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     voided = self.stores[layer].batch_release(list(unused.values()))
                 except StoreError as exc:
                     self._failed(layer, "release", exc)
+                    if refused is not None:  # nothing says whether a write overtook them
+                        refused.update(unused)
                 else:
                     if voided and refused is not None:  # misses a write overtook: their keys
                         refused.update(k for k, gone in zip(unused, voided, strict=True) if gone)
@@ -685,7 +693,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         self, layer: int, items: dict[str, tuple[Any, Deadline, Any]], begun: int, mark: int
     ) -> list[str]:
         """Fill ``items`` (identity -> object, deadline, lease token) into ``layer``; the
-        identities a shared layer refused (a write voided their leases)."""
+        identities a shared layer refused (a write voided their leases), or all of them when
+        it failed (nothing then says whether a write overtook them)."""
         store = self.stores[layer]
         objs = [obj for obj, _, _ in items.values()]
         lost: list[str] = []
@@ -714,6 +723,8 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 raise
             self._failed(layer, "backfill", exc)
             self._healer.add(layer, objs)
+            if store.shared:
+                lost = list(items)
         else:
             store.counters.add("backfills", len(objs))
             self._healer.discard(layer, objs)
@@ -725,7 +736,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
     def _backfill_one(
         self, layer: int, identity: str, item: tuple[Any, Deadline, Any], begun: int, mark: int
     ) -> bool:
-        """:meth:`_backfill` of one object; whether a shared layer refused it."""
+        """:meth:`_backfill` of one object; whether a shared layer refused it (or failed)."""
         store = self.stores[layer]
         obj, deadline, token = item
         objs = [obj]
@@ -745,6 +756,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 raise
             self._failed(layer, "backfill", exc)
             self._healer.add(layer, objs)
+            return store.shared  # nothing says whether a write overtook it
         else:
             if objs:
                 next(store.counters.backfills)

@@ -593,6 +593,78 @@ def test_a_caller_that_began_before_a_load_filled_takes_its_answer(
         cache.batch_delete([Foo(1, 2, 3)])
 
 
+class FlakyMemcache(MemcacheStore):
+    """A MemcacheStore whose ``failing`` call (``batch_lease_entries``, ``batch_fill`` or
+    ``batch_release``) raises once, in the thread named ``leader`` (a server that timed
+    out, as the chain sees it)."""
+
+    failing = ""
+
+    def _maybe_fail(self, name: str) -> None:
+        if self.failing == name and threading.current_thread().name == "leader":
+            self.failing = ""
+            raise StoreError(self, "timed out (injected)")
+
+    def batch_lease_entries(self, cls: type[Any], key_dicts: Any, **kw: Any) -> Any:
+        self._maybe_fail("batch_lease_entries")
+        return super().batch_lease_entries(cls, key_dicts, **kw)
+
+    def batch_fill(self, objs: Any, tokens: Any, **kw: Any) -> Any:
+        self._maybe_fail("batch_fill")
+        return super().batch_fill(objs, tokens, **kw)
+
+    def batch_release(self, tokens: Any) -> Any:
+        self._maybe_fail("batch_release")
+        return super().batch_release(tokens)
+
+
+@pytest.mark.parametrize("how", ["get", "batch"])
+@pytest.mark.parametrize("lead", ["get", "batch"])
+@pytest.mark.parametrize(
+    "failing",
+    ["batch_lease_entries", "batch_fill", "batch_release"],
+    ids=["read", "fill", "release"],
+)
+def test_a_failed_memcached_call_confirms_nothing_to_followers(
+    memcached_server: str, failing: str, lead: str, how: str
+) -> None:
+    """A's load is held in its database read (for ``release``: of a key no row holds); B
+    writes the key through its own chain and returns; another thread of A follows A's load.
+    Then memcached fails A's load once: the leased read before the database read, the fill
+    after it, or giving the lease back. Nothing then tells the load whether B's write
+    overtook it, so the follower, which began after that write returned, reads for itself
+    and gets it. Before, it took the load's answer: a failed fill or release counted as
+    neither refused nor voided, and a failed read let the load go below unmarked."""
+    database = Database()
+    database.only = "leader"
+    prefix = f"flaky{uuid.uuid4().hex[:10]}"
+    cache = FlakyMemcache(servers=[memcached_server], prefix=prefix)
+    a = ChainedStore([cache, database])
+    b = ChainedStore([MemcacheStore(servers=[memcached_server], prefix=prefix), database])
+    try:
+        if failing != "batch_release":
+            database.put(Foo(1, 2, 3, name="v1"))
+        cache.failing = failing
+        database.go.clear()
+        leader, led = named_thread("leader", lambda: read_one(a, lead))
+        assert database.reading.wait(WAIT)
+        b.put(Foo(1, 2, 3, name="v2"))
+        follower, followed = named_thread("follower", lambda: read_one(a, how))
+        try:
+            followed_once(a)  # the other thread follows A's load
+        finally:
+            database.go.set()
+            leader.join(WAIT)
+            follower.join(WAIT)
+        assert (led[0] and led[0].name) == (None if failing == "batch_release" else "v1")
+        assert cache.failing == ""  # it did fail, once
+        assert followed[0] is not None and followed[0].name == "v2"
+    finally:
+        a.release()
+        b.release()
+        MemcacheStore(servers=[memcached_server], prefix=prefix).batch_delete([Foo(1, 2, 3)])
+
+
 def test_a_miss_everywhere_gives_its_lease_back(world: Any) -> None:
     """A key found in no layer does not leave a lease behind that would make others wait."""
     _, process = world
