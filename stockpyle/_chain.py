@@ -562,10 +562,10 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         """Read layers ``start`` to ``stop - 1`` for ``pending``; with ``fill``, backfill what
         was found into the ``asked`` layers above that missed (appending to ``asked``;
         ``refused`` gets the identities a shared layer refused to be filled with, and the keys
-        found nowhere whose lease there a write voided meanwhile). While
-        other keys are still to be read (below, or awaited from other callers' fills),
-        ``settle`` gets the keys a layer answered that no fill of a shared layer will check (a
-        shared layer's own hits, say) as soon as that layer answered them.
+        found nowhere whose lease there a write voided meanwhile). While other keys are still
+        to be read (below, or awaited from other callers' fills), ``settle`` gets the keys a
+        layer answered that no fill of a shared layer will check (a shared layer's own hits,
+        say) as soon as that layer answered them.
 
         ``stamp`` (with ``fill``) gets, for each key read through a shared layer (by key), the
         :data:`~stockpyle._flight.TICKETS` ticket taken where what its answer says stops
