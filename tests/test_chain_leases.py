@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -124,6 +124,39 @@ def in_thread(fn: Any) -> tuple[threading.Thread, list[Any]]:
     return thread, out
 
 
+def race(
+    chain: ChainedStore,
+    lead: Callable[[], Any],
+    reached: threading.Event,
+    follow: Callable[[], Any],
+    go: threading.Event,
+    between: Callable[[], Any] | None = None,
+) -> tuple[list[Any], list[Any]]:
+    """Run ``lead`` in a thread named ``leader`` until its load is held (``reached``), then
+    ``between`` (another process's write, say), then ``follow`` in a thread named ``follower``
+    until it follows that load in flight through ``chain``; let the load go (``go``) and
+    return what each thread got (a one-item list; empty if it raised)."""
+    leader, led = named_thread("leader", lead)
+    assert reached.wait(WAIT)
+    if between is not None:
+        between()
+    follower, followed = named_thread("follower", follow)
+    try:
+        followed_once(chain)  # the follower follows the leader's load
+    finally:
+        go.set()
+        leader.join(WAIT)
+        follower.join(WAIT)
+    return led, followed
+
+
+def named_thread(name: str, fn: Any) -> tuple[threading.Thread, list[Any]]:
+    out: list[Any] = []
+    thread = threading.Thread(target=lambda: out.append(fn()), name=name)
+    thread.start()
+    return thread, out
+
+
 def test_two_processes_missing_one_key_read_the_database_once(world: Any) -> None:
     """Process A wins the lease and is held in its database read; process B, missing the same
     key, waits for A's fill instead of reading the database."""
@@ -187,32 +220,41 @@ def test_a_slow_fill_never_overwrites_another_process_write(world: Any, write: s
         assert (found and found.name) == expected
 
 
+@pytest.mark.parametrize("stuck", [False, True], ids=["leased", "unleased"])
 @pytest.mark.parametrize("write", ["put", "delete"])
 @pytest.mark.parametrize("how", ["get", "batch"])
+@pytest.mark.parametrize("lead", ["get", "batch"])
 def test_a_caller_arriving_after_another_process_wrote_never_gets_the_older_load(
-    world: Any, write: str, how: str
+    world: Any, lead: str, how: str, write: str, stuck: bool
 ) -> None:
     """A's load read version 1 from the database and is held before its fill; B writes the key
     (put version 2, or delete) through its own chain; then another thread of A misses the key
     and would take that load's result. With no invalidation channel A hears nothing of B, but
     memcached refuses the load's fill (B's write voided its lease): the caller reads for
     itself and gets what B wrote. Before, it got version 1, though it began after B's write
-    returned (the checker measured such reads up to 0.29 s after the write)."""
-    database, process = world
-    a, b = process(), process()
-    database.put(Foo(1, 2, 3, name="v1"))
-    database.go.clear()
-    leader, led = in_thread(lambda: a.get(Foo, {"key": 1}))
-    assert database.reading.wait(WAIT)
-    write_one(b, write)
+    returned (the checker measured such reads up to 0.29 s after the write).
 
-    follower, followed = in_thread(lambda: read_one(a, how))
-    try:
-        followed_once(a)  # the other thread follows A's load
-    finally:
-        database.go.set()
-        leader.join(WAIT)
-        follower.join(WAIT)
+    ``unleased``: C holds the lease on the key and never fills it (a hung process), so A's
+    load waits out ``lease_wait`` for C's fill and reads the database without a lease. No
+    fill will tell A that B's write overtook its read; the caller, which began after that
+    read did, reads for itself all the same. Before, it got version 1."""
+    database, process = world
+    a, b, c = process(), process(), process()
+    database.put(Foo(1, 2, 3, name="v1"))
+    if stuck:
+        (lease,) = c.stores[0].batch_lease_entries(Foo, [{"key": 1}], lease_seconds=30)
+        assert lease.token is not None  # C holds the lease and never fills
+        a.lease_wait = 0.05  # injected: A's load gives up waiting for C's fill at once
+        a.sleep = lambda _seconds: None
+    database.go.clear()
+    led, followed = race(
+        a,
+        lambda: read_one(a, lead),
+        database.reading,  # A's load read version 1 (without a lease, if stuck)
+        lambda: read_one(a, how),
+        database.go,
+        between=lambda: write_one(b, write),
+    )
     assert led[0].name == "v1"  # the load began before B's write: it returns what it read
     found = followed[0]
     assert (found and found.name) == (None if write == "delete" else "v2")
@@ -345,41 +387,6 @@ def test_a_waiter_takes_over_a_lease_its_holder_gave_back(
     assert (cached and cached.name) == ("db" if found else None)  # filled on B's lease
 
 
-@pytest.mark.parametrize("write", ["put", "delete"])
-@pytest.mark.parametrize("how", ["get", "batch"])
-@pytest.mark.parametrize("lead", ["get", "batch"])
-def test_a_caller_arriving_after_an_unleased_load_began_reads_for_itself(
-    world: Any, lead: str, how: str, write: str
-) -> None:
-    """C holds the lease on a key and never fills it (a hung process). A's load waits out
-    ``lease_wait`` for C's fill, then reads the database without a lease, and is held there
-    after reading version 1. B writes the key (put version 2, or delete) and returns; then
-    another thread of A misses the key and would take that load's result. No fill will tell
-    A that B's write overtook its read (it holds no lease), so the caller, which began after
-    that read did, reads for itself and gets what B wrote. Before, it got version 1."""
-    database, process = world
-    a, b, c = process(), process(), process()
-    database.put(Foo(1, 2, 3, name="v1"))
-    (lease,) = c.stores[0].batch_lease_entries(Foo, [{"key": 1}], lease_seconds=30)
-    assert lease.token is not None  # C holds the lease and never fills
-    a.lease_wait = 0.05  # injected: A's load gives up waiting for C's fill at once
-    a.sleep = lambda _seconds: None
-    database.go.clear()
-    leader, led = in_thread(lambda: read_one(a, lead))
-    assert database.reading.wait(WAIT)  # A's load read version 1, without a lease
-    write_one(b, write)
-    follower, followed = in_thread(lambda: read_one(a, how))
-    try:
-        followed_once(a)  # the other thread follows A's load
-    finally:
-        database.go.set()
-        leader.join(WAIT)
-        follower.join(WAIT)
-    assert led[0].name == "v1"  # the load began before B's write: it returns what it read
-    found = followed[0]
-    assert (found and found.name) == (None if write == "delete" else "v2")
-
-
 @pytest.mark.parametrize("how", ["get", "batch"])
 @pytest.mark.parametrize("lead", ["get", "batch"])
 def test_callers_that_began_before_an_unleased_load_read_take_its_result(
@@ -403,15 +410,8 @@ def test_callers_that_began_before_an_unleased_load_read_take_its_result(
     a.lease_wait = 0.05  # injected: once let go, A's load gives up at once
     a.sleep = sleep
     database.reads = 0
-    leader, led = in_thread(lambda: read_one(a, lead))
-    assert polling.wait(WAIT)
-    follower, followed = in_thread(lambda: read_one(a, how))
-    try:
-        followed_once(a)
-    finally:
-        go_on.set()
-        leader.join(WAIT)
-        follower.join(WAIT)
+    # held: A leased the key and found no row
+    led, followed = race(a, lambda: read_one(a, lead), polling, lambda: read_one(a, how), go_on)
     assert led[0].name == "db" and followed[0].name == "db"
     assert database.reads == 1  # the load's read, which the follower took
 
@@ -434,18 +434,14 @@ def test_a_caller_arriving_after_another_process_created_the_row_never_gets_the_
         return a.get(Foo, key) if how == "get" else a.batch_get(Foo, [key])[0]
 
     database.go.clear()
-    leader, led = in_thread(
-        lambda: a.get(Foo, key) if lead == "get" else a.batch_get(Foo, [key])[0]
+    led, followed = race(
+        a,
+        lambda: a.get(Foo, key) if lead == "get" else a.batch_get(Foo, [key])[0],
+        database.reading,
+        read,
+        database.go,
+        between=lambda: b.put(Foo(1, 2, 3, name="v1")),
     )
-    assert database.reading.wait(WAIT)  # A leased the key and found no row
-    b.put(Foo(1, 2, 3, name="v1"))
-    follower, followed = in_thread(read)
-    try:
-        followed_once(a)  # the other thread follows A's load
-    finally:
-        database.go.set()
-        leader.join(WAIT)
-        follower.join(WAIT)
     assert led == [None]  # the load began before B's put: it returns what it found
     assert followed[0] is not None and followed[0].name == "v1"
 
@@ -458,15 +454,9 @@ def test_followers_of_a_miss_no_write_overtook_take_it(world: Any, how: str) -> 
     (a,) = (process(),)
     database.go.clear()
     database.reads = 0
-    leader, led = in_thread(lambda: read_one(a, how))
-    assert database.reading.wait(WAIT)
-    follower, followed = in_thread(lambda: read_one(a, how))
-    try:
-        followed_once(a)
-    finally:
-        database.go.set()
-        leader.join(WAIT)
-        follower.join(WAIT)
+    led, followed = race(
+        a, lambda: read_one(a, how), database.reading, lambda: read_one(a, how), database.go
+    )
     assert led == [None] and followed == [None]
     assert database.reads == 1
     (lease,) = a.stores[0].batch_lease_entries(Foo, [{"key": 1}], lease_seconds=30)
@@ -512,13 +502,6 @@ def held_process(memcached_server: str, database: Database, point: str) -> Chain
     return ChainedStore([cache, database])
 
 
-def named_thread(name: str, fn: Any) -> tuple[threading.Thread, list[Any]]:
-    out: list[Any] = []
-    thread = threading.Thread(target=lambda: out.append(fn()), name=name)
-    thread.start()
-    return thread, out
-
-
 @pytest.mark.parametrize("how", ["get", "batch"])
 @pytest.mark.parametrize("lead", ["get", "batch"])
 @pytest.mark.parametrize("step", ["hit", "fill", "miss"])
@@ -543,16 +526,14 @@ def test_a_caller_that_began_after_a_load_answer_was_last_confirmed_reads_for_it
         if step == "hit":
             assert read_one(a, "get").name == "v1"  # cached in memcached
         cache.point = step
-        leader, led = named_thread("leader", lambda: read_one(a, lead))
-        assert cache.reached.wait(WAIT)
-        b.put(Foo(1, 2, 3, name="v2"))
-        follower, followed = named_thread("follower", lambda: read_one(a, how))
-        try:
-            followed_once(a)  # the other thread follows A's load
-        finally:
-            cache.go.set()
-            leader.join(WAIT)
-            follower.join(WAIT)
+        led, followed = race(
+            a,
+            lambda: read_one(a, lead),
+            cache.reached,
+            lambda: read_one(a, how),
+            cache.go,
+            between=lambda: b.put(Foo(1, 2, 3, name="v2")),
+        )
         assert (led[0] and led[0].name) == (None if step == "miss" else "v1")
         assert followed[0] is not None and followed[0].name == "v2"
     finally:
@@ -577,15 +558,9 @@ def test_a_caller_that_began_before_a_load_filled_takes_its_answer(
         database.only = "leader"
         database.go.clear()
         database.reads = 0
-        leader, led = named_thread("leader", lambda: read_one(a, lead))
-        assert database.reading.wait(WAIT)
-        follower, followed = named_thread("follower", lambda: read_one(a, how))
-        try:
-            followed_once(a)
-        finally:
-            database.go.set()
-            leader.join(WAIT)
-            follower.join(WAIT)
+        led, followed = race(
+            a, lambda: read_one(a, lead), database.reading, lambda: read_one(a, how), database.go
+        )
         assert led[0].name == "v1" and followed[0] is led[0]  # the load's own answer
         assert database.reads == 1
     finally:
@@ -646,16 +621,14 @@ def test_a_failed_memcached_call_confirms_nothing_to_followers(
             database.put(Foo(1, 2, 3, name="v1"))
         cache.failing = failing
         database.go.clear()
-        leader, led = named_thread("leader", lambda: read_one(a, lead))
-        assert database.reading.wait(WAIT)
-        b.put(Foo(1, 2, 3, name="v2"))
-        follower, followed = named_thread("follower", lambda: read_one(a, how))
-        try:
-            followed_once(a)  # the other thread follows A's load
-        finally:
-            database.go.set()
-            leader.join(WAIT)
-            follower.join(WAIT)
+        led, followed = race(
+            a,
+            lambda: read_one(a, lead),
+            database.reading,
+            lambda: read_one(a, how),
+            database.go,
+            between=lambda: b.put(Foo(1, 2, 3, name="v2")),
+        )
         assert (led[0] and led[0].name) == (None if failing == "batch_release" else "v1")
         assert cache.failing == ""  # it did fail, once
         assert followed[0] is not None and followed[0].name == "v2"
