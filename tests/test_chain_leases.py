@@ -410,7 +410,6 @@ def test_callers_that_began_before_an_unleased_load_read_take_its_result(
     a.lease_wait = 0.05  # injected: once let go, A's load gives up at once
     a.sleep = sleep
     database.reads = 0
-    # held: A leased the key and found no row
     led, followed = race(a, lambda: read_one(a, lead), polling, lambda: read_one(a, how), go_on)
     assert led[0].name == "db" and followed[0].name == "db"
     assert database.reads == 1  # the load's read, which the follower took
@@ -437,7 +436,7 @@ def test_a_caller_arriving_after_another_process_created_the_row_never_gets_the_
     led, followed = race(
         a,
         lambda: a.get(Foo, key) if lead == "get" else a.batch_get(Foo, [key])[0],
-        database.reading,
+        database.reading,  # A leased the key and found no row
         read,
         database.go,
         between=lambda: b.put(Foo(1, 2, 3, name="v1")),
@@ -451,7 +450,7 @@ def test_followers_of_a_miss_no_write_overtook_take_it(world: Any, how: str) -> 
     """The other side: with no write of the key meanwhile, A gives its lease back intact, and
     the thread that followed A's load takes its miss; the database is read once."""
     database, process = world
-    (a,) = (process(),)
+    a = process()
     database.go.clear()
     database.reads = 0
     led, followed = race(
