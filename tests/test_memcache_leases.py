@@ -87,9 +87,15 @@ def test_stores_without_leases_cannot_say_whether_one_was_voided(
         else PyClient(memcached_server)
     )
     store = MemcacheStore(client=client, prefix=unique_prefix())
-    (lease,) = store.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
-    assert lease.token is not None
-    assert store.batch_release([lease.token]) is None
+    try:
+        (lease,) = store.batch_lease_entries(Foo, [{"key": 1}], lease_seconds=5)
+        assert lease.token is not None
+        assert store.batch_release([lease.token]) is None
+    finally:
+        if kind == "python-memcached":
+            client.disconnect_all()
+        else:
+            client.close()
 
 
 def test_fill_after_a_put_elsewhere_is_not_stored(memcached_server: str) -> None:
