@@ -462,50 +462,66 @@ def test_followers_of_a_miss_no_write_overtook_take_it(world: Any, how: str) -> 
     assert lease.token is not None and not lease.busy  # and the lease was given back
 
 
-class HeldMemcache(MemcacheStore):
-    """A MemcacheStore that holds the thread named ``leader`` once, at ``point``: after its
-    leased read (``"hit"``), after its fill (``"fill"``), or after it gave a lease back
-    (``"miss"``)."""
+class RiggedMemcache(MemcacheStore):
+    """A MemcacheStore that acts up once, in the thread named ``leader``: the call named by
+    ``failing`` (``batch_lease_entries``, ``batch_fill`` or ``batch_release``) raises before it
+    runs (a server that timed out, as the chain sees it); the call named by ``held`` returns,
+    then holds the thread (``reached`` set) until ``go`` is."""
 
-    point = ""
-    reached = threading.Event()
-    go = threading.Event()
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.failing = self.held = ""
+        self.reached, self.go = threading.Event(), threading.Event()
 
-    def _hold(self, point: str) -> None:
-        if self.point == point and threading.current_thread().name == "leader":
-            self.point = ""
+    def _rigged(self, name: str, call: Callable[..., Any], *args: Any, **kw: Any) -> Any:
+        leader = threading.current_thread().name == "leader"
+        if leader and self.failing == name:
+            self.failing = ""
+            raise StoreError(self, "timed out (injected)")
+        result = call(*args, **kw)
+        if leader and self.held == name:
+            self.held = ""
             self.reached.set()
             assert self.go.wait(WAIT)
+        return result
 
     def batch_lease_entries(self, cls: type[Any], key_dicts: Any, **kw: Any) -> Any:
-        found = super().batch_lease_entries(cls, key_dicts, **kw)
-        self._hold("hit")
-        return found
+        lease = super().batch_lease_entries
+        return self._rigged("batch_lease_entries", lease, cls, key_dicts, **kw)
 
     def batch_fill(self, objs: Any, tokens: Any, **kw: Any) -> Any:
-        stored = super().batch_fill(objs, tokens, **kw)
-        self._hold("fill")
-        return stored
+        return self._rigged("batch_fill", super().batch_fill, objs, tokens, **kw)
 
     def batch_release(self, tokens: Any) -> Any:
-        lost = super().batch_release(tokens)
-        self._hold("miss")
-        return lost
+        return self._rigged("batch_release", super().batch_release, tokens)
 
 
-def held_process(memcached_server: str, database: Database, point: str) -> ChainedStore:
-    """A chain whose memcached holds its ``leader`` thread once at ``point``."""
-    cache = HeldMemcache(servers=[memcached_server], prefix=f"held{uuid.uuid4().hex[:10]}")
-    cache.point = point
-    cache.reached, cache.go = threading.Event(), threading.Event()
-    return ChainedStore([cache, database])
+@pytest.fixture
+def rigged(
+    memcached_server: str,
+) -> Iterator[tuple[Database, ChainedStore, ChainedStore, RiggedMemcache]]:
+    """A database; process A's chain over a :class:`RiggedMemcache`; process B's over a plain
+    MemcacheStore with the same prefix; and A's rigged store."""
+    database = Database()
+    prefix = f"rigged{uuid.uuid4().hex[:10]}"
+    cache = RiggedMemcache(servers=[memcached_server], prefix=prefix)
+    a = ChainedStore([cache, database])
+    b = ChainedStore([MemcacheStore(servers=[memcached_server], prefix=prefix), database])
+    yield database, a, b, cache
+    a.release()
+    b.release()
+    cache.batch_delete([Foo(1, 2, 3)])
+
+
+#: The step after which A's load is held, by the memcached call that makes it.
+STEPS = {"hit": "batch_lease_entries", "fill": "batch_fill", "miss": "batch_release"}
 
 
 @pytest.mark.parametrize("how", ["get", "batch"])
 @pytest.mark.parametrize("lead", ["get", "batch"])
-@pytest.mark.parametrize("step", ["hit", "fill", "miss"])
+@pytest.mark.parametrize("step", list(STEPS))
 def test_a_caller_that_began_after_a_load_answer_was_last_confirmed_reads_for_itself(
-    memcached_server: str, step: str, lead: str, how: str
+    rigged: Any, step: str, lead: str, how: str
 ) -> None:
     """A's load is held just after the last step that vouches for its answer: its memcached
     read that found the object (``hit``), its fill on a lease (``fill``: a write after it
@@ -514,82 +530,42 @@ def test_a_caller_that_began_after_a_load_answer_was_last_confirmed_reads_for_it
     returns; another thread of A follows A's load. What the load read may be older than B's
     write, which returned before that thread began: it reads for itself and gets B's write.
     Before, it took the load's answer (the window: a round trip and the load's landing)."""
-    database = Database()
-    a = held_process(memcached_server, database, "")
-    cache = a.stores[0]
-    assert isinstance(cache, HeldMemcache)
-    b = ChainedStore([MemcacheStore(servers=[memcached_server], prefix=cache.prefix), database])
-    try:
-        if step != "miss":
-            database.put(Foo(1, 2, 3, name="v1"))
-        if step == "hit":
-            assert read_one(a, "get").name == "v1"  # cached in memcached
-        cache.point = step
-        led, followed = race(
-            a,
-            lambda: read_one(a, lead),
-            cache.reached,
-            lambda: read_one(a, how),
-            cache.go,
-            between=lambda: b.put(Foo(1, 2, 3, name="v2")),
-        )
-        assert (led[0] and led[0].name) == (None if step == "miss" else "v1")
-        assert followed[0] is not None and followed[0].name == "v2"
-    finally:
-        a.release()
-        b.release()
-        cache.batch_delete([Foo(1, 2, 3)])
+    database, a, b, cache = rigged
+    if step != "miss":
+        database.put(Foo(1, 2, 3, name="v1"))
+    if step == "hit":
+        assert read_one(a, "get").name == "v1"  # cached in memcached
+    cache.held = STEPS[step]
+    led, followed = race(
+        a,
+        lambda: read_one(a, lead),
+        cache.reached,
+        lambda: read_one(a, how),
+        cache.go,
+        between=lambda: b.put(Foo(1, 2, 3, name="v2")),
+    )
+    assert (led[0] and led[0].name) == (None if step == "miss" else "v1")
+    assert followed[0] is not None and followed[0].name == "v2"
 
 
 @pytest.mark.parametrize("how", ["get", "batch"])
 @pytest.mark.parametrize("lead", ["get", "batch"])
 def test_a_caller_that_began_before_a_load_filled_takes_its_answer(
-    memcached_server: str, lead: str, how: str
+    rigged: Any, lead: str, how: str
 ) -> None:
     """The other side: a thread of A that follows A's load while that load reads the
     database on its lease (before its fill) began before the fill that vouches for the
     answer: it takes that very object, and the database is read once."""
-    database = Database()
+    database, a, _, _ = rigged
     database.put(Foo(1, 2, 3, name="v1"))
-    a = held_process(memcached_server, database, "")
-    cache = a.stores[0]
-    try:
-        database.only = "leader"
-        database.go.clear()
-        database.reads = 0
-        led, followed = race(
-            a, lambda: read_one(a, lead), database.reading, lambda: read_one(a, how), database.go
-        )
-        assert led[0].name == "v1" and followed[0] is led[0]  # the load's own answer
-        assert database.reads == 1
-    finally:
-        a.release()
-        cache.batch_delete([Foo(1, 2, 3)])
-
-
-class FlakyMemcache(MemcacheStore):
-    """A MemcacheStore whose ``failing`` call (``batch_lease_entries``, ``batch_fill`` or
-    ``batch_release``) raises once, in the thread named ``leader`` (a server that timed
-    out, as the chain sees it)."""
-
-    failing = ""
-
-    def _maybe_fail(self, name: str) -> None:
-        if self.failing == name and threading.current_thread().name == "leader":
-            self.failing = ""
-            raise StoreError(self, "timed out (injected)")
-
-    def batch_lease_entries(self, cls: type[Any], key_dicts: Any, **kw: Any) -> Any:
-        self._maybe_fail("batch_lease_entries")
-        return super().batch_lease_entries(cls, key_dicts, **kw)
-
-    def batch_fill(self, objs: Any, tokens: Any, **kw: Any) -> Any:
-        self._maybe_fail("batch_fill")
-        return super().batch_fill(objs, tokens, **kw)
-
-    def batch_release(self, tokens: Any) -> Any:
-        self._maybe_fail("batch_release")
-        return super().batch_release(tokens)
+    database.only = "leader"
+    database.go.clear()
+    database.reads = 0
+    led, followed = race(
+        a, lambda: read_one(a, lead), database.reading, lambda: read_one(a, how), database.go
+    )
+    assert led[0].name == "v1" and followed[0] is led[0]  # the load's own answer
+    assert database.reads == 1
 
 
 @pytest.mark.parametrize("how", ["get", "batch"])
@@ -600,7 +576,7 @@ class FlakyMemcache(MemcacheStore):
     ids=["read", "fill", "release"],
 )
 def test_a_failed_memcached_call_confirms_nothing_to_followers(
-    memcached_server: str, failing: str, lead: str, how: str
+    rigged: Any, failing: str, lead: str, how: str
 ) -> None:
     """A's load is held in its database read (for ``release``: of a key no row holds); B
     writes the key through its own chain and returns; another thread of A follows A's load.
@@ -609,32 +585,23 @@ def test_a_failed_memcached_call_confirms_nothing_to_followers(
     overtook it, so the follower, which began after that write returned, reads for itself
     and gets it. Before, it took the load's answer: a failed fill or release counted as
     neither refused nor voided, and a failed read let the load go below unmarked."""
-    database = Database()
+    database, a, b, cache = rigged
     database.only = "leader"
-    prefix = f"flaky{uuid.uuid4().hex[:10]}"
-    cache = FlakyMemcache(servers=[memcached_server], prefix=prefix)
-    a = ChainedStore([cache, database])
-    b = ChainedStore([MemcacheStore(servers=[memcached_server], prefix=prefix), database])
-    try:
-        if failing != "batch_release":
-            database.put(Foo(1, 2, 3, name="v1"))
-        cache.failing = failing
-        database.go.clear()
-        led, followed = race(
-            a,
-            lambda: read_one(a, lead),
-            database.reading,
-            lambda: read_one(a, how),
-            database.go,
-            between=lambda: b.put(Foo(1, 2, 3, name="v2")),
-        )
-        assert (led[0] and led[0].name) == (None if failing == "batch_release" else "v1")
-        assert cache.failing == ""  # it did fail, once
-        assert followed[0] is not None and followed[0].name == "v2"
-    finally:
-        a.release()
-        b.release()
-        MemcacheStore(servers=[memcached_server], prefix=prefix).batch_delete([Foo(1, 2, 3)])
+    if failing != "batch_release":
+        database.put(Foo(1, 2, 3, name="v1"))
+    cache.failing = failing
+    database.go.clear()
+    led, followed = race(
+        a,
+        lambda: read_one(a, lead),
+        database.reading,
+        lambda: read_one(a, how),
+        database.go,
+        between=lambda: b.put(Foo(1, 2, 3, name="v2")),
+    )
+    assert (led[0] and led[0].name) == (None if failing == "batch_release" else "v1")
+    assert cache.failing == ""  # it did fail, once
+    assert followed[0] is not None and followed[0].name == "v2"
 
 
 def test_a_miss_everywhere_gives_its_lease_back(world: Any) -> None:
