@@ -355,11 +355,6 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         tokens: dict[int, Any] = {}  # shared layer -> lease token
         backfill: list[tuple[int, str, tuple[Any, Deadline, Any]]] = []
         stores, last = self.stores, self._last
-
-        def stamp() -> None:
-            if flight is not None and not flight.read_at:
-                flight.read_at = next(TICKETS)
-
         try:
             for layer in range(start, stop):
                 store = stores[layer]
@@ -379,7 +374,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                         raise
                     self._failed(layer, "get", exc)
                     if leased:
-                        stamp()  # on below with no lease here (the layer failed)
+                        _stamp(flight)  # on below with no lease here (the layer failed)
                     continue
                 if hit is not None and (
                     (layer == last and not store.cache_only) or not self._is_suspect(layer, hit[0])
@@ -396,12 +391,12 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                                 backfill.append((upper, identity, (obj, deadline, token)))
                     break
                 if leased and layer not in tokens:
-                    stamp()  # on below with no lease here: no fill will confirm what it reads
+                    _stamp(flight)  # on below with no lease here: no fill will confirm it
                 asked.append(layer)
             if self._record < self._last:  # below a source: the store of record first
                 backfill.sort(key=lambda fill: -fill[0])
             if any(token is not None for _, _, (_, _, token) in backfill):
-                stamp()  # a fill on a lease confirms what was read before it is sent
+                _stamp(flight)  # a fill on a lease confirms what was read before it is sent
             for layer, identity, item in backfill:
                 if self._backfill_one(layer, identity, item, begun, mark) and refused is not None:
                     refused.append(identity)
@@ -413,7 +408,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             self._give_back(held)
             raise
         if tokens:
-            stamp()  # a lease given back intact confirms the miss up to then
+            _stamp(flight)  # a lease given back intact confirms the miss up to then
         for layer, token in tokens.items():  # a leased miss found nowhere: let others in
             try:
                 lost = stores[layer].batch_release([token])
@@ -792,6 +787,13 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         self._healer.stop()
         for store in self.stores:
             store.release()
+
+
+def _stamp(flight: Flight | None) -> None:
+    """Note on the load ``flight`` (if any, and not noted yet) that its answer stops being
+    confirmed here: see :attr:`Flight.read_at`."""
+    if flight is not None and not flight.read_at:
+        flight.read_at = next(TICKETS)
 
 
 #: What a chain made by ChainedStore._with_source reads from the chain it extends, per call.
