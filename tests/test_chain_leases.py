@@ -513,38 +513,55 @@ def rigged(
     cache.batch_delete([Foo(1, 2, 3)])
 
 
-#: The step after which A's load is held, by the memcached call that makes it.
-STEPS = {"hit": "batch_lease_entries", "fill": "batch_fill", "miss": "batch_release"}
+#: Memcached's calls in a load, by the step each makes: its leased read (which may find the
+#: object), its fill, and giving back the lease of a key found nowhere.
+CALLS = {"read": "batch_lease_entries", "fill": "batch_fill", "release": "batch_release"}
 
 
 @pytest.mark.parametrize("how", ["get", "batch"])
 @pytest.mark.parametrize("lead", ["get", "batch"])
-@pytest.mark.parametrize("step", list(STEPS))
+@pytest.mark.parametrize("step", list(CALLS))
+@pytest.mark.parametrize("rig", ["held", "failing"])
 def test_a_caller_that_began_after_a_load_answer_was_last_confirmed_reads_for_itself(
-    rigged: Any, step: str, lead: str, how: str
+    rigged: Any, rig: str, step: str, lead: str, how: str
 ) -> None:
-    """A's load is held just after the last step that vouches for its answer: its memcached
-    read that found the object (``hit``), its fill on a lease (``fill``: a write after it
-    would not void it), or giving back the lease of a key it found nowhere (``miss``). B
-    then writes the object through its own chain (over the same memcached and database) and
-    returns; another thread of A follows A's load. What the load read may be older than B's
-    write, which returned before that thread began: it reads for itself and gets B's write.
-    Before, it took the load's answer (the window: a round trip and the load's landing)."""
+    """B writes the object through its own chain (over the same memcached and database) and
+    returns; then another thread of A follows A's load, though nothing confirms that load's
+    answer after B's write:
+
+    * ``held``: A's load is held just after the last step that vouches for its answer (its
+      memcached read that found the object, its fill on a lease, or giving back the lease of
+      a key it found nowhere), so B's write comes after that step;
+    * ``failing``: A's load is held in its database read (before B's write), and that one
+      memcached call of it fails: a failed read lets the load go below without a lease, and a
+      failed fill or release says neither "refused" nor "voided".
+
+    What the load read may be older than B's write, which returned before that thread began:
+    it reads for itself and gets B's write. Before, it took the load's answer (held: the
+    window is a round trip and the load's landing; failing: the whole database read)."""
     database, a, b, cache = rigged
-    if step != "miss":
+    if step != "release":
         database.put(Foo(1, 2, 3, name="v1"))
-    if step == "hit":
-        assert read_one(a, "get").name == "v1"  # cached in memcached
-    cache.held = STEPS[step]
+    if rig == "held":
+        if step == "read":
+            assert read_one(a, "get").name == "v1"  # cached in memcached: the read finds it
+        cache.held = CALLS[step]
+        reached, go = cache.reached, cache.go
+    else:
+        cache.failing = CALLS[step]
+        database.only = "leader"
+        database.go.clear()
+        reached, go = database.reading, database.go
     led, followed = race(
         a,
         lambda: read_one(a, lead),
-        cache.reached,
+        reached,
         lambda: read_one(a, how),
-        cache.go,
+        go,
         between=lambda: b.put(Foo(1, 2, 3, name="v2")),
     )
-    assert (led[0] and led[0].name) == (None if step == "miss" else "v1")
+    assert (led[0] and led[0].name) == (None if step == "release" else "v1")
+    assert cache.failing == cache.held == ""  # it did act up, once
     assert followed[0] is not None and followed[0].name == "v2"
 
 
@@ -566,42 +583,6 @@ def test_a_caller_that_began_before_a_load_filled_takes_its_answer(
     )
     assert led[0].name == "v1" and followed[0] is led[0]  # the load's own answer
     assert database.reads == 1
-
-
-@pytest.mark.parametrize("how", ["get", "batch"])
-@pytest.mark.parametrize("lead", ["get", "batch"])
-@pytest.mark.parametrize(
-    "failing",
-    ["batch_lease_entries", "batch_fill", "batch_release"],
-    ids=["read", "fill", "release"],
-)
-def test_a_failed_memcached_call_confirms_nothing_to_followers(
-    rigged: Any, failing: str, lead: str, how: str
-) -> None:
-    """A's load is held in its database read (for ``release``: of a key no row holds); B
-    writes the key through its own chain and returns; another thread of A follows A's load.
-    Then memcached fails A's load once: the leased read before the database read, the fill
-    after it, or giving the lease back. Nothing then tells the load whether B's write
-    overtook it, so the follower, which began after that write returned, reads for itself
-    and gets it. Before, it took the load's answer: a failed fill or release counted as
-    neither refused nor voided, and a failed read let the load go below unmarked."""
-    database, a, b, cache = rigged
-    database.only = "leader"
-    if failing != "batch_release":
-        database.put(Foo(1, 2, 3, name="v1"))
-    cache.failing = failing
-    database.go.clear()
-    led, followed = race(
-        a,
-        lambda: read_one(a, lead),
-        database.reading,
-        lambda: read_one(a, how),
-        database.go,
-        between=lambda: b.put(Foo(1, 2, 3, name="v2")),
-    )
-    assert (led[0] and led[0].name) == (None if failing == "batch_release" else "v1")
-    assert cache.failing == ""  # it did fail, once
-    assert followed[0] is not None and followed[0].name == "v2"
 
 
 def test_a_miss_everywhere_gives_its_lease_back(world: Any) -> None:
