@@ -31,6 +31,7 @@ eval "$services_env"
 export CI=${CI:-true}
 
 echo "== ruff"; .venv/bin/ruff check stockpyle tests $(ls -d benchmarks 2>/dev/null)
+.venv/bin/ruff format --check --quiet stockpyle tests $(ls -d benchmarks 2>/dev/null)
 echo "== mypy --strict"; .venv/bin/mypy stockpyle
 echo "== pytest"; .venv/bin/python -m pytest -q "$@"
 

@@ -104,9 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_mappers()
     cls = BenchVersionedRow
-    objs = [
-        cls(id=k, zap=k, bar=-k, name=f"row-{k}", score=k / 7, version=0) for k in range(KEYS)
-    ]
+    objs = [cls(id=k, zap=k, bar=-k, name=f"row-{k}", score=k / 7, version=0) for k in range(KEYS)]
     for obj in objs:  # as the database layer returns them: detached, with their identity
         make_transient_to_detached(obj)
     below = ProcessMemoryStore()

@@ -48,9 +48,7 @@ _TEMP: dict[str, Any] = {}
 
 def _stockpyle_entries(where: Path) -> set[str]:
     """``stockpyle-*`` entries in ``where``, other than (concurrent) sessions' own directories."""
-    return {
-        p.name for p in where.glob("stockpyle-*") if not p.name.startswith(_SUITE_PREFIX)
-    }
+    return {p.name for p in where.glob("stockpyle-*") if not p.name.startswith(_SUITE_PREFIX)}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -132,7 +130,7 @@ def _require(var: str) -> str:
         return value
     if os.environ.get("CI"):
         pytest.fail(f"{var} is not set: under CI the server must be running (.ci/services.sh)")
-    pytest.skip(f"{var} not set (run: eval \"$(bash .ci/services.sh start)\")")
+    pytest.skip(f'{var} not set (run: eval "$(bash .ci/services.sh start)")')
 
 
 def _check_reachable(hostport: str, var: str) -> None:

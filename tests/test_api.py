@@ -16,7 +16,13 @@ import stockpyle.stores
 def test_all_matches_the_public_names() -> None:
     """__all__ lists exactly the public names of stockpyle and stockpyle.stores."""
     public = {n for n in vars(stockpyle) if not n.startswith("_")} - {
-        "bytes", "exceptions", "stores", "testing", "ext", "invalidation", "stats",
+        "bytes",
+        "exceptions",
+        "stores",
+        "testing",
+        "ext",
+        "invalidation",
+        "stats",
     }
     assert set(stockpyle.__all__) == public
     for name in stockpyle.stores.__all__:
@@ -198,6 +204,6 @@ def test_repo_is_generic_to_a_type_checker() -> None:
         "foos.put(1)  # E: wrong type\n"
     )
     out, _, status = api.run(["--strict", "--no-incremental", "-c", code])
-    assert "Argument 1 to \"put\" of \"Repo\" has incompatible type \"int\"" in out
+    assert 'Argument 1 to "put" of "Repo" has incompatible type "int"' in out
     assert out.count("error:") == 1, out
     assert status == 1

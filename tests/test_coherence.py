@@ -41,7 +41,6 @@ PROCESSES = 4
 STALE_WINDOW = 0.1
 
 
-
 @pytest.fixture(scope="module")
 def report(pg_url: str) -> Iterator[Report]:
     """One checker run on the CI budget, shared by the assertions below."""
@@ -86,7 +85,6 @@ def test_no_unexpected_application_error(report: Report) -> None:
     """The application sees no error at all: the database stays up, and memcached faults are
     absorbed by the chain (a failing cache layer is a miss, SPEC section 7)."""
     assert report.unexpected_errors == 0, report.summary()
-
 
 
 def test_reads_fill_the_caches(report: Report) -> None:

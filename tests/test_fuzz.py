@@ -246,17 +246,37 @@ def test_ints_beyond_64_bits(target: Target) -> None:
 
 #: Values no store accepts as key values.
 BAD_VALUES = st.sampled_from(
-    [TOO_LONG, _nested(40), _nested(400), "\ud800", "x\udc80y", float("nan"), [1], {"a": 1},
-     object(), 1j, (1, [2]), frozenset({1}), bytearray(b"x")]
+    [
+        TOO_LONG,
+        _nested(40),
+        _nested(400),
+        "\ud800",
+        "x\udc80y",
+        float("nan"),
+        [1],
+        {"a": 1},
+        object(),
+        1j,
+        (1, [2]),
+        frozenset({1}),
+        bytearray(b"x"),
+    ]
 )
 #: Identity values: a small pool (so that puts, gets and deletes meet), any key value, bad ones.
 IDENTITIES = st.one_of(
-    st.integers(1, 4), st.integers(1, 4), key_values(max_depth=1), BAD_VALUES,
+    st.integers(1, 4),
+    st.integers(1, 4),
+    key_values(max_depth=1),
+    BAD_VALUES,
     st.sampled_from([2**63, -(2**63) - 1, True, 1.0, "1"]),
 )
 ALTERNATES = st.one_of(st.none(), st.integers(0, 2), key_values(max_depth=1), BAD_VALUES)
-NAMES = st.one_of(st.sampled_from(["key", "zap", "bar", "name", "nope"]), st.integers(0, 2),
-                  st.none(), st.binary(max_size=2))
+NAMES = st.one_of(
+    st.sampled_from(["key", "zap", "bar", "name", "nope"]),
+    st.integers(0, 2),
+    st.none(),
+    st.binary(max_size=2),
+)
 KEY_DICTS = st.one_of(
     st.builds(lambda v: {"key": v}, IDENTITIES),
     st.builds(lambda z, b: {"zap": z, "bar": b}, ALTERNATES, ALTERNATES),

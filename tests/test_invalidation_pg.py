@@ -340,9 +340,7 @@ def test_a_forked_child_flushes_and_listens_on_its_own(
         database.release()
 
 
-def test_a_stopped_channel_stays_stopped_in_a_forked_child(
-    pg_url: str, channel_name: str
-) -> None:
+def test_a_stopped_channel_stays_stopped_in_a_forked_child(pg_url: str, channel_name: str) -> None:
     """A channel that was stopped (or never started) before the fork starts nothing in the
     child: its guarded stores stay suspended there, as in the parent."""
     channel = PostgresChannel(pg_url, channel=channel_name).start()

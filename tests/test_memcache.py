@@ -516,9 +516,7 @@ def test_batch_put_meta_memcache_is_one_pipelined_write_per_server(
     """batch_put of new objects with two lifetimes (meta-memcache): every set in one round
     trip per server, no read of the current records, and nothing else."""
     lifetimes = {"a": 10, "b": dt.timedelta(days=40)}
-    store = _counted(
-        meta_memcache, proxies, lifetime_cb=lambda o: lifetimes[o.name], clock=clock
-    )
+    store = _counted(meta_memcache, proxies, lifetime_cb=lambda o: lifetimes[o.name], clock=clock)
     _reset(proxies)
     store.batch_put([Foo(i, i, "b", name="ab"[i % 2]) for i in range(40)])
     for proxy in proxies:

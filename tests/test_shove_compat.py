@@ -32,7 +32,10 @@ def _run(code: str, *flags: str) -> dict[str, object]:
     """Run ``code`` in a fresh interpreter; its last printed line is a JSON object."""
     out = subprocess.run(
         [sys.executable, *flags, "-c", textwrap.dedent(code)],
-        capture_output=True, text=True, check=False, timeout=120,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
     )
     assert out.returncode == 0, out.stderr
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -100,7 +103,10 @@ def test_fresh_compile_of_shove_and_stuf_passes_under_w_error() -> None:
             from stockpyle.stores import ShoveStore
             print(json.dumps({"store": ShoveStore(shoveuri="simple://").describe()}))
             """,
-            "-W", "error", "-X", f"pycache_prefix={cache}",
+            "-W",
+            "error",
+            "-X",
+            f"pycache_prefix={cache}",
         )
     finally:
         shutil.rmtree(cache)

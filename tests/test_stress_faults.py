@@ -30,7 +30,6 @@ from stockpyle.testing.servers import PostgresCluster
 pytestmark = [pytest.mark.memcached, pytest.mark.postgres]
 
 
-
 def _servers_installed() -> bool:
     postgres = glob.glob("/usr/lib/postgresql/*/bin/initdb") or shutil.which("initdb")
     return bool(postgres) and shutil.which("memcached") is not None
@@ -93,7 +92,6 @@ def test_no_put_or_delete_fails_from_concurrency_alone(report: Report) -> None:
     """Outside the database's downtime, every put and delete succeeds, however the threads
     and processes interleave."""
     assert report.failed_writes == 0, report.summary()
-
 
 
 def test_no_acknowledged_write_is_lost(report: Report) -> None:

@@ -516,8 +516,10 @@ class CoreLoader:
                 # values are distinct (the callers' contract), so each row comes once.
                 items = sa.func.json_each(sa.bindparam("ints", type_=sa.String()))
                 array = items.table_valued("value")
-                stmt = sa.select(*self.columns).select_from(array).join(
-                    self.table, column == array.c.value
+                stmt = (
+                    sa.select(*self.columns)
+                    .select_from(array)
+                    .join(self.table, column == array.c.value)
                 )
             elif dialect == "sqlite":
                 param = sa.bindparam("ints", type_=sa.String())

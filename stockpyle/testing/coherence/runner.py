@@ -289,8 +289,7 @@ def _run(config: CheckerConfig, engine: sa.Engine) -> Report:
         inherited = None if parent is None else parent.store
         parent_output: dict[str, Any] | None = None
         procs = [
-            mp.Process(target=worker_main, args=(p, signals, inherited), daemon=True)
-            for p in plans
+            mp.Process(target=worker_main, args=(p, signals, inherited), daemon=True) for p in plans
         ]
         for proc in procs:
             proc.start()
