@@ -703,16 +703,19 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 lost = [i for i, ok in zip(items, stored, strict=True) if not ok]
                 objs = [o for o, ok in zip(objs, stored, strict=True) if ok]
             else:
-                writes = self._writes
+                writes, inv = self._writes, self.invalidation
                 with writes.lock:  # no write of these keys may slip between check and fill
-                    keep = [
-                        (obj, deadline)
+                    quiet = {
+                        identity: (obj, deadline)
                         for identity, (obj, deadline, _) in items.items()
                         if writes.quiet_since(identity, begun)
-                    ]
-                    objs = [obj for obj, _ in keep]
-                    if objs:
-                        store.batch_put(objs, expires_at=[d for _, d in keep])
+                    }
+                    put = functools.partial(_put_entries, store)
+                    if inv is not None and inv.guards(store):  # nor an eviction: see fill()
+                        objs = [quiet[i][0] for i in inv.fill(quiet, mark, put)]
+                    else:
+                        objs = [obj for obj, _ in quiet.values()]
+                        put(list(quiet.values()))
         except StoreError as exc:
             if layer >= self._record:  # the store of record, below a source: as a put's
                 raise
@@ -723,9 +726,6 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         else:
             store.counters.add("backfills", len(objs))
             self._healer.discard(layer, objs)
-            inv = self.invalidation
-            if objs and inv is not None and inv.guards(store):  # an eviction raced the fill
-                inv.settle(store, list(items), mark)  # type: ignore[arg-type]  # guarded: one
         return lost
 
     def _backfill_one(
@@ -740,12 +740,16 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 if not store.batch_fill(objs, [token], expires_at=[deadline])[0]:
                     return True
             else:
-                writes = self._writes
+                writes, inv = self._writes, self.invalidation
                 with writes.lock:  # no write of this key may slip between check and fill
-                    if writes.quiet_since(identity, begun):
-                        store.batch_put(objs, expires_at=[deadline])
-                    else:
+                    if not writes.quiet_since(identity, begun):
                         objs = []
+                    elif inv is not None and inv.guards(store):  # nor an eviction: see fill()
+                        put = functools.partial(_put_entries, store)
+                        if not inv.fill({identity: (obj, deadline)}, mark, put):
+                            objs = []
+                    else:
+                        store.batch_put(objs, expires_at=[deadline])
         except StoreError as exc:
             if layer >= self._record:  # the store of record, below a source: as a put's
                 raise
@@ -756,9 +760,6 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             if objs:
                 next(store.counters.backfills)
                 self._healer.discard(layer, objs)
-                inv = self.invalidation
-                if inv is not None and inv.guards(store):  # an eviction raced the fill
-                    inv.settle(store, [identity], mark)  # type: ignore[arg-type]  # guarded
         return False
 
     def _with_source(self, source: BaseStore) -> ChainedStore:
@@ -787,6 +788,12 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         self._healer.stop()
         for store in self.stores:
             store.release()
+
+
+def _put_entries(store: BaseStore, entries: list[tuple[Any, Deadline]]) -> None:
+    """Put ``(object, deadline)`` pairs into an in-process ``store`` (a backfill)."""
+    if entries:
+        store.batch_put([obj for obj, _ in entries], expires_at=[d for _, d in entries])
 
 
 def _stamp(flight: Flight | None) -> None:

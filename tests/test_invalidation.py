@@ -273,6 +273,69 @@ def test_backfill_that_raced_an_eviction_is_evicted_again(bus: Bus) -> None:
     channel.stop()
 
 
+class HeldFill(ProcessMemoryStore):
+    """A guarded layer that holds the first fill written into it, right after the copy landed
+    (to look at what other threads of the process can read before the fill returns)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.landed = threading.Event()
+        self.release = threading.Event()
+        self.hold = False
+
+    def batch_put(self, objs: Sequence[Any], **kwargs: Any) -> None:
+        super().batch_put(objs, **kwargs)
+        if self.hold:
+            self.hold = False
+            self.landed.set()
+            assert self.release.wait(5)
+
+
+@pytest.mark.parametrize("how", ["get", "batch"])
+def test_a_fill_older_than_a_delivered_eviction_is_never_visible(bus: Bus, how: str) -> None:
+    """A read found the old version below; before it fills memory, another process writes the
+    key and its message is delivered here. From then on no thread of this process may find
+    the old copy in memory, not even for a moment: the fill checks for evictions before its
+    copy lands, under the lock evictions are recorded under. Before, it checked after: its
+    copy was readable between landing and that check, after the eviction was delivered."""
+    channel = LoopbackChannel(bus).start()
+    assert channel.wait_listening(5)
+    memory, below = HeldFill(), HeldStore()
+    chain = ChainedStore([memory, below], invalidation=channel)
+    below.put(Foo(1, name="old"))
+    below.hold = memory.hold = True
+    result: list[Any] = []
+
+    def read() -> None:
+        if how == "get":
+            result.append(chain.get(Foo, {"key": 1}))
+        else:
+            result.append(chain.batch_get(Foo, [{"key": 1}])[0])
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    seen: list[Any] = []
+    try:
+        assert below.read_done.wait(5)  # the reader holds the old copy, not yet filled
+        below.hold = False
+        below.put(Foo(1, name="new"))  # another process's write ...
+        channel.received(pack("elsewhere", keys_of([Foo(1)])))  # ... delivered here
+        below.release.set()
+        while reader.is_alive() and not memory.landed.is_set():  # the fill lands, or not
+            reader.join(0.001)
+        if memory.landed.is_set():  # landed and held before the fill returned:
+            seen.append(memory.get(Foo, {"key": 1}))  # what another thread would read now
+    finally:
+        below.release.set()
+        memory.release.set()
+        reader.join(5)
+    assert result[0].name == "old"  # what the racing read returned, as of its start
+    assert seen in ([], [None]), f"the old copy was readable: {seen}"
+    assert memory.get(Foo, {"key": 1}) is None
+    assert chain.get(Foo, {"key": 1}).name == "new"
+    channel.stop()
+
+
 @pytest.mark.parametrize(
     ("how", "asked", "written"),
     [

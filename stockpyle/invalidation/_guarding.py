@@ -2,7 +2,7 @@
 
 A :class:`GuardedStores` keeps the in-process stores a channel guards, evicts keys from them
 (:meth:`~GuardedStores.deliver`), fences fills that read below while an eviction ran
-(:meth:`~GuardedStores.mark` / :meth:`~GuardedStores.settle`), and suspends them while the
+(:meth:`~GuardedStores.mark` / :meth:`~GuardedStores.fill`), and suspends them while the
 channel does not listen. :func:`warn_if_unguarded` says when a chain without a channel may serve
 old copies from memory.
 """
@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Callable, Collection, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 from stockpyle.invalidation._pauses import PauseFence
 
@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 __all__ = ["Guardable", "GuardedStores", "unguarded_warning", "warn_if_unguarded"]
 
 log = logging.getLogger("stockpyle.invalidation")
+
+T = TypeVar("T")
 
 #: Evictions remembered per key for fencing fills (beyond this, every older fill is refused).
 _EVICTIONS_REMEMBERED = 50_000
@@ -67,8 +69,8 @@ class GuardedStores:
         self._guarded: weakref.WeakValueDictionary[int, Guardable] = weakref.WeakValueDictionary()
         self._subscribers: list[Callable[[Sequence[str] | None], Any]] = []
         self._listening = False
-        # Fencing (see settle): a sequence number per eviction; a fill that read below before
-        # an eviction of its key (or before the channel last changed state) is evicted again.
+        # Fencing (see fill): a sequence number per eviction; a fill that read below before
+        # an eviction of its key (or before the channel last changed state) is not written.
         self._seq = 0
         self._epoch = 0
         self._evicted: dict[str, int] = {}
@@ -144,19 +146,27 @@ class GuardedStores:
     # -- fencing fills --------------------------------------------------------------------------
 
     def mark(self) -> int:
-        """Take before reading the layers below a guarded store; pass to :meth:`settle`."""
+        """Take before reading the layers below a guarded store; pass to :meth:`fill`."""
         return self._seq
 
-    def settle(self, store: Guardable, keys: Collection[str], mark: int) -> bool:
-        """Call right after writing ``keys`` into guarded ``store`` from a read (or write)
-        begun at ``mark``: if any of them was evicted since, or the channel was not listening
-        throughout, they are evicted again (the copy may predate a write it missed). Checking
-        after the write closes the race: an eviction either sees the copy or is seen here.
-        Returns whether the copy stays."""
-        if self._listening and not self.evicted_since(keys, mark):
-            return True
-        store.evict_keys(keys)
-        return False
+    def fill(
+        self, items: Mapping[str, T], mark: int, put: Callable[[list[T]], object]
+    ) -> list[str]:
+        """Write into a guarded store, with ``put(values)``, what a read (or write) begun at
+        ``mark`` found below, by key: only the items whose key was not evicted since (none
+        when everything was flushed, or the channel did not listen throughout: the copy may
+        predate a write it missed). Checked and written under the lock :meth:`deliver` records
+        evictions under, so an eviction either comes after the copy landed (and removes it)
+        or is seen here (and that copy is never written): no thread ever reads a copy older
+        than an eviction already delivered. Returns the keys written."""
+        with self._lock:
+            if not self._listening or mark < self._epoch or mark < self._forgotten:
+                return []
+            evicted = self._evicted
+            keep = [key for key in items if evicted.get(key, 0) <= mark]
+            if keep:
+                put([items[key] for key in keep])
+            return keep
 
     def evicted_since(self, keys: Iterable[str], mark: int) -> bool:
         """Whether any of ``keys`` was evicted (or everything flushed, or the channel went down
@@ -188,7 +198,8 @@ class GuardedStores:
                     evicted[key] = seq
             guarded = list(self._guarded.values())
             subscribers = list(self._subscribers)
-        # Stores are evicted after the fence is raised (see settle), outside the channel lock.
+        # Stores are evicted after the fence is raised (see fill), outside the channel lock: a
+        # fill that wrote before the fence rose is evicted here, a later one sees the fence.
         for store in guarded:
             if keys is None:
                 store.evict_all()
