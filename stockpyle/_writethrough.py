@@ -152,11 +152,17 @@ class WriteThrough:
                 self._healer.discard(self._last, objs)
             tokens = tokens or {}
             identities = [identity_or_none(o) for o in objs]  # now known, if generated below
+            inv = self.invalidation
             for layer in range(self._last - 1, -1, -1):
                 store = self.stores[layer]
                 try:
                     if store.shared:
                         self._put_shared(store, objs, tokens.get(layer), expires_at)
+                    elif inv is not None and inv.guards(store):
+                        # Evicted by the publish that ends this write (after_write), not
+                        # written: a copy put here could be older than another process's
+                        # write delivered meanwhile, and would be served until then.
+                        pass
                     elif delete:
                         store.batch_delete(objs)
                     else:

@@ -336,6 +336,61 @@ def test_a_fill_older_than_a_delivered_eviction_is_never_visible(bus: Bus, how: 
     channel.stop()
 
 
+class HeldWrite(ProcessMemoryStore):
+    """A last layer that holds the first write into it, right after it landed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.landed = threading.Event()
+        self.release = threading.Event()
+        self.hold = False
+
+    def batch_put(self, objs: Sequence[Any], **kwargs: Any) -> None:
+        super().batch_put(objs, **kwargs)
+        if self.hold:
+            self.hold = False
+            self.landed.set()
+            assert self.release.wait(5)
+
+
+def test_a_write_overtaken_by_another_process_never_shows_its_copy_in_memory(bus: Bus) -> None:
+    """This process writes a key; after its database write, another process writes the key
+    again, returns, and its message is delivered here. The first write's object is now older
+    than what the database holds: no thread here may read it from memory. A guarded memory
+    layer is not written by a put (the publish that ends every write evicts it there anyway).
+    Before, the put wrote its copy into memory and evicted it only when it published, and
+    between the two this process served the overtaken version."""
+    shared = HeldWrite()
+    here, there = LoopbackChannel(bus).start(), LoopbackChannel(bus).start()
+    assert here.wait_listening(5) and there.wait_listening(5)
+    memory = HeldFill()
+    a = ChainedStore([memory, shared], invalidation=here)
+    b = ChainedStore([ProcessMemoryStore(), shared], invalidation=there)
+    shared.put(Foo(1, name="v0"))
+    shared.hold = memory.hold = True
+    writer = threading.Thread(target=a.put, args=(Foo(1, name="a"),))
+    writer.start()
+    seen: list[Any] = []
+    try:
+        assert shared.landed.wait(5)  # this process's database write is done, nothing else
+        b.put(Foo(1, name="b"))  # another process writes after it, returns, and publishes
+        shared.release.set()
+        while writer.is_alive() and not memory.landed.is_set():  # memory written, or not
+            writer.join(0.001)
+        if memory.landed.is_set():  # written and held before the put published:
+            seen.append(memory.get(Foo, {"key": 1}))  # what another thread would read now
+    finally:
+        shared.release.set()
+        memory.release.set()
+        writer.join(5)
+    try:
+        assert seen in ([], [None]), f"the overtaken version was readable: {seen}"
+        assert memory.get(Foo, {"key": 1}) is None
+        assert a.get(Foo, {"key": 1}).name == "b"
+    finally:
+        stop_all(bus)
+
+
 @pytest.mark.parametrize(
     ("how", "asked", "written"),
     [
