@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from helpers_loopback import Bus, LoopbackChannel
 from hypothesis import HealthCheck, settings
 
 from stockpyle.stores import (
@@ -55,6 +56,25 @@ def chain_three(**kw: Any) -> ChainedStore:
     return ChainedStore([ThreadLocalStore(**kw), ProcessMemoryStore(**kw), plain_dict(**kw)])
 
 
+class GuardedChain(ChainedStore):
+    """A chain whose memory layer an invalidation channel guards (a loopback one: the
+    process's own writes are what it hears). Releasing it stops the channel, so that no
+    listener thread outlives a test."""
+
+    def release(self) -> None:
+        super().release()
+        if self.invalidation is not None:
+            self.invalidation.stop()
+
+
+def chain_guarded(**kw: Any) -> ChainedStore:
+    channel = LoopbackChannel(Bus()).start()
+    assert channel.wait_listening(5)
+    return GuardedChain(
+        [ProcessMemoryStore(**kw), BaseDictionaryStore({}, **kw)], invalidation=channel
+    )
+
+
 FACTORIES = {
     "memory": memory,
     "bounded_memory": bounded_memory,
@@ -100,6 +120,25 @@ class TestChainMemoryDict(_AllConformance):
 
 class TestChainThree(_AllConformance):
     factory = staticmethod(chain_three)
+
+
+class TestChainGuarded(_AllConformance):
+    """A chain with an invalidation channel: its put does not write the guarded memory layer
+    (the publish evicts it), its reads fill it under the channel's fence."""
+
+    factory = staticmethod(chain_guarded)
+
+    @pytest.fixture
+    def make_store(self, clock: FakeClock) -> Any:
+        made: list[Any] = []
+
+        def make(**kw: Any) -> Any:
+            made.append(chain_guarded(clock=clock, **kw))
+            return made[-1]
+
+        yield make
+        for store in made:
+            store.release()
 
 
 def machine(factory: Any) -> Any:
