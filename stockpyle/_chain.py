@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Callable, Collection, Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from typing import Any, TypeVar
 
 from stockpyle._expiry import Deadline
@@ -353,7 +353,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         mark = 0 if inv is None else inv.mark()
         found: Found | None = None
         tokens: dict[int, Any] = {}  # shared layer -> lease token
-        backfill: list[tuple[int, str, tuple[Any, Deadline, Any], Collection[str] | None]] = []
+        backfill: list[tuple[int, str, tuple[Any, Deadline, Any]]] = []
         stores, last = self.stores, self._last
         try:
             for layer in range(start, stop):
@@ -385,28 +385,24 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     if fill and asked:  # (a hit in the first layer read fills nothing)
                         obj, deadline = hit
                         identity = layout_of(type(obj)).identity_of(obj)
-                        only = (key,) if _confirms_only(store, stores[-1]) else None
                         for upper in asked:
                             token = tokens.pop(upper, None)
                             if not stores[upper].shared or token is not None:
-                                backfill.append((upper, identity, (obj, deadline, token), only))
+                                backfill.append((upper, identity, (obj, deadline, token)))
                     break
                 if leased and layer not in tokens:
                     _stamp(flight)  # on below with no lease here: no fill will confirm it
                 asked.append(layer)
             if self._record < self._last:  # below a source: the store of record first
                 backfill.sort(key=lambda fill: -fill[0])
-            if any(token is not None for _, _, (_, _, token), _ in backfill):
+            if any(token is not None for _, _, (_, _, token) in backfill):
                 _stamp(flight)  # a fill on a lease confirms what was read before it is sent
-            for layer, identity, item, confirmed_slots in backfill:
-                if (
-                    self._backfill_one(layer, identity, item, begun, mark, confirmed_slots)
-                    and refused is not None
-                ):
+            for layer, identity, item in backfill:
+                if self._backfill_one(layer, identity, item, begun, mark) and refused is not None:
                     refused.append(identity)
         except BaseException:  # a layer below raised: give back the leases this read holds
             held: dict[int, list[Any]] = {layer: [token] for layer, token in tokens.items()}
-            for layer, _, (_, _, token), _ in backfill:
+            for layer, _, (_, _, token) in backfill:
                 if token is not None:
                     held.setdefault(layer, []).append(token)
             self._give_back(held)
@@ -580,7 +576,6 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         found: dict[str, Found | None] = {}
         tokens: dict[int, dict[str, Any]] = {}  # shared layer -> key -> lease token
         backfill: dict[int, dict[str, tuple[Any, Deadline, Any]]] = {}
-        slots: dict[int, dict[str, set[str] | None]] = {}  # layer -> identity -> see _backfill
         began: dict[str, int] = {}  # a shared layer's hit -> the ticket of the read that found it
         confirmed: list[str] = []  # keys a fill on a lease will confirm
 
@@ -598,18 +593,10 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 if fill and asked:  # (a hit in the first layer read fills nothing)
                     obj, deadline = hit
                     identity = layout_of(type(obj)).identity_of(obj)
-                    claims = _confirms_only(self.stores[layer], self.stores[-1])
                     for upper in asked:
                         token = tokens.get(upper, {}).pop(key, None)
                         if not self.stores[upper].shared or token is not None:
                             backfill.setdefault(upper, {})[identity] = (obj, deadline, token)
-                            confirmed_here = slots.setdefault(upper, {})
-                            if not claims:
-                                confirmed_here[identity] = None
-                            elif identity not in confirmed_here:
-                                confirmed_here[identity] = {key}
-                            elif (known := confirmed_here[identity]) is not None:
-                                known.add(key)
                             if token is not None:  # its fill tells whether a write overtook
                                 settled.pop(key, None)
                                 confirmed.append(key)
@@ -662,7 +649,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             if confirmed and stamp is not None:
                 stamp(dict.fromkeys(confirmed, next(TICKETS)))  # before the fills are sent
             for layer in layers:
-                lost = self._backfill(layer, backfill[layer], begun, mark, slots.get(layer, {}))
+                lost = self._backfill(layer, backfill[layer], begun, mark)
                 if lost and refused is not None:
                     refused.update(lost)
         except BaseException:  # a layer below raised: give back the leases this read holds
@@ -698,19 +685,11 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     self._failed(layer, "release", exc)
 
     def _backfill(
-        self,
-        layer: int,
-        items: dict[str, tuple[Any, Deadline, Any]],
-        begun: int,
-        mark: int,
-        slots: dict[str, set[str] | None],
+        self, layer: int, items: dict[str, tuple[Any, Deadline, Any]], begun: int, mark: int
     ) -> list[str]:
         """Fill ``items`` (identity -> object, deadline, lease token) into ``layer``; the
         identities a shared layer refused (a write voided their leases), or all of them when
-        it failed (nothing then says whether a write overtook them). ``slots``: for an
-        in-process layer, the keys each object may be filled under besides its identity
-        (those its read confirmed; ``None`` or absent: all of them): see
-        :meth:`~stockpyle._store.BaseStore.batch_backfill`."""
+        it failed (nothing then says whether a write overtook them)."""
         store = self.stores[layer]
         objs = [obj for obj, _, _ in items.values()]
         lost: list[str] = []
@@ -727,7 +706,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                 writes, inv = self._writes, self.invalidation
                 with writes.lock:  # no write of these keys may slip between check and fill
                     quiet = {
-                        identity: (obj, deadline, slots.get(identity))
+                        identity: (obj, deadline)
                         for identity, (obj, deadline, _) in items.items()
                         if writes.quiet_since(identity, begun)
                     }
@@ -735,7 +714,7 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                     if inv is not None and inv.guards(store):  # nor an eviction: see fill()
                         objs = [quiet[i][0] for i in inv.fill(quiet, mark, put)]
                     else:
-                        objs = [obj for obj, _, _ in quiet.values()]
+                        objs = [obj for obj, _ in quiet.values()]
                         put(list(quiet.values()))
         except StoreError as exc:
             if layer >= self._record:  # the store of record, below a source: as a put's
@@ -750,16 +729,9 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
         return lost
 
     def _backfill_one(
-        self,
-        layer: int,
-        identity: str,
-        item: tuple[Any, Deadline, Any],
-        begun: int,
-        mark: int,
-        only: Collection[str] | None,
+        self, layer: int, identity: str, item: tuple[Any, Deadline, Any], begun: int, mark: int
     ) -> bool:
-        """:meth:`_backfill` of one object (``only``: its ``slots``); whether a shared layer
-        refused it (or failed)."""
+        """:meth:`_backfill` of one object; whether a shared layer refused it (or failed)."""
         store = self.stores[layer]
         obj, deadline, token = item
         objs = [obj]
@@ -774,10 +746,10 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
                         objs = []
                     elif inv is not None and inv.guards(store):  # nor an eviction: see fill()
                         put = functools.partial(_put_entries, store)
-                        if not inv.fill({identity: (obj, deadline, only)}, mark, put):
+                        if not inv.fill({identity: (obj, deadline)}, mark, put):
                             objs = []
                     else:
-                        store.batch_backfill(objs, [only], expires_at=[deadline])
+                        store.batch_put(objs, expires_at=[deadline])
         except StoreError as exc:
             if layer >= self._record:  # the store of record, below a source: as a put's
                 raise
@@ -818,25 +790,10 @@ class ChainedStore(LeasedReads, WriteThrough, BaseStore):
             store.release()
 
 
-def _confirms_only(source: BaseStore, bottom: BaseStore) -> bool:
-    """Whether an object a read found in ``source`` (in a chain whose last layer, or a
-    loader's source, is ``bottom``) is copied up under the key that read asked only (and its
-    identity), not under every key it has: when both keep their keys as slots that the last
-    put of a value claims (key-value stores, see ``claims_slots``), another object may hold
-    its other values there. Over a database, the object's attributes are what answers."""
-    return source.claims_slots and bottom.claims_slots
-
-
-def _put_entries(
-    store: BaseStore, entries: list[tuple[Any, Deadline, Collection[str] | None]]
-) -> None:
-    """Backfill ``(object, deadline, slots)`` into an in-process ``store``."""
+def _put_entries(store: BaseStore, entries: list[tuple[Any, Deadline]]) -> None:
+    """Put ``(object, deadline)`` pairs into an in-process ``store`` (a backfill)."""
     if entries:
-        store.batch_backfill(
-            [obj for obj, _, _ in entries],
-            [only for _, _, only in entries],
-            expires_at=[d for _, d, _ in entries],
-        )
+        store.batch_put([obj for obj, _ in entries], expires_at=[d for _, d in entries])
 
 
 def _stamp(flight: Flight | None) -> None:

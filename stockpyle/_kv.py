@@ -17,9 +17,8 @@ sent as one save and one remove.
 from __future__ import annotations
 
 import abc
-import functools
 import threading
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any, NamedTuple, TypeVar
 
@@ -126,8 +125,6 @@ class KeyValueStore(BaseStore):
     Subclasses implement the raw operations; they receive and return *records* (tuples, see the
     module docstring) at string keys and may serialize them as they like.
     """
-
-    claims_slots = True
 
     def __init__(
         self,
@@ -263,28 +260,6 @@ class KeyValueStore(BaseStore):
     def batch_put(
         self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
     ) -> None:
-        self._put_planned(objs, None, expires_at)
-
-    def batch_backfill(
-        self,
-        objs: Sequence[Any],
-        slots: Sequence[Collection[str] | None],
-        *,
-        expires_at: Sequence[Deadline] | None = None,
-    ) -> None:
-        if all(only is None for only in slots) or puts_own_way(type(self)):
-            self.batch_put(objs, expires_at=expires_at)  # (what a subclass's override sees)
-        else:
-            self._put_planned(objs, slots, expires_at)
-
-    def _put_planned(
-        self,
-        objs: Sequence[Any],
-        slots: Sequence[Collection[str] | None] | None,
-        expires_at: Sequence[Deadline] | None,
-    ) -> None:
-        """The general write: planned against the current records (``slots``: see
-        :meth:`~stockpyle._store.BaseStore.batch_backfill`)."""
         now = self.clock()
         try:
             plans = self._plan_objects(objs, expires_at, now)
@@ -292,11 +267,6 @@ class KeyValueStore(BaseStore):
             raise self._naming_store(exc) from None
         if not plans:
             return
-        if slots is not None and any(only is not None for only in slots):
-            plans = [
-                (identity, restrict(planned, only), deadline, obj)
-                for (identity, planned, deadline, obj), only in zip(plans, slots, strict=True)
-            ]
         with self._lock:
             view = View(self)
             view.fetch([identity for identity, _, _, _ in plans])
@@ -339,25 +309,6 @@ class KeyValueStore(BaseStore):
 
 # Hot-path constructors: tuple.__new__ skips the generated __new__ (a Python-level call),
 # which made a ProcessMemoryStore put about 10% slower than with plain tuples.
-@functools.cache
-def puts_own_way(cls: type) -> bool:
-    """Whether ``cls`` overrides ``batch_put`` below the class that gives it its
-    ``batch_backfill``: a subclass that observes, holds or fails puts. Its backfills then go
-    through its ``batch_put``, with every slot, as they did before ``batch_backfill`` existed
-    (it may override ``batch_backfill`` too, to restrict them)."""
-    put_owner = next(c for c in cls.__mro__ if "batch_put" in c.__dict__)
-    fill_owner = next(c for c in cls.__mro__ if "batch_backfill" in c.__dict__)
-    return put_owner is not fill_owner and issubclass(put_owner, fill_owner)
-
-
-def restrict(slots: tuple[str, ...], only: Collection[str] | None) -> tuple[str, ...]:
-    """``slots`` (the identity first) keeping, after the identity, only those in ``only``
-    (``None``: all of them)."""
-    if only is None:
-        return slots
-    return (slots[0], *(slot for slot in slots[1:] if slot in only))
-
-
 def is_dead(deadline: Deadline, now: float) -> bool:
     return deadline is not None and deadline <= now
 

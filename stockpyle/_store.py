@@ -9,7 +9,7 @@ it backfills.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Mapping, Sequence, Sized
+from collections.abc import Callable, Mapping, Sequence, Sized
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
@@ -63,11 +63,6 @@ class BaseStore(abc.ABC):
     #: store (a chain of cache layers only) heals that layer's failed writes as it heals its
     #: other cache layers'; any other last layer is a store of record and is never healed.
     cache_only: bool = False
-    #: Whether a get by an alternate (or base-class) key answers the object last *put* under
-    #: that value (a key-value store's slots), rather than the object whose attributes have it
-    #: now (a database). A chain that copies an object up from such a store writes only the
-    #: slots that read confirmed (:meth:`batch_backfill`): another object may hold the others.
-    claims_slots: bool = False
 
     def describe(self) -> str:
         """A short name for messages and logs (e.g. ``MemcacheStore(127.0.0.1:11211)``)."""
@@ -107,19 +102,6 @@ class BaseStore(abc.ABC):
         uses it so that a backfilled copy never outlives its source. Stores without expiry
         ignore it.
         """
-
-    def batch_backfill(
-        self,
-        objs: Sequence[Any],
-        slots: Sequence[Collection[str] | None],
-        *,
-        expires_at: Sequence[Deadline] | None = None,
-    ) -> None:
-        """Store objects a chain copies up from a layer below (see :attr:`claims_slots`):
-        each under its identity key and, where ``slots[i]`` is not ``None``, under only those
-        of its other encoded keys; ``None``: under all of them, as :meth:`batch_put` does. This
-        default ignores ``slots`` (a store that cannot restrict them stores them all)."""
-        self.batch_put(objs, expires_at=expires_at)
 
     @abc.abstractmethod
     def batch_delete(self, objs: Sequence[Any]) -> None:

@@ -27,7 +27,7 @@ import logging
 import math
 import pickle
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 from stockpyle import _leases
@@ -43,7 +43,7 @@ from stockpyle._bytes_types import (
 )
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._keys import layout_of
-from stockpyle._kv import Entry, KeyValueStore, Pointer, Record, puts_own_way, resolve
+from stockpyle._kv import Entry, KeyValueStore, Pointer, Record, resolve
 from stockpyle._mapped_pickle import ShapeChanged, reduce_obj
 from stockpyle._serializer import (
     HEADER,
@@ -516,20 +516,6 @@ class BytesStore(KeyValueStore):
             raise
         finally:
             self._doing.name = None
-
-    def batch_backfill(
-        self,
-        objs: Sequence[Any],
-        slots: Sequence[Collection[str] | None],
-        *,
-        expires_at: Sequence[Any] | None = None,
-    ) -> None:
-        """As :meth:`batch_put` where ``slots`` restricts nothing; otherwise planned against
-        the current records (a chain fills a shared layer with :meth:`batch_fill` instead)."""
-        if all(only is None for only in slots) or puts_own_way(type(self)):
-            self.batch_put(objs, expires_at=expires_at)
-        else:
-            self._put_planned(objs, slots, expires_at)
 
     def _put_blind(self, objs: Sequence[Any], expires_at: Sequence[Any] | None) -> None:
         now = self.clock()

@@ -32,19 +32,6 @@ class HookedStore(ProcessMemoryStore):
         self.before("put", objs)
         super().batch_put(objs, expires_at=expires_at)
 
-    def batch_backfill(
-        self,
-        objs: Sequence[Any],
-        slots: Sequence[Any],
-        *,
-        expires_at: Sequence[Deadline] | None = None,
-    ) -> None:
-        if all(only is None for only in slots):
-            super().batch_backfill(objs, slots, expires_at=expires_at)  # through batch_put
-            return
-        self.before("put", objs)
-        super().batch_backfill(objs, slots, expires_at=expires_at)
-
     def batch_delete(self, objs: Sequence[Any]) -> None:
         self.before("delete", objs)
         super().batch_delete(objs)

@@ -347,16 +347,21 @@ def test_a_dropped_chain_stops_its_healer_thread() -> None:
     assert not thread.is_alive()
 
 
-# -- backfills from key-value layers claim only the slots their read confirmed --------------------
+# -- known bug: backfills claim alternate slots another object holds below -------------------------
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known bug (left open, see CHANGELOG 'Known issues'): a backfill writes every slot of"
+    " the object it copies up, also an alternate or base-class slot that a later put gave to"
+    " another object in the layer below",
+)
 @pytest.mark.parametrize("case", ["alternate key", "polymorphic base key"])
 def test_a_backfill_does_not_claim_a_slot_a_later_put_gave_to_another_object(case: str) -> None:
     """SPEC section 3: when two live objects share an alternate-key value, the one put most
     recently answers. A chain must keep that after its upper layer forgot both objects (an
     eviction, a bounded memory layer, a restart) and a read by identity copies the older one
-    back up: copied from a key-value layer, it is filled under the keys that read confirmed
-    (its identity), not under every key it has. Before, it claimed the shared value too."""
+    back up."""
     from stockpyle.stores import BaseDictionaryStore
     from stockpyle.testing.models import Automobile, Car
 
@@ -375,32 +380,3 @@ def test_a_backfill_does_not_claim_a_slot_a_later_put_gave_to_another_object(cas
     memory.evict_all()
     assert chain.get(type(older), by_identity) == older  # copied back up into memory
     assert chain.get(*shared) == newer  # the record answers so
-
-
-def test_a_layer_that_overrides_batch_put_still_sees_every_backfill() -> None:
-    """A subclass that observes (or fails) writes by overriding ``batch_put`` keeps seeing
-    backfills there, with every slot, as before ``batch_backfill`` existed; one that also
-    overrides ``batch_backfill`` gets the restricted fill."""
-    from stockpyle.stores import BaseDictionaryStore
-
-    class Observed(ProcessMemoryStore):
-        def __init__(self) -> None:
-            super().__init__()
-            self.puts: list[Any] = []
-
-        def batch_put(self, objs: Sequence[Any], **kw: Any) -> None:
-            self.puts.extend(objs)
-            super().batch_put(objs, **kw)
-
-    class Restricting(Observed):
-        def batch_backfill(self, objs: Sequence[Any], slots: Any, **kw: Any) -> None:
-            super().batch_backfill(objs, slots, **kw)
-
-    for layer, by_alternate in ((Observed(), True), (Restricting(), False)):
-        below = BaseDictionaryStore({})
-        below.put(Foo(1, 2, 3, "x"))
-        chain = ChainedStore([layer, below])
-        assert chain.get(Foo, {"key": 1}) == Foo(1, 2, 3, "x")
-        assert layer.puts == ([Foo(1, 2, 3, "x")] if by_alternate else [])
-        assert (layer.get(Foo, {"zap": 2, "bar": 3}) is not None) is by_alternate
-        assert layer.get(Foo, {"key": 1}) == Foo(1, 2, 3, "x")

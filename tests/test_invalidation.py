@@ -283,15 +283,8 @@ class HeldFill(ProcessMemoryStore):
         self.release = threading.Event()
         self.hold = False
 
-    def batch_backfill(self, objs: Sequence[Any], slots: Any, **kwargs: Any) -> None:
-        super().batch_backfill(objs, slots, **kwargs)
-        self._held()
-
     def batch_put(self, objs: Sequence[Any], **kwargs: Any) -> None:
         super().batch_put(objs, **kwargs)
-        self._held()
-
-    def _held(self) -> None:
         if self.hold:
             self.hold = False
             self.landed.set()

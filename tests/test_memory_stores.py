@@ -82,7 +82,6 @@ FACTORIES = {
     "dict": plain_dict,
     "chain[memory,dict]": chain_memory_dict,
     "chain[threadlocal,memory,dict]": chain_three,
-    "chain[memory,dict]+channel": chain_guarded,
 }
 
 
@@ -154,5 +153,4 @@ TestThreadLocalMachine = machine(threadlocal)
 TestDictMachine = machine(plain_dict)
 TestChainMachine = machine(chain_memory_dict)
 TestChainThreeMachine = machine(chain_three)
-TestChainGuardedMachine = machine(chain_guarded)
 TestLockstepMachine = machine(FACTORIES)

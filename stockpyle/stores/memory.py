@@ -8,13 +8,13 @@ import operator
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Collection, Iterable, MutableMapping, Sequence
+from collections.abc import Callable, Iterable, MutableMapping, Sequence
 from typing import Any, TypeVar
 
 from stockpyle._encoding import FAST_ENCODERS
 from stockpyle._expiry import Clock, Deadline, LifetimeCallback
 from stockpyle._keys import KeySpec, layout_of
-from stockpyle._kv import Entry, Record, is_dead, puts_own_way, restrict
+from stockpyle._kv import Entry, Record, is_dead
 from stockpyle._store import KeyDict
 from stockpyle.exceptions import StockpyleError
 from stockpyle.stores._memory_layout import compact, expand, points_to, write_plain
@@ -190,32 +190,12 @@ class _MemoryStore(BaseDictionaryStore):
     def batch_put(
         self, objs: Sequence[Any], *, expires_at: Sequence[Deadline] | None = None
     ) -> None:
-        self._put_fast(objs, None, expires_at)
-
-    def batch_backfill(
-        self,
-        objs: Sequence[Any],
-        slots: Sequence[Collection[str] | None],
-        *,
-        expires_at: Sequence[Deadline] | None = None,
-    ) -> None:
-        if all(only is None for only in slots) or puts_own_way(type(self)):
-            self.batch_put(objs, expires_at=expires_at)  # (what a subclass's override sees)
-        else:
-            self._put_fast(objs, slots, expires_at)
-
-    def _put_fast(
-        self,
-        objs: Sequence[Any],
-        slots: Sequence[Collection[str] | None] | None,
-        expires_at: Sequence[Deadline] | None,
-    ) -> None:
         if self.lifetime_cb is not None or (
             expires_at is not None and (len(expires_at) != len(objs) or _any_dead(expires_at, self))
         ):
             # A lifetime to work out, or a deadline already past (its previous version goes):
             # the general path.
-            self._put_planned(objs, slots, expires_at)
+            super().batch_put(objs, expires_at=expires_at)
             return
         if expires_at is not None and all(d is None for d in expires_at):
             expires_at = None
@@ -224,8 +204,6 @@ class _MemoryStore(BaseDictionaryStore):
             planned = [(planners.get(type(obj)) or self._planner(type(obj)))(obj) for obj in objs]
         except StockpyleError as exc:
             raise self._naming_store(exc) from None
-        if slots is not None:
-            planned = [restrict(p, only) for p, only in zip(planned, slots, strict=True)]
         if planned:
             with self._lock:
                 if not self._suspended:
