@@ -273,9 +273,9 @@ def test_backfill_that_raced_an_eviction_is_evicted_again(bus: Bus) -> None:
     channel.stop()
 
 
-class HeldFill(ProcessMemoryStore):
-    """A guarded layer that holds the first fill written into it, right after the copy landed
-    (to look at what other threads of the process can read before the fill returns)."""
+class HeldPut(ProcessMemoryStore):
+    """A store that holds the first put into it (``hold``), right after it landed: a guarded
+    layer's fill, or a last layer's write (to look at what other threads can read then)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -300,7 +300,7 @@ def test_a_fill_older_than_a_delivered_eviction_is_never_visible(bus: Bus, how: 
     copy was readable between landing and that check, after the eviction was delivered."""
     channel = LoopbackChannel(bus).start()
     assert channel.wait_listening(5)
-    memory, below = HeldFill(), HeldStore()
+    memory, below = HeldPut(), HeldStore()
     chain = ChainedStore([memory, below], invalidation=channel)
     below.put(Foo(1, name="old"))
     below.hold = memory.hold = True
@@ -336,23 +336,6 @@ def test_a_fill_older_than_a_delivered_eviction_is_never_visible(bus: Bus, how: 
     channel.stop()
 
 
-class HeldWrite(ProcessMemoryStore):
-    """A last layer that holds the first write into it, right after it landed."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.landed = threading.Event()
-        self.release = threading.Event()
-        self.hold = False
-
-    def batch_put(self, objs: Sequence[Any], **kwargs: Any) -> None:
-        super().batch_put(objs, **kwargs)
-        if self.hold:
-            self.hold = False
-            self.landed.set()
-            assert self.release.wait(5)
-
-
 def test_a_write_overtaken_by_another_process_never_shows_its_copy_in_memory(bus: Bus) -> None:
     """This process writes a key; after its database write, another process writes the key
     again, returns, and its message is delivered here. The first write's object is now older
@@ -360,10 +343,10 @@ def test_a_write_overtaken_by_another_process_never_shows_its_copy_in_memory(bus
     layer is not written by a put (the publish that ends every write evicts it there anyway).
     Before, the put wrote its copy into memory and evicted it only when it published, and
     between the two this process served the overtaken version."""
-    shared = HeldWrite()
+    shared = HeldPut()
     here, there = LoopbackChannel(bus).start(), LoopbackChannel(bus).start()
     assert here.wait_listening(5) and there.wait_listening(5)
-    memory = HeldFill()
+    memory = HeldPut()
     a = ChainedStore([memory, shared], invalidation=here)
     b = ChainedStore([ProcessMemoryStore(), shared], invalidation=there)
     shared.put(Foo(1, name="v0"))
