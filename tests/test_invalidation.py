@@ -290,6 +290,13 @@ class HeldPut(ProcessMemoryStore):
             self.landed.set()
             assert self.release.wait(5)
 
+    def read_if_held(self, worker: threading.Thread, key: KeyDict) -> list[Any]:
+        """Wait until ``worker`` ends or a put into this store landed and is held; then what
+        another thread would read at ``key`` here, while it is held (``[]``: none landed)."""
+        while worker.is_alive() and not self.landed.is_set():
+            worker.join(0.001)
+        return [self.get(Foo, key)] if self.landed.is_set() else []
+
 
 @pytest.mark.parametrize("how", ["get", "batch"])
 def test_a_fill_older_than_a_delivered_eviction_is_never_visible(bus: Bus, how: str) -> None:
@@ -321,10 +328,7 @@ def test_a_fill_older_than_a_delivered_eviction_is_never_visible(bus: Bus, how: 
         below.put(Foo(1, name="new"))  # another process's write ...
         channel.received(pack("elsewhere", keys_of([Foo(1)])))  # ... delivered here
         below.release.set()
-        while reader.is_alive() and not memory.landed.is_set():  # the fill lands, or not
-            reader.join(0.001)
-        if memory.landed.is_set():  # landed and held before the fill returned:
-            seen.append(memory.get(Foo, {"key": 1}))  # what another thread would read now
+        seen = memory.read_if_held(reader, {"key": 1})  # the fill lands, or not
     finally:
         below.release.set()
         memory.release.set()
@@ -358,10 +362,7 @@ def test_a_write_overtaken_by_another_process_never_shows_its_copy_in_memory(bus
         assert shared.landed.wait(5)  # this process's database write is done, nothing else
         b.put(Foo(1, name="b"))  # another process writes after it, returns, and publishes
         shared.release.set()
-        while writer.is_alive() and not memory.landed.is_set():  # memory written, or not
-            writer.join(0.001)
-        if memory.landed.is_set():  # written and held before the put published:
-            seen.append(memory.get(Foo, {"key": 1}))  # what another thread would read now
+        seen = memory.read_if_held(writer, {"key": 1})  # memory written, or not
     finally:
         shared.release.set()
         memory.release.set()
